@@ -1,0 +1,16 @@
+//! umacvlan: Linux macvlan rebuilt in userspace.
+//!
+//! * [`mac`], [`frame`]: vocabulary — MAC addresses and a checked view of one frame.
+//! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
+//! * [`sys`]: the only `unsafe` code — TPACKET_V3 ring, TX socket, TAP devices.
+//! * [`net`]: rtnetlink and network-namespace helpers.
+//! * [`engine`]: the worker loop that moves frames and counts them.
+#![deny(unsafe_code)]
+
+pub mod engine;
+pub mod forward;
+pub mod frame;
+pub mod mac;
+pub mod net;
+#[allow(unsafe_code)]
+pub mod sys;

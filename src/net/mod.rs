@@ -1,0 +1,1 @@
+//! Safe helpers around the kernel's control plane: rtnetlink and network namespaces.
