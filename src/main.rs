@@ -1,1 +1,23 @@
-fn main() {}
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use umacvlan::cli;
+
+/// Exit status: 0 success, 1 failure while running, 2 bad input (nothing was changed).
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(f) => {
+            // A closed pipe (`umacvlan trace ... | head`) is not an error.
+            if let Some(e) = f.error.downcast_ref::<std::io::Error>()
+                && e.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "umacvlan: error: {:#}", f.error);
+            ExitCode::from(f.status)
+        }
+    }
+}

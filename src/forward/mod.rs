@@ -17,9 +17,9 @@ mod verdict;
 mod tests;
 
 pub use table::{
-    DEFAULT_BC_CUTOFF, DEFAULT_BC_QUEUE_LEN, DEFAULT_MAX_FRAME, MAX_PORTS, MIN_MTU, Mode,
-    ModeMask, ModeParseError, ParentConfig, Port, PortConfig, PortFlags, PortId, PortTable,
-    SourceEntry, TableError,
+    DEFAULT_BC_CUTOFF, DEFAULT_BC_QUEUE_LEN, DEFAULT_MAX_FRAME, MAX_PORTS, MIN_MTU, Mode, ModeMask,
+    ModeParseError, ParentConfig, Port, PortConfig, PortFlags, PortId, PortTable, SourceEntry,
+    TableError,
 };
 pub use verdict::{Delivery, DropReason, Flood, Outcome, Rule, Verdict};
 
@@ -93,7 +93,9 @@ fn rx_group(t: &PortTable, f: &FrameMeta<'_>) -> Verdict<'static> {
             Rule::RxGroupExternal,
             ModeMask::of(&[Private, Vepa, Passthru, Bridge]),
         ),
-        Some(s) if t.port(s).mode() == Vepa => (Rule::RxGroupFromVepa, ModeMask::of(&[Vepa, Bridge])),
+        Some(s) if t.port(s).mode() == Vepa => {
+            (Rule::RxGroupFromVepa, ModeMask::of(&[Vepa, Bridge]))
+        }
         Some(_) => (Rule::RxGroupFromBridge, ModeMask::of(&[Vepa])),
     };
     let group = f.dst();

@@ -62,7 +62,9 @@ impl fmt::Display for Mode {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown mode {0:?}: expected one of private, vepa, bridge, passthru (or passthrough), source")]
+#[error(
+    "unknown mode {0:?}: expected one of private, vepa, bridge, passthru (or passthrough), source"
+)]
 pub struct ModeParseError(String);
 
 impl FromStr for Mode {
@@ -232,7 +234,9 @@ pub enum TableError {
     SecondPassthru { a: String, b: String },
     #[error("port {port}: source MAC {mac} is a group or zero address (EADDRNOTAVAIL)")]
     InvalidSourceMac { port: String, mac: MacAddr },
-    #[error("port {port} is in {mode} mode; only source-mode ports have a source MAC list (EINVAL)")]
+    #[error(
+        "port {port} is in {mode} mode; only source-mode ports have a source MAC list (EINVAL)"
+    )]
     SourcesNotSourceMode { port: String, mode: Mode },
     #[error("port {port}: MTU {mtu} is outside {MIN_MTU}..={max} (the parent's MTU)")]
     Mtu { port: String, mtu: u32, max: u32 },
@@ -330,24 +334,56 @@ impl PortTable {
             if c.mode == Mode::Passthru {
                 c.mac = parent.mac;
             } else if !c.mac.is_valid_unicast() {
-                return Err(TableError::InvalidMac { port: c.name, mac: c.mac });
+                return Err(TableError::InvalidMac {
+                    port: c.name,
+                    mac: c.mac,
+                });
             } else if c.mac == parent.mac {
-                return Err(TableError::ParentMac { port: c.name, mac: c.mac });
+                return Err(TableError::ParentMac {
+                    port: c.name,
+                    mac: c.mac,
+                });
             }
             if !c.sources.is_empty() && c.mode != Mode::Source {
-                return Err(TableError::SourcesNotSourceMode { port: c.name, mode: c.mode });
+                return Err(TableError::SourcesNotSourceMode {
+                    port: c.name,
+                    mode: c.mode,
+                });
             }
             if let Some(bad) = c.sources.iter().find(|m| !m.is_valid_unicast()) {
-                return Err(TableError::InvalidSourceMac { port: c.name, mac: *bad });
+                return Err(TableError::InvalidSourceMac {
+                    port: c.name,
+                    mac: *bad,
+                });
             }
             let mtu = c.mtu.unwrap_or(parent.mtu);
             if !(MIN_MTU..=parent.mtu).contains(&mtu) {
-                return Err(TableError::Mtu { port: c.name, mtu, max: parent.mtu });
+                return Err(TableError::Mtu {
+                    port: c.name,
+                    mtu,
+                    max: parent.mtu,
+                });
             }
             built.push(Port { config: c, mtu });
         }
         Self::check_passthru(&built)?;
+        Self::check_up_macs(&built)?;
         Ok(Self::index(parent, built, by_name))
+    }
+
+    /// `macvlan_addr_busy` at open: two UP ports cannot share a MAC (a down one may hold it).
+    fn check_up_macs(ports: &[Port]) -> Result<(), TableError> {
+        let mut seen: HashMap<MacAddr, &str> = HashMap::with_capacity(ports.len());
+        for p in ports.iter().filter(|p| p.is_up()) {
+            if let Some(a) = seen.insert(p.mac(), p.name()) {
+                return Err(TableError::DuplicateMac {
+                    mac: p.mac(),
+                    a: a.to_string(),
+                    b: p.name().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_passthru(ports: &[Port]) -> Result<(), TableError> {
@@ -516,9 +552,14 @@ impl PortTable {
         let (members, all): (&[PortId], &[PortId]) = if bcast {
             (&[], &[])
         } else {
-            let members = self.group_members.get(&group).map_or(&[][..], Vec::as_slice);
+            let members = self
+                .group_members
+                .get(&group)
+                .map_or(&[][..], Vec::as_slice);
             (members, &self.all_groups)
         };
-        by_mode.chain(members.iter().copied()).chain(all.iter().copied())
+        by_mode
+            .chain(members.iter().copied())
+            .chain(all.iter().copied())
     }
 }

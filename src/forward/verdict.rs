@@ -86,13 +86,19 @@ impl DropReason {
             DropReason::SourcePortDestination => {
                 "unicast to a source-mode port's MAC: source ports are never reached by their MAC; the parent's stack gets it"
             }
-            DropReason::MulticastNotJoined => "the port (or, for the whole frame, every port) has not joined this group",
-            DropReason::NoReceiver => "a group frame that no port accepted (mode, filter or sender)",
+            DropReason::MulticastNotJoined => {
+                "the port (or, for the whole frame, every port) has not joined this group"
+            }
+            DropReason::NoReceiver => {
+                "a group frame that no port accepted (mode, filter or sender)"
+            }
             DropReason::ModeIsolation => "the port's mode is outside this flood's mode mask",
             DropReason::OwnSource => "the sender never gets its own flood back",
             DropReason::PortDown => "the port is down (a down passthru port loses all unicast)",
             DropReason::Mtu => "longer than the receiving MTU on a bridge-local path",
-            DropReason::BcQueueFull => "the broadcast queue is full or its length is 0 (bcqueuelen)",
+            DropReason::BcQueueFull => {
+                "the broadcast queue is full or its length is 0 (bcqueuelen)"
+            }
             DropReason::PauseFrame => "802.3x PAUSE frames are never flooded",
             DropReason::NodstSource => "the source is on a nodst source-mode port's list: consumed",
             DropReason::TapQueueFull => "the port's TAP would block (its queue is full)",
@@ -134,6 +140,28 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// A stable snake_case name, for JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Rule::RxNodst => "rx_nodst",
+            Rule::RxGroupEcho => "rx_group_echo",
+            Rule::RxGroupExternal => "rx_group_external",
+            Rule::RxGroupFromVepa => "rx_group_from_vepa",
+            Rule::RxGroupFromBridge => "rx_group_from_bridge",
+            Rule::RxUnicastToPort => "rx_unicast_to_port",
+            Rule::RxUnicastPassthru => "rx_unicast_passthru",
+            Rule::RxUnicastPassthruDown => "rx_unicast_passthru_down",
+            Rule::RxUnicastUnknown => "rx_unicast_unknown",
+            Rule::RxUnicastToSourcePort => "rx_unicast_to_source_port",
+            Rule::TxPortDown => "tx_port_down",
+            Rule::TxNotBridge => "tx_not_bridge",
+            Rule::TxBridgeGroup => "tx_bridge_group",
+            Rule::TxBridgeUnicastLocal => "tx_bridge_unicast_local",
+            Rule::TxBridgeUnicastMtu => "tx_bridge_unicast_mtu",
+            Rule::TxBridgeUnicastWire => "tx_bridge_unicast_wire",
+        }
+    }
+
     /// The section of macvlan-semantics.md that states the rule.
     pub const fn section(self) -> &'static str {
         match self {
@@ -301,12 +329,18 @@ impl Verdict<'_> {
     /// What happened at every port, for trace: deliveries, and for floods why each other port
     /// was passed over.
     pub fn outcomes(&self, table: &PortTable) -> Vec<(PortId, Outcome)> {
-        let mut out: Vec<_> = self.copies.iter().map(|id| (*id, Outcome::SourceCopy)).collect();
+        let mut out: Vec<_> = self
+            .copies
+            .iter()
+            .map(|id| (*id, Outcome::SourceCopy))
+            .collect();
         match self.deliver {
             Delivery::Nobody => {}
             Delivery::One(id) => out.push((id, Outcome::Delivered)),
             Delivery::Flood(fl) => out.extend(table.ids().map(|id| {
-                let o = fl.admits(table, id).map_or_else(Outcome::Skipped, |()| Outcome::Delivered);
+                let o = fl
+                    .admits(table, id)
+                    .map_or_else(Outcome::Skipped, |()| Outcome::Delivered);
                 (id, o)
             })),
         }

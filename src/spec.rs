@@ -1,0 +1,317 @@
+//! The `--port` grammar shared by `umacvlan run` and `umacvlan trace`:
+//!
+//! ```text
+//! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
+//! ```
+//!
+//! `name=N,mode=M[,netns=NS][,mac=MAC][,mtu=N]` is a stable contract: other tools drive the
+//! engine with it. Keys may be added, never removed or changed. `trace` also accepts the keys
+//! that describe a port's live state (`down`, `promisc`, `allmulti`, `join=GROUP+GROUP`), which
+//! `run` reads from the TAP itself.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use crate::forward::{Mode, ModeParseError, PortConfig, PortFlags};
+use crate::mac::{MacAddr, MacParseError};
+
+/// The keys every `--port` accepts.
+pub const CONFIG_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "netns",
+    "mac",
+    "mtu",
+    "flag",
+    "bcqueuelen",
+    "source",
+];
+/// The keys that describe live port state; `trace` only.
+pub const STATE_KEYS: &[&str] = &["down", "promisc", "allmulti", "join"];
+
+/// A port's live state as `trace` describes it (the engine reads it from the TAP).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortState {
+    pub down: bool,
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub groups: BTreeSet<MacAddr>,
+}
+
+impl PortState {
+    pub fn is_default(&self) -> bool {
+        *self == PortState::default()
+    }
+}
+
+/// One parsed `--port` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    /// Bridge when not given: the default of Docker, CNI and netavark (`ip link` defaults to vepa).
+    pub mode: Mode,
+    pub netns: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    pub flags: PortFlags,
+    pub bcqueuelen: Option<u32>,
+    pub sources: BTreeSet<MacAddr>,
+    pub state: PortState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("--port {spec:?}: unknown key {key:?}; keys are {}", CONFIG_KEYS.join(", "))]
+    UnknownKey { spec: String, key: String },
+    #[error("--port {spec:?}: {key} is given twice")]
+    RepeatedKey { spec: String, key: String },
+    #[error("--port {spec:?}: {key} needs a value ({key}=...)")]
+    MissingValue { spec: String, key: String },
+    #[error("--port {spec:?}: {key} takes no value")]
+    UnexpectedValue { spec: String, key: String },
+    #[error("--port {spec:?}: name=N is required")]
+    MissingName { spec: String },
+    #[error("--port {spec:?}: {source}")]
+    Mode {
+        spec: String,
+        source: ModeParseError,
+    },
+    #[error("--port {spec:?}: {source}")]
+    Mac { spec: String, source: MacParseError },
+    #[error("--port {spec:?}: {key}={value:?} is not a number")]
+    Number {
+        spec: String,
+        key: String,
+        value: String,
+    },
+    #[error(
+        "--port {spec:?}: unknown flag {0:?}; flags are nopromisc and nodst",
+        flag
+    )]
+    Flag { spec: String, flag: String },
+    #[error(
+        "--port {spec:?}: {key} describes live port state; `run` reads it from the TAP (it is for `trace` only)"
+    )]
+    StateKey { spec: String, key: String },
+}
+
+impl FromStr for PortSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let s = || spec.to_string();
+        let mut seen: Vec<&str> = Vec::new();
+        let mut out = PortSpec {
+            name: String::new(),
+            mode: Mode::Bridge,
+            netns: None,
+            mac: None,
+            mtu: None,
+            flags: PortFlags::default(),
+            bcqueuelen: None,
+            sources: BTreeSet::new(),
+            state: PortState::default(),
+        };
+        for item in spec.split(',').filter(|i| !i.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            // `flag` may repeat (flag=nodst,flag=nopromisc), like `ip link ... flag`.
+            if key != "flag" && seen.contains(&key) {
+                return Err(SpecError::RepeatedKey {
+                    spec: s(),
+                    key: key.into(),
+                });
+            }
+            seen.push(key);
+            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti");
+            let value = match (value, is_flag_key) {
+                (Some(_), true) => {
+                    return Err(SpecError::UnexpectedValue {
+                        spec: s(),
+                        key: key.into(),
+                    });
+                }
+                (None, true) => "",
+                (Some(v), false) if !v.is_empty() => v,
+                _ if CONFIG_KEYS.contains(&key) || STATE_KEYS.contains(&key) => {
+                    return Err(SpecError::MissingValue {
+                        spec: s(),
+                        key: key.into(),
+                    });
+                }
+                _ => {
+                    return Err(SpecError::UnknownKey {
+                        spec: s(),
+                        key: key.into(),
+                    });
+                }
+            };
+            let mac = |v: &str| {
+                v.parse::<MacAddr>()
+                    .map_err(|source| SpecError::Mac { spec: s(), source })
+            };
+            let macs = |v: &str| v.split('+').map(mac).collect::<Result<BTreeSet<_>, _>>();
+            let num = |v: &str| {
+                v.parse::<u32>().map_err(|_| SpecError::Number {
+                    spec: s(),
+                    key: key.into(),
+                    value: v.into(),
+                })
+            };
+            match key {
+                "name" => out.name = value.to_string(),
+                "mode" => {
+                    out.mode = value
+                        .parse()
+                        .map_err(|source| SpecError::Mode { spec: s(), source })?
+                }
+                "netns" => out.netns = Some(value.to_string()),
+                "mac" => out.mac = Some(mac(value)?),
+                "mtu" => out.mtu = Some(num(value)?),
+                "bcqueuelen" => out.bcqueuelen = Some(num(value)?),
+                "flag" => match value {
+                    "nopromisc" => out.flags.nopromisc = true,
+                    "nodst" => out.flags.nodst = true,
+                    _ => {
+                        return Err(SpecError::Flag {
+                            spec: s(),
+                            flag: value.into(),
+                        });
+                    }
+                },
+                "source" => out.sources = macs(value)?,
+                "join" => out.state.groups = macs(value)?,
+                "down" => out.state.down = true,
+                "promisc" => out.state.promisc = true,
+                "allmulti" => out.state.allmulti = true,
+                _ => {
+                    return Err(SpecError::UnknownKey {
+                        spec: s(),
+                        key: key.into(),
+                    });
+                }
+            }
+        }
+        if out.name.is_empty() {
+            return Err(SpecError::MissingName { spec: s() });
+        }
+        Ok(out)
+    }
+}
+
+impl PortSpec {
+    /// Refuses the trace-only state keys (for `run`).
+    pub fn config_only(&self, spec: &str) -> Result<(), SpecError> {
+        let st = &self.state;
+        let key = [
+            (st.down, "down"),
+            (st.promisc, "promisc"),
+            (st.allmulti, "allmulti"),
+            (!st.groups.is_empty(), "join"),
+        ]
+        .into_iter()
+        .find_map(|(set, k)| set.then_some(k));
+        match key {
+            Some(k) => Err(SpecError::StateKey {
+                spec: spec.into(),
+                key: k.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The MAC the port gets: the given one, else a stable locally-administered MAC derived from
+    /// the parent's name and the port's name (the same on every run and machine).
+    pub fn mac_on(&self, parent: &str) -> MacAddr {
+        self.mac.unwrap_or_else(|| {
+            MacAddr::derived(format!("umacvlan/{parent}/{}", self.name).as_bytes())
+        })
+    }
+
+    /// The port as the forwarding table sees it, with the state the spec describes.
+    pub fn to_config(&self, parent: &str) -> PortConfig {
+        let mut c = PortConfig::new(self.name.clone(), self.mode, self.mac_on(parent));
+        c.flags = self.flags;
+        c.mtu = self.mtu;
+        c.sources = self.sources.clone();
+        if let Some(q) = self.bcqueuelen {
+            c.bcqueuelen = q;
+        }
+        c.up = !self.state.down;
+        c.promisc = self.state.promisc;
+        c.allmulti = self.state.allmulti;
+        c.groups = self.state.groups.clone();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<PortSpec, String> {
+        s.parse::<PortSpec>().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_stable_contract_form() {
+        let p = parse("name=c1,mode=vepa,netns=ns1,mac=02:00:00:00:00:01,mtu=1400").unwrap();
+        assert_eq!(p.name, "c1");
+        assert_eq!(p.mode, Mode::Vepa);
+        assert_eq!(p.netns.as_deref(), Some("ns1"));
+        assert_eq!(p.mac, Some("02:00:00:00:00:01".parse().unwrap()));
+        assert_eq!(p.mtu, Some(1400));
+        assert!(p.config_only("x").is_ok());
+    }
+
+    #[test]
+    fn defaults_bridge_and_a_stable_derived_mac() {
+        let p = parse("name=c1").unwrap();
+        assert_eq!(p.mode, Mode::Bridge);
+        assert_eq!(p.mac_on("eth0"), parse("name=c1").unwrap().mac_on("eth0"));
+        assert_ne!(p.mac_on("eth0"), p.mac_on("eth1"));
+        assert!(p.mac_on("eth0").is_local_admin());
+    }
+
+    #[test]
+    fn extensions() {
+        let p = parse(
+            "name=s,mode=source,flag=nodst,source=02:00:00:00:00:09+02:00:00:00:00:0a,bcqueuelen=0",
+        )
+        .unwrap();
+        assert!(p.flags.nodst && !p.flags.nopromisc);
+        assert_eq!(p.sources.len(), 2);
+        assert_eq!(p.bcqueuelen, Some(0));
+        let t =
+            parse("name=c,mode=passthrough,flag=nopromisc,down,allmulti,join=01:00:5e:00:00:01")
+                .unwrap();
+        assert_eq!(t.mode, Mode::Passthru);
+        assert!(t.state.down && t.state.allmulti && t.state.groups.len() == 1);
+        let e = t.config_only("x").unwrap_err().to_string();
+        assert!(e.contains("down") && e.contains("trace only"), "{e}");
+        let c = t.to_config("p0");
+        assert!(!c.up && c.allmulti && c.flags.nopromisc);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            ("mode=bridge", "name=N is required"),
+            ("name=c1,colour=red", "unknown key \"colour\""),
+            ("name=c1,mode=bridged", "unknown mode \"bridged\""),
+            ("name=c1,mac=02:00", "not a MAC address"),
+            ("name=c1,mtu=big", "mtu=\"big\" is not a number"),
+            ("name=c1,name=c2", "name is given twice"),
+            ("name=c1,mac=", "mac needs a value"),
+            ("name=c1,mode", "mode needs a value"),
+            ("name=c1,down=yes", "down takes no value"),
+            ("name=c1,flag=fast", "unknown flag \"fast\""),
+        ];
+        for (spec, want) in cases {
+            let e = parse(spec).unwrap_err();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
+    }
+}
