@@ -16,3 +16,4 @@ pub mod net;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod vnet;

@@ -1,0 +1,128 @@
+//! Counters: per port, for the parent, and drops by reason.
+//!
+//! One worker thread writes them, any thread reads them. Each counter is an `AtomicU64` written
+//! with a plain load + store (single writer, so no locked read-modify-write on the hot path) and
+//! read with `Relaxed`. Counters only grow; reading never resets them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::forward::DropReason;
+
+/// One monotonically growing counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker thread may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Packets and bytes in one direction.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub packets: Counter,
+    pub bytes: Counter,
+}
+
+impl Flow {
+    #[inline]
+    pub fn count(&self, bytes: usize) {
+        self.packets.add(1);
+        self.bytes.add(bytes as u64);
+    }
+}
+
+/// Drops, one counter per [`DropReason`].
+#[derive(Debug, Default)]
+pub struct Drops([Counter; DropReason::ALL.len()]);
+
+impl Drops {
+    #[inline]
+    pub fn count(&self, r: DropReason) {
+        self.0[r.index()].add(1);
+    }
+
+    pub fn get(&self, r: DropReason) -> u64 {
+        self.0[r.index()].get()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+
+    /// The reasons with a non-zero count, in `DropReason::ALL` order.
+    pub fn nonzero(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// A port's counters, named from the port's side as `ip -s link` shows them: `rx` is what the
+/// engine delivered to the port, `tx` what the port sent.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx: Flow,
+    pub rx_multicast: Counter,
+    pub tx: Flow,
+    /// Frames the port sent that went nowhere, and copies for it that were lost, by reason.
+    pub drops: Drops,
+}
+
+/// The parent's counters: `rx` from the ring, `tx` to the wire, drops of frames from the wire.
+#[derive(Debug, Default)]
+pub struct ParentCounters {
+    pub rx: Flow,
+    pub tx: Flow,
+    pub drops: Drops,
+    /// The kernel's own ring counters (PACKET_STATISTICS), accumulated.
+    pub ring_packets: Counter,
+    pub ring_drops: Counter,
+    pub ring_freezes: Counter,
+}
+
+/// All counters of one engine.
+#[derive(Debug)]
+pub struct Counters {
+    pub parent: ParentCounters,
+    pub ports: Vec<PortCounters>,
+}
+
+impl Counters {
+    pub fn new(ports: usize) -> Counters {
+        Counters {
+            parent: ParentCounters::default(),
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_grow_and_drops_are_by_reason() {
+        let c = Counters::new(2);
+        c.ports[1].rx.count(100);
+        c.ports[1].rx.count(50);
+        c.ports[1].drops.count(DropReason::Mtu);
+        c.parent.drops.count(DropReason::Runt);
+        c.parent.drops.count(DropReason::Runt);
+        assert_eq!(c.ports[1].rx.packets.get(), 2);
+        assert_eq!(c.ports[1].rx.bytes.get(), 150);
+        assert_eq!(c.ports[0].rx.packets.get(), 0);
+        assert_eq!(c.ports[1].drops.nonzero(), vec![(DropReason::Mtu, 1)]);
+        assert_eq!(c.parent.drops.get(DropReason::Runt), 2);
+        assert_eq!(c.parent.drops.total(), 2);
+    }
+}
