@@ -1,0 +1,126 @@
+//! Test helpers for root tests (unit and integration): named namespaces that delete themselves,
+//! `ip` runners, and the root check. Not part of the stable API.
+//!
+//! Names are `umv-<pid>-<tag>-<n>`, so [`sweep_dead`] can remove what a crashed run left behind.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::netns::{NETNS_RUN_DIR, Netns};
+
+/// Panic unless running as root: a root test must never pass silently without root.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN: it creates network \
+             namespaces); run it as root, e.g. `sudo -E cargo test`"
+        );
+    }
+}
+
+/// A named network namespace (`/run/netns/umv-<pid>-<tag>-<n>`), deleted on drop. Drop panics if
+/// the deletion fails, unless the thread is already panicking (then it only prints).
+#[derive(Debug)]
+pub struct NetnsGuard {
+    name: String,
+    ns: Option<Netns>,
+}
+
+/// Create a fresh namespace for a test (checks for root first).
+pub fn netns(tag: &str) -> NetnsGuard {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    require_root();
+    let name = format!(
+        "umv-{}-{tag}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = Netns::add(&name).unwrap_or_else(|e| panic!("create netns {name}: {e:#?}"));
+    NetnsGuard { name, ns: Some(ns) }
+}
+
+impl NetnsGuard {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn netns(&self) -> &Netns {
+        self.ns.as_ref().expect("namespace is open until drop")
+    }
+}
+
+impl std::ops::Deref for NetnsGuard {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        self.netns()
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Close our fd first so that the namespace (and its devices) can go away at once.
+        drop(self.ns.take());
+        let Err(e) = Netns::delete(&self.name) else {
+            return;
+        };
+        let msg = format!("cleanup of netns {} failed: {e}", self.name);
+        if std::thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
+    }
+}
+
+/// Run `ip ARGS`, return stdout; `Err` carries the command and its stderr.
+pub fn try_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("run ip {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run `ip ARGS`, return stdout; panic with ip's stderr on failure.
+pub fn ip(args: &[&str]) -> String {
+    try_ip(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Run `ip -j ARGS` and parse its JSON.
+pub fn ip_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let text = ip(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {all:?}: bad JSON ({e}): {text}"))
+}
+
+/// Delete `umv-<pid>-*` namespaces whose process is gone (left by a crashed test run). Returns
+/// the names removed.
+pub fn sweep_dead() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("umv-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() && Netns::delete(&name).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
