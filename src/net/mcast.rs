@@ -76,16 +76,17 @@ pub fn parse_proc_net_dev_names(text: &str) -> Vec<String> {
 /// The link-layer multicast addresses of device `ifname` in `netns`. A device with no multicast
 /// addresses gives an empty set; a device that does not exist is [`Error::NoSuchLink`].
 pub fn link_multicast(netns: &Netns, ifname: &str) -> Result<BTreeSet<MacAddr>> {
-    let (mcast, dev) = in_netns(netns, || {
-        (
-            fs::read_to_string("/proc/thread-self/net/dev_mcast"),
-            fs::read_to_string("/proc/thread-self/net/dev"),
-        )
-    })?;
-    let mcast = mcast.map_err(|e| Error::sys("read /proc/thread-self/net/dev_mcast", e))?;
-    let dev = dev.map_err(|e| Error::sys("read /proc/thread-self/net/dev", e))?;
+    in_netns(netns, || link_multicast_here(ifname)).and_then(|r| r)
+}
+
+/// [`link_multicast`] for the calling thread's own namespace (`/proc/thread-self/net`), for a
+/// thread that lives in the namespace already.
+pub fn link_multicast_here(ifname: &str) -> Result<BTreeSet<MacAddr>> {
+    let read = |p: &str| fs::read_to_string(p).map_err(|e| Error::sys(format!("read {p}"), e));
+    let mcast = read("/proc/thread-self/net/dev_mcast")?;
+    let dev = read("/proc/thread-self/net/dev")?;
     let entries = parse_dev_mcast(&mcast).map_err(|detail| Error::Protocol {
-        op: format!("read the multicast list of {ifname:?} in {netns}"),
+        op: format!("read the multicast list of {ifname:?}"),
         detail,
     })?;
     let set: BTreeSet<MacAddr> = entries
@@ -96,7 +97,7 @@ pub fn link_multicast(netns: &Netns, ifname: &str) -> Result<BTreeSet<MacAddr>> 
     if set.is_empty() && !parse_proc_net_dev_names(&dev).iter().any(|n| n == ifname) {
         return Err(Error::NoSuchLink {
             name: ifname.to_string(),
-            netns: netns.to_string(),
+            netns: "the current namespace".to_string(),
         });
     }
     Ok(set)
