@@ -3,6 +3,8 @@
 //! * [`mac`], [`frame`]: vocabulary — MAC addresses and a checked view of one frame.
 //! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
 //! * [`sys`]: the only `unsafe` code — TPACKET_V3 ring, TX socket, TAP devices.
+//! * [`vnet`]: the `virtio_net_hdr` that rides in front of every frame on the ring, TX socket
+//!   and TAPs.
 //! * [`net`]: rtnetlink and network-namespace helpers.
 //! * [`engine`]: the worker loop that moves frames and counts them.
 #![deny(unsafe_code)]

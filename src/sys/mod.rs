@@ -1,1 +1,112 @@
 //! The only module with `unsafe`: the parent's TPACKET_V3 ring and TX socket, and TAP devices.
+//!
+//! * [`ring`]: [`RxRing`], the parent's receive path: a promiscuous `AF_PACKET` socket with a
+//!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
+//!   (`perf-facts.md` §8 "Parent RX").
+//! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
+//!   never receives (§8 "Wire TX").
+//! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
+//!   vanishes when its fd closes (§8 "Children").
+//!
+//! Every fd is an [`OwnedFd`] (or a `File`); every `unsafe` block names the invariant it relies on
+//! in a `// SAFETY:` comment. The helpers below are the few raw calls the three files share.
+
+pub mod ring;
+pub mod tap;
+pub mod tx;
+
+#[cfg(test)]
+mod testns;
+
+pub use ring::{Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing};
+pub use tap::{Tap, TapError};
+pub use tx::{TxError, TxSocket};
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+
+/// Opens a raw, close-on-exec, non-blocking `AF_PACKET` socket. `Some(EthAll)` receives every
+/// protocol once bound; `None` is protocol 0, which registers no receive hook at all.
+fn packet_socket(protocol: Option<SockProtocol>) -> io::Result<OwnedFd> {
+    socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        protocol,
+    )
+    .map_err(io::Error::from)
+}
+
+/// `setsockopt(fd, SOL_PACKET, name, value, sizeof *value)`.
+fn set_packet_opt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>()).map_err(io::Error::other)?;
+    // SAFETY: `value` is a live reference, so the pointer is valid for reads of `len` =
+    // `size_of::<T>()` bytes for the whole call; `fd` is borrowed, so it stays open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (value as *const T).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Binds a packet socket to `ifindex` with `protocol` (host order; 0 means "transmit only").
+fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
+    let ifindex = libc::c_int::try_from(ifindex).map_err(io::Error::other)?;
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: protocol.to_be(),
+        sll_ifindex: ifindex,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    };
+    let len =
+        libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).map_err(io::Error::other)?;
+    // SAFETY: `sll` is a fully initialised `sockaddr_ll` on our stack and `len` is its exact size;
+    // the kernel only reads it during the call. `fd` is borrowed, so it stays open.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_constants_are_the_uapi_values() {
+        // include/uapi/linux/if_packet.h; pinned so a libc change cannot silently move them.
+        assert_eq!(libc::PACKET_ADD_MEMBERSHIP, 1);
+        assert_eq!(libc::PACKET_RX_RING, 5);
+        assert_eq!(libc::PACKET_STATISTICS, 6);
+        assert_eq!(libc::PACKET_VERSION, 10);
+        assert_eq!(libc::PACKET_VNET_HDR, 15);
+        assert_eq!(libc::PACKET_IGNORE_OUTGOING, 23);
+        assert_eq!(libc::PACKET_MR_PROMISC, 1);
+        assert_eq!(libc::tpacket_versions::TPACKET_V3 as u32, 2);
+        assert_eq!(libc::ETH_P_ALL, 3);
+        assert_eq!(size_of::<libc::sockaddr_ll>(), 20);
+    }
+}

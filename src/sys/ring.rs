@@ -1,0 +1,1135 @@
+//! `RxRing`: the parent's receive path, a promiscuous TPACKET_V3 `AF_PACKET` ring.
+//!
+//! Set up exactly as `perf-facts.md` §8 "Parent RX" prescribes, in this order (the kernel
+//! refuses `PACKET_VNET_HDR` and `PACKET_VERSION` with EBUSY once a ring exists):
+//!
+//! 1. `socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL))`;
+//! 2. `PACKET_VNET_HDR = 1`: a 10-byte `virtio_net_hdr` sits immediately before every frame;
+//! 3. `PACKET_VERSION = TPACKET_V3`;
+//! 4. `PACKET_IGNORE_OUTGOING = 1`: frames sent on the parent (by the engine's own TX socket or
+//!    the host) are not looped back into the ring;
+//! 5. `PACKET_RX_RING` with a [`RingConfig`] validated beforehand, `tp_retire_blk_tov` explicit;
+//! 6. `mmap(MAP_SHARED)` of exactly `block_size × block_nr` bytes;
+//! 7. `bind` to the parent's ifindex (0, "every interface", is refused);
+//! 8. `PACKET_ADD_MEMBERSHIP(PACKET_MR_PROMISC)`, which the kernel drops when the socket closes,
+//!    even after a crash.
+//!
+//! Ownership protocol of a block: the kernel fills it while `block_status` is `TP_STATUS_KERNEL`
+//! and hands it over by setting `TP_STATUS_USER`. [`RxRing::next_block`] Acquire-loads that word;
+//! the returned [`Block`] guard gives the block back (Release-store of `TP_STATUS_KERNEL`) when
+//! dropped. Every frame slice borrows the guard, so no slice can outlive the hand-back.
+//!
+//! The kernel's offsets inside a block (`offset_to_first_pkt`, `tp_next_offset`, `tp_mac`,
+//! `tp_snaplen`) are never trusted: each is bounds-checked against the block, and a bad one ends
+//! the iteration instead of reading outside it.
+
+use std::io;
+use std::marker::PhantomData;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sys::socket::SockProtocol;
+
+use crate::frame::{ETH_P_8021Q, VlanTag};
+use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+
+use super::{bind_packet, packet_socket, set_packet_opt};
+
+/// `sizeof(struct tpacket_block_desc)`; also the kernel's `offset_to_first_pkt` when
+/// `tp_sizeof_priv` is 0. Frames never start before it.
+const BLOCK_DESC_LEN: usize = 48;
+/// Offset of `hdr.bh1.block_status` in `struct tpacket_block_desc`.
+const BLOCK_STATUS_OFF: usize = 8;
+/// The block bytes the guard may view as a slice start here, right after `block_status`: the
+/// kernel writes that word concurrently (atomically from our side), the rest of a user-owned
+/// block it leaves alone.
+const BLOCK_VIEW_OFF: usize = BLOCK_STATUS_OFF + 4;
+/// Offsets in `struct tpacket_block_desc` (`hdr.bh1.*`).
+const NUM_PKTS_OFF: usize = 12;
+const FIRST_PKT_OFF: usize = 16;
+const SEQ_NUM_OFF: usize = 24;
+
+/// `sizeof(struct tpacket3_hdr)`.
+const TPACKET3_HDR_LEN: usize = 48;
+/// Offsets in `struct tpacket3_hdr`.
+const TP_NEXT_OFFSET_OFF: usize = 0;
+const TP_SNAPLEN_OFF: usize = 12;
+const TP_LEN_OFF: usize = 16;
+const TP_STATUS_OFF: usize = 20;
+const TP_MAC_OFF: usize = 24;
+const TP_RXHASH_OFF: usize = 28;
+const TP_VLAN_TCI_OFF: usize = 32;
+const TP_VLAN_TPID_OFF: usize = 36;
+/// The kernel puts a `struct sockaddr_ll` at `TPACKET_ALIGN(sizeof(struct tpacket3_hdr))`.
+const SLL_OFF: usize = TPACKET3_HDR_LEN;
+/// `sll_pkttype` within `struct sockaddr_ll`.
+const SLL_PKTTYPE_OFF: usize = 10;
+/// `sizeof(struct sockaddr_ll)`.
+const SLL_LEN: usize = 20;
+/// `tp_mac` can be no smaller: frame header, address, vnet header, then the MAC header.
+const MIN_TP_MAC: usize = SLL_OFF + SLL_LEN + VNET_HDR_LEN;
+
+/// Geometry of the TPACKET_V3 receive ring.
+///
+/// In V3 the **block** caps the frame size (`block_size - 48 - tp_mac`, `perf-facts.md` §2):
+/// larger frames arrive truncated (`tp_snaplen < tp_len`). 256 KiB covers 64 KiB GSO/GRO
+/// super-frames; BIG TCP needs `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RingConfig {
+    /// Bytes per block: a multiple of the page size.
+    pub block_size: u32,
+    /// Number of blocks.
+    pub block_nr: u32,
+    /// `tp_frame_size`: for V3 it only has to be a multiple of 16 that divides the block and
+    /// holds the frame headers; it does not limit frame length.
+    pub frame_size: u32,
+    /// `tp_retire_blk_tov` in ms: how long a partly filled block waits before it is handed over.
+    /// It is the added latency under sparse traffic. Must be explicit (0 lets the kernel choose,
+    /// 8 ms when the ring is set up before `bind`).
+    pub retire_tov_ms: u32,
+}
+
+impl RingConfig {
+    /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms (`perf-facts.md` §8).
+    pub const DEFAULT: RingConfig = RingConfig {
+        block_size: 256 * 1024,
+        block_nr: 64,
+        frame_size: 2048,
+        retire_tov_ms: 1,
+    };
+
+    /// Same as [`RingConfig::DEFAULT`].
+    pub const fn new() -> RingConfig {
+        RingConfig::DEFAULT
+    }
+
+    /// Checks the geometry the kernel's `packet_set_ring` would check, plus the engine's own
+    /// rules, and returns why it is unusable. Runs before any mapping.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        let page = page_size();
+        if self.block_size == 0 || self.block_nr == 0 {
+            return Err("block_size and block_nr must be non-zero");
+        }
+        if !(self.block_size as usize).is_multiple_of(page) {
+            return Err("block_size must be a multiple of the page size");
+        }
+        if self.block_size > i32::MAX as u32 {
+            return Err("block_size must fit in a C int");
+        }
+        if !self.frame_size.is_multiple_of(16) {
+            return Err("frame_size must be a multiple of TPACKET_ALIGNMENT (16)");
+        }
+        // TPACKET3_HDRLEN (68) rounded up, plus the vnet header and an Ethernet header.
+        if (self.frame_size as usize) < MIN_TP_MAC + crate::frame::ETH_HLEN {
+            return Err("frame_size is smaller than the V3 frame headers");
+        }
+        if self.frame_size > self.block_size || !self.block_size.is_multiple_of(self.frame_size) {
+            return Err("frame_size must divide block_size");
+        }
+        if self.frame_nr().is_none() {
+            return Err("block_size / frame_size × block_nr overflows u32");
+        }
+        if self.map_len().is_none() {
+            return Err("block_size × block_nr overflows the address space");
+        }
+        if self.retire_tov_ms == 0 {
+            return Err("retire_tov_ms must be explicit (0 means 8 ms of added latency)");
+        }
+        Ok(())
+    }
+
+    /// `tp_frame_nr` as the kernel expects it.
+    fn frame_nr(&self) -> Option<u32> {
+        (self.block_size / self.frame_size).checked_mul(self.block_nr)
+    }
+
+    /// Bytes to map: `block_size × block_nr`.
+    pub fn map_len(&self) -> Option<usize> {
+        (self.block_size as usize).checked_mul(self.block_nr as usize)
+    }
+}
+
+impl Default for RingConfig {
+    fn default() -> RingConfig {
+        RingConfig::DEFAULT
+    }
+}
+
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| usize::try_from(p).ok())
+        .unwrap_or(4096)
+}
+
+/// Why an [`RxRing`] could not be set up; one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("ring for ifindex {ifindex}: invalid configuration {config:?}: {reason}")]
+    InvalidConfig {
+        ifindex: u32,
+        config: RingConfig,
+        reason: &'static str,
+    },
+    #[error("refusing to open a ring on ifindex 0: binding to it would capture every interface")]
+    ZeroIfindex,
+    #[error("ring for ifindex {ifindex}: socket(AF_PACKET, SOCK_RAW, ETH_P_ALL) failed")]
+    Socket {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: setsockopt(PACKET_VNET_HDR) failed")]
+    VnetHdr {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: setsockopt(PACKET_VERSION, TPACKET_V3) failed")]
+    Version {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: setsockopt(PACKET_IGNORE_OUTGOING) failed")]
+    IgnoreOutgoing {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: setsockopt(PACKET_RX_RING, {config:?}) failed")]
+    RxRing {
+        ifindex: u32,
+        config: RingConfig,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: mmap of {len} bytes failed")]
+    Mmap {
+        ifindex: u32,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: bind failed")]
+    Bind {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ring for ifindex {ifindex}: PACKET_ADD_MEMBERSHIP(PACKET_MR_PROMISC) failed")]
+    Promisc {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters from `PACKET_STATISTICS` (`struct tpacket_stats_v3`).
+///
+/// The kernel **clears them on every read**: each value is the count since the previous
+/// [`RxRing::stats`] call, so accumulate them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Frames the socket accepted or dropped: `tp_packets` **includes** `drops`.
+    pub packets: u32,
+    /// Frames dropped: no free block, or a GSO type a vnet header cannot express.
+    pub drops: u32,
+    /// How often the kernel found the next block still owned by userspace (ring full).
+    pub freeze_q_cnt: u32,
+}
+
+/// A promiscuous TPACKET_V3 receive ring on one interface. See the module docs.
+#[derive(Debug)]
+pub struct RxRing {
+    map: NonNull<u8>,
+    map_len: usize,
+    config: RingConfig,
+    ifindex: u32,
+    /// Index of the next block to look at; the kernel fills blocks in order.
+    next: u32,
+    fd: OwnedFd,
+}
+
+// SAFETY: `RxRing` owns its mapping and socket exclusively; the raw pointer is only an address
+// into that mapping and carries no thread affinity, so moving the ring to another thread is sound.
+// It is not `Sync`: `next_block` needs `&mut self`.
+unsafe impl Send for RxRing {}
+
+impl RxRing {
+    /// Opens the ring on `ifindex` with the steps listed in the module docs.
+    pub fn open(ifindex: u32, config: RingConfig) -> Result<RxRing, RingError> {
+        config
+            .validate()
+            .map_err(|reason| RingError::InvalidConfig {
+                ifindex,
+                config,
+                reason,
+            })?;
+        if ifindex == 0 {
+            return Err(RingError::ZeroIfindex);
+        }
+        let (map_len, frame_nr) = match (config.map_len(), config.frame_nr()) {
+            (Some(l), Some(n)) => (l, n),
+            _ => unreachable!("validate() checked both products"),
+        };
+
+        let fd = packet_socket(Some(SockProtocol::EthAll))
+            .map_err(|source| RingError::Socket { ifindex, source })?;
+        set_packet_opt(fd.as_fd(), libc::PACKET_VNET_HDR, &1 as &libc::c_int)
+            .map_err(|source| RingError::VnetHdr { ifindex, source })?;
+        let v3 = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+        set_packet_opt(fd.as_fd(), libc::PACKET_VERSION, &v3)
+            .map_err(|source| RingError::Version { ifindex, source })?;
+        set_packet_opt(fd.as_fd(), libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)
+            .map_err(|source| RingError::IgnoreOutgoing { ifindex, source })?;
+        let req = libc::tpacket_req3 {
+            tp_block_size: config.block_size,
+            tp_block_nr: config.block_nr,
+            tp_frame_size: config.frame_size,
+            tp_frame_nr: frame_nr,
+            tp_retire_blk_tov: config.retire_tov_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        set_packet_opt(fd.as_fd(), libc::PACKET_RX_RING, &req).map_err(|source| {
+            RingError::RxRing {
+                ifindex,
+                config,
+                source,
+            }
+        })?;
+
+        // SAFETY: a fresh mapping (addr NULL, no MAP_FIXED) cannot alias any Rust object; the fd
+        // is a packet socket whose RX ring of exactly `map_len` bytes was configured just above,
+        // which is what a mmap of that socket at offset 0 maps.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(RingError::Mmap {
+                ifindex,
+                len: map_len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let Some(map) = NonNull::new(addr.cast::<u8>()) else {
+            unreachable!("mmap without MAP_FIXED never returns address 0 on success")
+        };
+        // From here on, Drop unmaps.
+        let ring = RxRing {
+            map,
+            map_len,
+            config,
+            ifindex,
+            next: 0,
+            fd,
+        };
+
+        bind_packet(ring.fd.as_fd(), ifindex, libc::ETH_P_ALL as u16)
+            .map_err(|source| RingError::Bind { ifindex, source })?;
+        let mreq = libc::packet_mreq {
+            mr_ifindex: libc::c_int::try_from(ifindex).map_err(|e| RingError::Promisc {
+                ifindex,
+                source: io::Error::other(e),
+            })?,
+            mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+            mr_alen: 0,
+            mr_address: [0; 8],
+        };
+        set_packet_opt(ring.fd.as_fd(), libc::PACKET_ADD_MEMBERSHIP, &mreq)
+            .map_err(|source| RingError::Promisc { ifindex, source })?;
+        Ok(ring)
+    }
+
+    /// The socket, for `poll` (readable when a block is user-owned).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    pub fn config(&self) -> RingConfig {
+        self.config
+    }
+
+    /// The next block the kernel has handed over, if any. Its frames borrow the guard; dropping
+    /// the guard gives the block back to the kernel.
+    ///
+    /// A handed-over block can be **empty** (`num_pkts` 0): measured on 6.18, a frame clamped to
+    /// the block size does not fit the current block even when that block is empty, so the kernel
+    /// retires it and puts the frame in the next one.
+    pub fn next_block(&mut self) -> Option<Block<'_>> {
+        let block_size = self.config.block_size as usize;
+        let offset = self.next as usize * block_size;
+        // SAFETY: `next < block_nr`, so `offset + block_size <= block_size × block_nr == map_len`:
+        // the pointer stays inside the mapping we own.
+        let base = unsafe { self.map.add(offset) };
+        // SAFETY: `base` is page-aligned and inside the mapping (above), so the status word at
+        // +8 is in bounds and 4-aligned; the kernel writes it concurrently, which is why it is
+        // only ever accessed through an `AtomicU32`.
+        let status = unsafe { block_status(base) };
+        if status.load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+            return None;
+        }
+        self.next = (self.next + 1) % self.config.block_nr;
+        Some(Block {
+            base,
+            block_size,
+            _ring: PhantomData,
+        })
+    }
+
+    /// Reads and **clears** the socket's counters (`PACKET_STATISTICS`): each call returns the
+    /// counts since the previous one.
+    pub fn stats(&self) -> io::Result<RingStats> {
+        let mut st = libc::tpacket_stats_v3 {
+            tp_packets: 0,
+            tp_drops: 0,
+            tp_freeze_q_cnt: 0,
+        };
+        let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats_v3>())
+            .map_err(io::Error::other)?;
+        // SAFETY: `st` and `len` are live locals; `len` holds the size of `st`, so the kernel
+        // writes at most that many bytes into it and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats_v3).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RingStats {
+            packets: st.tp_packets,
+            drops: st.tp_drops,
+            freeze_q_cnt: st.tp_freeze_q_cnt,
+        })
+    }
+}
+
+impl AsFd for RxRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: `map`/`map_len` are exactly what mmap returned in `open`; every `Block` borrows
+        // the ring mutably, so none is alive here and no slice into the mapping remains.
+        let rc = unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
+        debug_assert_eq!(rc, 0, "munmap of the ring failed");
+        // The socket closes when `fd` drops, which also removes the PROMISC membership.
+    }
+}
+
+/// The `block_status` word of the block at `base`.
+///
+/// # Safety
+/// `base` must point to the start of a block inside a live ring mapping (page-aligned), and the
+/// mapping must outlive `'a`.
+unsafe fn block_status<'a>(base: NonNull<u8>) -> &'a AtomicU32 {
+    // SAFETY: by the caller's contract `base + 8` is inside the mapping.
+    let word = unsafe { base.as_ptr().add(BLOCK_STATUS_OFF) };
+    // SAFETY: `word .. word + 4` is inside the mapping, which outlives `'a` (caller's contract),
+    // and 4-aligned (blocks are page-aligned); every Rust access to this word is atomic.
+    unsafe { AtomicU32::from_ptr(word.cast::<u32>()) }
+}
+
+/// A block handed over by the kernel. Dropping it returns the block (Release store of
+/// `TP_STATUS_KERNEL`), so every frame read from it happens before the kernel may refill it.
+#[derive(Debug)]
+pub struct Block<'a> {
+    base: NonNull<u8>,
+    block_size: usize,
+    _ring: PhantomData<&'a mut RxRing>,
+}
+
+impl Block<'_> {
+    /// The block's bytes after `block_status`, indexed from `BLOCK_VIEW_OFF`.
+    fn view(&self) -> BlockView<'_> {
+        // SAFETY: `BLOCK_VIEW_OFF < block_size`, and the block lies inside the live mapping
+        // (`next_block` checked the index; the guard borrows the ring mutably).
+        let start = unsafe { self.base.as_ptr().add(BLOCK_VIEW_OFF) };
+        // SAFETY: `start .. base + block_size` is inside the mapping (above). The Acquire load of
+        // `TP_STATUS_USER` in `next_block` made the kernel's writes visible, and the kernel does
+        // not write this block again until `Drop` stores `TP_STATUS_KERNEL`, which cannot happen
+        // while the returned slice (which borrows `self`) lives. The slice starts after the
+        // status word, the only word the kernel touches meanwhile.
+        let bytes = unsafe { std::slice::from_raw_parts(start, self.block_size - BLOCK_VIEW_OFF) };
+        BlockView { bytes }
+    }
+
+    /// `num_pkts`: how many frames the kernel says the block holds.
+    pub fn num_pkts(&self) -> u32 {
+        self.view().u32_at(NUM_PKTS_OFF).unwrap_or(0)
+    }
+
+    /// `seq_num`: the kernel's running block sequence number (gaps mean nothing; it is per ring).
+    pub fn seq_num(&self) -> u64 {
+        self.view().u64_at(SEQ_NUM_OFF).unwrap_or(0)
+    }
+
+    /// The frames in the block. Iteration stops early, without reading outside the block, if the
+    /// kernel's offsets are inconsistent; compare the count with [`Block::num_pkts`] to detect it.
+    pub fn frames(&self) -> Frames<'_> {
+        let view = self.view();
+        let remaining = view.u32_at(NUM_PKTS_OFF).unwrap_or(0);
+        let next = view.u32_at(FIRST_PKT_OFF).unwrap_or(0) as usize;
+        Frames {
+            view,
+            next,
+            remaining,
+        }
+    }
+}
+
+impl Drop for Block<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `base` is the start of a block in the ring mapping, which outlives this guard
+        // (it borrows the ring).
+        let status = unsafe { block_status(self.base) };
+        // Release: our reads of this block happen before the kernel may refill it.
+        status.store(libc::TP_STATUS_KERNEL, Ordering::Release);
+    }
+}
+
+/// Checked little reader over a user-owned block, indexed by offsets from the block start.
+#[derive(Clone, Copy, Debug)]
+struct BlockView<'b> {
+    /// The block from `BLOCK_VIEW_OFF` on.
+    bytes: &'b [u8],
+}
+
+impl<'b> BlockView<'b> {
+    fn range(&self, block_off: usize, len: usize) -> Option<&'b [u8]> {
+        let start = block_off.checked_sub(BLOCK_VIEW_OFF)?;
+        self.bytes.get(start..start.checked_add(len)?)
+    }
+
+    fn u16_at(&self, off: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(self.range(off, 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(&self, off: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.range(off, 4)?.try_into().ok()?))
+    }
+
+    fn u64_at(&self, off: usize) -> Option<u64> {
+        Some(u64::from_ne_bytes(self.range(off, 8)?.try_into().ok()?))
+    }
+}
+
+/// Iterator over the frames of a [`Block`].
+#[derive(Debug)]
+pub struct Frames<'b> {
+    view: BlockView<'b>,
+    /// Block offset of the next `tpacket3_hdr`.
+    next: usize,
+    remaining: u32,
+}
+
+impl<'b> Frames<'b> {
+    fn parse(&self, off: usize) -> Option<(RingFrame<'b>, u32)> {
+        if off < BLOCK_DESC_LEN {
+            return None;
+        }
+        let v = &self.view;
+        v.range(off, TPACKET3_HDR_LEN)?;
+        let next_offset = v.u32_at(off + TP_NEXT_OFFSET_OFF)?;
+        let snaplen = v.u32_at(off + TP_SNAPLEN_OFF)? as usize;
+        let mac = v.u16_at(off + TP_MAC_OFF)? as usize;
+        if mac < MIN_TP_MAC {
+            return None;
+        }
+        let mac_abs = off.checked_add(mac)?;
+        let data = v.range(mac_abs - VNET_HDR_LEN, snaplen.checked_add(VNET_HDR_LEN)?)?;
+        let pkt_type = v.range(off + SLL_OFF + SLL_PKTTYPE_OFF, 1)?[0];
+        let frame = RingFrame {
+            data,
+            wire_len: v.u32_at(off + TP_LEN_OFF)?,
+            status: v.u32_at(off + TP_STATUS_OFF)?,
+            rxhash: v.u32_at(off + TP_RXHASH_OFF)?,
+            vlan_tci: v.u32_at(off + TP_VLAN_TCI_OFF)?,
+            vlan_tpid: v.u16_at(off + TP_VLAN_TPID_OFF)?,
+            pkt_type,
+        };
+        Some((frame, next_offset))
+    }
+}
+
+impl<'b> Iterator for Frames<'b> {
+    type Item = RingFrame<'b>;
+
+    fn next(&mut self) -> Option<RingFrame<'b>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let Some((frame, next_offset)) = self.parse(self.next) else {
+            self.remaining = 0;
+            return None;
+        };
+        self.remaining -= 1;
+        match self.next.checked_add(next_offset as usize) {
+            Some(n) if next_offset != 0 => self.next = n,
+            // The last frame has tp_next_offset 0; a 0 earlier is corrupt: stop after this one.
+            _ => self.remaining = 0,
+        }
+        Some(frame)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining as usize))
+    }
+}
+
+/// One frame in a user-owned block, borrowed from the [`Block`] guard.
+#[derive(Clone, Copy, Debug)]
+pub struct RingFrame<'b> {
+    /// vnet header followed by the frame (`tp_snaplen` bytes from the MAC header).
+    data: &'b [u8],
+    wire_len: u32,
+    status: u32,
+    rxhash: u32,
+    vlan_tci: u32,
+    vlan_tpid: u16,
+    pkt_type: u8,
+}
+
+impl<'b> RingFrame<'b> {
+    /// The frame from its destination MAC, `tp_snaplen` bytes. The outermost VLAN tag, if any, is
+    /// not in here: see [`RingFrame::vlan`].
+    pub fn frame(&self) -> &'b [u8] {
+        &self.data[VNET_HDR_LEN..]
+    }
+
+    /// The 10-byte `virtio_net_hdr` that the kernel wrote immediately before the MAC header.
+    pub fn vnet(&self) -> &'b [u8; VNET_HDR_LEN] {
+        match self.data.first_chunk::<VNET_HDR_LEN>() {
+            Some(h) => h,
+            None => unreachable!("parse() always includes the vnet header"),
+        }
+    }
+
+    /// The vnet header, decoded.
+    pub fn vnet_hdr(&self) -> VnetHdr {
+        VnetHdr::parse(self.vnet()).unwrap_or_default()
+    }
+
+    /// vnet header and frame as one contiguous slice, ready for a TAP `write` or a
+    /// [`TxSocket::send`](super::TxSocket::send).
+    pub fn with_vnet(&self) -> &'b [u8] {
+        self.data
+    }
+
+    /// `tp_snaplen`: the bytes present in [`RingFrame::frame`].
+    pub fn snaplen(&self) -> usize {
+        self.data.len() - VNET_HDR_LEN
+    }
+
+    /// `tp_len`: the frame's full length as received (without the out-of-band VLAN tag).
+    pub fn wire_len(&self) -> usize {
+        self.wire_len as usize
+    }
+
+    /// The frame did not fit in the block and was cut (`tp_snaplen < tp_len`): count it as a drop.
+    pub fn truncated(&self) -> bool {
+        self.snaplen() < self.wire_len()
+    }
+
+    /// The outermost VLAN tag, which the kernel removed from the bytes before the ring saw them.
+    /// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
+    pub fn vlan(&self) -> Option<VlanTag> {
+        if self.status & libc::TP_STATUS_VLAN_VALID == 0 {
+            return None;
+        }
+        let tpid = if self.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+            self.vlan_tpid
+        } else {
+            ETH_P_8021Q
+        };
+        Some(VlanTag {
+            tpid,
+            // The kernel stores the 16-bit TCI in a 32-bit field.
+            tci: (self.vlan_tci & 0xffff) as u16,
+        })
+    }
+
+    /// `tp_status` (`TP_STATUS_*` bits).
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// `TP_STATUS_CSUMNOTREADY`: the checksum is still to be computed; the vnet header says where.
+    pub fn csum_not_ready(&self) -> bool {
+        self.status & libc::TP_STATUS_CSUMNOTREADY != 0
+    }
+
+    /// `sll_pkttype`: `PACKET_HOST`, `PACKET_BROADCAST`, `PACKET_MULTICAST`, `PACKET_OTHERHOST`
+    /// (`PACKET_OUTGOING` never appears: the ring ignores outgoing frames).
+    pub fn pkt_type(&self) -> u8 {
+        self.pkt_type
+    }
+
+    /// `hv1.tp_rxhash`; 0 unless the ring requested `TP_FT_REQ_FILL_RXHASH` (this one does not).
+    pub fn rxhash(&self) -> u32 {
+        self.rxhash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    #[test]
+    fn hand_written_offsets_match_libc_layouts() {
+        assert_eq!(size_of::<libc::tpacket_block_desc>(), BLOCK_DESC_LEN);
+        let bh1 = offset_of!(libc::tpacket_block_desc, hdr);
+        assert_eq!(
+            bh1 + offset_of!(libc::tpacket_hdr_v1, block_status),
+            BLOCK_STATUS_OFF
+        );
+        assert_eq!(
+            bh1 + offset_of!(libc::tpacket_hdr_v1, num_pkts),
+            NUM_PKTS_OFF
+        );
+        assert_eq!(
+            bh1 + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt),
+            FIRST_PKT_OFF
+        );
+        assert_eq!(bh1 + offset_of!(libc::tpacket_hdr_v1, seq_num), SEQ_NUM_OFF);
+
+        assert_eq!(size_of::<libc::tpacket3_hdr>(), TPACKET3_HDR_LEN);
+        assert_eq!(
+            offset_of!(libc::tpacket3_hdr, tp_next_offset),
+            TP_NEXT_OFFSET_OFF
+        );
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_snaplen), TP_SNAPLEN_OFF);
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_len), TP_LEN_OFF);
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_status), TP_STATUS_OFF);
+        assert_eq!(offset_of!(libc::tpacket3_hdr, tp_mac), TP_MAC_OFF);
+        let hv1 = offset_of!(libc::tpacket3_hdr, hv1);
+        assert_eq!(
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_rxhash),
+            TP_RXHASH_OFF
+        );
+        assert_eq!(
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci),
+            TP_VLAN_TCI_OFF
+        );
+        assert_eq!(
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
+            TP_VLAN_TPID_OFF
+        );
+        assert_eq!(offset_of!(libc::sockaddr_ll, sll_pkttype), SLL_PKTTYPE_OFF);
+        assert_eq!(size_of::<libc::sockaddr_ll>(), SLL_LEN);
+        assert_eq!(libc::TPACKET3_HDRLEN, SLL_OFF + SLL_LEN);
+        assert_eq!(size_of::<libc::tpacket_stats_v3>(), 12);
+        assert_eq!(size_of::<libc::tpacket_req3>(), 28);
+    }
+
+    #[test]
+    fn default_config_is_the_recommended_one_and_valid() {
+        let c = RingConfig::default();
+        assert_eq!(c, RingConfig::new());
+        assert_eq!(
+            (c.block_size, c.block_nr, c.frame_size, c.retire_tov_ms),
+            (256 * 1024, 64, 2048, 1)
+        );
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.map_len(), Some(16 * 1024 * 1024));
+        assert_eq!(c.frame_nr(), Some(128 * 64));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_any_syscall() {
+        let ok = RingConfig::DEFAULT;
+        let bad = [
+            RingConfig {
+                block_size: 0,
+                ..ok
+            },
+            RingConfig { block_nr: 0, ..ok },
+            RingConfig {
+                block_size: 256 * 1024 + 100,
+                ..ok
+            },
+            RingConfig {
+                frame_size: 2040,
+                ..ok
+            },
+            RingConfig {
+                frame_size: 64,
+                ..ok
+            },
+            RingConfig {
+                frame_size: 512 * 1024,
+                ..ok
+            },
+            RingConfig {
+                frame_size: 3072,
+                ..ok
+            },
+            RingConfig {
+                block_size: 1 << 31,
+                ..ok
+            },
+            RingConfig {
+                retire_tov_ms: 0,
+                ..ok
+            },
+            RingConfig {
+                block_size: 1 << 30,
+                block_nr: u32::MAX,
+                frame_size: 16 * 1024,
+                ..ok
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?} should be invalid");
+            // Refused before a socket exists: works without privileges and names the ifindex.
+            match RxRing::open(7, c) {
+                Err(RingError::InvalidConfig { ifindex: 7, .. }) => {}
+                other => panic!("{c:?}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ifindex_zero_is_refused() {
+        assert!(matches!(
+            RxRing::open(0, RingConfig::DEFAULT),
+            Err(RingError::ZeroIfindex)
+        ));
+    }
+
+    /// Builds a fake user-owned block in heap memory and walks it, including corrupt offsets.
+    mod walk {
+        use super::*;
+
+        const BS: usize = 4096;
+
+        fn put_u32(b: &mut [u8], off: usize, v: u32) {
+            b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        fn put_u16(b: &mut [u8], off: usize, v: u16) {
+            b[off..off + 2].copy_from_slice(&v.to_ne_bytes());
+        }
+
+        /// Writes a frame header at `off` with the vnet header and `payload` at `off + 92`.
+        fn put_frame(b: &mut [u8], off: usize, next: u32, payload: &[u8], status: u32) {
+            let mac = 92usize;
+            put_u32(b, off + TP_NEXT_OFFSET_OFF, next);
+            put_u32(b, off + TP_SNAPLEN_OFF, payload.len() as u32);
+            put_u32(b, off + TP_LEN_OFF, payload.len() as u32 + 1);
+            put_u32(b, off + TP_STATUS_OFF, status);
+            put_u16(b, off + TP_MAC_OFF, mac as u16);
+            put_u32(b, off + TP_VLAN_TCI_OFF, 0x6064);
+            put_u16(b, off + TP_VLAN_TPID_OFF, 0x88a8);
+            b[off + SLL_OFF + SLL_PKTTYPE_OFF] = 3;
+            b[off + mac - 10] = 1; // NEEDS_CSUM
+            b[off + mac..off + mac + payload.len()].copy_from_slice(payload);
+        }
+
+        fn frames_of(b: &[u8], num: u32, first: u32) -> Vec<(Vec<u8>, bool, Option<VlanTag>)> {
+            let mut b = b.to_vec();
+            put_u32(&mut b, NUM_PKTS_OFF, num);
+            put_u32(&mut b, FIRST_PKT_OFF, first);
+            let it = Frames {
+                view: BlockView {
+                    bytes: &b[BLOCK_VIEW_OFF..],
+                },
+                next: first as usize,
+                remaining: num,
+            };
+            it.map(|f| {
+                assert_eq!(f.vnet()[0], 1);
+                assert_eq!(f.with_vnet().len(), f.frame().len() + VNET_HDR_LEN);
+                assert_eq!(f.pkt_type(), 3);
+                (f.frame().to_vec(), f.truncated(), f.vlan())
+            })
+            .collect()
+        }
+
+        #[test]
+        fn well_formed_block() {
+            let mut b = vec![0u8; BS];
+            put_frame(&mut b, 48, 160, b"first frame", libc::TP_STATUS_USER);
+            let vlan = libc::TP_STATUS_VLAN_VALID | libc::TP_STATUS_VLAN_TPID_VALID;
+            put_frame(&mut b, 208, 0, b"second", vlan);
+            let got = frames_of(&b, 2, 48);
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[0], (b"first frame".to_vec(), true, None));
+            assert_eq!(
+                got[1].2,
+                Some(VlanTag {
+                    tpid: 0x88a8,
+                    tci: 0x6064
+                })
+            );
+            // VLAN_VALID without TPID_VALID defaults to 802.1Q.
+            put_frame(&mut b, 208, 0, b"second", libc::TP_STATUS_VLAN_VALID);
+            assert_eq!(
+                frames_of(&b, 2, 48)[1].2,
+                Some(VlanTag {
+                    tpid: 0x8100,
+                    tci: 0x6064
+                })
+            );
+        }
+
+        #[test]
+        fn corrupt_offsets_end_the_walk() {
+            let mut b = vec![0u8; BS];
+            put_frame(&mut b, 48, 160, b"first", 0);
+            put_frame(&mut b, 208, 0, b"second", 0);
+            // num_pkts larger than the chain: stops at tp_next_offset 0.
+            assert_eq!(frames_of(&b, 50, 48).len(), 2);
+            // first offset inside the block descriptor or past the end.
+            assert_eq!(frames_of(&b, 2, 0).len(), 0);
+            assert_eq!(frames_of(&b, 2, BS as u32 - 8).len(), 0);
+            assert_eq!(frames_of(&b, 2, u32::MAX).len(), 0);
+            // next offset pointing outside the block.
+            put_u32(&mut b, 48 + TP_NEXT_OFFSET_OFF, 1 << 20);
+            assert_eq!(frames_of(&b, 2, 48).len(), 1);
+            put_u32(&mut b, 48 + TP_NEXT_OFFSET_OFF, 160);
+            // snaplen running past the block.
+            put_u32(&mut b, 208 + TP_SNAPLEN_OFF, BS as u32);
+            assert_eq!(frames_of(&b, 2, 48).len(), 1);
+            put_u32(&mut b, 208 + TP_SNAPLEN_OFF, u32::MAX);
+            assert_eq!(frames_of(&b, 2, 48).len(), 1);
+            put_u32(&mut b, 208 + TP_SNAPLEN_OFF, 6);
+            // tp_mac too small to hold sockaddr_ll + vnet header.
+            put_u16(&mut b, 208 + TP_MAC_OFF, 40);
+            assert_eq!(frames_of(&b, 2, 48).len(), 1);
+            put_u16(&mut b, 208 + TP_MAC_OFF, u16::MAX);
+            assert_eq!(frames_of(&b, 2, 48).len(), 1);
+        }
+    }
+
+    /// Root tests: everything inside a private network namespace (see `sys::testns`).
+    mod root {
+        use std::io::IoSlice;
+        use std::time::Duration;
+
+        use super::super::super::testns::{NetNs, collect, ifindex, udp_frame};
+        use super::super::super::{RingError, TxSocket};
+        use super::*;
+        use crate::vnet::{F_NEEDS_CSUM, VnetHdr};
+
+        const WAIT: Duration = Duration::from_secs(3);
+
+        fn csum_hdr(csum_start: u16) -> VnetHdr {
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                csum_start,
+                csum_offset: 6, // UDP checksum
+                ..VnetHdr::NONE
+            }
+        }
+
+        #[test]
+        fn tx_on_one_veth_end_reaches_the_ring_on_the_other() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.run(|| {
+                let mut ring =
+                    RxRing::open(ifindex("vb"), RingConfig::DEFAULT).expect("ring on vb");
+                let tx = TxSocket::open(ifindex("va")).expect("tx on va");
+
+                // 1. Untagged, partial checksum: bytes and vnet header arrive unchanged.
+                let plain = udp_frame(None, b"umv-plain");
+                let vnet = csum_hdr(14 + 20).to_bytes();
+                tx.send(&[&vnet[..], &plain].concat()).expect("send");
+
+                // 2. 802.1Q-tagged (prio 3, vid 100), gathered from four slices the way the
+                //    engine reinserts a tag: vnet header, MACs, tag, rest.
+                let tag = VlanTag {
+                    tpid: 0x8100,
+                    tci: 0x6064,
+                };
+                let tagged = udp_frame(Some(tag), b"umv-tagged");
+                let tvnet = csum_hdr(14 + 4 + 20).to_bytes();
+                let tag_bytes = tag.to_bytes();
+                tx.send_vectored(&[
+                    IoSlice::new(&tvnet),
+                    IoSlice::new(&tagged[..12]),
+                    IoSlice::new(&tag_bytes),
+                    IoSlice::new(&tagged[16..]),
+                ])
+                .expect("send_vectored");
+
+                // 3. Two more in one sendmmsg, without any offload.
+                let b1 = [
+                    &VnetHdr::NONE.to_bytes()[..],
+                    &udp_frame(None, b"umv-batch-1"),
+                ]
+                .concat();
+                let b2 = [
+                    &VnetHdr::NONE.to_bytes()[..],
+                    &udp_frame(None, b"umv-batch-2"),
+                ]
+                .concat();
+                assert_eq!(tx.send_batch(&[&b1, &b2]).expect("sendmmsg"), 2);
+
+                let markers: [&[u8]; 4] =
+                    [b"umv-plain", b"umv-tagged", b"umv-batch-1", b"umv-batch-2"];
+                let seen = collect(&mut ring, WAIT, |s| {
+                    markers.iter().all(|m| s.iter().any(|f| f.has_marker(m)))
+                });
+                let find = |m: &[u8]| {
+                    seen.iter().find(|f| f.has_marker(m)).unwrap_or_else(|| {
+                        panic!(
+                            "{} never reached the ring: {seen:?}",
+                            String::from_utf8_lossy(m)
+                        )
+                    })
+                };
+
+                let p = find(b"umv-plain");
+                assert_eq!(p.frame, plain, "bytes from the MAC header on");
+                assert!(!p.truncated);
+                assert_eq!(p.vlan, None);
+                assert_eq!(p.pkt_type, libc::PACKET_OTHERHOST);
+                assert_eq!(
+                    VnetHdr::parse(&p.vnet),
+                    Some(csum_hdr(34)),
+                    "vnet header precedes the frame"
+                );
+
+                let t = find(b"umv-tagged");
+                assert_eq!(t.vlan, Some(tag), "outer tag reported out of band");
+                let mut untagged = tagged.clone();
+                untagged.drain(12..16);
+                assert_eq!(t.frame, untagged, "the slot holds the untagged frame");
+                let tv = VnetHdr::parse(&t.vnet).expect("vnet");
+                assert_eq!(
+                    tv.csum_start, 34,
+                    "csum_start is relative to the untagged frame: {tv:?}"
+                );
+                assert_eq!(
+                    tv.with_vlan_inserted(),
+                    csum_hdr(38),
+                    "reinserting the tag restores it"
+                );
+
+                for m in [&b"umv-batch-1"[..], b"umv-batch-2"] {
+                    let b = find(m);
+                    assert!(!VnetHdr::parse(&b.vnet).expect("vnet").needs_csum());
+                }
+
+                // PACKET_STATISTICS is clear-on-read.
+                let first = ring.stats().expect("stats");
+                assert!(first.packets >= 4, "{first:?}");
+                assert_eq!(first.drops, 0, "{first:?}");
+                let second = ring.stats().expect("stats");
+                assert!(
+                    second.packets < first.packets,
+                    "not cleared: {first:?} then {second:?}"
+                );
+            });
+        }
+
+        #[test]
+        fn ring_ignores_what_is_sent_on_its_own_interface() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.run(|| {
+                let mut ring_a =
+                    RxRing::open(ifindex("va"), RingConfig::DEFAULT).expect("ring on va");
+                let mut ring_b =
+                    RxRing::open(ifindex("vb"), RingConfig::DEFAULT).expect("ring on vb");
+                let tx_a = TxSocket::open(ifindex("va")).expect("tx on va");
+                let tx_b = TxSocket::open(ifindex("vb")).expect("tx on vb");
+                let none = VnetHdr::NONE.to_bytes();
+
+                // Sent on A first, then a frame arriving on A from B.
+                tx_a.send(&[&none[..], &udp_frame(None, b"umv-out-a")].concat())
+                    .expect("send a");
+                tx_b.send(&[&none[..], &udp_frame(None, b"umv-in-a")].concat())
+                    .expect("send b");
+
+                let on_a = collect(&mut ring_a, WAIT, |s| {
+                    s.iter().any(|f| f.has_marker(b"umv-in-a"))
+                });
+                assert!(
+                    on_a.iter().any(|f| f.has_marker(b"umv-in-a")),
+                    "ring on va is deaf: {on_a:?}"
+                );
+                assert!(
+                    !on_a.iter().any(|f| f.has_marker(b"umv-out-a")),
+                    "PACKET_IGNORE_OUTGOING failed: the ring on va saw its own interface's TX"
+                );
+                // The frame did go out: the other end received it.
+                let on_b = collect(&mut ring_b, WAIT, |s| {
+                    s.iter().any(|f| f.has_marker(b"umv-out-a"))
+                });
+                assert!(on_b.iter().any(|f| f.has_marker(b"umv-out-a")), "{on_b:?}");
+                assert!(!on_b.iter().any(|f| f.has_marker(b"umv-in-a")), "{on_b:?}");
+            });
+        }
+
+        #[test]
+        fn ring_on_a_missing_interface_fails_at_bind() {
+            let ns = NetNs::new();
+            ns.run(|| match RxRing::open(4_000_000, RingConfig::DEFAULT) {
+                Err(RingError::Bind {
+                    ifindex: 4_000_000,
+                    source,
+                }) => {
+                    assert_eq!(source.raw_os_error(), Some(libc::ENODEV), "{source}");
+                }
+                other => panic!("expected a Bind error, got {other:?}"),
+            });
+        }
+
+        #[test]
+        fn frames_larger_than_a_block_arrive_truncated() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.ip(&["link", "set", "dev", "va", "mtu", "9000"]);
+            ns.ip(&["link", "set", "dev", "vb", "mtu", "9000"]);
+            ns.run(|| {
+                let cfg = RingConfig {
+                    block_size: 4096,
+                    block_nr: 4,
+                    frame_size: 2048,
+                    retire_tov_ms: 1,
+                };
+                let mut ring = RxRing::open(ifindex("vb"), cfg).expect("ring on vb");
+                let tx = TxSocket::open(ifindex("va")).expect("tx on va");
+                let mut big = udp_frame(None, &[0x55; 6000]);
+                big.extend_from_slice(b"umv-big");
+                tx.send(&[&VnetHdr::NONE.to_bytes()[..], &big].concat())
+                    .expect("send");
+                let seen = collect(&mut ring, WAIT, |s| s.iter().any(|f| f.ours()));
+                let f = seen
+                    .iter()
+                    .find(|f| f.ours())
+                    .expect("the big frame never arrived");
+                assert!(f.truncated, "{} of {} bytes", f.frame.len(), big.len());
+                // block - block descriptor - tp_mac (92 with a vnet header).
+                assert_eq!(f.frame.len(), 4096 - 48 - 92);
+                assert_eq!(f.frame[..], big[..f.frame.len()]);
+            });
+        }
+    }
+}

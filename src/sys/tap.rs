@@ -1,0 +1,485 @@
+//! `Tap`: one child port, a TAP device whose only fd the engine owns (`perf-facts.md` §8
+//! "Children").
+//!
+//! * The name is checked (the kernel's `dev_valid_name` rules, plus no `%d` templates) before any
+//!   syscall.
+//! * `/dev/net/tun` is opened `O_RDWR | O_CLOEXEC | O_NONBLOCK`.
+//! * `TUNSETIFF` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL`. `IFF_TUN_EXCL` makes the
+//!   kernel refuse (`EBUSY`) *any* existing device of that name, instead of attaching to an
+//!   existing persistent TAP or failing with a vague `EINVAL` for a non-TUN device; both surface
+//!   as [`TapError::NameInUse`]. `TUNSETPERSIST` is never issued: the device disappears when
+//!   the `Tap` (its only fd) is dropped, even if the engine crashes.
+//! * The kernel's name is read back from the `ifreq`.
+//! * `TUNSETVNETHDRSZ 10`: every read and write starts with a `virtio_net_hdr`, the same layout
+//!   the parent ring delivers, so ring frames can be written as they are.
+//! * `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)`: the child's stack may
+//!   hand the engine partial-checksum frames and 64 KiB TCP super-frames. Never the UDP tunnel
+//!   bits: the parent's packet socket cannot express them.
+//!
+//! Not done here: raising `txqueuelen` (a netlink job; the default 1000 tail-drops with no
+//! backpressure) and moving the device to the child's namespace.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `IFNAMSIZ`: names are at most 15 bytes plus the NUL.
+const IFNAMSIZ: usize = libc::IFNAMSIZ;
+
+/// `struct ifreq` with the `ifr_flags` member of its union, padded to the full union size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IfReqFlags {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Flags passed to `TUNSETIFF`.
+const TAP_FLAGS: libc::c_int =
+    libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL;
+/// `TUNSETOFFLOAD` argument.
+const TAP_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// Why a [`Tap`] could not be created; one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("invalid TAP name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("TAP {name}: cannot open /dev/net/tun")]
+    Open {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP {name}: a network device with this name already exists in this namespace")]
+    NameInUse {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP {name}: TUNSETIFF failed")]
+    SetIff {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP {name}: TUNSETVNETHDRSZ 10 failed")]
+    VnetHdrSize {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP {name}: TUNSETOFFLOAD failed")]
+    Offload {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Checks `name` against the kernel's `dev_valid_name` and the engine's own rule (no templates).
+pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() >= IFNAMSIZ {
+        return Err("longer than 15 bytes (IFNAMSIZ - 1)");
+    }
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are reserved");
+    }
+    if name.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    if name.contains('/') || name.contains(':') {
+        return Err("contains '/' or ':'");
+    }
+    if name.chars().any(char::is_whitespace) {
+        return Err("contains whitespace");
+    }
+    if name.contains('%') {
+        return Err("contains '%' (kernel name templates are not allowed)");
+    }
+    Ok(())
+}
+
+/// A TAP device with a virtio-net header on every frame; it exists as long as this value does.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Creates the TAP `name` in the calling thread's network namespace. See the module docs.
+    pub fn create(name: &str) -> Result<Tap, TapError> {
+        let owned = || name.to_owned();
+        validate_name(name).map_err(|reason| TapError::InvalidName {
+            name: owned(),
+            reason,
+        })?;
+        // std always adds O_CLOEXEC.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(|source| TapError::Open {
+                name: owned(),
+                source,
+            })?;
+
+        let mut ifr = IfReqFlags {
+            name: [0; IFNAMSIZ],
+            flags: TAP_FLAGS as libc::c_short,
+            _pad: [0; 22],
+        };
+        ifr.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes back one `struct ifreq` through the pointer; `ifr`
+        // is a live, exclusively borrowed `repr(C)` value of exactly that size (pinned in a test),
+        // with a NUL-terminated name (validated shorter than IFNAMSIZ).
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETIFF,
+                &mut ifr as *mut IfReqFlags,
+            )
+        };
+        if rc < 0 {
+            let source = io::Error::last_os_error();
+            return Err(match source.raw_os_error() {
+                Some(libc::EBUSY | libc::EEXIST) => TapError::NameInUse {
+                    name: owned(),
+                    source,
+                },
+                _ => TapError::SetIff {
+                    name: owned(),
+                    source,
+                },
+            });
+        }
+        let len = ifr.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
+        let name = String::from_utf8_lossy(&ifr.name[..len]).into_owned();
+        let tap = Tap { file, name };
+
+        let hdr_sz: libc::c_int = crate::vnet::VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_sz` is a live local.
+        let rc = unsafe {
+            libc::ioctl(
+                tap.file.as_raw_fd(),
+                libc::TUNSETVNETHDRSZ,
+                &hdr_sz as *const libc::c_int,
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::VnetHdrSize {
+                name: tap.name,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of TUN_F_* bits),
+        // not as a pointer: no memory is accessed.
+        let rc = unsafe {
+            libc::ioctl(
+                tap.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(TAP_OFFLOADS),
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::Offload {
+                name: tap.name,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(tap)
+    }
+
+    /// The device name the kernel gave the TAP.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The TAP's ifindex, looked up by name in the **calling thread's** network namespace. Valid
+    /// only while the TAP is still in the namespace it was created in (the engine's): after it
+    /// moves to a child namespace the name resolves there, or to another device here.
+    pub fn ifindex(&self) -> io::Result<u32> {
+        nix::net::if_::if_nametoindex(self.name.as_str()).map_err(io::Error::from)
+    }
+
+    /// Reads one frame the child sent: a 10-byte vnet header, then the frame. Non-blocking
+    /// (`WouldBlock` when nothing is queued). A short buffer truncates **silently**: use
+    /// 65 536 + 10 + 4 bytes or more.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    /// Delivers one frame to the child: `buf` is a 10-byte vnet header, then the frame. The
+    /// child's receive path runs inside this call. Fails with EIO while the device is down.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        (&self.file).write(buf)
+    }
+
+    /// Like [`Tap::write`], one frame gathered from `iov` (e.g. vnet header, MACs, tag, rest).
+    pub fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(iov)
+    }
+
+    /// Sets the device's carrier (`TUNSETCARRIER`): off makes the child see the link down.
+    pub fn set_carrier(&self, on: bool) -> io::Result<()> {
+        let carrier = libc::c_int::from(on);
+        // SAFETY: TUNSETCARRIER reads one `int` through the pointer; `carrier` is a live local.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETCARRIER,
+                &carrier as *const libc::c_int,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn ioctl_constants_and_layouts_match_the_uapi() {
+        // include/uapi/linux/if_tun.h: _IOW('T', n, int).
+        assert_eq!(i128::from(libc::TUNSETIFF), 0x4004_54ca);
+        assert_eq!(i128::from(libc::TUNSETOFFLOAD), 0x4004_54d0);
+        assert_eq!(i128::from(libc::TUNSETVNETHDRSZ), 0x4004_54d8);
+        assert_eq!(i128::from(libc::TUNSETCARRIER), 0x4004_54e2);
+        assert_eq!(libc::IFF_TAP, 0x0002);
+        assert_eq!(libc::IFF_NO_PI, 0x1000);
+        assert_eq!(libc::IFF_VNET_HDR, 0x4000);
+        assert_eq!(libc::IFF_TUN_EXCL, 0x8000);
+        assert_eq!(TAP_OFFLOADS, 0x0f);
+        assert_eq!(IFNAMSIZ, 16);
+        assert_eq!(size_of::<IfReqFlags>(), size_of::<libc::ifreq>());
+        assert_eq!(std::mem::offset_of!(IfReqFlags, flags), IFNAMSIZ);
+        // TAP_FLAGS must survive the cast to the c_short ifr_flags field.
+        assert_eq!(i32::from(TAP_FLAGS as libc::c_short) & 0xffff, TAP_FLAGS);
+    }
+
+    #[test]
+    fn names_are_validated_before_any_syscall() {
+        for ok in ["umv0", "a", "x-y_z.1", "123456789012345"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "1234567890123456",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\0b",
+            "tap%d",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} should be invalid");
+            match Tap::create(bad) {
+                Err(TapError::InvalidName { name, .. }) => assert_eq!(name, bad),
+                other => panic!("{bad:?}: expected InvalidName, got {other:?}"),
+            }
+        }
+    }
+
+    /// Root tests: everything inside a private network namespace (see `sys::testns`).
+    mod root {
+        use std::time::{Duration, Instant};
+
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+        use super::super::super::testns::{NetNs, SRC_MAC, collect, ifindex, udp_frame};
+        use super::super::super::{RingConfig, RxRing, TxSocket};
+        use super::*;
+        use crate::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
+
+        const WAIT: Duration = Duration::from_secs(3);
+
+        fn csum_hdr() -> VnetHdr {
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 6,
+                ..VnetHdr::NONE
+            }
+        }
+
+        /// Reads frames from the TAP until one carries `marker`; returns it with its vnet header.
+        fn read_until(tap: &Tap, marker: &[u8]) -> Vec<u8> {
+            let deadline = Instant::now() + WAIT;
+            let mut buf = vec![0u8; 65536 + VNET_HDR_LEN + 4];
+            loop {
+                match tap.read(&mut buf) {
+                    Ok(n) => {
+                        let got = &buf[..n];
+                        if got.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12) == Some(&SRC_MAC[..])
+                            && got.ends_with(marker)
+                        {
+                            return got.to_vec();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "nothing with the marker read from the TAP"
+                        );
+                        let mut fds = [PollFd::new(tap.as_fd(), PollFlags::POLLIN)];
+                        poll(&mut fds, PollTimeout::from(20u8)).expect("poll on the TAP");
+                    }
+                    Err(e) => panic!("TAP read: {e}"),
+                }
+            }
+        }
+
+        #[test]
+        fn frames_cross_the_tap_in_both_directions_with_vnet_headers() {
+            let ns = NetNs::new();
+            ns.run(|| {
+                let tap = Tap::create("umvt0").expect("create TAP");
+                assert_eq!(tap.name(), "umvt0");
+                assert_eq!(tap.ifindex().expect("ifindex"), ifindex("umvt0"));
+                // Down: the kernel refuses writes.
+                let frame = udp_frame(None, b"umv-to-child");
+                let msg = [&csum_hdr().to_bytes()[..], &frame].concat();
+                let err = tap.write(&msg).expect_err("write to a down TAP");
+                assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+                ns.ip(&["link", "set", "dev", "umvt0", "up"]);
+
+                // Engine → child: a write with a vnet header is received by the TAP netdev.
+                let idx = tap.ifindex().expect("ifindex");
+                let mut ring = RxRing::open(idx, RingConfig::DEFAULT).expect("ring on the TAP");
+                assert_eq!(tap.write(&msg).expect("write"), msg.len());
+                let seen = collect(&mut ring, WAIT, |s| {
+                    s.iter().any(|f| f.has_marker(b"umv-to-child"))
+                });
+                let f = seen
+                    .iter()
+                    .find(|f| f.has_marker(b"umv-to-child"))
+                    .unwrap_or_else(|| panic!("the TAP write never reached the netdev: {seen:?}"));
+                assert_eq!(f.frame, frame);
+                assert_eq!(
+                    VnetHdr::parse(&f.vnet),
+                    Some(csum_hdr()),
+                    "partial csum kept"
+                );
+
+                // Child → engine: a packet socket sending on the TAP netdev; the read starts with
+                // a vnet header. TUN_F_CSUM is on, so the checksum stays partial.
+                let tx = TxSocket::open(idx).expect("tx on the TAP");
+                let back = udp_frame(None, b"umv-from-child");
+                tx.send(&[&csum_hdr().to_bytes()[..], &back].concat())
+                    .expect("send");
+                let got = read_until(&tap, b"umv-from-child");
+                assert_eq!(&got[VNET_HDR_LEN..], &back[..]);
+                assert_eq!(
+                    VnetHdr::parse(&got),
+                    Some(csum_hdr()),
+                    "TAP offloads are set"
+                );
+
+                // Gathered write.
+                let v = VnetHdr::NONE.to_bytes();
+                let g = udp_frame(None, b"umv-gathered");
+                let n = tap
+                    .write_vectored(&[
+                        IoSlice::new(&v),
+                        IoSlice::new(&g[..14]),
+                        IoSlice::new(&g[14..]),
+                    ])
+                    .expect("writev");
+                assert_eq!(n, VNET_HDR_LEN + g.len());
+                let seen = collect(&mut ring, WAIT, |s| {
+                    s.iter().any(|f| f.has_marker(b"umv-gathered"))
+                });
+                assert!(
+                    seen.iter()
+                        .any(|f| f.has_marker(b"umv-gathered") && f.frame == g)
+                );
+            });
+        }
+
+        #[test]
+        fn tap_disappears_when_dropped_and_the_name_is_free_again() {
+            let ns = NetNs::new();
+            ns.run(|| {
+                let tap = Tap::create("umvgone").expect("create");
+                assert!(tap.ifindex().is_ok());
+                drop(tap);
+                let deadline = Instant::now() + WAIT;
+                while nix::net::if_::if_nametoindex("umvgone").is_ok() {
+                    assert!(Instant::now() < deadline, "the TAP outlived its fd");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let again = Tap::create("umvgone").expect("the name is free once the TAP is gone");
+                assert_eq!(again.name(), "umvgone");
+            });
+        }
+
+        #[test]
+        fn an_existing_name_is_name_in_use() {
+            let ns = NetNs::new();
+            ns.veth("umvveth", "umvpeer");
+            ns.run(|| {
+                let first = Tap::create("umvdup").expect("create");
+                match Tap::create("umvdup") {
+                    Err(TapError::NameInUse { name, source }) => {
+                        assert_eq!(name, "umvdup");
+                        assert_eq!(source.raw_os_error(), Some(libc::EBUSY));
+                    }
+                    other => panic!("second TAP with the same name: {other:?}"),
+                }
+                // A device that is not a TAP at all (without IFF_TUN_EXCL: EINVAL).
+                match Tap::create("umvveth") {
+                    Err(TapError::NameInUse { name, .. }) => assert_eq!(name, "umvveth"),
+                    other => panic!("TAP over an existing veth name: {other:?}"),
+                }
+                // A persistent TAP nobody holds (without IFF_TUN_EXCL we would silently attach).
+                ns.ip(&["tuntap", "add", "dev", "umvpers", "mode", "tap"]);
+                match Tap::create("umvpers") {
+                    Err(TapError::NameInUse { name, .. }) => assert_eq!(name, "umvpers"),
+                    other => panic!("TAP over an existing persistent TAP: {other:?}"),
+                }
+                assert!(first.ifindex().is_ok(), "the first TAP is untouched");
+            });
+        }
+
+        #[test]
+        fn carrier_can_be_switched_off_and_on() {
+            let ns = NetNs::new();
+            ns.run(|| {
+                let tap = Tap::create("umvcar").expect("create");
+                ns.ip(&["link", "set", "dev", "umvcar", "up"]);
+                tap.set_carrier(false).expect("carrier off");
+                let off = ns.ip_output(&["-o", "link", "show", "dev", "umvcar"]);
+                assert!(off.contains("NO-CARRIER"), "{off}");
+                tap.set_carrier(true).expect("carrier on");
+                let on = ns.ip_output(&["-o", "link", "show", "dev", "umvcar"]);
+                assert!(
+                    !on.contains("NO-CARRIER") && on.contains("LOWER_UP"),
+                    "{on}"
+                );
+            });
+        }
+    }
+}
