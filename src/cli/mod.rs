@@ -1,5 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod report;
+mod run;
 mod trace;
 
 use std::process::ExitCode;
@@ -29,6 +31,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Run(run::RunArgs),
     Trace(trace::TraceArgs),
 }
 
@@ -60,6 +63,7 @@ impl From<anyhow::Error> for Failure {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
     }
 }

@@ -120,7 +120,14 @@ pub fn from_parent<P: PortIo>(
         }
     };
     let group = meta.dst().is_group();
-    let n = deliver(counters, ports, |f| v.for_each_receiver(table, f), iov, meta.len(), group);
+    let n = deliver(
+        counters,
+        ports,
+        |f| v.for_each_receiver(table, f),
+        iov,
+        meta.len(),
+        group,
+    );
     if n == 0 {
         pc.drops.count(v.reason.unwrap_or(DropReason::NoReceiver));
     }
@@ -150,7 +157,14 @@ pub fn from_port<P: PortIo, W: WireIo>(
     let v = decide(table, Ingress::Port(id), &meta);
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
-    let mut n = deliver(counters, ports, |f| v.for_each_receiver(table, f), &iov, meta.len(), group);
+    let mut n = deliver(
+        counters,
+        ports,
+        |f| v.for_each_receiver(table, f),
+        &iov,
+        meta.len(),
+        group,
+    );
     if v.to_wire {
         match wire.send_frame(&iov) {
             Ok(()) => {
@@ -210,7 +224,11 @@ mod tests {
             .collect();
         let t = PortTable::build(parent, ports).unwrap();
         let n = modes.len();
-        (t, Counters::new(n), (0..n).map(|_| Fake::default()).collect())
+        (
+            t,
+            Counters::new(n),
+            (0..n).map(|_| Fake::default()).collect(),
+        )
     }
 
     fn with_vnet(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
@@ -225,7 +243,16 @@ mod tests {
     fn wire_unicast_goes_to_its_port_from_ring_memory() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Vepa]);
         let b = with_vnet(mac(1), mac(9), 60);
-        from_parent(&t, &c, &ports, &ParentFrame { with_vnet: &b, wire_len: 60, vlan: None });
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &b,
+                wire_len: 60,
+                vlan: None,
+            },
+        );
         assert_eq!(ports[1].got.borrow().as_slice(), &[b.clone()]);
         assert!(ports[0].got.borrow().is_empty());
         assert_eq!(c.ports[1].rx.packets.get(), 1);
@@ -242,10 +269,22 @@ mod tests {
         b[0] = 1;
         b[6..8].copy_from_slice(&34u16.to_le_bytes());
         let vlan = Some(VlanTag::dot1q(100));
-        from_parent(&t, &c, &ports, &ParentFrame { with_vnet: &b, wire_len: 60, vlan });
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &b,
+                wire_len: 60,
+                vlan,
+            },
+        );
         let got = ports[0].got.borrow()[0].clone();
         assert_eq!(got.len(), b.len() + 4);
-        assert_eq!(&got[VNET_HDR_LEN + 12..VNET_HDR_LEN + 16], &[0x81, 0x00, 0x00, 0x64]);
+        assert_eq!(
+            &got[VNET_HDR_LEN + 12..VNET_HDR_LEN + 16],
+            &[0x81, 0x00, 0x00, 0x64]
+        );
         assert_eq!(&got[VNET_HDR_LEN + 16..VNET_HDR_LEN + 18], &[0x88, 0xb5]);
         assert_eq!(u16::from_le_bytes([got[6], got[7]]), 38);
         assert_eq!(c.ports[0].rx.bytes.get(), 64);
@@ -255,10 +294,37 @@ mod tests {
     fn unknown_unicast_runt_and_truncated_are_counted_drops() {
         let (t, c, ports) = setup(&[Mode::Bridge]);
         let b = with_vnet(mac(50), mac(9), 60);
-        from_parent(&t, &c, &ports, &ParentFrame { with_vnet: &b, wire_len: 60, vlan: None });
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &b,
+                wire_len: 60,
+                vlan: None,
+            },
+        );
         let runt = vec![0u8; VNET_HDR_LEN + 10];
-        from_parent(&t, &c, &ports, &ParentFrame { with_vnet: &runt, wire_len: 10, vlan: None });
-        from_parent(&t, &c, &ports, &ParentFrame { with_vnet: &b, wire_len: 9000, vlan: None });
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &runt,
+                wire_len: 10,
+                vlan: None,
+            },
+        );
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &b,
+                wire_len: 9000,
+                vlan: None,
+            },
+        );
         let d = &c.parent.drops;
         assert_eq!(d.get(DropReason::UnknownDestination), 1);
         assert_eq!(d.get(DropReason::Runt), 1);
@@ -285,7 +351,10 @@ mod tests {
     fn failed_writes_and_sends_are_counted_where_they_happen() {
         let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge]);
         ports[1].fail = true;
-        let wire = Fake { fail: true, ..Fake::default() };
+        let wire = Fake {
+            fail: true,
+            ..Fake::default()
+        };
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
         from_port(&t, &c, &ports, &wire, PortId(0), &b);
         assert_eq!(c.ports[1].drops.get(DropReason::TapWriteFailed), 1);
@@ -302,7 +371,14 @@ mod tests {
         let c = Counters::new(1);
         let wire = Fake::default();
         let ports = [Fake::default()];
-        from_port(&t, &c, &ports, &wire, PortId(0), &with_vnet(mac(5), mac(0), 60));
+        from_port(
+            &t,
+            &c,
+            &ports,
+            &wire,
+            PortId(0),
+            &with_vnet(mac(5), mac(0), 60),
+        );
         assert_eq!(c.ports[0].drops.get(DropReason::PortDown), 1);
         assert!(wire.got.borrow().is_empty());
     }

@@ -3,3 +3,5 @@
 
 pub mod counters;
 pub mod forward;
+pub mod run;
+pub mod worker;

@@ -50,7 +50,9 @@ pub enum PlanError {
     UnknownParent(String),
     #[error("parent {0} is a loopback device; macvlan needs an Ethernet parent")]
     ParentLoopback(String),
-    #[error("parent {name} is not Ethernet (link type {link_type}); macvlan needs an Ethernet parent")]
+    #[error(
+        "parent {name} is not Ethernet (link type {link_type}); macvlan needs an Ethernet parent"
+    )]
     ParentNotEthernet { name: String, link_type: u16 },
     #[error(
         "parent {0} is wireless: access points drop frames from MACs that did not associate, so macvlan children get nothing; use ipvlan (L2 shares the parent's MAC) or a 4-address (WDS) link"
@@ -112,7 +114,10 @@ pub fn plan(parent: &str, specs: &[(String, PortSpec)]) -> Result<Plan, PlanErro
     }
     let mac = link.mac.filter(|_| link.link_type == ARPHRD_ETHER);
     let Some(mac) = mac else {
-        return Err(PlanError::ParentNotEthernet { name: link.name, link_type: link.link_type });
+        return Err(PlanError::ParentNotEthernet {
+            name: link.name,
+            link_type: link.link_type,
+        });
     };
     if is_wireless(&link.name) {
         return Err(PlanError::ParentWireless(link.name));
@@ -128,26 +133,48 @@ pub fn plan(parent: &str, specs: &[(String, PortSpec)]) -> Result<Plan, PlanErro
             .as_deref()
             .map(Netns::open)
             .transpose()
-            .map_err(|source| PlanError::Netns { port: spec.name.clone(), source })?;
+            .map_err(|source| PlanError::Netns {
+                port: spec.name.clone(),
+                source,
+            })?;
         let taken = match &netns {
             Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
             None => nl.link_by_name(&spec.name)?,
         };
         if taken.is_some() {
-            let place = netns.as_ref().map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
-            return Err(PlanError::NameInUse { port: spec.name.clone(), place });
+            let place = netns
+                .as_ref()
+                .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
+            return Err(PlanError::NameInUse {
+                port: spec.name.clone(),
+                place,
+            });
         }
         let config = spec.to_config(parent);
-        ports.push(PlannedPort { spec: spec.clone(), config, netns });
+        ports.push(PlannedPort {
+            spec: spec.clone(),
+            config,
+            netns,
+        });
     }
     // At start every port must be able to come up: the kernel checks MACs at open, we refuse a
     // request that could never work as a whole.
-    let all_up = ports.iter().map(|p| PortConfig { up: true, ..p.config.clone() }).collect();
+    let all_up = ports
+        .iter()
+        .map(|p| PortConfig {
+            up: true,
+            ..p.config.clone()
+        })
+        .collect();
     PortTable::build(parent_config.clone(), all_up)?;
     for p in &mut ports {
         p.config.up = false;
     }
-    Ok(Plan { parent: link, parent_config, ports })
+    Ok(Plan {
+        parent: link,
+        parent_config,
+        ports,
+    })
 }
 
 /// A port's state as its TAP shows it in its namespace.
@@ -202,7 +229,10 @@ impl Engine {
             taps.push(tap);
         }
         let configs: Vec<PortConfig> = plan.ports.iter().map(|p| p.config.clone()).collect();
-        let table = Arc::new(PortTable::build(plan.parent_config.clone(), configs.clone())?);
+        let table = Arc::new(PortTable::build(
+            plan.parent_config.clone(),
+            configs.clone(),
+        )?);
         let counters = Arc::new(Counters::new(configs.len()));
         let worker = Worker {
             ring,
@@ -283,9 +313,8 @@ impl Engine {
                 Err(e) => {
                     let culprit = match &e {
                         TableError::DuplicateMac { b, .. } => b.clone(),
-                        TableError::ParentMac { port, .. } | TableError::InvalidMac { port, .. } => {
-                            port.clone()
-                        }
+                        TableError::ParentMac { port, .. }
+                        | TableError::InvalidMac { port, .. } => port.clone(),
                         _ => {
                             tracing::error!("keeping the previous table: {e}");
                             return;
@@ -344,7 +373,12 @@ fn temp_name(i: usize) -> String {
     format!("umv{}p{i}", std::process::id() % 100_000)
 }
 
-fn create_port(nl: &mut Netlink, i: usize, p: &PlannedPort, parent_mtu: u32) -> anyhow::Result<Tap> {
+fn create_port(
+    nl: &mut Netlink,
+    i: usize,
+    p: &PlannedPort,
+    parent_mtu: u32,
+) -> anyhow::Result<Tap> {
     let name = match p.netns {
         Some(_) => temp_name(i),
         None => p.spec.name.clone(),
@@ -375,7 +409,8 @@ fn spawn_watchers(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     // Group ports by namespace (by inode), the engine's own namespace first, with the parent.
     let own = Netns::current()?;
-    let mut groups: Vec<(Netns, u64, Vec<(PortId, String)>)> = vec![(own.try_clone()?, own.inode()?, Vec::new())];
+    let mut groups: Vec<(Netns, u64, Vec<(PortId, String)>)> =
+        vec![(own.try_clone()?, own.inode()?, Vec::new())];
     for (i, p) in plan.ports.iter().enumerate() {
         let ns = p.netns.as_ref().unwrap_or(&own);
         let inode = ns.inode()?;

@@ -67,7 +67,7 @@ impl WorkerHandle {
     pub fn send(&self, c: Command) {
         // The worker only stops receiving after a Stop or an I/O failure, which `stop` reports.
         let _ = self.commands.send(c);
-        let _ = self.wake.arm();
+        let _ = self.wake.write(1);
     }
 
     /// Stops the worker and returns its result.
@@ -98,20 +98,35 @@ impl Worker {
     /// Starts the worker on its own thread.
     pub fn spawn(self) -> io::Result<WorkerHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?);
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
         let w = Arc::clone(&wake);
         let thread = std::thread::Builder::new()
             .name("umacvlan-worker".into())
             .spawn(move || self.run(&rx, &w))?;
-        Ok(WorkerHandle { commands: tx, wake, thread })
+        Ok(WorkerHandle {
+            commands: tx,
+            wake,
+            thread,
+        })
     }
 
     fn run(mut self, commands: &Receiver<Command>, wake: &EventFd) -> io::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(self.ring.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_RING))?;
-        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
+        epoll.add(
+            self.ring.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_RING),
+        )?;
+        epoll.add(
+            wake.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
+        )?;
         for (i, tap) in self.taps.iter().enumerate() {
-            epoll.add(tap.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + i as u64))?;
+            epoll.add(
+                tap.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + i as u64),
+            )?;
         }
         let mut events = vec![EpollEvent::empty(); 64];
         let mut buf = vec![0u8; READ_BUF];
@@ -161,7 +176,13 @@ impl Worker {
     }
 
     fn drain_ring(&mut self) {
-        let Worker { ring, taps, table, counters, .. } = self;
+        let Worker {
+            ring,
+            taps,
+            table,
+            counters,
+            ..
+        } = self;
         while let Some(block) = ring.next_block() {
             for f in block.frames() {
                 let pf = ParentFrame {
@@ -184,7 +205,14 @@ impl Worker {
                     return;
                 }
             };
-            forward::from_port(&self.table, &self.counters, &self.taps, &self.wire, id, &buf[..n]);
+            forward::from_port(
+                &self.table,
+                &self.counters,
+                &self.taps,
+                &self.wire,
+                id,
+                &buf[..n],
+            );
         }
     }
 
