@@ -253,7 +253,7 @@ mod tests {
                 vlan: None,
             },
         );
-        assert_eq!(ports[1].got.borrow().as_slice(), &[b.clone()]);
+        assert_eq!(ports[1].got.borrow().as_slice(), std::slice::from_ref(&b));
         assert!(ports[0].got.borrow().is_empty());
         assert_eq!(c.ports[1].rx.packets.get(), 1);
         assert_eq!(c.ports[1].rx.bytes.get(), 60);
@@ -341,7 +341,7 @@ mod tests {
         from_port(&t, &c, &ports, &wire, PortId(0), &b);
         assert_eq!(ports[1].got.borrow().len(), 1);
         assert!(ports[0].got.borrow().is_empty() && ports[2].got.borrow().is_empty());
-        assert_eq!(wire.got.borrow().as_slice(), &[b.clone()]);
+        assert_eq!(wire.got.borrow().as_slice(), std::slice::from_ref(&b));
         assert_eq!(c.ports[0].tx.packets.get(), 1);
         assert_eq!(c.ports[1].rx_multicast.get(), 1);
         assert_eq!(c.parent.tx.packets.get(), 1);

@@ -401,6 +401,9 @@ fn create_port(
     Ok(tap)
 }
 
+/// The ports (id and name) one watcher follows in its namespace, and that namespace's inode.
+type NsGroup = (Netns, u64, Vec<(PortId, String)>);
+
 /// One watcher per namespace that holds ports, and one for the parent's namespace.
 fn spawn_watchers(
     plan: &Plan,
@@ -409,8 +412,7 @@ fn spawn_watchers(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     // Group ports by namespace (by inode), the engine's own namespace first, with the parent.
     let own = Netns::current()?;
-    let mut groups: Vec<(Netns, u64, Vec<(PortId, String)>)> =
-        vec![(own.try_clone()?, own.inode()?, Vec::new())];
+    let mut groups: Vec<NsGroup> = vec![(own.try_clone()?, own.inode()?, Vec::new())];
     for (i, p) in plan.ports.iter().enumerate() {
         let ns = p.netns.as_ref().unwrap_or(&own);
         let inode = ns.inode()?;
