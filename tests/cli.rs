@@ -108,7 +108,7 @@ fn bad_input_exits_2_with_one_clear_line() {
         ),
         (
             &["--port", "name=c9,mac=02:00:00:00:00:01"],
-            "c1 and c9 are both up with MAC",
+            "c1 and c9 cannot both be up with MAC",
         ),
         (&["--from", "nosuch"], "--from nosuch: no such port"),
         (
