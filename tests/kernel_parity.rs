@@ -11,45 +11,11 @@
 
 mod common;
 
-use common::parity::{Scenario, run};
 use common::{
     ChildrenProvider, ETH_P_ALL, EXT_MAC, NetnsGuard, PacketSocket, ip, require_root, test_frame,
 };
 
-macro_rules! parity {
-    ($($name:ident, $hairpin:ident => $scenario:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            run($scenario, false, &ChildrenProvider::Kernel, "kernel");
-        }
-        #[test]
-        fn $hairpin() {
-            run($scenario, true, &ChildrenProvider::Kernel, "kernel");
-        }
-    )*};
-}
-
-parity! {
-    all_bridge, all_bridge_hairpin => Scenario::AllBridge;
-    all_vepa, all_vepa_hairpin => Scenario::AllVepa;
-    all_private, all_private_hairpin => Scenario::AllPrivate;
-    passthru, passthru_hairpin => Scenario::Passthru;
-    passthru_nopromisc, passthru_nopromisc_hairpin => Scenario::PassthruNopromisc;
-    source, source_hairpin => Scenario::Source;
-    source_nodst, source_nodst_hairpin => Scenario::SourceNodst;
-    mix, mix_hairpin => Scenario::Mix;
-    bridge_bcqueuelen_0, bridge_bcqueuelen_0_hairpin => Scenario::BridgeBcQueue0;
-}
-
-/// Every scenario has a test pair above.
-#[test]
-fn every_scenario_is_listed() {
-    assert_eq!(
-        Scenario::ALL.len(),
-        9,
-        "add the new scenario to parity! above"
-    );
-}
+common::parity::parity_tests!(ChildrenProvider::Kernel, "kernel");
 
 /// What an AF_PACKET SOCK_RAW send does with runt and oversize frames on a veth (MTU 1500),
 /// which decides what the parity probes can put on the wire at all:

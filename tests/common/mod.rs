@@ -446,6 +446,9 @@ pub struct ChildSpec {
     /// Source mode: the remote source MACs (`macaddr add`).
     pub sources: Vec<MacAddr>,
     pub bcqueuelen: Option<u32>,
+    /// `ip link set … promisc on` / `allmulti on` on the child after it is up.
+    pub promisc: bool,
+    pub allmulti: bool,
 }
 
 impl ChildSpec {
@@ -464,6 +467,8 @@ impl ChildSpec {
             groups: Vec::new(),
             sources: Vec::new(),
             bcqueuelen: None,
+            promisc: false,
+            allmulti: false,
         }
     }
 
@@ -516,6 +521,7 @@ pub struct ChildPort {
 pub struct EngineProcess {
     child: Process,
     log: PathBuf,
+    cmdline: String,
 }
 
 impl EngineProcess {
@@ -527,7 +533,8 @@ impl EngineProcess {
     fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
-                "the umacvlan engine exited early ({status}); its output:\n{}",
+                "the umacvlan engine exited early ({status}): {}\nits output:\n{}",
+                self.cmdline,
                 self.log_text()
             );
         }
@@ -580,6 +587,8 @@ pub struct Topology {
 
 /// How long setup may wait for links to come up (and for the engine's TAPs to appear).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the engine arm waits after `ip maddr add` before probing.
+const ENGINE_GROUP_SETTLE: Duration = Duration::from_millis(200);
 
 fn macvlan_flag_word(flags: PortFlags) -> Option<&'static str> {
     match (flags.nopromisc, flags.nodst) {
@@ -719,6 +728,12 @@ impl Topology {
         };
         for (c, ns) in spec.children.iter().zip(&child_ns) {
             ip(ns.name(), &["link", "set", &c.name, "up"]);
+            if c.promisc {
+                ip(ns.name(), &["link", "set", &c.name, "promisc", "on"]);
+            }
+            if c.allmulti {
+                ip(ns.name(), &["link", "set", &c.name, "allmulticast", "on"]);
+            }
             for g in &c.groups {
                 ip(ns.name(), &["maddr", "add", &g.to_string(), "dev", &c.name]);
             }
@@ -743,6 +758,9 @@ impl Topology {
 
         let mut engine = engine;
         if let Some(e) = engine.as_mut() {
+            // The engine learns the groups joined above from the child namespaces
+            // asynchronously (DESIGN.md §4); give it a moment before the first probe.
+            std::thread::sleep(ENGINE_GROUP_SETTLE);
             e.assert_running();
         }
         let children = spec
@@ -860,7 +878,12 @@ impl Topology {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let mut engine = EngineProcess { child, log };
+        let cmdline = format!("{cmd:?}");
+        let mut engine = EngineProcess {
+            child,
+            log,
+            cmdline,
+        };
         // Wait for every TAP in its namespace.
         let deadline = Instant::now() + SETUP_TIMEOUT;
         for (c, ns) in spec.children.iter().zip(child_ns) {
@@ -915,6 +938,8 @@ impl Topology {
                 p.mtu = c.spec.mtu;
                 p.groups = c.groups.clone();
                 p.sources = c.spec.sources.iter().copied().collect();
+                p.promisc = c.spec.promisc;
+                p.allmulti = c.spec.allmulti;
                 if let Some(n) = c.spec.bcqueuelen {
                     p.bcqueuelen = n;
                 }

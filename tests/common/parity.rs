@@ -61,21 +61,34 @@ pub enum Scenario {
     SourceNodst,
     /// bridge + bridge + vepa + private.
     Mix,
+    /// Passthru + nopromisc + bcqueuelen 0: the parent is not promiscuous, so a group joined by
+    /// one port is delivered inline while broadcast, always queued, is lost (§5).
+    PassthruNopromiscBcQueue0,
+    /// Two source ports sharing a listed MAC (a vepa sibling's), one of them nodst, and the
+    /// parent's own MAC on a list: one remote on two lists, nodst from either owner, and
+    /// source copies of the host's (reflected) frames.
+    SourceShared,
+    /// bridge+promisc, vepa+allmulti, private, bridge: the per-child filter opens for every
+    /// group, and unknown unicast still reaches no promiscuous child (§4.2).
+    PromiscAllmulti,
     /// Three bridge ports with bcqueuelen 0: nothing received is queued, so no group frame from
     /// the parent reaches a port; bridge-local TX floods are synchronous and still do (§5).
     BridgeBcQueue0,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::AllBridge,
         Scenario::AllVepa,
         Scenario::AllPrivate,
         Scenario::Passthru,
         Scenario::PassthruNopromisc,
+        Scenario::PassthruNopromiscBcQueue0,
         Scenario::Source,
         Scenario::SourceNodst,
         Scenario::Mix,
+        Scenario::SourceShared,
+        Scenario::PromiscAllmulti,
         Scenario::BridgeBcQueue0,
     ];
 
@@ -86,9 +99,12 @@ impl Scenario {
             Scenario::AllPrivate => "priv",
             Scenario::Passthru => "pt",
             Scenario::PassthruNopromisc => "ptnp",
+            Scenario::PassthruNopromiscBcQueue0 => "ptnpq0",
             Scenario::Source => "src",
             Scenario::SourceNodst => "srcnd",
             Scenario::Mix => "mix",
+            Scenario::SourceShared => "srcsh",
+            Scenario::PromiscAllmulti => "promisc",
             Scenario::BridgeBcQueue0 => "bcq0",
         }
     }
@@ -105,7 +121,9 @@ impl Scenario {
             Scenario::AllBridge | Scenario::BridgeBcQueue0 => same(Mode::Bridge, 3),
             Scenario::AllVepa => same(Mode::Vepa, 3),
             Scenario::AllPrivate => same(Mode::Private, 3),
-            Scenario::Passthru | Scenario::PassthruNopromisc => same(Mode::Passthru, 1),
+            Scenario::Passthru
+            | Scenario::PassthruNopromisc
+            | Scenario::PassthruNopromiscBcQueue0 => same(Mode::Passthru, 1),
             Scenario::Source | Scenario::SourceNodst => vec![
                 ChildSpec::new("c0", Mode::Source, mac(0)),
                 ChildSpec::new("c1", Mode::Bridge, mac(1)),
@@ -118,13 +136,38 @@ impl Scenario {
                 ChildSpec::new("c2", Mode::Vepa, mac(2)),
                 ChildSpec::new("c3", Mode::Private, mac(3)),
             ],
+            Scenario::SourceShared => vec![
+                ChildSpec::new("c0", Mode::Source, mac(0)),
+                ChildSpec::new("c1", Mode::Source, mac(1)),
+                ChildSpec::new("c2", Mode::Vepa, mac(2)),
+                ChildSpec::new("c3", Mode::Bridge, mac(3)),
+            ],
+            Scenario::PromiscAllmulti => vec![
+                ChildSpec::new("c0", Mode::Bridge, mac(0)),
+                ChildSpec::new("c1", Mode::Vepa, mac(1)),
+                ChildSpec::new("c2", Mode::Private, mac(2)),
+                ChildSpec::new("c3", Mode::Bridge, mac(3)),
+            ],
         };
         match self {
             Scenario::AllBridge => children[2].mtu = Some(SMALL_MTU),
             Scenario::PassthruNopromisc => children[0].flags.nopromisc = true,
+            Scenario::PassthruNopromiscBcQueue0 => {
+                children[0].flags.nopromisc = true;
+                children[0].bcqueuelen = Some(0);
+            }
             Scenario::Source | Scenario::SourceNodst => {
                 children[0].sources = vec![EXT_MAC, mac(1)];
                 children[0].flags.nodst = self == Scenario::SourceNodst;
+            }
+            Scenario::SourceShared => {
+                children[0].sources = vec![PARENT_MAC, mac(2)];
+                children[1].sources = vec![mac(2)];
+                children[1].flags.nodst = true;
+            }
+            Scenario::PromiscAllmulti => {
+                children[0].promisc = true;
+                children[1].allmulti = true;
             }
             Scenario::BridgeBcQueue0 => {
                 for c in &mut children {
@@ -211,9 +254,26 @@ pub fn probes(topo: &Topology, mut nonce: impl FnMut() -> u64) -> Vec<Probe> {
     dests.push(("parent-mac".into(), PARENT_MAC, None, MIN_FRAME));
     dests.push(("unknown".into(), UNKNOWN_MAC, None, MIN_FRAME));
     dests.push(("broadcast".into(), MacAddr::BROADCAST, None, MIN_FRAME));
-    dests.push(("group-A(c0,c1)".into(), GROUP_A, None, MIN_FRAME));
-    let last = &children[children.len() - 1].spec.name;
-    dests.push((format!("group-B({last})"), GROUP_B, None, MIN_FRAME));
+    let joined = |g: MacAddr| -> String {
+        let names: Vec<&str> = children
+            .iter()
+            .filter(|c| c.spec.groups.contains(&g))
+            .map(|c| c.spec.name.as_str())
+            .collect();
+        names.join(",")
+    };
+    dests.push((
+        format!("group-A({})", joined(GROUP_A)),
+        GROUP_A,
+        None,
+        MIN_FRAME,
+    ));
+    dests.push((
+        format!("group-B({})", joined(GROUP_B)),
+        GROUP_B,
+        None,
+        MIN_FRAME,
+    ));
     for g in UNJOINED {
         dests.push((format!("unjoined {g}"), g, None, MIN_FRAME));
     }
@@ -478,6 +538,12 @@ fn describe(topo: &Topology) -> String {
         if c.spec.flags.nopromisc {
             s += "+nopromisc";
         }
+        if c.spec.promisc {
+            s += "+promisc";
+        }
+        if c.spec.allmulti {
+            s += "+allmulti";
+        }
         let _ = write!(s, "[{}", c.mac);
         if let Some(m) = c.spec.mtu {
             let _ = write!(s, " mtu {m}");
@@ -612,3 +678,46 @@ pub fn run(scenario: Scenario, hairpin: bool, provider: &ChildrenProvider, arm: 
     }
     panic!("{} of {} probes differ\n{report}", differ.len(), rows.len());
 }
+
+/// Declares one `#[test]` per scenario and hairpin setting, running `run` with `$provider`
+/// (an expression giving a [`ChildrenProvider`]) and naming the arm `$arm` in reports, plus a
+/// test that the list covers [`Scenario::ALL`]. Both arms expand the same list, so they can
+/// never drift apart.
+macro_rules! parity_tests {
+    ($provider:expr, $arm:literal) => {
+        $crate::common::parity::parity_tests!(@each $provider, $arm;
+            all_bridge, all_bridge_hairpin => AllBridge;
+            all_vepa, all_vepa_hairpin => AllVepa;
+            all_private, all_private_hairpin => AllPrivate;
+            passthru, passthru_hairpin => Passthru;
+            passthru_nopromisc, passthru_nopromisc_hairpin => PassthruNopromisc;
+            passthru_nopromisc_bcqueuelen_0, passthru_nopromisc_bcqueuelen_0_hairpin => PassthruNopromiscBcQueue0;
+            source, source_hairpin => Source;
+            source_nodst, source_nodst_hairpin => SourceNodst;
+            mix, mix_hairpin => Mix;
+            source_shared, source_shared_hairpin => SourceShared;
+            promisc_allmulti, promisc_allmulti_hairpin => PromiscAllmulti;
+            bridge_bcqueuelen_0, bridge_bcqueuelen_0_hairpin => BridgeBcQueue0;
+        );
+    };
+    (@each $provider:expr, $arm:literal; $($name:ident, $hairpin:ident => $sc:ident;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                use $crate::common::parity::{Scenario, run};
+                run(Scenario::$sc, false, &$provider, $arm);
+            }
+            #[test]
+            fn $hairpin() {
+                use $crate::common::parity::{Scenario, run};
+                run(Scenario::$sc, true, &$provider, $arm);
+            }
+        )*
+        #[test]
+        fn every_scenario_is_listed() {
+            use $crate::common::parity::Scenario;
+            assert_eq!([$(Scenario::$sc),*], Scenario::ALL, "parity_tests! must list every scenario");
+        }
+    };
+}
+pub(crate) use parity_tests;
