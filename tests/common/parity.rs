@@ -21,6 +21,10 @@ use super::{
 
 /// How long to keep collecting after the last probe was sent (≥ 200 ms: §11).
 pub const SETTLE: Duration = Duration::from_millis(300);
+/// ... and until nothing new has arrived for this long ...
+pub const QUIET: Duration = Duration::from_millis(150);
+/// ... but never longer than this.
+pub const MAX_SETTLE: Duration = Duration::from_secs(3);
 
 /// Group joined by the first two children (so it is "joined by more than bc_cutoff").
 pub const GROUP_A: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0x01, 0x00, 0x0a]);
@@ -451,12 +455,28 @@ fn observe(topo: &Topology, probes: &[(u64, Probe)]) -> BTreeMap<u64, Seen> {
             collect(&mut seen);
         }
     }
-    let deadline = Instant::now() + SETTLE;
-    while Instant::now() < deadline {
+    // Settle: at least SETTLE after the last send, and until nothing new arrived for QUIET
+    // (a loaded CI machine may run the broadcast-queue worker late), at most MAX_SETTLE.
+    let total = |seen: &BTreeMap<u64, Seen>| -> u32 {
+        seen.values()
+            .map(|s| s.children.iter().sum::<u32>() + s.wire + s.host)
+            .sum()
+    };
+    let start = Instant::now();
+    let (mut last_total, mut last_change) = (total(&seen), start);
+    loop {
         std::thread::sleep(Duration::from_millis(10));
         collect(&mut seen);
+        let now = Instant::now();
+        let t = total(&seen);
+        if t != last_total {
+            (last_total, last_change) = (t, now);
+        }
+        let settled = now - start >= SETTLE && now - last_change >= QUIET;
+        if settled || now - start >= MAX_SETTLE {
+            break;
+        }
     }
-    collect(&mut seen);
     seen
 }
 
