@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(t.mode, Mode::Passthru);
         assert!(t.state.down && t.state.allmulti && t.state.groups.len() == 1);
         let e = t.config_only("x").unwrap_err().to_string();
-        assert!(e.contains("down") && e.contains("trace only"), "{e}");
+        assert!(e.contains("down") && e.contains("for `trace` only"), "{e}");
         let c = t.to_config("p0");
         assert!(!c.up && c.allmulti && c.flags.nopromisc);
     }

@@ -25,9 +25,13 @@ fn topo(tag: &str, children: usize) -> Topo {
     require_root();
     let wire = netns(&format!("{tag}w"));
     let host = netns(&format!("{tag}h"));
-    let kids = (0..children).map(|i| netns(&format!("{tag}c{i}"))).collect();
+    let kids = (0..children)
+        .map(|i| netns(&format!("{tag}c{i}")))
+        .collect();
     let (h, w) = (host.name(), wire.name());
-    ip(&["-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w]);
+    ip(&[
+        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
+    ]);
     ip(&["-n", h, "link", "set", "p0", "up"]);
     ip(&["-n", w, "link", "set", "wire0", "up"]);
     ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
@@ -51,13 +55,20 @@ impl Topo {
     }
 
     fn port(&self, i: usize, mode: &str) -> [String; 2] {
-        ["--port".into(), format!("name=c{i},mode={mode},netns={}", self.kid(i))]
+        [
+            "--port".into(),
+            format!("name=c{i},mode={mode},netns={}", self.kid(i)),
+        ]
     }
 
     /// Runs the engine until it fails (for bad input).
     fn run_fails(&self, args: &[String]) -> Output {
         let mut c = self.command(args);
-        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
         let deadline = Instant::now() + Duration::from_secs(10);
         while child.try_wait().unwrap().is_none() {
             if Instant::now() > deadline {
@@ -71,18 +82,29 @@ impl Topo {
 
     /// Starts the engine and waits until every TAP exists where it belongs.
     fn start(&self, args: &[String], ports: &[(usize, &str)]) -> Engine {
-        let log = std::env::temp_dir().join(format!("umv-{}-{}.log", std::process::id(), self.host.name()));
+        let log = std::env::temp_dir().join(format!(
+            "umv-{}-{}.log",
+            std::process::id(),
+            self.host.name()
+        ));
         let child = self
             .command(args)
             .stdout(Stdio::piped())
             .stderr(File::create(&log).unwrap())
             .spawn()
             .expect("spawn umacvlan");
-        let e = Engine { child: Some(child), log };
+        let e = Engine {
+            child: Some(child),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         for (i, name) in ports {
             while try_ip(&["-n", self.kid(*i), "link", "show", name]).is_err() {
-                assert!(Instant::now() < deadline, "port {name} never appeared: {}", e.log_text());
+                assert!(
+                    Instant::now() < deadline,
+                    "port {name} never appeared: {}",
+                    e.log_text()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -109,9 +131,16 @@ impl Engine {
     /// SIGTERM, then the exit status and the counters it printed.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
         let child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     fn kill9(mut self) {
@@ -133,15 +162,33 @@ impl Drop for Engine {
 
 fn ping(ns: &str, to: &str, count: u32) -> Result<String, String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", &count.to_string(), "-i", "0.05", "-W", "1", to])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            to,
+        ])
         .output()
         .expect("run ping (apt-get install iputils-ping)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() && text.contains(" 0% packet loss") { Ok(text) } else { Err(text) }
+    if out.status.success() && text.contains(" 0% packet loss") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 fn tun_devices(ns: &str) -> usize {
-    ip_json(&["-n", ns, "link", "show", "type", "tun"]).as_array().map_or(0, Vec::len)
+    ip_json(&["-n", ns, "link", "show", "type", "tun"])
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 /// The counters line of one port: (rx_packets, rx_bytes, tx_packets, tx_bytes, drops).
@@ -152,7 +199,13 @@ fn counters_of<'a>(report: &'a str, port: &str) -> (u64, u64, u64, u64, &'a str)
         .unwrap_or_else(|| panic!("no counters for {port} in:\n{report}"));
     let f: Vec<&str> = line.split_whitespace().collect();
     let n = |i: usize| f[i].parse::<u64>().unwrap();
-    (n(2), n(3), n(4), n(5), line.split("  ").last().unwrap_or(""))
+    (
+        n(2),
+        n(3),
+        n(4),
+        n(5),
+        line.split("  ").last().unwrap_or(""),
+    )
 }
 
 #[test]
@@ -160,28 +213,91 @@ fn bad_input_exits_2_and_creates_nothing() {
     let t = topo("bad", 2);
     let (h, c0) = (t.host.name().to_string(), t.kid(0).to_string());
     ip(&["-n", &h, "tuntap", "add", "dev", "tun9", "mode", "tun"]);
-    ip(&["-n", t.kid(1), "link", "add", "c1", "type", "veth", "peer", "name", "c1peer"]);
-    let parent_mac = ip_json(&["-n", &h, "link", "show", "p0"])[0]["address"].as_str().unwrap().to_string();
+    ip(&[
+        "-n",
+        t.kid(1),
+        "link",
+        "add",
+        "c1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c1peer",
+    ]);
+    let parent_mac = ip_json(&["-n", &h, "link", "show", "p0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let port = |s: &str| vec!["--port".to_string(), s.to_string()];
     let ok0 = format!("name=c0,netns={c0}");
     let cases: Vec<(Vec<String>, String)> = vec![
-        (vec!["--parent".into(), "nosuch".into()].into_iter().chain(port(&ok0)).collect(), "unknown parent \"nosuch\"".into()),
-        (vec!["--parent".into(), "lo".into()].into_iter().chain(port(&ok0)).collect(), "loopback".into()),
-        (vec!["--parent".into(), "tun9".into()].into_iter().chain(port(&ok0)).collect(), "is not Ethernet".into()),
-        (port("name=c0,netns=umv-no-such-ns"), "no network namespace named \"umv-no-such-ns\"".into()),
-        (port(&format!("{ok0},mac=02:00")), "not a MAC address".into()),
-        (port(&format!("{ok0},mac=01:00:5e:00:00:01")), "group or zero".into()),
-        (port(&format!("{ok0},mac={parent_mac}")), "which is the parent's".into()),
         (
-            [port(&format!("{ok0},mac=02:00:00:00:00:05")), port("name=cx,mac=02:00:00:00:00:05")].concat(),
+            vec!["--parent".into(), "nosuch".into()]
+                .into_iter()
+                .chain(port(&ok0))
+                .collect(),
+            "unknown parent \"nosuch\"".into(),
+        ),
+        (
+            vec!["--parent".into(), "lo".into()]
+                .into_iter()
+                .chain(port(&ok0))
+                .collect(),
+            "loopback".into(),
+        ),
+        (
+            vec!["--parent".into(), "tun9".into()]
+                .into_iter()
+                .chain(port(&ok0))
+                .collect(),
+            "is not Ethernet".into(),
+        ),
+        (
+            port("name=c0,netns=umv-no-such-ns"),
+            "no network namespace named \"umv-no-such-ns\"".into(),
+        ),
+        (
+            port(&format!("{ok0},mac=02:00")),
+            "not a MAC address".into(),
+        ),
+        (
+            port(&format!("{ok0},mac=01:00:5e:00:00:01")),
+            "group or zero".into(),
+        ),
+        (
+            port(&format!("{ok0},mac={parent_mac}")),
+            "which is the parent's".into(),
+        ),
+        (
+            [
+                port(&format!("{ok0},mac=02:00:00:00:00:05")),
+                port("name=cx,mac=02:00:00:00:00:05"),
+            ]
+            .concat(),
             "cannot both be up with MAC 02:00:00:00:00:05".into(),
         ),
-        ([port(&format!("{ok0},mode=passthru")), port("name=cx")].concat(), "must be the parent's only port".into()),
-        (port(&format!("{ok0},mtu=9000")), "MTU 9000 is outside 68..=1500".into()),
+        (
+            [port(&format!("{ok0},mode=passthru")), port("name=cx")].concat(),
+            "must be the parent's only port".into(),
+        ),
+        (
+            port(&format!("{ok0},mtu=9000")),
+            "MTU 9000 is outside 68..=1500".into(),
+        ),
         (port(&format!("{ok0},mtu=60")), "MTU 60 is outside".into()),
-        (port(&format!("name=c1,netns={}", t.kid(1))), "an interface named c1 already exists".into()),
-        (port(&format!("{ok0},mode=bridged")), "unknown mode \"bridged\"".into()),
-        (port(&format!("{ok0},colour=red")), "unknown key \"colour\"".into()),
+        (
+            port(&format!("name=c1,netns={}", t.kid(1))),
+            "an interface named c1 already exists".into(),
+        ),
+        (
+            port(&format!("{ok0},mode=bridged")),
+            "unknown mode \"bridged\"".into(),
+        ),
+        (
+            port(&format!("{ok0},colour=red")),
+            "unknown key \"colour\"".into(),
+        ),
         (port(&format!("{ok0},down")), "for `trace` only".into()),
     ];
     for (args, want) in cases {
@@ -189,9 +305,17 @@ fn bad_input_exits_2_and_creates_nothing() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(&want), "{args:?}: want {want:?} in: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line, got: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got: {err}"
+        );
         for ns in [&h, &c0] {
-            assert_eq!(tun_devices(ns), 1 - usize::from(ns == &c0), "{args:?} left a TAP in {ns}");
+            assert_eq!(
+                tun_devices(ns),
+                1 - usize::from(ns == &c0),
+                "{args:?} left a TAP in {ns}"
+            );
         }
     }
     // The TUN parent itself was the only tun device, and is still there.
@@ -203,16 +327,33 @@ fn ping_and_tcp_cross_the_engine_without_loss_or_truncation() {
     let t = topo("tcp", 2);
     let args = [t.port(0, "bridge"), t.port(1, "bridge")].concat();
     let e = t.start(&args, &[(0, "c0"), (1, "c1")]);
-    let promisc = |ns: &str| ip_json(&["-n", ns, "-d", "link", "show", "p0"])[0]["promiscuity"].as_u64().unwrap();
-    assert_eq!(promisc(t.host.name()), 1, "the ring makes the parent promiscuous");
+    let promisc = |ns: &str| {
+        ip_json(&["-n", ns, "-d", "link", "show", "p0"])[0]["promiscuity"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        promisc(t.host.name()),
+        1,
+        "the ring makes the parent promiscuous"
+    );
     t.up(0, "192.0.2.1/24");
     t.up(1, "192.0.2.2/24");
     std::thread::sleep(Duration::from_millis(300));
-    for (from, to) in [(t.kid(0), "192.0.2.254"), (t.kid(0), "192.0.2.2"), (t.wire.name(), "192.0.2.1")] {
-        ping(from, to, 20).unwrap_or_else(|out| panic!("ping {from} -> {to} lost frames:\n{out}\n{}", e.log_text()));
+    for (from, to) in [
+        (t.kid(0), "192.0.2.254"),
+        (t.kid(0), "192.0.2.2"),
+        (t.wire.name(), "192.0.2.1"),
+    ] {
+        ping(from, to, 20).unwrap_or_else(|out| {
+            panic!("ping {from} -> {to} lost frames:\n{out}\n{}", e.log_text())
+        });
     }
     // TCP child -> child (bridge, TAP to TAP) and wire -> child (ring to TAP), TSO on the veth.
-    for (server, client, addr) in [(t.kid(1), t.kid(0), "192.0.2.2"), (t.kid(0), t.wire.name(), "192.0.2.1")] {
+    for (server, client, addr) in [
+        (t.kid(1), t.kid(0), "192.0.2.2"),
+        (t.kid(0), t.wire.name(), "192.0.2.1"),
+    ] {
         let mut srv = Command::new("ip")
             .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
             .stdout(Stdio::null())
@@ -221,25 +362,45 @@ fn ping_and_tcp_cross_the_engine_without_loss_or_truncation() {
             .expect("run iperf3 (apt-get install iperf3)");
         std::thread::sleep(Duration::from_millis(300));
         let out = Command::new("ip")
-            .args(["netns", "exec", client, "iperf3", "-c", addr, "-p", "5201", "-t", "2", "-J"])
+            .args([
+                "netns", "exec", client, "iperf3", "-c", addr, "-p", "5201", "-t", "2", "-J",
+            ])
             .output()
             .unwrap();
         let _ = srv.kill();
         let _ = srv.wait();
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
-            panic!("iperf3 to {addr}: {err}: {}\n{}", String::from_utf8_lossy(&out.stdout), e.log_text())
+            panic!(
+                "iperf3 to {addr}: {err}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                e.log_text()
+            )
         });
         let bytes = j["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-        assert!(bytes > 10_000_000, "TCP to {addr} moved only {bytes} bytes: {j}");
+        assert!(
+            bytes > 10_000_000,
+            "TCP to {addr} moved only {bytes} bytes: {j}"
+        );
     }
     let (status, report) = e.stop();
     assert!(status.success(), "{report}");
     assert!(!report.contains("truncated"), "{report}");
     let (rx_packets, rx_bytes, ..) = counters_of(&report, "c1");
     // GSO super-frames were carried whole: the average frame delivered is above the MTU.
-    assert!(rx_bytes / rx_packets.max(1) > 1514, "no super-frames reached c1:\n{report}");
-    assert_eq!(promisc(t.host.name()), 0, "the parent's promiscuity is restored");
-    assert_eq!(tun_devices(t.kid(0)) + tun_devices(t.kid(1)), 0, "TAPs gone after SIGTERM");
+    assert!(
+        rx_bytes / rx_packets.max(1) > 1514,
+        "no super-frames reached c1:\n{report}"
+    );
+    assert_eq!(
+        promisc(t.host.name()),
+        0,
+        "the parent's promiscuity is restored"
+    );
+    assert_eq!(
+        tun_devices(t.kid(0)) + tun_devices(t.kid(1)),
+        0,
+        "TAPs gone after SIGTERM"
+    );
 }
 
 #[test]
@@ -256,7 +417,8 @@ fn sigkill_leaves_no_tap_and_a_restart_forwards_again() {
     let e = t.start(&args, &[(0, "c0"), (1, "c1")]);
     t.up(0, "192.0.2.1/24");
     std::thread::sleep(Duration::from_millis(300));
-    ping(t.kid(0), "192.0.2.254", 5).unwrap_or_else(|o| panic!("after restart:\n{o}\n{}", e.log_text()));
+    ping(t.kid(0), "192.0.2.254", 5)
+        .unwrap_or_else(|o| panic!("after restart:\n{o}\n{}", e.log_text()));
     let (status, _) = e.stop();
     assert!(status.success());
 }
@@ -270,7 +432,10 @@ fn a_port_brought_down_stops_receiving_and_its_mac_goes_to_the_host() {
     ping(t.wire.name(), "192.0.2.1", 3).unwrap_or_else(|o| panic!("{o}\n{}", e.log_text()));
     ip(&["-n", t.kid(0), "link", "set", "c0", "down"]);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(ping(t.wire.name(), "192.0.2.1", 3).is_err(), "a down port still answered");
+    assert!(
+        ping(t.wire.name(), "192.0.2.1", 3).is_err(),
+        "a down port still answered"
+    );
     let (status, report) = e.stop();
     assert!(status.success());
     let (.., parent_drops) = counters_of(&report, "p0");

@@ -30,7 +30,7 @@ use super::worker::{Command, Worker, WorkerHandle};
 use crate::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::mcast::{DevMcastEntry, parse_dev_mcast};
-use crate::net::{LinkEvent, LinkInfo, LinkMonitor, Netlink, Netns, is_wireless};
+use crate::net::{LinkEvent, LinkInfo, LinkMonitor, Netlink, Netns, OperState, is_wireless};
 use crate::spec::PortSpec;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
@@ -502,6 +502,14 @@ fn watch(
                 _ => {}
             }
             carrier = now.or(carrier);
+        }
+        for l in links.iter().flatten() {
+            if l.flags.up && l.flags.lower_up && l.operstate == OperState::Unknown {
+                // Look like a macvlan child (`state UP`), which a TAP never does by itself.
+                if let Err(e) = nl.set_operstate_up(l.index) {
+                    tracing::debug!(port = %l.name, "setting operstate up failed: {e}");
+                }
+            }
         }
         let groups = read_groups()?;
         for (i, (id, name)) in ports.iter().enumerate() {

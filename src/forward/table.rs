@@ -218,7 +218,9 @@ pub const DEFAULT_MAX_FRAME: usize = 65_536 + 14 + 4;
 /// Why a set of ports cannot form a table. Every variant names the offending ports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
-    #[error("ports {a} and {b} cannot both be up with MAC {mac} (the kernel refuses with EADDRINUSE)")]
+    #[error(
+        "ports {a} and {b} cannot both be up with MAC {mac} (the kernel refuses with EADDRINUSE)"
+    )]
     DuplicateMac { mac: MacAddr, a: String, b: String },
     #[error("port {port} has MAC {mac}, which is the parent's (EADDRINUSE)")]
     ParentMac { port: String, mac: MacAddr },

@@ -488,6 +488,17 @@ impl Netlink {
         })
     }
 
+    /// Report the device's operational state as UP (`IFLA_OPERSTATE`). The kernel's
+    /// `set_operstate` only allows this from UNKNOWN, DORMANT or TESTING, so a device with no
+    /// carrier stays down. A TAP never leaves UNKNOWN on its own (tun fires no link-watch event
+    /// when it opens), while a macvlan child shows UP: the engine uses this to look the same.
+    pub fn set_operstate_up(&mut self, index: u32) -> Result<()> {
+        use netlink_packet_route::link::State;
+        self.set_link(index, vec![LinkAttribute::OperState(State::Up)], |who| {
+            format!("set the operstate of {who} to up")
+        })
+    }
+
     /// Move the device into another namespace (`IFLA_NET_NS_FD`). Its ifindex may change there.
     pub fn set_netns(&mut self, index: u32, netns: &Netns) -> Result<()> {
         self.set_link(

@@ -495,9 +495,8 @@ pub enum ChildrenProvider {
     /// The umacvlan engine, through its stable CLI contract:
     /// `ip netns exec H <bin> run --parent p0 --port name=N,mode=M,netns=NS,mac=MAC[,mtu=N] …`.
     ///
-    /// The contract has no words for port flags, source lists or bcqueuelen. Scenarios that need
-    /// them pass extension keys, a proposal for the engine author to accept or rename:
-    /// `flags=nodst` / `flags=nopromisc`, one `source=MAC` per listed remote, `bcqueuelen=N`.
+    /// Scenarios that need port flags, source lists or bcqueuelen use the contract's extension
+    /// keys: `flag=nodst` / `flag=nopromisc`, `source=MAC+MAC..`, `bcqueuelen=N`.
     Umacvlan { bin: PathBuf },
 }
 
@@ -843,10 +842,11 @@ impl Topology {
             s += &format!(",mtu={m}");
         }
         if let Some(f) = macvlan_flag_word(c.flags) {
-            s += &format!(",flags={f}");
+            s += &format!(",flag={f}");
         }
-        for src in &c.sources {
-            s += &format!(",source={src}");
+        if !c.sources.is_empty() {
+            let list: Vec<String> = c.sources.iter().map(|m| m.to_string()).collect();
+            s += &format!(",source={}", list.join("+"));
         }
         if let Some(n) = c.bcqueuelen {
             s += &format!(",bcqueuelen={n}");

@@ -496,6 +496,7 @@ pub enum Outcome {
 pub struct Row {
     pub sender: String,
     pub dest: String,
+    pub dst: MacAddr,
     pub observed: Seen,
     pub model: Seen,
     pub outcome: Outcome,
@@ -584,7 +585,56 @@ fn describe(topo: &Topology) -> String {
 /// Builds `scenario` with `provider`'s children, sends every probe, and asserts that every
 /// child delivery set and every wire bit equal `decide()`'s (modulo the multicast-hash leak).
 /// Host observations are printed, not asserted.
+///
+/// For the engine arm it then builds the very same topology with the kernel's macvlan children
+/// and asserts, probe by probe, that the engine's delivery sets and wire bits equal the
+/// kernel's: the only tolerated difference is the kernel delivering an extra copy of a group the
+/// child did not join (its hashed filter, §5).
 pub fn run(scenario: Scenario, hairpin: bool, provider: &ChildrenProvider, arm: &str) {
+    let (table, engine) = run_arm(scenario, hairpin, provider, arm);
+    if matches!(provider, ChildrenProvider::Umacvlan { .. }) {
+        let (_, kernel) = run_arm(scenario, hairpin, &ChildrenProvider::Kernel, "kernel");
+        compare_arms(&table, &kernel, &engine, arm);
+    }
+}
+
+/// The engine's observations against the kernel's, probe by probe (same probes, same order).
+fn compare_arms(table: &PortTable, kernel: &[Row], engine: &[Row], arm: &str) {
+    assert_eq!(kernel.len(), engine.len(), "both arms send the same probes");
+    let mut differ = Vec::new();
+    for (k, e) in kernel.iter().zip(engine) {
+        assert_eq!(
+            (&k.sender, &k.dest),
+            (&e.sender, &e.dest),
+            "probes in the same order"
+        );
+        let (ks, es) = (k.observed.child_set(), e.observed.child_set());
+        let kernel_leak =
+            |i: &usize| k.dst.is_multicast() && !table.port(PortId(*i as u16)).accepts_group(k.dst);
+        let same_children = es.is_subset(&ks) && ks.difference(&es).all(kernel_leak);
+        let same_wire = (k.observed.wire > 0) == (e.observed.wire > 0);
+        if !same_children || !same_wire {
+            differ.push(format!(
+                "  {:<16} {:<24} kernel {:?} wire {}   {arm} {:?} wire {}",
+                k.sender, k.dest, ks, k.observed.wire, es, e.observed.wire
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{arm} and the kernel's macvlan differ on {} of {} probes:\n{}",
+        differ.len(),
+        kernel.len(),
+        differ.join("\n")
+    );
+}
+
+fn run_arm(
+    scenario: Scenario,
+    hairpin: bool,
+    provider: &ChildrenProvider,
+    arm: &str,
+) -> (PortTable, Vec<Row>) {
     require_root();
     let spec = scenario.spec(hairpin);
     let topo = Topology::build(&spec, provider);
@@ -608,6 +658,7 @@ pub fn run(scenario: Scenario, hairpin: bool, provider: &ChildrenProvider, arm: 
             Row {
                 sender: sender_name(&topo, p.sender),
                 dest: p.dest.clone(),
+                dst: MacAddr(p.frame[..6].try_into().expect("6 bytes")),
                 observed,
                 model,
                 outcome,
@@ -686,7 +737,7 @@ pub fn run(scenario: Scenario, hairpin: bool, provider: &ChildrenProvider, arm: 
             }
         }
         println!("{report}");
-        return;
+        return (table, rows);
     }
     let _ = writeln!(report, " DIFFERENCES:\n{header}");
     for r in &differ {
