@@ -443,3 +443,112 @@ fn a_port_brought_down_stops_receiving_and_its_mac_goes_to_the_host() {
     let (_, _, _, _, c0_drops) = counters_of(&report, "c0");
     assert_eq!(c0_drops.trim(), "-", "{report}");
 }
+
+/// Waits until `cond` holds, for up to 5 s.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn has_flag(ns: &str, dev: &str, flag: &str) -> bool {
+    ip_json(&["-n", ns, "link", "show", dev])[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+#[test]
+fn ports_follow_the_parents_carrier() {
+    let t = topo("car", 1);
+    let e = t.start(&t.port(0, "bridge"), &[(0, "c0")]);
+    t.up(0, "192.0.2.1/24");
+    let kid = t.kid(0).to_string();
+    wait_until("carrier on c0", || has_flag(&kid, "c0", "LOWER_UP"));
+    let state = || {
+        ip_json(&["-n", &kid, "link", "show", "c0"])[0]["operstate"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    wait_until("c0 to look like a macvlan child (state UP)", || {
+        state() == "UP"
+    });
+    // The wire's end going down takes the parent's carrier away.
+    ip(&["-n", t.wire.name(), "link", "set", "wire0", "down"]);
+    wait_until("c0 to lose its carrier", || {
+        !has_flag(&kid, "c0", "LOWER_UP")
+    });
+    assert!(
+        has_flag(&kid, "c0", "UP"),
+        "the port stays admin-up, as a macvlan child does"
+    );
+    ip(&["-n", t.wire.name(), "link", "set", "wire0", "up"]);
+    wait_until("c0 to get its carrier back", || {
+        has_flag(&kid, "c0", "LOWER_UP")
+    });
+    ping(t.wire.name(), "192.0.2.1", 3).unwrap_or_else(|o| panic!("{o}\n{}", e.log_text()));
+}
+
+#[test]
+fn mac_changes_in_the_namespace_are_followed_with_the_kernels_rules() {
+    let t = topo("mac", 2);
+    let (a, b) = ("02:00:00:00:00:10", "02:00:00:00:00:11");
+    let args: Vec<String> = vec![
+        "--port".into(),
+        format!("name=c0,netns={},mac={a}", t.kid(0)),
+        "--port".into(),
+        format!("name=c1,netns={},mac={b}", t.kid(1)),
+    ];
+    let e = t.start(&args, &[(0, "c0"), (1, "c1")]);
+    t.up(0, "192.0.2.1/24");
+    t.up(1, "192.0.2.2/24");
+    std::thread::sleep(Duration::from_millis(300));
+    let w = t.wire.name();
+    ping(w, "192.0.2.1", 3).unwrap_or_else(|o| panic!("{o}\n{}", e.log_text()));
+    // A new MAC on an up port is followed: the wire reaches it at the new address.
+    ip(&[
+        "-n",
+        t.kid(0),
+        "link",
+        "set",
+        "c0",
+        "address",
+        "02:00:00:00:00:20",
+    ]);
+    ip(&["-n", w, "neigh", "flush", "dev", "wire0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    ping(w, "192.0.2.1", 3)
+        .unwrap_or_else(|o| panic!("after the MAC change:\n{o}\n{}", e.log_text()));
+    // Taking an up port's MAC would fail with EADDRINUSE in the kernel: c1 is out of the table,
+    // and c0 keeps its frames.
+    ip(&[
+        "-n",
+        t.kid(1),
+        "link",
+        "set",
+        "c1",
+        "address",
+        "02:00:00:00:00:20",
+    ]);
+    ip(&["-n", w, "neigh", "flush", "dev", "wire0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        ping(w, "192.0.2.2", 3).is_err(),
+        "c1 with a busy MAC still got frames"
+    );
+    ping(w, "192.0.2.1", 3)
+        .unwrap_or_else(|o| panic!("c0 lost its frames:\n{o}\n{}", e.log_text()));
+    assert!(
+        e.log_text().contains("EADDRINUSE"),
+        "the log says why c1 is out: {}",
+        e.log_text()
+    );
+    // Given back a MAC of its own, c1 is in again.
+    ip(&["-n", t.kid(1), "link", "set", "c1", "address", b]);
+    ip(&["-n", w, "neigh", "flush", "dev", "wire0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    ping(w, "192.0.2.2", 3)
+        .unwrap_or_else(|o| panic!("c1 after its MAC is free:\n{o}\n{}", e.log_text()));
+}

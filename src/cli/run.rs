@@ -6,7 +6,7 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::{Failure, report};
-use crate::engine::run::{Engine, plan};
+use crate::engine::run::{Engine, ParentOptions, plan};
 use crate::spec::PortSpec;
 
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// [,bcqueuelen=N][,source=MAC+MAC..]. Repeat for more ports.
     #[arg(long = "port", value_name = "SPEC", required = true)]
     ports: Vec<String>,
+    /// bclim: a multicast group joined by more than N up ports (and broadcast) goes through the
+    /// broadcast queue, whose length is the largest bcqueuelen of any port; a negative N queues
+    /// nothing. Parent-wide, like the kernel's IFLA_MACVLAN_BC_CUTOFF.
+    #[arg(long, value_name = "N", default_value_t = crate::forward::DEFAULT_BC_CUTOFF, allow_negative_numbers = true)]
+    bclim: i32,
 }
 
 /// Blocks the stop signals in the calling thread (and so in every thread it spawns later) and
@@ -65,7 +70,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         .map(|s| s.parse::<PortSpec>().map(|p| (s.clone(), p)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::usage)?;
-    let plan = plan(&a.parent, &specs).map_err(Failure::usage)?;
+    let opts = ParentOptions { bc_cutoff: a.bclim };
+    let plan = plan(&a.parent, opts, &specs).map_err(Failure::usage)?;
     let stop = stop_on_signals()?;
     let names: Vec<String> = plan.ports.iter().map(|p| p.spec.name.clone()).collect();
     let mut engine = Engine::start(plan)?;

@@ -100,8 +100,28 @@ fn has_unicast_filter(kind: Option<&str>) -> bool {
     matches!(kind, None | Some("vlan" | "bond" | "team"))
 }
 
-/// Checks everything and creates nothing.
-pub fn plan(parent: &str, specs: &[(String, PortSpec)]) -> Result<Plan, PlanError> {
+/// Parent-wide settings of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentOptions {
+    /// `bclim` (IFLA_MACVLAN_BC_CUTOFF), port-wide in the kernel.
+    pub bc_cutoff: i32,
+}
+
+impl Default for ParentOptions {
+    fn default() -> Self {
+        ParentOptions {
+            bc_cutoff: crate::forward::DEFAULT_BC_CUTOFF,
+        }
+    }
+}
+
+/// Checks everything and creates nothing. `specs` pairs each port's text (for messages) with
+/// its parsed form.
+pub fn plan(
+    parent: &str,
+    opts: ParentOptions,
+    specs: &[(String, PortSpec)],
+) -> Result<Plan, PlanError> {
     if specs.is_empty() {
         return Err(PlanError::NoPorts);
     }
@@ -124,6 +144,7 @@ pub fn plan(parent: &str, specs: &[(String, PortSpec)]) -> Result<Plan, PlanErro
     }
     let mut parent_config = ParentConfig::new(link.name.clone(), mac, link.mtu);
     parent_config.unicast_filter = has_unicast_filter(link.kind.as_deref());
+    parent_config.bc_cutoff = opts.bc_cutoff;
 
     let mut ports = Vec::with_capacity(specs.len());
     for (text, spec) in specs {
@@ -424,12 +445,13 @@ fn spawn_watchers(
     }
     let mut handles = Vec::new();
     for (i, (ns, _, ports)) in groups.into_iter().enumerate() {
-        let parent = (i == 0).then(|| plan.parent.name.clone());
+        let parent = (i == 0).then(|| (plan.parent.name.clone(), plan.parent.flags.lower_up));
         let (tx, stop) = (tx.clone(), Arc::clone(stop));
         let h = std::thread::Builder::new()
             .name(format!("umacvlan-watch-{i}"))
             .spawn(move || {
-                if let Err(e) = watch(&ns, &ports, parent.as_deref(), &tx, &stop) {
+                let parent = parent.as_ref().map(|(n, c)| (n.as_str(), *c));
+                if let Err(e) = watch(&ns, &ports, parent, &tx, &stop) {
                     tracing::error!("watching {ns} stopped: {e:#}");
                 }
             })?;
@@ -439,10 +461,12 @@ fn spawn_watchers(
 }
 
 /// The watcher loop for one namespace; runs on its own thread, which it moves into `ns`.
+/// `parent` is the parent's name and the carrier the worker was given, for the watcher that
+/// follows the parent.
 fn watch(
     ns: &Netns,
     ports: &[(PortId, String)],
-    parent: Option<&str>,
+    parent: Option<(&str, bool)>,
     tx: &Sender<Event>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -454,7 +478,9 @@ fn watch(
         .map(|(_, n)| nl.link_by_name(n))
         .collect::<Result<_, _>>()?;
     let mut sent: Vec<Option<Option<LiveState>>> = vec![None; ports.len()];
-    let mut carrier = None;
+    // What the worker was last told about the parent's carrier.
+    let mut carrier = parent.is_some_and(|(_, on)| on);
+    let mut first = true;
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(monitor.as_fd(), PollFlags::POLLIN)];
         let wait = PollTimeout::try_from(MCAST_POLL.as_millis() as i32).unwrap_or(PollTimeout::MAX);
@@ -463,7 +489,7 @@ fn watch(
         for ev in monitor.drain()? {
             match ev {
                 LinkEvent::Changed(l) => {
-                    if parent == Some(l.name.as_str()) {
+                    if parent.is_some_and(|(p, _)| p == l.name) {
                         parent_seen = Some(Some(l.flags.lower_up));
                     }
                     if let Some(i) = ports.iter().position(|(_, n)| *n == l.name) {
@@ -471,7 +497,7 @@ fn watch(
                     }
                 }
                 LinkEvent::Removed { name, .. } => {
-                    if parent == Some(name.as_str()) {
+                    if parent.is_some_and(|(p, _)| p == name) {
                         parent_seen = Some(None);
                     }
                     if let Some(i) = ports.iter().position(|(_, n)| *n == name) {
@@ -485,24 +511,27 @@ fn watch(
                 }
             }
         }
-        if let Some(p) = parent {
+        if let Some((p, _)) = parent {
+            // The first pass reads the parent: a change between the start and the monitor's
+            // opening would otherwise go unseen.
             let now = match parent_seen {
                 Some(s) => s,
-                None if carrier.is_none() => nl.link_by_name(p)?.map(|l| l.flags.lower_up),
-                None => carrier,
+                None if first => nl.link_by_name(p)?.map(|l| l.flags.lower_up),
+                None => Some(carrier),
             };
             match now {
                 None => {
                     let _ = tx.send(Event::ParentGone);
                     return Ok(());
                 }
-                Some(on) if carrier != Some(on) && carrier.is_some() => {
+                Some(on) if on != carrier => {
+                    carrier = on;
                     let _ = tx.send(Event::Carrier(on));
                 }
-                _ => {}
+                Some(_) => {}
             }
-            carrier = now.or(carrier);
         }
+        first = false;
         for l in links.iter().flatten() {
             if l.flags.up && l.flags.lower_up && l.operstate == OperState::Unknown {
                 // Look like a macvlan child (`state UP`), which a TAP never does by itself.
