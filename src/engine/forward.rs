@@ -5,10 +5,14 @@
 //! precedes them included; a VLAN tag the ring reported out of band is put back inline with a
 //! gathered write, and the header's checksum offsets moved past it.
 //!
+//! Frames a port sends to the wire are not sent here: [`from_port`] says so, and the worker
+//! sends them in batches (`sendmmsg`) straight from the buffer they were read into, then counts
+//! each outcome with [`wire_sent`].
+//!
 //! Accounting: for every frame that enters, each port that got a copy counts it in its `rx`,
 //! the wire counts it in the parent's `tx`, and a frame that reached neither counts one drop
 //! with its reason at its ingress (the parent, or the sending port). A copy that could not be
-//! written counts a drop at the port it was for.
+//! written counts a drop at the port it was for; a failed send to the wire, at the sender.
 
 use std::io::{self, IoSlice};
 
@@ -20,11 +24,6 @@ use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 /// Writes one frame (virtio-net header first) into a port's TAP.
 pub trait PortIo {
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
-}
-
-/// Sends one frame (virtio-net header first) on the parent.
-pub trait WireIo {
-    fn send_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<()>;
 }
 
 /// One frame as the parent's ring holds it.
@@ -134,30 +133,35 @@ pub fn from_parent<P: PortIo>(
 }
 
 /// A frame read from port `id`'s TAP: `buf` is the virtio-net header followed by the frame.
-pub fn from_port<P: PortIo, W: WireIo>(
+/// Delivers it to the ports that get it and returns whether it must also go to the wire, which
+/// the caller does (and reports with [`wire_sent`]).
+#[must_use = "a frame for the wire must be sent and counted with wire_sent"]
+pub fn from_port<P: PortIo>(
     table: &PortTable,
     counters: &Counters,
     ports: &[P],
-    wire: &W,
     id: PortId,
     buf: &[u8],
-) {
+) -> bool {
     let c = &counters.ports[id.index()];
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
         c.drops.count(DropReason::Runt);
-        return;
+        return false;
     };
     c.tx.count(data.len());
     let vnet = VnetHdr::parse(hdr).unwrap_or_default();
     let meta = match FrameMeta::parse(data, None, table.parent().max_frame) {
         Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => return c.drops.count(frame_error(e)),
+        Err(e) => {
+            c.drops.count(frame_error(e));
+            return false;
+        }
     };
     let v = decide(table, Ingress::Port(id), &meta);
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
-    let mut n = deliver(
+    let n = deliver(
         counters,
         ports,
         |f| v.for_each_receiver(table, f),
@@ -165,17 +169,21 @@ pub fn from_port<P: PortIo, W: WireIo>(
         meta.len(),
         group,
     );
-    if v.to_wire {
-        match wire.send_frame(&iov) {
-            Ok(()) => {
-                counters.parent.tx.count(meta.len());
-                n += 1;
-            }
-            Err(_) => c.drops.count(DropReason::WireSendFailed),
-        }
-    }
     if n == 0 && !v.to_wire {
         c.drops.count(v.reason.unwrap_or(DropReason::NoReceiver));
+    }
+    v.to_wire
+}
+
+/// Counts the outcome of sending on the parent a frame of `len` bytes (vnet header included)
+/// that port `id` sent.
+pub fn wire_sent(counters: &Counters, id: PortId, len: usize, sent: bool) {
+    if sent {
+        counters.parent.tx.count(len.saturating_sub(VNET_HDR_LEN));
+    } else {
+        counters.ports[id.index()]
+            .drops
+            .count(DropReason::WireSendFailed);
     }
 }
 
@@ -202,12 +210,6 @@ mod tests {
             let n = v.len();
             self.got.borrow_mut().push(v);
             Ok(n)
-        }
-    }
-
-    impl WireIo for Fake {
-        fn send_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-            self.write_frame(iov).map(|_| ())
         }
     }
 
@@ -336,27 +338,27 @@ mod tests {
     #[test]
     fn bridge_broadcast_goes_to_siblings_and_wire() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge, Mode::Vepa]);
-        let wire = Fake::default();
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        from_port(&t, &c, &ports, &wire, PortId(0), &b);
+        assert!(
+            from_port(&t, &c, &ports, PortId(0), &b),
+            "also for the wire"
+        );
         assert_eq!(ports[1].got.borrow().len(), 1);
         assert!(ports[0].got.borrow().is_empty() && ports[2].got.borrow().is_empty());
-        assert_eq!(wire.got.borrow().as_slice(), std::slice::from_ref(&b));
         assert_eq!(c.ports[0].tx.packets.get(), 1);
         assert_eq!(c.ports[1].rx_multicast.get(), 1);
+        wire_sent(&c, PortId(0), b.len(), true);
         assert_eq!(c.parent.tx.packets.get(), 1);
+        assert_eq!(c.parent.tx.bytes.get(), 60);
     }
 
     #[test]
     fn failed_writes_and_sends_are_counted_where_they_happen() {
         let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge]);
         ports[1].fail = true;
-        let wire = Fake {
-            fail: true,
-            ..Fake::default()
-        };
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        from_port(&t, &c, &ports, &wire, PortId(0), &b);
+        assert!(from_port(&t, &c, &ports, PortId(0), &b));
+        wire_sent(&c, PortId(0), b.len(), false);
         assert_eq!(c.ports[1].drops.get(DropReason::TapWriteFailed), 1);
         assert_eq!(c.ports[0].drops.get(DropReason::WireSendFailed), 1);
         assert_eq!(c.parent.tx.packets.get(), 0);
@@ -369,17 +371,9 @@ mod tests {
         p.up = false;
         let t = PortTable::build(parent, vec![p]).unwrap();
         let c = Counters::new(1);
-        let wire = Fake::default();
         let ports = [Fake::default()];
-        from_port(
-            &t,
-            &c,
-            &ports,
-            &wire,
-            PortId(0),
-            &with_vnet(mac(5), mac(0), 60),
-        );
+        let sent = from_port(&t, &c, &ports, PortId(0), &with_vnet(mac(5), mac(0), 60));
+        assert!(!sent, "a down port's frame never reaches the wire");
         assert_eq!(c.ports[0].drops.get(DropReason::PortDown), 1);
-        assert!(wire.got.borrow().is_empty());
     }
 }

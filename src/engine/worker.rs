@@ -15,7 +15,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::Counters;
-use super::forward::{self, ParentFrame, PortIo, WireIo};
+use super::forward::{self, ParentFrame, PortIo};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
 use crate::sys::tap::Tap;
@@ -37,6 +37,8 @@ const TAP_BUDGET: usize = 64;
 const STATS_EVERY: Duration = Duration::from_millis(500);
 /// A TAP read holds a 64 KiB GSO frame, its virtio-net header and an inline VLAN tag.
 const READ_BUF: usize = 65_536 + 10 + 4 + 64;
+/// Frames sent to the wire with one `sendmmsg`.
+const WIRE_BATCH: usize = 32;
 
 const TOKEN_RING: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
@@ -48,9 +50,52 @@ impl PortIo for Tap {
     }
 }
 
-impl WireIo for TxSocket {
-    fn send_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        self.send_vectored(iov)
+/// Frames waiting for the wire, still in the buffers they were read into from their TAPs.
+/// Sent with one `sendmmsg` when full and at the end of every loop iteration.
+#[derive(Debug)]
+struct WireBatch {
+    slots: Vec<Vec<u8>>,
+    /// (sender, length) of the frames in `slots[..queued.len()]`.
+    queued: Vec<(PortId, usize)>,
+}
+
+impl WireBatch {
+    fn new(slots: usize) -> WireBatch {
+        WireBatch {
+            slots: (0..slots).map(|_| vec![0u8; READ_BUF]).collect(),
+            queued: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Sends every queued frame and counts each outcome; a failed frame is skipped, the rest
+    /// are still sent.
+    fn flush(&mut self, wire: &TxSocket, counters: &Counters) {
+        let frames: Vec<&[u8]> = self
+            .queued
+            .iter()
+            .zip(&self.slots)
+            .map(|((_, n), s)| &s[..*n])
+            .collect();
+        let mut start = 0;
+        while start < frames.len() {
+            match wire.send_batch(&frames[start..]) {
+                Ok(k) if k > 0 => {
+                    for (id, n) in &self.queued[start..start + k] {
+                        forward::wire_sent(counters, *id, *n, true);
+                    }
+                    start += k;
+                }
+                result => {
+                    let (id, n) = self.queued[start];
+                    if let Err(e) = result {
+                        tracing::debug!("sending on the parent failed: {e}");
+                    }
+                    forward::wire_sent(counters, id, n, false);
+                    start += 1;
+                }
+            }
+        }
+        self.queued.clear();
     }
 }
 
@@ -129,7 +174,7 @@ impl Worker {
             )?;
         }
         let mut events = vec![EpollEvent::empty(); 64];
-        let mut buf = vec![0u8; READ_BUF];
+        let mut batch = WireBatch::new(WIRE_BATCH);
         let mut last_stats = Instant::now();
         loop {
             let n = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
@@ -147,8 +192,11 @@ impl Worker {
                             return Ok(());
                         }
                     }
-                    t => self.drain_tap(PortId((t - TOKEN_TAP0) as u16), &mut buf),
+                    t => self.drain_tap(PortId((t - TOKEN_TAP0) as u16), &mut batch),
                 }
+            }
+            if !batch.queued.is_empty() {
+                batch.flush(&self.wire, &self.counters);
             }
             if last_stats.elapsed() >= STATS_EVERY {
                 self.fold_ring_stats();
@@ -195,24 +243,24 @@ impl Worker {
         }
     }
 
-    fn drain_tap(&mut self, id: PortId, buf: &mut [u8]) {
+    fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
+        let tap = &self.taps[id.index()];
         for _ in 0..TAP_BUDGET {
-            let n = match self.taps[id.index()].read(buf) {
+            let slot = &mut batch.slots[batch.queued.len()];
+            let n = match tap.read(slot) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(port = self.taps[id.index()].name(), "TAP read failed: {e}");
+                    tracing::warn!(port = tap.name(), "TAP read failed: {e}");
                     return;
                 }
             };
-            forward::from_port(
-                &self.table,
-                &self.counters,
-                &self.taps,
-                &self.wire,
-                id,
-                &buf[..n],
-            );
+            if forward::from_port(&self.table, &self.counters, &self.taps, id, &slot[..n]) {
+                batch.queued.push((id, n));
+                if batch.queued.len() == batch.slots.len() {
+                    batch.flush(&self.wire, &self.counters);
+                }
+            }
         }
     }
 
