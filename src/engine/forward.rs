@@ -17,7 +17,7 @@
 use std::io::{self, IoSlice};
 
 use super::counters::Counters;
-use crate::forward::{DropReason, Ingress, PortId, PortTable, decide};
+use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
 use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
@@ -100,23 +100,34 @@ pub fn from_parent<P: PortIo>(
         Err(e) => return pc.drops.count(frame_error(e)),
     };
     let v = decide(table, Ingress::Parent, &meta);
-    let tagged_hdr;
-    let tag;
-    let plain = [IoSlice::new(f.with_vnet)];
-    let gathered;
-    let iov: &[IoSlice<'_>] = match f.vlan {
-        None => &plain,
-        Some(t) => {
-            tagged_hdr = vnet.with_vlan_inserted().to_bytes();
-            tag = t.to_bytes();
-            gathered = [
-                IoSlice::new(&tagged_hdr),
-                IoSlice::new(&data[..ETH_HLEN - 2]),
-                IoSlice::new(&tag),
-                IoSlice::new(&data[ETH_HLEN - 2..]),
-            ];
-            &gathered
+    // Passthru gives the port every unicast with pkt_type forced to HOST (§6); a TAP decides
+    // pkt_type from its own MAC, so a foreign destination is rewritten to the port's MAC, or
+    // the port's IP stack would drop the frame as OTHERHOST.
+    let passthru_dst = match v.deliver {
+        Delivery::One(id) if v.rule == Rule::RxUnicastPassthru => {
+            Some(table.port(id).mac().0).filter(|m| *m != meta.dst().0)
         }
+        _ => None,
+    };
+    let tagged_hdr = f.vlan.map(|_| vnet.with_vlan_inserted().to_bytes());
+    let tag = f.vlan.map(VlanTag::to_bytes);
+    let mut parts = [IoSlice::new(&[]); 5];
+    let iov: &[IoSlice<'_>] = if tag.is_none() && passthru_dst.is_none() {
+        // The common case: straight from ring memory, header and frame in one piece.
+        parts[0] = IoSlice::new(f.with_vnet);
+        &parts[..1]
+    } else {
+        let pieces: [&[u8]; 5] = [
+            tagged_hdr.as_ref().map_or(hdr, |h| h.as_slice()),
+            passthru_dst.as_ref().map_or(&data[..6], |d| d.as_slice()),
+            &data[6..ETH_HLEN - 2],
+            tag.as_ref().map_or(&[][..], |t| t.as_slice()),
+            &data[ETH_HLEN - 2..],
+        ];
+        for (part, piece) in parts.iter_mut().zip(pieces) {
+            *part = IoSlice::new(piece);
+        }
+        &parts
     };
     let group = meta.dst().is_group();
     let n = deliver(
@@ -290,6 +301,34 @@ mod tests {
         assert_eq!(&got[VNET_HDR_LEN + 16..VNET_HDR_LEN + 18], &[0x88, 0xb5]);
         assert_eq!(u16::from_le_bytes([got[6], got[7]]), 38);
         assert_eq!(c.ports[0].rx.bytes.get(), 64);
+    }
+
+    #[test]
+    fn passthru_foreign_unicast_is_rewritten_to_the_ports_mac() {
+        let (t, c, ports) = setup(&[Mode::Passthru]);
+        let b = with_vnet(mac(50), mac(9), 60);
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                with_vnet: &b,
+                wire_len: 60,
+                vlan: None,
+            },
+        );
+        let got = ports[0].got.borrow()[0].clone();
+        assert_eq!(
+            &got[VNET_HDR_LEN..VNET_HDR_LEN + 6],
+            &mac(100).0,
+            "the parent's MAC"
+        );
+        assert_eq!(
+            &got[VNET_HDR_LEN + 6..],
+            &b[VNET_HDR_LEN + 6..],
+            "the rest unchanged"
+        );
+        assert_eq!(c.ports[0].rx.packets.get(), 1);
     }
 
     #[test]
