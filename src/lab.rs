@@ -910,7 +910,7 @@ impl Lab {
         let mut unicast = vec![vec![None; n]; n];
         let mut broadcast = vec![vec![None; n]; n];
         let mut nonce = u64::from(std::process::id()) << 32;
-        for s in 0..n {
+        for (s, row) in unicast.iter_mut().enumerate() {
             for d in (0..n).filter(|d| *d != s) {
                 check_stop(stop)?;
                 let expected = exp.unicast[s][d];
@@ -927,10 +927,10 @@ impl Lab {
                         break;
                     }
                 }
-                unicast[s][d] = Some(cell);
+                row[d] = Some(cell);
             }
         }
-        for s in 0..n {
+        for (s, row) in broadcast.iter_mut().enumerate() {
             check_stop(stop)?;
             for (attempt, wait) in [PROBE_WAIT, RETRY_WAIT].into_iter().enumerate() {
                 nonce += 1;
@@ -939,7 +939,7 @@ impl Lab {
                     .filter(|d| *d != s)
                     .all(|d| seen[d] == exp.broadcast[s][d]);
                 for d in (0..n).filter(|d| *d != s) {
-                    broadcast[s][d] = Some(Cell {
+                    row[d] = Some(Cell {
                         seen: seen[d],
                         expected: if exp.broadcast[s][d] {
                             Ok(())
