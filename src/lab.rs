@@ -853,7 +853,7 @@ impl Lab {
         };
         let _ = writeln!(
             s,
-            "  {:<5} {:<13} {:<8} {:<18} {:<20} device",
+            "  {:<5} {:<15} {:<8} {:<18} {:<20} device",
             "node", "address", "mode", "MAC", "namespace"
         );
         for n in &self.nodes {
@@ -865,7 +865,7 @@ impl Lab {
             };
             let _ = writeln!(
                 s,
-                "  {:<5} {:<13} {:<8} {:<18} {:<20} {dev}",
+                "  {:<5} {:<15} {:<8} {:<18} {:<20} {dev}",
                 n.name,
                 format!("{}/{SUBNET_PREFIX}", n.addr),
                 mode,
