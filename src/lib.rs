@@ -7,12 +7,15 @@
 //!   and TAPs.
 //! * [`net`]: rtnetlink and network-namespace helpers.
 //! * [`engine`]: the worker loop that moves frames and counts them.
+//! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
+//!   the rules.
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod engine;
 pub mod forward;
 pub mod frame;
+pub mod lab;
 pub mod mac;
 pub mod net;
 pub mod spec;

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod lab;
 mod report;
 mod run;
 mod trace;
@@ -31,6 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Lab(lab::LabArgs),
     Run(run::RunArgs),
     Trace(trace::TraceArgs),
 }
@@ -63,6 +65,7 @@ impl From<anyhow::Error> for Failure {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
+        Command::Lab(args) => lab::run(args),
         Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
     }

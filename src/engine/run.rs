@@ -289,8 +289,8 @@ impl Engine {
     }
 
     /// Follows port state until `stop` fires (or is closed), the parent disappears or the worker
-    /// fails.
-    pub fn run_until(&mut self, stop: &Receiver<()>) -> anyhow::Result<()> {
+    /// fails. Any channel stops it: `crossbeam_channel::after(d)` makes it run for `d`.
+    pub fn run_until<T>(&mut self, stop: &Receiver<T>) -> anyhow::Result<()> {
         loop {
             select! {
                 recv(stop) -> _ => return Ok(()),

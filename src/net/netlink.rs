@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -22,11 +23,13 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::LinkInfo as NlLinkInfo;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
     LinkProtoInfoBridge, MacVlanFlags, MacVlanMacAddressMode, MacVlanMode,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::error::{Error, Result};
@@ -635,6 +638,52 @@ impl Netlink {
         })
     }
 
+    // ---- addresses and neighbours (the lab) ---------------------------------------------------
+
+    /// Add an IPv4 address (`ip addr add ADDR/PREFIX brd + dev X`): RTM_NEWADDR with `IFA_LOCAL`
+    /// and `IFA_ADDRESS` set to `addr` and `IFA_BROADCAST` to the subnet's broadcast address (none
+    /// for /31 and /32). Fails with `EEXIST` if the device already has it.
+    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.into()));
+        msg.attributes.push(AddressAttribute::Address(addr.into()));
+        if let Some(brd) = broadcast_of(addr, prefix_len) {
+            msg.attributes.push(AddressAttribute::Broadcast(brd));
+        }
+        let r = self.transact(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            |_, _| Ok(()),
+        );
+        self.finish(r, index, |who| {
+            format!("add address {addr}/{prefix_len} to {who}")
+        })
+    }
+
+    /// Forget the IPv4 neighbour (ARP) entry for `addr` on the device (`ip neigh del ADDR dev
+    /// X`), whatever its state. Returns whether there was one.
+    pub fn del_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<bool> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        let r = self.transact(RouteNetlinkMessage::DelNeighbour(msg), NLM_F_ACK, |_, _| {
+            Ok(())
+        });
+        match r {
+            Err(f) if f.errno() == Some(libc::ENOENT) => Ok(false),
+            r => self
+                .finish(r, index, |who| format!("delete neighbour {addr} on {who}"))
+                .map(|()| true),
+        }
+    }
+
     // ---- plumbing ----------------------------------------------------------------------------
 
     fn new_link(&mut self, attrs: Vec<LinkAttribute>, op: impl FnOnce() -> String) -> Result<()> {
@@ -808,6 +857,16 @@ impl Netlink {
             }
         }
     }
+}
+
+/// The broadcast address of `addr`'s subnet, as `ip addr add ... brd +` computes it; `None` for
+/// /31 and /32, which have none.
+pub fn broadcast_of(addr: Ipv4Addr, prefix_len: u8) -> Option<Ipv4Addr> {
+    if prefix_len >= 31 {
+        return None;
+    }
+    let host_bits = u32::MAX >> prefix_len;
+    Some(Ipv4Addr::from(u32::from(addr) | host_bits))
 }
 
 /// Parse an RTM_NEWLINK/RTM_DELLINK payload (`ifinfomsg` + attributes).

@@ -333,6 +333,74 @@ fn bridge_port_hairpin_and_master() {
     assert_eq!(link(&mut na, "v0").master, None);
 }
 
+#[test]
+fn add_address_is_what_ip_addr_shows() {
+    let a = netns("net");
+    let mut na = nl(&a);
+    na.add_veth("v0", "v1", None).unwrap();
+    let i0 = link(&mut na, "v0").index;
+    let addr = std::net::Ipv4Addr::new(192, 0, 2, 7);
+    na.add_address(i0, addr, 24).unwrap();
+    let info = ip_json(&["-n", a.name(), "addr", "show", "dev", "v0"])[0]["addr_info"].clone();
+    let v4: Vec<_> = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["family"] == "inet")
+        .collect();
+    assert_eq!(v4.len(), 1, "{info}");
+    assert_eq!(v4[0]["local"], "192.0.2.7");
+    assert_eq!(v4[0]["prefixlen"], 24);
+    assert_eq!(v4[0]["broadcast"], "192.0.2.255");
+    assert_eq!(v4[0]["scope"], "global");
+    // The same address again: EEXIST, naming the device.
+    let e = na.add_address(i0, addr, 24).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST), "{e:?}");
+    assert!(e.to_string().contains("v0"), "{e}");
+    // A /32 has no broadcast address.
+    na.add_address(i0, std::net::Ipv4Addr::new(198, 51, 100, 1), 32)
+        .unwrap();
+    let info = ip_json(&["-n", a.name(), "addr", "show", "dev", "v0"])[0]["addr_info"].clone();
+    let host = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["local"] == "198.51.100.1")
+        .unwrap_or_else(|| panic!("no 198.51.100.1 in {info}"));
+    assert_eq!(host["prefixlen"], 32);
+    assert!(host.get("broadcast").is_none(), "{host}");
+    assert_eq!(
+        broadcast_of(std::net::Ipv4Addr::new(10, 1, 2, 3), 16),
+        Some(std::net::Ipv4Addr::new(10, 1, 255, 255))
+    );
+}
+
+#[test]
+fn del_neighbour_forgets_an_arp_entry() {
+    let a = netns("net");
+    let mut na = nl(&a);
+    na.add_veth("v0", "v1", None).unwrap();
+    let i0 = link(&mut na, "v0").index;
+    na.set_up(i0, true).unwrap();
+    ip(&[
+        "-n",
+        a.name(),
+        "neigh",
+        "add",
+        "192.0.2.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "v0",
+    ]);
+    let shown = || ip(&["-n", a.name(), "neigh", "show", "dev", "v0"]);
+    assert!(shown().contains("192.0.2.9"), "{}", shown());
+    let addr = std::net::Ipv4Addr::new(192, 0, 2, 9);
+    assert!(na.del_neighbour(i0, addr).unwrap());
+    assert!(!shown().contains("192.0.2.9"), "{}", shown());
+    assert!(!na.del_neighbour(i0, addr).unwrap());
+}
+
 /// Poll `mon` until an event satisfies `want` or 5 s pass; return everything seen.
 fn wait_for(mon: &mut LinkMonitor, want: impl Fn(&LinkEvent) -> bool) -> Vec<LinkEvent> {
     let deadline = Instant::now() + Duration::from_secs(5);
