@@ -80,6 +80,19 @@ impl FromStr for Mode {
     }
 }
 
+impl serde::Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A set of modes, as the kernel's flood masks are (`MACVLAN_MODE_VEPA | MACVLAN_MODE_BRIDGE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ModeMask(u8);

@@ -1,0 +1,324 @@
+//! The control protocol between `umacvlan` commands and a running engine: one JSON object per
+//! line each way over a Unix stream socket (default [`DEFAULT_SOCKET`]).
+//!
+//! A client sends an [`Envelope`] (`{"version":1,"request":{"cmd":"link-show",...}}`) and reads
+//! one [`Response`] line. Every request is parsed in full, with unknown fields refused, before
+//! anything changes; a request that fails changes nothing. Versions: a daemon answers a request of
+//! another `version` with `unsupported-version` and the version it speaks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::forward::Mode;
+use crate::mac::MacAddr;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// Where `umacvlan run` listens unless told otherwise (`--control PATH`).
+pub const DEFAULT_SOCKET: &str = "/run/umacvlan/umacvlan.sock";
+/// The longest request line a daemon reads; a longer one is refused and the connection closed.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// What a client can ask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// `umacvlan link add`.
+    LinkAdd(LinkSpec),
+    /// `umacvlan link del NAME`.
+    LinkDel(LinkName),
+    /// `umacvlan link set NAME ...`, with the kernel's changelink rules.
+    LinkSet(LinkChange),
+    /// `umacvlan link show [NAME]`.
+    LinkShow(LinkFilter),
+    /// `umacvlan trace` against the daemon's current table.
+    Trace(TraceRequest),
+    /// `umacvlan reload`: re-read the configuration file and apply the difference.
+    Reload(Empty),
+}
+
+/// A request without arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkName {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFilter {
+    /// `None`: every port.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A new port: `ip link add NAME link PARENT type macvlan ...` in umacvlan's words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub name: String,
+    /// `None`: the interface of the default route (what CNI and netavark do).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// `None`: bridge.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// `None`: the stable MAC derived from the parent's and the port's names.
+    #[serde(default)]
+    pub address: Option<MacAddr>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// A name from `ip netns add`; `None`: the engine's namespace.
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default)]
+    pub nopromisc: bool,
+    #[serde(default)]
+    pub nodst: bool,
+    #[serde(default)]
+    pub bcqueuelen: Option<u32>,
+    /// Parent-wide, as in the kernel: the last port that sets it wins.
+    #[serde(default)]
+    pub bclim: Option<i32>,
+    /// Source mode: the remote source MACs.
+    #[serde(default)]
+    pub macaddr: Vec<MacAddr>,
+}
+
+/// `umacvlan link set NAME ...`: only the fields given change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkChange {
+    pub name: String,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub address: Option<MacAddr>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub bcqueuelen: Option<u32>,
+    #[serde(default)]
+    pub bclim: Option<i32>,
+    /// Source mode only (EINVAL otherwise).
+    #[serde(default)]
+    pub macaddr: Option<MacaddrOp>,
+}
+
+/// `macaddr add|del|set|flush` (IFLA_MACVLAN_MACADDR_MODE).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "macs", rename_all = "kebab-case")]
+pub enum MacaddrOp {
+    /// A MAC already listed is a silent no-op.
+    Add(Vec<MacAddr>),
+    /// A MAC not listed is a silent success.
+    Del(Vec<MacAddr>),
+    /// Flush, then add these.
+    Set(Vec<MacAddr>),
+    Flush,
+}
+
+/// A frame to decide against the daemon's current table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// `parent` or a port's name.
+    pub from: String,
+    /// Which parent when `from` is `parent` and the daemon has several; `None`: the only one.
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub src: MacAddr,
+    pub dst: MacAddr,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// Frame length on the wire; default 64.
+    #[serde(default)]
+    pub len: Option<usize>,
+    #[serde(default)]
+    pub gso: bool,
+}
+
+/// One response line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Response {
+    Ok { reply: Reply },
+    Error { error: ControlError },
+}
+
+/// What a successful request returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The request was applied (del).
+    Done,
+    /// link-add, link-set (the port as it is now) and link-show.
+    Links {
+        links: Vec<LinkView>,
+    },
+    Trace {
+        trace: serde_json::Value,
+    },
+    Reloaded {
+        report: ReloadReport,
+    },
+}
+
+/// Why a request failed; `kind` is stable (scripts match on it), `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ControlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+        ControlError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Stable error kinds; where the kernel has an errno for the same refusal, it is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Malformed JSON, an unknown command or field, a line too long.
+    BadRequest,
+    UnsupportedVersion,
+    /// ENODEV: no port (or parent) of that name.
+    NoSuchLink,
+    /// EEXIST: a port or interface of that name exists.
+    Exists,
+    /// EADDRINUSE: the MAC is the parent's or an up port's.
+    AddressInUse,
+    /// EADDRNOTAVAIL: a group or zero MAC.
+    AddressNotAvailable,
+    /// EINVAL: a value the kernel refuses (MTU range, mode change to/from passthru, passthru
+    /// not alone, macaddr outside source mode, ...).
+    InvalidArgument,
+    /// EBUSY: the parent cannot take macvlan ports (loopback, not Ethernet, wireless, ...).
+    Busy,
+    NoSuchNetns,
+    /// `reload` on a daemon started without `--config`, or a configuration that does not
+    /// validate (nothing changed).
+    BadConfig,
+    /// The daemon failed to do something it should have been able to do.
+    Internal,
+}
+
+/// A port as `umacvlan link show` reports it; the client renders it as `ip -d -s link` text or
+/// iproute2-shaped JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkView {
+    pub name: String,
+    /// In its namespace, when known.
+    pub ifindex: Option<u32>,
+    pub address: MacAddr,
+    pub mtu: u32,
+    pub parent: String,
+    pub netns: Option<String>,
+    /// Admin up (the TAP's IFF_UP).
+    pub up: bool,
+    /// Carrier (IFF_LOWER_UP).
+    pub lower_up: bool,
+    /// In the forwarding table (up, and its MAC not refused).
+    pub forwarding: bool,
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub mode: Mode,
+    pub nopromisc: bool,
+    pub nodst: bool,
+    pub bcqueuelen: u32,
+    pub usedbcqueuelen: u32,
+    pub bclim: i32,
+    pub macaddr: Vec<MacAddr>,
+    pub stats: LinkStats,
+}
+
+/// Counters from the port's side, as `ip -s link` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_multicast: u64,
+    /// Copies for this port that could not be written.
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames this port sent that went nowhere.
+    pub tx_dropped: u64,
+    /// Every non-zero drop counter by its stable reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_refuse_unknown_fields() {
+        let e = Envelope {
+            version: VERSION,
+            request: Request::LinkSet(LinkChange {
+                name: "c1".into(),
+                mode: Some(Mode::Vepa),
+                macaddr: Some(MacaddrOp::Add(vec!["02:00:00:00:00:09".parse().unwrap()])),
+                ..LinkChange::default()
+            }),
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Envelope>(&line).unwrap(), e);
+        let show = r#"{"version":1,"request":{"cmd":"link-show"}}"#;
+        assert_eq!(
+            serde_json::from_str::<Envelope>(show).unwrap().request,
+            Request::LinkShow(LinkFilter { name: None })
+        );
+        for bad in [
+            r#"{"version":1,"request":{"cmd":"link-show","colour":"red"}}"#,
+            r#"{"version":1,"request":{"cmd":"link-explode"}}"#,
+            r#"{"version":1,"request":{"cmd":"link-del"}}"#,
+            r#"{"version":1}"#,
+            r#"{"version":1,"request":{"cmd":"reload"},"extra":0}"#,
+        ] {
+            assert!(serde_json::from_str::<Envelope>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn responses_are_tagged() {
+        let r = Response::Error {
+            error: ControlError::new(ErrorKind::AddressInUse, "MAC busy"),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["status"], "error");
+        assert_eq!(j["error"]["kind"], "address-in-use");
+    }
+}
