@@ -34,8 +34,8 @@ use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::sched::CloneFlags;
 
-use crate::engine::counters::Counters;
-use crate::engine::run::{Engine, ParentOptions, plan};
+use crate::engine::daemon::Daemon;
+use crate::engine::plan::{ParentOptions, plan};
 use crate::forward::{Ingress, Mode, ParentConfig, PortConfig, PortId, PortTable, decide};
 use crate::frame::FrameMeta;
 use crate::mac::MacAddr;
@@ -527,7 +527,8 @@ impl Drop for Namespaces {
 struct EngineThread {
     stop: Option<Sender<()>>,
     table: Arc<Mutex<Arc<PortTable>>>,
-    counters: Arc<Counters>,
+    /// The engine's counters as text, refreshed every tick, and final after it stops.
+    counters: Arc<Mutex<String>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -539,11 +540,11 @@ impl EngineThread {
         let handle = std::thread::Builder::new()
             .name("umvlab-engine".into())
             .spawn(move || -> anyhow::Result<()> {
-                let started = (|| -> anyhow::Result<Engine> {
+                let started = (|| -> anyhow::Result<Daemon> {
                     nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
                         .context("entering the lab's host namespace")?;
                     let plan = plan(PARENT, ParentOptions::default(), &specs)?;
-                    Engine::start(plan)
+                    Daemon::start(plan)
                 })();
                 let mut engine = match started {
                     Ok(e) => e,
@@ -552,18 +553,24 @@ impl EngineThread {
                         return Ok(());
                     }
                 };
-                let table = Arc::new(Mutex::new(Arc::clone(engine.table())));
-                let _ = ready_tx.send(Ok((Arc::clone(&table), Arc::clone(engine.counters()))));
+                let current = |e: &Daemon| e.table().expect("the lab's engine has its parent");
+                let table = Arc::new(Mutex::new(current(&engine)));
+                let counters = Arc::new(Mutex::new(engine.counters_text()));
+                let _ = ready_tx.send(Ok((Arc::clone(&table), Arc::clone(&counters))));
                 let result = loop {
-                    if let Err(e) = engine.run_until(&crossbeam_channel::after(ENGINE_TICK)) {
+                    if let Err(e) = engine.run_until(&crossbeam_channel::after(ENGINE_TICK), None) {
                         break Err(e);
                     }
-                    *table.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(engine.table());
+                    *table.lock().unwrap_or_else(|p| p.into_inner()) = current(&engine);
+                    *counters.lock().unwrap_or_else(|p| p.into_inner()) = engine.counters_text();
                     if stop_rx.try_recv() != Err(TryRecvError::Empty) {
                         break Ok(());
                     }
                 };
                 let stopped = engine.shutdown();
+                if let Ok(text) = &stopped {
+                    text.clone_into(&mut counters.lock().unwrap_or_else(|p| p.into_inner()));
+                }
                 result.and(stopped.map(drop))
             })
             .context("spawning the engine thread")?;
@@ -588,6 +595,13 @@ impl EngineThread {
 
     fn table(&self) -> Arc<PortTable> {
         Arc::clone(&self.table.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn counters_text(&self) -> String {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Stops the engine and waits for it.
@@ -1002,9 +1016,9 @@ impl Lab {
         self.engine().table()
     }
 
-    /// The engine's live counters.
-    pub fn counters(&self) -> Arc<Counters> {
-        Arc::clone(&self.engine().counters)
+    /// The engine's counters so far, as text.
+    pub fn counters(&self) -> String {
+        self.engine().counters_text()
     }
 
     /// Commands to paste into another shell while the lab stays up (`--keep`).
@@ -1062,12 +1076,12 @@ impl Lab {
         s
     }
 
-    /// Stops the engine, removes every namespace, and returns the engine's last table and its
-    /// final counters.
-    pub fn shutdown(mut self) -> anyhow::Result<(Arc<PortTable>, Arc<Counters>)> {
+    /// Stops the engine, removes every namespace, and returns the engine's final counters as
+    /// text.
+    pub fn shutdown(mut self) -> anyhow::Result<String> {
         let mut engine = self.engine.take().expect("the engine runs until shutdown");
         let stopped = engine.join();
-        let (table, counters) = (engine.table(), Arc::clone(&engine.counters));
+        let counters = engine.counters_text();
         drop(engine);
         self.nodes.clear();
         let errors = self.namespaces.remove_all();
@@ -1075,7 +1089,7 @@ impl Lab {
         if !errors.is_empty() {
             bail!("{}", errors.join("; "));
         }
-        Ok((table, counters))
+        Ok(counters)
     }
 }
 

@@ -110,7 +110,7 @@ fn lab_passes(args: &[&str], modes: [&str; 3]) -> String {
             .any(|l| l.starts_with("eth0") && l.contains("parent")),
         "{all}"
     );
-    assert!(stdout.contains("ring (kernel): packets="), "{all}");
+    assert!(stdout.contains("ring of eth0 (kernel): packets="), "{all}");
     // Nothing left behind.
     assert_eq!(lab_namespaces(pid), Vec::<String>::new(), "{all}");
     assert!(

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use super::Failure;
 use super::run::stop_on_signals;
-use super::{Failure, report};
 use crate::forward::Mode;
 use crate::lab::{Lab, LabOptions, parse_modes, sweep_stale};
 
@@ -82,21 +82,16 @@ pub fn run(a: LabArgs) -> Result<ExitCode, Failure> {
     writeln!(out, "{}", matrix.render()).map_err(io)?;
     if a.keep {
         writeln!(out, "Engine counters so far:").map_err(io)?;
-        write!(
-            out,
-            "{}",
-            report::counters_text(&lab.table(), &lab.counters())
-        )
-        .map_err(io)?;
+        write!(out, "{}", lab.counters()).map_err(io)?;
         writeln!(out).map_err(io)?;
         write!(out, "{}", lab.explore_commands()).map_err(io)?;
         out.flush().map_err(io)?;
         let _ = stop.recv();
         writeln!(out).map_err(io)?;
     }
-    let (table, counters) = lab.shutdown()?;
+    let counters = lab.shutdown()?;
     writeln!(out, "Engine counters:").map_err(io)?;
-    write!(out, "{}", report::counters_text(&table, &counters)).map_err(io)?;
+    write!(out, "{counters}").map_err(io)?;
     if matrix.all_match() {
         writeln!(out, "Lab removed. Every cell matched the forwarding rules.").map_err(io)?;
         Ok(ExitCode::SUCCESS)

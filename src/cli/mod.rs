@@ -1,7 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 mod lab;
-mod report;
+pub mod report;
 mod run;
 mod trace;
 

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::counters::{Counters, Drops};
-use crate::forward::PortTable;
+use crate::engine::counters::{Drops, ParentCounters, PortCounters};
+use crate::forward::Mode;
 
 fn drops_text(d: &Drops) -> String {
     let v: Vec<String> = d
@@ -18,45 +18,60 @@ fn drops_text(d: &Drops) -> String {
     }
 }
 
-/// One line per port and one for the parent: packets and bytes each way, and drops by reason.
-pub fn counters_text(table: &PortTable, c: &Counters) -> String {
+fn row(s: &mut String, name: &str, mode: &str, rx: (u64, u64), tx: (u64, u64), drops: &Drops) {
+    let _ = writeln!(
+        s,
+        "{name:<16} {mode:<8} {:>10} {:>12} {:>10} {:>12}  {}",
+        rx.0,
+        rx.1,
+        tx.0,
+        tx.1,
+        drops_text(drops)
+    );
+}
+
+/// One line per port and per parent: packets and bytes each way, and drops by reason; then the
+/// kernel's own ring counters of each parent.
+pub fn counters_text(
+    ports: &[(&str, Mode, &PortCounters)],
+    parents: &[(&str, &ParentCounters)],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "{:<16} {:<8} {:>10} {:>12} {:>10} {:>12}  drops",
         "port", "mode", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"
     );
-    for (p, pc) in table.ports().iter().zip(&c.ports) {
-        let _ = writeln!(
-            s,
-            "{:<16} {:<8} {:>10} {:>12} {:>10} {:>12}  {}",
-            p.name(),
-            p.mode().name(),
-            pc.rx.packets.get(),
-            pc.rx.bytes.get(),
-            pc.tx.packets.get(),
-            pc.tx.bytes.get(),
-            drops_text(&pc.drops)
+    for (name, mode, c) in ports {
+        let (rx, tx) = (&c.rx, &c.tx);
+        row(
+            &mut s,
+            name,
+            mode.name(),
+            (rx.packets.get(), rx.bytes.get()),
+            (tx.packets.get(), tx.bytes.get()),
+            &c.drops,
         );
     }
-    let pc = &c.parent;
-    let _ = writeln!(
-        s,
-        "{:<16} {:<8} {:>10} {:>12} {:>10} {:>12}  {}",
-        table.parent().name,
-        "parent",
-        pc.rx.packets.get(),
-        pc.rx.bytes.get(),
-        pc.tx.packets.get(),
-        pc.tx.bytes.get(),
-        drops_text(&pc.drops)
-    );
-    let _ = writeln!(
-        s,
-        "ring (kernel): packets={} drops={} freezes={}",
-        pc.ring_packets.get(),
-        pc.ring_drops.get(),
-        pc.ring_freezes.get()
-    );
+    for (name, c) in parents {
+        let (rx, tx) = (&c.rx, &c.tx);
+        row(
+            &mut s,
+            name,
+            "parent",
+            (rx.packets.get(), rx.bytes.get()),
+            (tx.packets.get(), tx.bytes.get()),
+            &c.drops,
+        );
+    }
+    for (name, c) in parents {
+        let _ = writeln!(
+            s,
+            "ring of {name} (kernel): packets={} drops={} freezes={}",
+            c.ring_packets.get(),
+            c.ring_drops.get(),
+            c.ring_freezes.get()
+        );
+    }
     s
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
-use super::{Failure, report};
-use crate::engine::run::{Engine, ParentOptions, plan};
+use super::Failure;
+use crate::engine::daemon::Daemon;
+use crate::engine::plan::{ParentOptions, plan};
 use crate::spec::PortSpec;
 
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
@@ -74,12 +75,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     let plan = plan(&a.parent, opts, &specs).map_err(Failure::usage)?;
     let stop = stop_on_signals()?;
     let names: Vec<String> = plan.ports.iter().map(|p| p.spec.name.clone()).collect();
-    let mut engine = Engine::start(plan)?;
+    let mut engine = Daemon::start(plan)?;
     tracing::info!(parent = %a.parent, ports = %names.join(","), "umacvlan: ready");
-    let result = engine.run_until(&stop);
-    let table = std::sync::Arc::clone(engine.table());
-    let counters = engine.shutdown()?;
-    print!("{}", report::counters_text(&table, &counters));
+    let result = engine.run_until(&stop, None);
+    print!("{}", engine.shutdown()?);
     result?;
     Ok(ExitCode::SUCCESS)
 }

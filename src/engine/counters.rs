@@ -67,6 +67,18 @@ impl Drops {
     }
 }
 
+impl PortCounters {
+    /// Copies for this port that could not be written (its `rx` drops).
+    pub fn rx_dropped(&self) -> u64 {
+        self.drops.get(DropReason::TapQueueFull) + self.drops.get(DropReason::TapWriteFailed)
+    }
+
+    /// Frames this port sent that went nowhere (its `tx` drops).
+    pub fn tx_dropped(&self) -> u64 {
+        self.drops.total() - self.rx_dropped()
+    }
+}
+
 /// A port's counters, named from the port's side as `ip -s link` shows them: `rx` is what the
 /// engine delivered to the port, `tx` what the port sent.
 #[derive(Debug, Default)]
@@ -90,39 +102,23 @@ pub struct ParentCounters {
     pub ring_freezes: Counter,
 }
 
-/// All counters of one engine.
-#[derive(Debug)]
-pub struct Counters {
-    pub parent: ParentCounters,
-    pub ports: Vec<PortCounters>,
-}
-
-impl Counters {
-    pub fn new(ports: usize) -> Counters {
-        Counters {
-            parent: ParentCounters::default(),
-            ports: (0..ports).map(|_| PortCounters::default()).collect(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counts_grow_and_drops_are_by_reason() {
-        let c = Counters::new(2);
-        c.ports[1].rx.count(100);
-        c.ports[1].rx.count(50);
-        c.ports[1].drops.count(DropReason::Mtu);
-        c.parent.drops.count(DropReason::Runt);
-        c.parent.drops.count(DropReason::Runt);
-        assert_eq!(c.ports[1].rx.packets.get(), 2);
-        assert_eq!(c.ports[1].rx.bytes.get(), 150);
-        assert_eq!(c.ports[0].rx.packets.get(), 0);
-        assert_eq!(c.ports[1].drops.nonzero(), vec![(DropReason::Mtu, 1)]);
-        assert_eq!(c.parent.drops.get(DropReason::Runt), 2);
-        assert_eq!(c.parent.drops.total(), 2);
+        let (port, parent) = (PortCounters::default(), ParentCounters::default());
+        port.rx.count(100);
+        port.rx.count(50);
+        port.drops.count(DropReason::Mtu);
+        parent.drops.count(DropReason::Runt);
+        parent.drops.count(DropReason::Runt);
+        assert_eq!(port.rx.packets.get(), 2);
+        assert_eq!(port.rx.bytes.get(), 150);
+        assert_eq!(port.tx.packets.get(), 0);
+        assert_eq!(port.drops.nonzero(), vec![(DropReason::Mtu, 1)]);
+        assert_eq!(parent.drops.get(DropReason::Runt), 2);
+        assert_eq!(parent.drops.total(), 2);
     }
 }

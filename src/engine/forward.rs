@@ -16,14 +16,16 @@
 
 use std::io::{self, IoSlice};
 
-use super::counters::Counters;
+use super::counters::{ParentCounters, PortCounters};
 use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
 use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
-/// Writes one frame (virtio-net header first) into a port's TAP.
+/// A port as the data path sees it: where its frames go, and its counters.
 pub trait PortIo {
+    /// Writes one frame (virtio-net header first) into the port's TAP.
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn counters(&self) -> &PortCounters;
 }
 
 /// One frame as the parent's ring holds it.
@@ -53,7 +55,6 @@ fn write_error(e: &io::Error) -> DropReason {
 
 /// Delivers `iov` to every receiver of the verdict and counts it.
 fn deliver<P: PortIo>(
-    counters: &Counters,
     ports: &[P],
     receivers: impl FnOnce(&mut dyn FnMut(PortId)),
     iov: &[IoSlice<'_>],
@@ -62,8 +63,9 @@ fn deliver<P: PortIo>(
 ) -> usize {
     let mut delivered = 0;
     receivers(&mut |id: PortId| {
-        let c = &counters.ports[id.index()];
-        match ports[id.index()].write_frame(iov) {
+        let port = &ports[id.index()];
+        let c = port.counters();
+        match port.write_frame(iov) {
             Ok(_) => {
                 c.rx.count(len);
                 if group {
@@ -80,11 +82,10 @@ fn deliver<P: PortIo>(
 /// A frame from the parent's ring.
 pub fn from_parent<P: PortIo>(
     table: &PortTable,
-    counters: &Counters,
+    pc: &ParentCounters,
     ports: &[P],
     f: &ParentFrame<'_>,
 ) {
-    let pc = &counters.parent;
     pc.rx.count(f.wire_len);
     let Some((hdr, data)) = f.with_vnet.split_at_checked(VNET_HDR_LEN) else {
         pc.drops.count(DropReason::Runt);
@@ -131,7 +132,6 @@ pub fn from_parent<P: PortIo>(
     };
     let group = meta.dst().is_group();
     let n = deliver(
-        counters,
         ports,
         |f| v.for_each_receiver(table, f),
         iov,
@@ -147,14 +147,8 @@ pub fn from_parent<P: PortIo>(
 /// Delivers it to the ports that get it and returns whether it must also go to the wire, which
 /// the caller does (and reports with [`wire_sent`]).
 #[must_use = "a frame for the wire must be sent and counted with wire_sent"]
-pub fn from_port<P: PortIo>(
-    table: &PortTable,
-    counters: &Counters,
-    ports: &[P],
-    id: PortId,
-    buf: &[u8],
-) -> bool {
-    let c = &counters.ports[id.index()];
+pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u8]) -> bool {
+    let c = ports[id.index()].counters();
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
         c.drops.count(DropReason::Runt);
@@ -173,7 +167,6 @@ pub fn from_port<P: PortIo>(
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
     let n = deliver(
-        counters,
         ports,
         |f| v.for_each_receiver(table, f),
         &iov,
@@ -187,14 +180,12 @@ pub fn from_port<P: PortIo>(
 }
 
 /// Counts the outcome of sending on the parent a frame of `len` bytes (vnet header included)
-/// that port `id` sent.
-pub fn wire_sent(counters: &Counters, id: PortId, len: usize, sent: bool) {
+/// that the port with counters `sender` sent.
+pub fn wire_sent(parent: &ParentCounters, sender: &PortCounters, len: usize, sent: bool) {
     if sent {
-        counters.parent.tx.count(len.saturating_sub(VNET_HDR_LEN));
+        parent.tx.count(len.saturating_sub(VNET_HDR_LEN));
     } else {
-        counters.ports[id.index()]
-            .drops
-            .count(DropReason::WireSendFailed);
+        sender.drops.count(DropReason::WireSendFailed);
     }
 }
 
@@ -210,6 +201,7 @@ mod tests {
     struct Fake {
         got: RefCell<Vec<Vec<u8>>>,
         fail: bool,
+        counters: PortCounters,
     }
 
     impl PortIo for Fake {
@@ -222,13 +214,17 @@ mod tests {
             self.got.borrow_mut().push(v);
             Ok(n)
         }
+
+        fn counters(&self) -> &PortCounters {
+            &self.counters
+        }
     }
 
     fn mac(i: u8) -> MacAddr {
         MacAddr([2, 0, 0, 0, 0, i])
     }
 
-    fn setup(modes: &[Mode]) -> (PortTable, Counters, Vec<Fake>) {
+    fn setup(modes: &[Mode]) -> (PortTable, ParentCounters, Vec<Fake>) {
         let parent = ParentConfig::new("p0", mac(100), 1500);
         let ports = modes
             .iter()
@@ -237,11 +233,8 @@ mod tests {
             .collect();
         let t = PortTable::build(parent, ports).unwrap();
         let n = modes.len();
-        (
-            t,
-            Counters::new(n),
-            (0..n).map(|_| Fake::default()).collect(),
-        )
+        let ports = (0..n).map(|_| Fake::default()).collect();
+        (t, ParentCounters::default(), ports)
     }
 
     fn with_vnet(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
@@ -268,10 +261,10 @@ mod tests {
         );
         assert_eq!(ports[1].got.borrow().as_slice(), std::slice::from_ref(&b));
         assert!(ports[0].got.borrow().is_empty());
-        assert_eq!(c.ports[1].rx.packets.get(), 1);
-        assert_eq!(c.ports[1].rx.bytes.get(), 60);
-        assert_eq!(c.parent.rx.packets.get(), 1);
-        assert_eq!(c.parent.drops.total(), 0);
+        assert_eq!(ports[1].counters.rx.packets.get(), 1);
+        assert_eq!(ports[1].counters.rx.bytes.get(), 60);
+        assert_eq!(c.rx.packets.get(), 1);
+        assert_eq!(c.drops.total(), 0);
     }
 
     #[test]
@@ -300,7 +293,7 @@ mod tests {
         );
         assert_eq!(&got[VNET_HDR_LEN + 16..VNET_HDR_LEN + 18], &[0x88, 0xb5]);
         assert_eq!(u16::from_le_bytes([got[6], got[7]]), 38);
-        assert_eq!(c.ports[0].rx.bytes.get(), 64);
+        assert_eq!(ports[0].counters.rx.bytes.get(), 64);
     }
 
     #[test]
@@ -328,7 +321,7 @@ mod tests {
             &b[VNET_HDR_LEN + 6..],
             "the rest unchanged"
         );
-        assert_eq!(c.ports[0].rx.packets.get(), 1);
+        assert_eq!(ports[0].counters.rx.packets.get(), 1);
     }
 
     #[test]
@@ -366,11 +359,11 @@ mod tests {
                 vlan: None,
             },
         );
-        let d = &c.parent.drops;
+        let d = &c.drops;
         assert_eq!(d.get(DropReason::UnknownDestination), 1);
         assert_eq!(d.get(DropReason::Runt), 1);
         assert_eq!(d.get(DropReason::Truncated), 1);
-        assert_eq!(c.parent.rx.packets.get(), 3);
+        assert_eq!(c.rx.packets.get(), 3);
         assert!(ports[0].got.borrow().is_empty());
     }
 
@@ -378,17 +371,14 @@ mod tests {
     fn bridge_broadcast_goes_to_siblings_and_wire() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge, Mode::Vepa]);
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        assert!(
-            from_port(&t, &c, &ports, PortId(0), &b),
-            "also for the wire"
-        );
+        assert!(from_port(&t, &ports, PortId(0), &b), "also for the wire");
         assert_eq!(ports[1].got.borrow().len(), 1);
         assert!(ports[0].got.borrow().is_empty() && ports[2].got.borrow().is_empty());
-        assert_eq!(c.ports[0].tx.packets.get(), 1);
-        assert_eq!(c.ports[1].rx_multicast.get(), 1);
-        wire_sent(&c, PortId(0), b.len(), true);
-        assert_eq!(c.parent.tx.packets.get(), 1);
-        assert_eq!(c.parent.tx.bytes.get(), 60);
+        assert_eq!(ports[0].counters.tx.packets.get(), 1);
+        assert_eq!(ports[1].counters.rx_multicast.get(), 1);
+        wire_sent(&c, &ports[0].counters, b.len(), true);
+        assert_eq!(c.tx.packets.get(), 1);
+        assert_eq!(c.tx.bytes.get(), 60);
     }
 
     #[test]
@@ -396,11 +386,11 @@ mod tests {
         let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge]);
         ports[1].fail = true;
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        assert!(from_port(&t, &c, &ports, PortId(0), &b));
-        wire_sent(&c, PortId(0), b.len(), false);
-        assert_eq!(c.ports[1].drops.get(DropReason::TapWriteFailed), 1);
-        assert_eq!(c.ports[0].drops.get(DropReason::WireSendFailed), 1);
-        assert_eq!(c.parent.tx.packets.get(), 0);
+        assert!(from_port(&t, &ports, PortId(0), &b));
+        wire_sent(&c, &ports[0].counters, b.len(), false);
+        assert_eq!(ports[1].counters.drops.get(DropReason::TapWriteFailed), 1);
+        assert_eq!(ports[0].counters.drops.get(DropReason::WireSendFailed), 1);
+        assert_eq!(c.tx.packets.get(), 0);
     }
 
     #[test]
@@ -409,10 +399,9 @@ mod tests {
         let mut p = PortConfig::new("c0", Mode::Vepa, mac(0));
         p.up = false;
         let t = PortTable::build(parent, vec![p]).unwrap();
-        let c = Counters::new(1);
         let ports = [Fake::default()];
-        let sent = from_port(&t, &c, &ports, PortId(0), &with_vnet(mac(5), mac(0), 60));
+        let sent = from_port(&t, &ports, PortId(0), &with_vnet(mac(5), mac(0), 60));
         assert!(!sent, "a down port's frame never reaches the wire");
-        assert_eq!(c.ports[0].drops.get(DropReason::PortDown), 1);
+        assert_eq!(ports[0].counters.drops.get(DropReason::PortDown), 1);
     }
 }

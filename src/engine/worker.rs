@@ -7,6 +7,8 @@
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,18 +16,45 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::counters::Counters;
+use super::counters::{ParentCounters, PortCounters};
 use super::forward::{self, ParentFrame, PortIo};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
 
+/// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
+/// position in the current table and may change when ports come and go.
+#[derive(Debug)]
+pub struct PortHandle {
+    pub key: u64,
+    pub tap: Arc<Tap>,
+    pub counters: Arc<PortCounters>,
+}
+
+impl PortIo for PortHandle {
+    fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.tap.write_vectored(iov)
+    }
+
+    fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+}
+
+/// A table and the ports it indexes, aligned: `ports[id]` is the port `PortId(id)`.
+#[derive(Clone, Debug)]
+pub struct PortSet {
+    pub table: Arc<PortTable>,
+    pub ports: Arc<[PortHandle]>,
+}
+
 /// What the control plane can ask of the worker.
 #[derive(Debug)]
 pub enum Command {
-    /// Forward with this table from the next frame on.
-    SetTable(Arc<PortTable>),
+    /// Forward with this table and these ports from the next frame on. Ports that are no longer
+    /// in the set are released (their TAP closes when the control plane lets go too).
+    SetPorts(PortSet),
     /// Mirror the parent's carrier onto every TAP (`TUNSETCARRIER`).
     SetCarrier(bool),
     Stop,
@@ -43,12 +72,6 @@ const WIRE_BATCH: usize = 32;
 const TOKEN_RING: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 const TOKEN_TAP0: u64 = 2;
-
-impl PortIo for Tap {
-    fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.write_vectored(iov)
-    }
-}
 
 /// Frames waiting for the wire, still in the buffers they were read into from their TAPs.
 /// Sent with one `sendmmsg` when full and at the end of every loop iteration.
@@ -68,8 +91,8 @@ impl WireBatch {
     }
 
     /// Sends every queued frame and counts each outcome; a failed frame is skipped, the rest
-    /// are still sent.
-    fn flush(&mut self, wire: &TxSocket, counters: &Counters) {
+    /// are still sent. `ports` must be the set the frames were queued under.
+    fn flush(&mut self, wire: &TxSocket, parent: &ParentCounters, ports: &[PortHandle]) {
         let frames: Vec<&[u8]> = self
             .queued
             .iter()
@@ -81,7 +104,7 @@ impl WireBatch {
             match wire.send_batch(&frames[start..]) {
                 Ok(k) if k > 0 => {
                     for (id, n) in &self.queued[start..start + k] {
-                        forward::wire_sent(counters, *id, *n, true);
+                        forward::wire_sent(parent, &ports[id.index()].counters, *n, true);
                     }
                     start += k;
                 }
@@ -90,7 +113,7 @@ impl WireBatch {
                     if let Err(e) = result {
                         tracing::debug!("sending on the parent failed: {e}");
                     }
-                    forward::wire_sent(counters, id, n, false);
+                    forward::wire_sent(parent, &ports[id.index()].counters, n, false);
                     start += 1;
                 }
             }
@@ -133,10 +156,36 @@ impl WorkerHandle {
 pub struct Worker {
     pub ring: RxRing,
     pub wire: TxSocket,
-    /// Indexed by `PortId`, aligned with the table's ports.
-    pub taps: Vec<Tap>,
-    pub table: Arc<PortTable>,
-    pub counters: Arc<Counters>,
+    pub set: PortSet,
+    pub counters: Arc<ParentCounters>,
+    /// The parent's carrier, mirrored onto every TAP (new ones included).
+    pub carrier: bool,
+}
+
+/// The worker's epoll, with each port's fd registered under its stable key.
+struct Poller {
+    epoll: Epoll,
+    /// Port key → its position in the current set.
+    ids: HashMap<u64, PortId>,
+}
+
+impl Poller {
+    /// Registers the ports new in `set`, forgets those gone, and maps keys to positions.
+    fn follow(&mut self, old: &[PortHandle], set: &[PortHandle]) -> io::Result<()> {
+        for p in old.iter().filter(|p| !set.iter().any(|n| n.key == p.key)) {
+            self.epoll.delete(p.tap.as_fd())?;
+        }
+        for p in set.iter().filter(|p| !self.ids.contains_key(&p.key)) {
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + p.key);
+            self.epoll.add(p.tap.as_fd(), ev)?;
+        }
+        self.ids = set
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.key, PortId(i as u16)))
+            .collect();
+        Ok(())
+    }
 }
 
 impl Worker {
@@ -167,36 +216,42 @@ impl Worker {
             wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
         )?;
-        for (i, tap) in self.taps.iter().enumerate() {
-            epoll.add(
-                tap.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + i as u64),
-            )?;
-        }
+        let mut poller = Poller {
+            epoll,
+            ids: HashMap::new(),
+        };
+        poller.follow(&[], &self.set.ports)?;
         let mut events = vec![EpollEvent::empty(); 64];
         let mut batch = WireBatch::new(WIRE_BATCH);
         let mut last_stats = Instant::now();
         loop {
-            let n = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            let n = match poller.epoll.wait(&mut events, EpollTimeout::from(100u16)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e.into()),
             };
+            let mut woken = false;
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_RING => self.drain_ring(),
-                    TOKEN_WAKE => {
-                        let _ = wake.read();
-                        if !self.apply_commands(commands) {
-                            self.fold_ring_stats();
-                            return Ok(());
+                    TOKEN_WAKE => woken = true,
+                    t => {
+                        if let Some(id) = poller.ids.get(&(t - TOKEN_TAP0)) {
+                            self.drain_tap(*id, &mut batch);
                         }
                     }
-                    t => self.drain_tap(PortId((t - TOKEN_TAP0) as u16), &mut batch),
                 }
             }
             if !batch.queued.is_empty() {
-                batch.flush(&self.wire, &self.counters);
+                batch.flush(&self.wire, &self.counters, &self.set.ports);
+            }
+            // Commands last: queued frames were counted against the set they were read under.
+            if woken {
+                let _ = wake.read();
+                if !self.apply_commands(commands, &mut poller)? {
+                    self.fold_ring_stats();
+                    return Ok(());
+                }
             }
             if last_stats.elapsed() >= STATS_EVERY {
                 self.fold_ring_stats();
@@ -206,28 +261,46 @@ impl Worker {
     }
 
     /// Applies pending commands; false means stop.
-    fn apply_commands(&mut self, commands: &Receiver<Command>) -> bool {
+    fn apply_commands(
+        &mut self,
+        commands: &Receiver<Command>,
+        poller: &mut Poller,
+    ) -> io::Result<bool> {
         while let Ok(c) = commands.try_recv() {
             match c {
-                Command::SetTable(t) => self.table = t,
+                Command::SetPorts(set) => {
+                    poller.follow(&self.set.ports, &set.ports)?;
+                    for p in set
+                        .ports
+                        .iter()
+                        .filter(|p| !self.set.ports.iter().any(|o| o.key == p.key))
+                    {
+                        self.set_carrier(&p.tap);
+                    }
+                    self.set = set;
+                }
                 Command::SetCarrier(on) => {
-                    for tap in &self.taps {
-                        if let Err(e) = tap.set_carrier(on) {
-                            tracing::warn!(port = tap.name(), "setting carrier failed: {e}");
-                        }
+                    self.carrier = on;
+                    for p in self.set.ports.iter() {
+                        self.set_carrier(&p.tap);
                     }
                 }
-                Command::Stop => return false,
+                Command::Stop => return Ok(false),
             }
         }
-        true
+        Ok(true)
+    }
+
+    fn set_carrier(&self, tap: &Tap) {
+        if let Err(e) = tap.set_carrier(self.carrier) {
+            tracing::warn!(port = tap.name(), "setting carrier failed: {e}");
+        }
     }
 
     fn drain_ring(&mut self) {
         let Worker {
             ring,
-            taps,
-            table,
+            set,
             counters,
             ..
         } = self;
@@ -238,13 +311,14 @@ impl Worker {
                     wire_len: f.wire_len(),
                     vlan: f.vlan(),
                 };
-                forward::from_parent(table, counters, taps, &pf);
+                forward::from_parent(&set.table, counters, &set.ports, &pf);
             }
         }
     }
 
     fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
-        let tap = &self.taps[id.index()];
+        let ports = &self.set.ports;
+        let tap = &ports[id.index()].tap;
         for _ in 0..TAP_BUDGET {
             let slot = &mut batch.slots[batch.queued.len()];
             let n = match tap.read(slot) {
@@ -255,10 +329,10 @@ impl Worker {
                     return;
                 }
             };
-            if forward::from_port(&self.table, &self.counters, &self.taps, id, &slot[..n]) {
+            if forward::from_port(&self.set.table, ports, id, &slot[..n]) {
                 batch.queued.push((id, n));
                 if batch.queued.len() == batch.slots.len() {
-                    batch.flush(&self.wire, &self.counters);
+                    batch.flush(&self.wire, &self.counters, ports);
                 }
             }
         }
@@ -268,7 +342,7 @@ impl Worker {
     fn fold_ring_stats(&mut self) {
         match self.ring.stats() {
             Ok(s) => {
-                let p = &self.counters.parent;
+                let p = &self.counters;
                 p.ring_packets.add(u64::from(s.packets));
                 p.ring_drops.add(u64::from(s.drops));
                 p.ring_freezes.add(u64::from(s.freeze_q_cnt));

@@ -1,0 +1,714 @@
+//! The running engine: its parents and ports, changed while it forwards.
+//!
+//! Each parent has a worker (ring, TX socket, TAPs); every port belongs to one parent. Adding,
+//! removing or changing a port builds a new table for its parent and swaps it into that worker
+//! together with the new port set ([`PortSet`]): the forwarding path never takes a lock, and no
+//! other port loses or reorders a frame.
+//!
+//! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
+//! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
+//! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
+//! threads. Requests follow the kernel's control-plane rules (macvlan-semantics.md §8).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, select};
+
+use super::counters::{ParentCounters, PortCounters};
+use super::plan::{
+    ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
+    default_route_interface, table_error_kind,
+};
+use super::watch::{Event, LiveState, Watchers};
+use super::worker::{Command, PortHandle, PortSet, Worker, WorkerHandle};
+use crate::control::Call;
+use crate::control::proto::{
+    ControlError, ErrorKind, LinkChange, LinkSpec, LinkStats, LinkView, MacaddrOp, Reply, Request,
+    Response,
+};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
+use crate::mac::MacAddr;
+use crate::net::{LinkInfo, Netlink, Netns};
+use crate::spec::PortSpec;
+use crate::sys::ring::{RingConfig, RxRing};
+use crate::sys::tap::Tap;
+use crate::sys::tx::TxSocket;
+
+/// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
+/// under bursts (perf-facts.md §3).
+pub const TAP_TXQLEN: u32 = 10_000;
+
+/// One parent and its worker.
+#[derive(Debug)]
+struct ParentRun {
+    link: LinkInfo,
+    config: ParentConfig,
+    worker: WorkerHandle,
+    counters: Arc<ParentCounters>,
+    table: Arc<PortTable>,
+    /// Port keys, aligned with `table`.
+    keys: Vec<u64>,
+}
+
+/// One port.
+#[derive(Debug)]
+struct PortEntry {
+    key: u64,
+    parent: String,
+    /// As configured; the live state is applied on top when tables are built.
+    config: PortConfig,
+    /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
+    netns: Option<(String, Netns)>,
+    tap: Arc<Tap>,
+    counters: Arc<PortCounters>,
+    live: Option<LiveState>,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Daemon {
+    nl: Netlink,
+    own_ns: Netns,
+    parents: BTreeMap<String, ParentRun>,
+    ports: Vec<PortEntry>,
+    next_key: u64,
+    watchers: Watchers,
+    events: Receiver<Event>,
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+    ControlError::new(kind, message)
+}
+
+fn plan_err(e: PlanError) -> ControlError {
+    err(e.kind(), e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ControlError {
+    err(ErrorKind::Internal, e.to_string())
+}
+
+impl Daemon {
+    /// An engine with no ports yet, in the calling thread's namespace.
+    pub fn new() -> anyhow::Result<Daemon> {
+        let (tx, events) = crossbeam_channel::unbounded();
+        Ok(Daemon {
+            nl: Netlink::open()?,
+            own_ns: Netns::current()?,
+            parents: BTreeMap::new(),
+            ports: Vec::new(),
+            next_key: 1,
+            watchers: Watchers::new(tx),
+            events,
+        })
+    }
+
+    /// An engine with the ports of a checked `run` command line. On error everything created so
+    /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
+    pub fn start(plan: Plan) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new()?;
+        let parent = plan.parent.name.clone();
+        d.ensure_parent(plan.parent, plan.parent_config)?;
+        for p in plan.ports {
+            d.create(&parent, p)?;
+        }
+        Ok(d)
+    }
+
+    /// Starts the worker of a parent that has none yet.
+    fn ensure_parent(&mut self, link: LinkInfo, config: ParentConfig) -> anyhow::Result<()> {
+        if self.parents.contains_key(&link.name) {
+            return Ok(());
+        }
+        let ring = RxRing::open(link.index, RingConfig::default())
+            .with_context(|| format!("opening the receive ring on {}", link.name))?;
+        let wire = TxSocket::open(link.index)
+            .with_context(|| format!("opening the send socket on {}", link.name))?;
+        let table = Arc::new(PortTable::build(config.clone(), Vec::new())?);
+        let counters = Arc::new(ParentCounters::default());
+        let worker = Worker {
+            ring,
+            wire,
+            set: PortSet {
+                table: Arc::clone(&table),
+                ports: Arc::from(Vec::new()),
+            },
+            counters: Arc::clone(&counters),
+            carrier: link.flags.lower_up,
+        }
+        .spawn()?;
+        self.watchers
+            .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
+        tracing::info!(parent = %link.name, "parent opened");
+        let name = link.name.clone();
+        let run = ParentRun {
+            link,
+            config,
+            worker,
+            counters,
+            table,
+            keys: Vec::new(),
+        };
+        self.parents.insert(name, run);
+        Ok(())
+    }
+
+    /// Creates a checked port's TAP, adds it to its parent and starts following it.
+    fn create(&mut self, parent: &str, p: PlannedPort) -> anyhow::Result<()> {
+        let mtu = self.parents[parent].config.mtu;
+        let key = self.next_key;
+        self.next_key += 1;
+        let tap = create_tap(&mut self.nl, key, &p, mtu)
+            .with_context(|| format!("creating port {}", p.spec.name))?;
+        let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
+        self.watchers.port(ns, key, &p.spec.name)?;
+        let netns = p.spec.netns.clone().zip(p.netns);
+        self.ports.push(PortEntry {
+            key,
+            parent: parent.to_string(),
+            config: p.config,
+            netns,
+            tap: Arc::new(tap),
+            counters: Arc::default(),
+            live: None,
+        });
+        self.rebuild(parent);
+        Ok(())
+    }
+
+    /// The first parent's table (for a single-parent engine such as the lab's).
+    pub fn table(&self) -> Option<Arc<PortTable>> {
+        self.parents.values().next().map(|p| Arc::clone(&p.table))
+    }
+
+    /// Follows port state and serves `calls` until `stop` fires (or is closed), a parent
+    /// disappears or a worker fails.
+    pub fn run_until<T>(
+        &mut self,
+        stop: &Receiver<T>,
+        calls: Option<&Receiver<Call>>,
+    ) -> anyhow::Result<()> {
+        let never = crossbeam_channel::never();
+        let calls = calls.unwrap_or(&never);
+        loop {
+            select! {
+                recv(stop) -> _ => return Ok(()),
+                recv(calls) -> call => {
+                    if let Ok(Call { request, reply }) = call {
+                        let _ = reply.send(self.handle(request));
+                    }
+                }
+                recv(self.events) -> ev => match ev {
+                    Ok(ev) => self.on_event(ev)?,
+                    Err(_) => anyhow::bail!("every port watcher stopped"),
+                },
+                default(Duration::from_millis(200)) => {
+                    if let Some((name, _)) = self.parents.iter().find(|(_, p)| p.worker.is_finished()) {
+                        anyhow::bail!("the forwarding worker of {name} stopped");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+        match ev {
+            Event::Port { key, state } => {
+                if let Some(e) = self.ports.iter_mut().find(|e| e.key == key) {
+                    e.live = state;
+                    let parent = e.parent.clone();
+                    self.rebuild(&parent);
+                }
+            }
+            Event::Carrier { parent, on } => {
+                if let Some(run) = self.parents.get(&parent) {
+                    tracing::info!(%parent, carrier = on, "parent carrier changed");
+                    run.worker.send(Command::SetCarrier(on));
+                }
+            }
+            Event::ParentGone { parent } => anyhow::bail!("parent {parent} disappeared"),
+        }
+        Ok(())
+    }
+
+    /// Applies one control request.
+    pub fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::LinkAdd(spec) => self.link_add(spec).map(|v| Reply::Links { links: vec![v] }),
+            Request::LinkDel(l) => self.link_del(&l.name).map(|()| Reply::Done),
+            Request::LinkSet(c) => self.link_set(c).map(|v| Reply::Links { links: vec![v] }),
+            Request::LinkShow(f) => self
+                .link_show(f.name.as_deref())
+                .map(|links| Reply::Links { links }),
+            Request::Trace(_) => Err(err(ErrorKind::Internal, "live trace is not served yet")),
+            Request::Reload(_) => Err(err(
+                ErrorKind::BadConfig,
+                "this engine was started without --config: there is nothing to reload",
+            )),
+        };
+        match result {
+            Ok(reply) => Response::Ok { reply },
+            Err(error) => Response::Error { error },
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<&PortEntry, ControlError> {
+        self.ports
+            .iter()
+            .find(|e| e.config.name == name)
+            .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("no port named {name}")))
+    }
+
+    /// `link add`: every check first, then the port is created down, like `ip link add`.
+    pub fn link_add(&mut self, l: LinkSpec) -> Result<LinkView, ControlError> {
+        if self.entry(&l.name).is_ok() {
+            return Err(err(
+                ErrorKind::Exists,
+                format!("a port named {} exists", l.name),
+            ));
+        }
+        let parent = match l.parent.clone() {
+            Some(p) => p,
+            None => default_route_interface().ok_or_else(|| plan_err(PlanError::NoDefaultRoute))?,
+        };
+        let opts = ParentOptions {
+            bc_cutoff: l.bclim.unwrap_or(crate::forward::DEFAULT_BC_CUTOFF),
+        };
+        let (link, mut pconfig) = match self.parents.get(&parent) {
+            Some(run) => (run.link.clone(), run.config.clone()),
+            None => check_parent(&mut self.nl, &parent, opts).map_err(plan_err)?,
+        };
+        if let Some(b) = l.bclim {
+            pconfig.bc_cutoff = b;
+        }
+        let spec = PortSpec {
+            name: l.name.clone(),
+            mode: l.mode.unwrap_or(Mode::Bridge),
+            netns: l.netns.clone(),
+            mac: l.address,
+            mtu: l.mtu,
+            flags: crate::forward::PortFlags {
+                nopromisc: l.nopromisc,
+                nodst: l.nodst,
+            },
+            bcqueuelen: l.bcqueuelen,
+            sources: l.macaddr.iter().copied().collect(),
+            state: Default::default(),
+        };
+        let mut config = spec.to_config(&parent);
+        config.up = false;
+        if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
+            self.check_mac_free(&parent, &pconfig, mac, None)?;
+        }
+        // The table the parent would have: the mode, passthru and MTU rules.
+        let mut configs = self.configs_of(&parent, pconfig.mtu);
+        configs.push(config.clone());
+        PortTable::build(pconfig.clone(), configs)
+            .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
+        let netns = check_port_place(&mut self.nl, &spec).map_err(plan_err)?;
+        self.ensure_parent(link, pconfig.clone())
+            .map_err(internal)?;
+        if let Some(run) = self.parents.get_mut(&parent) {
+            run.config.bc_cutoff = pconfig.bc_cutoff;
+        }
+        self.create(
+            &parent,
+            PlannedPort {
+                spec,
+                config,
+                netns,
+            },
+        )
+        .map_err(internal)?;
+        tracing::info!(port = %l.name, %parent, "port added");
+        self.view(self.entry(&l.name)?)
+    }
+
+    /// A MAC a port may take: valid, not the parent's, not another port's of the same parent
+    /// (`except` is the port itself).
+    fn check_mac_free(
+        &self,
+        parent: &str,
+        pconfig: &ParentConfig,
+        mac: MacAddr,
+        except: Option<u64>,
+    ) -> Result<(), ControlError> {
+        if !mac.is_valid_unicast() {
+            return Err(err(
+                ErrorKind::AddressNotAvailable,
+                format!("{mac} is a group or zero address (EADDRNOTAVAIL)"),
+            ));
+        }
+        if mac == pconfig.mac {
+            return Err(err(
+                ErrorKind::AddressInUse,
+                format!("{mac} is the parent's MAC (EADDRINUSE)"),
+            ));
+        }
+        let owner = self
+            .ports
+            .iter()
+            .find(|e| e.parent == parent && Some(e.key) != except && effective_mac(e) == mac);
+        match owner {
+            Some(o) => Err(err(
+                ErrorKind::AddressInUse,
+                format!("{mac} is port {}'s MAC (EADDRINUSE)", o.config.name),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `link del`: the port leaves the table at once; its TAP vanishes when the worker lets go.
+    pub fn link_del(&mut self, name: &str) -> Result<(), ControlError> {
+        let key = self.entry(name)?.key;
+        let i = self
+            .ports
+            .iter()
+            .position(|e| e.key == key)
+            .expect("found above");
+        let e = self.ports.remove(i);
+        let ns = e.netns.as_ref().map_or(&self.own_ns, |(_, ns)| ns);
+        self.watchers.forget(ns, key).map_err(internal)?;
+        self.rebuild(&e.parent);
+        if !self.ports.iter().any(|p| p.parent == e.parent) {
+            self.close_parent(&e.parent);
+        }
+        tracing::info!(port = name, "port deleted");
+        Ok(())
+    }
+
+    fn close_parent(&mut self, name: &str) {
+        if let Some(run) = self.parents.remove(name) {
+            if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
+                tracing::warn!("{e:#}");
+            }
+            if let Err(e) = run.worker.stop() {
+                tracing::warn!(parent = name, "the worker failed: {e}");
+            }
+            tracing::info!(parent = name, "parent closed (no ports left)");
+        }
+    }
+
+    /// `link set`: the kernel's changelink rules (§8), every check before any change.
+    pub fn link_set(&mut self, c: LinkChange) -> Result<LinkView, ControlError> {
+        let e = self.entry(&c.name)?;
+        let (key, parent, old_mode) = (e.key, e.parent.clone(), e.config.mode);
+        let pconfig = self.parents[&parent].config.clone();
+        let new_mode = c.mode.unwrap_or(old_mode);
+        if (new_mode == Mode::Passthru) != (old_mode == Mode::Passthru) {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "cannot change {} from {old_mode} to {new_mode}: passthru is fixed at creation (EINVAL)",
+                    c.name
+                ),
+            ));
+        }
+        if let Some(mac) = c.address {
+            if old_mode == Mode::Passthru {
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    "a passthru port has the parent's MAC; umacvlan does not change the parent's MAC",
+                ));
+            }
+            self.check_mac_free(&parent, &pconfig, mac, Some(key))?;
+        }
+        if let Some(mtu) = c.mtu.filter(|m| !(MIN_MTU..=pconfig.mtu).contains(m)) {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "MTU {mtu} is outside {MIN_MTU}..={} (the parent's MTU) (EINVAL)",
+                    pconfig.mtu
+                ),
+            ));
+        }
+        if let Some(op) = &c.macaddr {
+            if new_mode != Mode::Source {
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "{} is in {new_mode} mode; macaddr needs source mode (EINVAL)",
+                        c.name
+                    ),
+                ));
+            }
+            let macs = match op {
+                MacaddrOp::Add(m) | MacaddrOp::Del(m) | MacaddrOp::Set(m) => m.as_slice(),
+                MacaddrOp::Flush => &[],
+            };
+            if let Some(bad) = macs.iter().find(|m| !m.is_valid_unicast()) {
+                return Err(err(
+                    ErrorKind::AddressNotAvailable,
+                    format!("{bad} is a group or zero address (EADDRNOTAVAIL)"),
+                ));
+            }
+        }
+        // Checked: apply. The device itself first (MAC, MTU), then the configuration.
+        let e = self.entry(&c.name)?;
+        if c.address.is_some() || c.mtu.is_some() {
+            let ifindex = e.live.as_ref().map(|l| l.ifindex);
+            let mut nl_there;
+            let nl = match &e.netns {
+                Some((_, ns)) => {
+                    nl_there = Netlink::open_in(ns).map_err(internal)?;
+                    &mut nl_there
+                }
+                None => &mut self.nl,
+            };
+            let index = match ifindex {
+                Some(i) => i,
+                None => {
+                    nl.link_by_name(&c.name)
+                        .map_err(internal)?
+                        .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{} vanished", c.name)))?
+                        .index
+                }
+            };
+            if let Some(mac) = c.address {
+                nl.set_mac(index, mac).map_err(internal)?;
+            }
+            if let Some(mtu) = c.mtu {
+                nl.set_mtu(index, mtu).map_err(internal)?;
+            }
+        }
+        let e = self
+            .ports
+            .iter_mut()
+            .find(|e| e.key == key)
+            .expect("found above");
+        let cfg = &mut e.config;
+        if let Some(mac) = c.address {
+            cfg.mac = mac;
+        }
+        if c.mtu.is_some() {
+            cfg.mtu = c.mtu;
+        }
+        if let Some(q) = c.bcqueuelen {
+            cfg.bcqueuelen = q;
+        }
+        if new_mode != Mode::Source {
+            cfg.sources.clear();
+        }
+        cfg.mode = new_mode;
+        match c.macaddr {
+            Some(MacaddrOp::Add(m)) => cfg.sources.extend(m),
+            Some(MacaddrOp::Del(m)) => m.iter().for_each(|x| {
+                cfg.sources.remove(x);
+            }),
+            Some(MacaddrOp::Set(m)) => cfg.sources = m.into_iter().collect(),
+            Some(MacaddrOp::Flush) => cfg.sources.clear(),
+            None => {}
+        }
+        if let Some(b) = c.bclim {
+            self.parents
+                .get_mut(&parent)
+                .expect("has ports")
+                .config
+                .bc_cutoff = b;
+        }
+        self.rebuild(&parent);
+        self.view(self.entry(&c.name)?)
+    }
+
+    /// `link show`.
+    pub fn link_show(&self, name: Option<&str>) -> Result<Vec<LinkView>, ControlError> {
+        match name {
+            Some(n) => Ok(vec![self.view(self.entry(n)?)?]),
+            None => self.ports.iter().map(|e| self.view(e)).collect(),
+        }
+    }
+
+    fn view(&self, e: &PortEntry) -> Result<LinkView, ControlError> {
+        let run = &self.parents[&e.parent];
+        let id = run.keys.iter().position(|k| *k == e.key);
+        let in_table = id.map(|i| run.table.port(crate::forward::PortId(i as u16)));
+        let live = e.live.as_ref();
+        let c = &e.counters;
+        Ok(LinkView {
+            name: e.config.name.clone(),
+            ifindex: live.map(|l| l.ifindex),
+            address: effective_mac(e),
+            mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
+            parent: e.parent.clone(),
+            netns: e.netns.as_ref().map(|(n, _)| n.clone()),
+            up: live.is_some_and(|l| l.up),
+            lower_up: live.is_some_and(|l| l.lower_up),
+            forwarding: in_table.is_some_and(|p| p.is_up()),
+            promisc: live.is_some_and(|l| l.promisc),
+            allmulti: live.is_some_and(|l| l.allmulti),
+            mode: e.config.mode,
+            nopromisc: e.config.flags.nopromisc,
+            nodst: e.config.flags.nodst,
+            bcqueuelen: e.config.bcqueuelen,
+            usedbcqueuelen: run.table.bc_queue_len_used(),
+            bclim: run.config.bc_cutoff,
+            macaddr: e.config.sources.iter().copied().collect(),
+            stats: LinkStats {
+                rx_packets: c.rx.packets.get(),
+                rx_bytes: c.rx.bytes.get(),
+                rx_multicast: c.rx_multicast.get(),
+                rx_dropped: c.rx_dropped(),
+                tx_packets: c.tx.packets.get(),
+                tx_bytes: c.tx.bytes.get(),
+                tx_dropped: c.tx_dropped(),
+                drops: c
+                    .drops
+                    .nonzero()
+                    .into_iter()
+                    .map(|(r, n)| (r.name().to_string(), n))
+                    .collect(),
+            },
+        })
+    }
+
+    /// The parent's ports as the table should see them now.
+    fn configs_of(&self, parent: &str, parent_mtu: u32) -> Vec<PortConfig> {
+        self.ports
+            .iter()
+            .filter(|e| e.parent == parent)
+            .map(|e| apply_live(&e.config, e.live.as_ref(), parent_mtu))
+            .collect()
+    }
+
+    /// A new table for `parent` from the configuration and every TAP's live state, handed to its
+    /// worker with the matching port set. Where a TAP accepted a change the kernel would refuse
+    /// (a busy or invalid MAC on an up port), that port stays out of the table, as
+    /// `ip link set up` would have failed with EADDRINUSE/EADDRNOTAVAIL.
+    fn rebuild(&mut self, parent: &str) {
+        let Some(run) = self.parents.get(parent) else {
+            return;
+        };
+        let mut configs = self.configs_of(parent, run.config.mtu);
+        let table = loop {
+            match PortTable::build(run.config.clone(), configs.clone()) {
+                Ok(t) => break t,
+                Err(e) => {
+                    let culprit = match &e {
+                        TableError::DuplicateMac { b, .. } => b.clone(),
+                        TableError::ParentMac { port, .. }
+                        | TableError::InvalidMac { port, .. } => port.clone(),
+                        _ => {
+                            tracing::error!("keeping the previous table of {parent}: {e}");
+                            return;
+                        }
+                    };
+                    tracing::warn!("{e}: port {culprit} is treated as down until this changes");
+                    if let Some(p) = configs.iter_mut().find(|p| p.name == culprit) {
+                        p.up = false;
+                    }
+                }
+            }
+        };
+        let entries: Vec<&PortEntry> = self.ports.iter().filter(|e| e.parent == parent).collect();
+        let ports: Arc<[PortHandle]> = entries
+            .iter()
+            .map(|e| PortHandle {
+                key: e.key,
+                tap: Arc::clone(&e.tap),
+                counters: Arc::clone(&e.counters),
+            })
+            .collect();
+        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
+        let run = self.parents.get_mut(parent).expect("checked above");
+        for (p, key) in table.ports().iter().zip(&keys) {
+            let was = run
+                .keys
+                .iter()
+                .position(|k| k == key)
+                .map(|i| run.table.ports()[i].is_up());
+            if was.is_some_and(|w| w != p.is_up()) || (was.is_none() && p.is_up()) {
+                tracing::info!(port = p.name(), up = p.is_up(), mac = %p.mac(), "port state changed");
+            }
+        }
+        let table = Arc::new(table);
+        run.table = Arc::clone(&table);
+        run.keys = keys;
+        run.worker.send(Command::SetPorts(PortSet { table, ports }));
+    }
+
+    /// Every port's and parent's counters, as `run` prints them on exit.
+    pub fn counters_text(&self) -> String {
+        let ports: Vec<_> = self
+            .ports
+            .iter()
+            .map(|e| (e.config.name.as_str(), e.config.mode, &*e.counters))
+            .collect();
+        let parents: Vec<_> = self
+            .parents
+            .iter()
+            .map(|(n, r)| (n.as_str(), &*r.counters))
+            .collect();
+        crate::cli::report::counters_text(&ports, &parents)
+    }
+
+    /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
+    /// ring. Returns the final counters as text.
+    pub fn shutdown(mut self) -> anyhow::Result<String> {
+        let text = self.counters_text();
+        let mut failed = Vec::new();
+        for (name, run) in std::mem::take(&mut self.parents) {
+            if let Err(e) = run.worker.stop() {
+                failed.push(format!("the worker of {name} failed: {e}"));
+            }
+        }
+        self.watchers.stop();
+        anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
+        Ok(text)
+    }
+}
+
+/// The MAC a port has now: the TAP's, once seen, else the configured one.
+fn effective_mac(e: &PortEntry) -> MacAddr {
+    match (&e.live, e.config.mode) {
+        (Some(l), m) if m != Mode::Passthru => l.mac,
+        _ => e.config.mac,
+    }
+}
+
+fn apply_live(c: &PortConfig, live: Option<&LiveState>, parent_mtu: u32) -> PortConfig {
+    let mut p = c.clone();
+    let Some(l) = live else {
+        p.up = false;
+        return p;
+    };
+    p.up = l.up;
+    if p.mode != Mode::Passthru {
+        p.mac = l.mac;
+    }
+    p.mtu = Some(l.mtu.clamp(MIN_MTU, parent_mtu));
+    p.promisc = l.promisc;
+    p.allmulti = l.allmulti;
+    p.groups = l.groups.clone();
+    p
+}
+
+/// A temporary name for a TAP on its way to another namespace, unique on this machine.
+fn temp_name(key: u64) -> String {
+    format!("umv{}p{key}", std::process::id() % 100_000)
+}
+
+fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> anyhow::Result<Tap> {
+    let name = match p.netns {
+        Some(_) => temp_name(key),
+        None => p.spec.name.clone(),
+    };
+    let tap = Tap::create(&name)?;
+    let link = nl
+        .link_by_name(tap.name())?
+        .with_context(|| format!("TAP {} vanished after creation", tap.name()))?;
+    nl.set_mac(link.index, p.config.mac)?;
+    nl.set_mtu(link.index, p.config.mtu.unwrap_or(parent_mtu))?;
+    nl.set_txqlen(link.index, TAP_TXQLEN)?;
+    if let Some(ns) = &p.netns {
+        nl.set_netns(link.index, ns)?;
+        let mut there = Netlink::open_in(ns)?;
+        let moved = there
+            .link_by_name(&name)?
+            .with_context(|| format!("TAP {name} is not in {ns} after the move"))?;
+        there.set_name(moved.index, &p.spec.name)?;
+    }
+    Ok(tap)
+}

@@ -1,0 +1,226 @@
+//! Checking a request before anything is created: the parent, the namespaces, names, MACs, MTUs
+//! and the mode rules. [`plan`] validates a whole `umacvlan run` command line and creates nothing,
+//! so bad input leaves the machine untouched; the daemon uses the same checks for `link add`.
+
+use crate::control::proto::ErrorKind;
+use crate::forward::{ParentConfig, PortConfig, PortTable, TableError};
+use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
+use crate::spec::PortSpec;
+
+const ARPHRD_ETHER: u16 = 1;
+
+/// Bad input: nothing was created. The CLI exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("unknown parent {0:?}: no such network interface in this namespace")]
+    UnknownParent(String),
+    #[error("parent {0} is a loopback device; macvlan needs an Ethernet parent")]
+    ParentLoopback(String),
+    #[error(
+        "parent {name} is not Ethernet (link type {link_type}); macvlan needs an Ethernet parent"
+    )]
+    ParentNotEthernet { name: String, link_type: u16 },
+    #[error(
+        "parent {0} is wireless: access points drop frames from MACs that did not associate, so macvlan children get nothing; use ipvlan (L2 shares the parent's MAC) or a 4-address (WDS) link"
+    )]
+    ParentWireless(String),
+    #[error("port {port}: {source}")]
+    Netns {
+        port: String,
+        #[source]
+        source: crate::net::Error,
+    },
+    #[error("port {port}: an interface named {port} already exists in {place}")]
+    NameInUse { port: String, place: String },
+    #[error("{0}")]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("{0}")]
+    Table(#[from] TableError),
+    #[error("no --port given: an engine needs at least one port")]
+    NoPorts,
+    #[error("no parent given and no default route to take one from: name the parent")]
+    NoDefaultRoute,
+    #[error("{0}")]
+    Netlink(#[from] crate::net::Error),
+}
+
+/// One port, checked and ready to create.
+#[derive(Debug)]
+pub struct PlannedPort {
+    pub spec: PortSpec,
+    /// As the table sees it; `up` is false until the TAP is brought up.
+    pub config: PortConfig,
+    pub netns: Option<Netns>,
+}
+
+/// A validated request.
+#[derive(Debug)]
+pub struct Plan {
+    pub parent: LinkInfo,
+    pub parent_config: ParentConfig,
+    pub ports: Vec<PlannedPort>,
+}
+
+/// Whether the kernel's macvlan would see this parent filter unicast in hardware
+/// (IFF_UNICAST_FLT, not visible from userspace): physical NICs and VLAN, bond and team devices
+/// do; veth and bridge do not, and go promiscuous as soon as a port is up (§5).
+fn has_unicast_filter(kind: Option<&str>) -> bool {
+    matches!(kind, None | Some("vlan" | "bond" | "team"))
+}
+
+/// Parent-wide settings of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentOptions {
+    /// `bclim` (IFLA_MACVLAN_BC_CUTOFF), port-wide in the kernel.
+    pub bc_cutoff: i32,
+}
+
+impl Default for ParentOptions {
+    fn default() -> Self {
+        ParentOptions {
+            bc_cutoff: crate::forward::DEFAULT_BC_CUTOFF,
+        }
+    }
+}
+
+/// Checks that `name` can be a parent (Ethernet, not loopback, not wireless) and describes it.
+pub fn check_parent(
+    nl: &mut Netlink,
+    name: &str,
+    opts: ParentOptions,
+) -> Result<(LinkInfo, ParentConfig), PlanError> {
+    let link = nl
+        .link_by_name(name)?
+        .ok_or_else(|| PlanError::UnknownParent(name.to_string()))?;
+    if link.flags.loopback {
+        return Err(PlanError::ParentLoopback(link.name));
+    }
+    let mac = link.mac.filter(|_| link.link_type == ARPHRD_ETHER);
+    let Some(mac) = mac else {
+        return Err(PlanError::ParentNotEthernet {
+            name: link.name,
+            link_type: link.link_type,
+        });
+    };
+    if is_wireless(&link.name) {
+        return Err(PlanError::ParentWireless(link.name));
+    }
+    let mut config = ParentConfig::new(link.name.clone(), mac, link.mtu);
+    config.unicast_filter = has_unicast_filter(link.kind.as_deref());
+    config.bc_cutoff = opts.bc_cutoff;
+    Ok((link, config))
+}
+
+/// Opens the port's namespace and checks that its name is free there.
+pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netns>, PlanError> {
+    let netns = spec
+        .netns
+        .as_deref()
+        .map(Netns::open)
+        .transpose()
+        .map_err(|source| PlanError::Netns {
+            port: spec.name.clone(),
+            source,
+        })?;
+    let taken = match &netns {
+        Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
+        None => nl.link_by_name(&spec.name)?,
+    };
+    if taken.is_some() {
+        let place = netns
+            .as_ref()
+            .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
+        return Err(PlanError::NameInUse {
+            port: spec.name.clone(),
+            place,
+        });
+    }
+    Ok(netns)
+}
+
+/// The interface of the IPv4 default route in the calling thread's namespace (what CNI and
+/// netavark use when no parent is named).
+pub fn default_route_interface() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/route").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+impl PlanError {
+    /// The control protocol's error kind for this refusal.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PlanError::UnknownParent(_) | PlanError::NoDefaultRoute => ErrorKind::NoSuchLink,
+            PlanError::ParentLoopback(_)
+            | PlanError::ParentNotEthernet { .. }
+            | PlanError::ParentWireless(_) => ErrorKind::Busy,
+            PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
+            PlanError::NameInUse { .. } => ErrorKind::Exists,
+            PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
+            PlanError::Table(e) => table_error_kind(e),
+            PlanError::Netlink(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The kernel's errno meaning for a table refusal.
+pub fn table_error_kind(e: &TableError) -> ErrorKind {
+    match e {
+        TableError::DuplicateMac { .. } | TableError::ParentMac { .. } => ErrorKind::AddressInUse,
+        TableError::InvalidMac { .. }
+        | TableError::InvalidSourceMac { .. }
+        | TableError::InvalidParentMac(_) => ErrorKind::AddressNotAvailable,
+        TableError::DuplicateName(_) => ErrorKind::Exists,
+        TableError::PassthruNotAlone { .. }
+        | TableError::SecondPassthru { .. }
+        | TableError::SourcesNotSourceMode { .. }
+        | TableError::Mtu { .. }
+        | TableError::BadName(_)
+        | TableError::TooManyPorts(_) => ErrorKind::InvalidArgument,
+    }
+}
+
+/// Checks a whole `run` command line and creates nothing. `specs` pairs each port's text (for
+/// messages) with its parsed form.
+pub fn plan(
+    parent: &str,
+    opts: ParentOptions,
+    specs: &[(String, PortSpec)],
+) -> Result<Plan, PlanError> {
+    if specs.is_empty() {
+        return Err(PlanError::NoPorts);
+    }
+    let mut nl = Netlink::open()?;
+    let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
+    let mut ports = Vec::with_capacity(specs.len());
+    for (text, spec) in specs {
+        spec.config_only(text)?;
+        let netns = check_port_place(&mut nl, spec)?;
+        let config = spec.to_config(parent);
+        ports.push(PlannedPort {
+            spec: spec.clone(),
+            config,
+            netns,
+        });
+    }
+    // At start every port must be able to come up: the kernel checks MACs at open, we refuse a
+    // request that could never work as a whole.
+    let all_up = ports
+        .iter()
+        .map(|p| PortConfig {
+            up: true,
+            ..p.config.clone()
+        })
+        .collect();
+    PortTable::build(parent_config.clone(), all_up)?;
+    for p in &mut ports {
+        p.config.up = false;
+    }
+    Ok(Plan {
+        parent: link,
+        parent_config,
+        ports,
+    })
+}

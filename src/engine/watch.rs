@@ -1,0 +1,308 @@
+//! Following ports and parents in their namespaces.
+//!
+//! Port state follows the TAP the way the kernel's hash follows a child: only a TAP that is
+//! admin-up in its namespace is in the table. One watcher thread per namespace listens to
+//! RTNLGRP_LINK there (up/down, MAC, MTU, promisc, allmulti, carrier) and reads the exact
+//! link-layer multicast list from `/proc/thread-self/net/dev_mcast` every [`MCAST_POLL`] (joins
+//! made with `ip maddr` produce no netlink event). The watcher of the engine's own namespace also
+//! follows the parents' carrier. Changes go to the daemon as [`Event`]s.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use hashbrown::HashMap;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::CloneFlags;
+
+use crate::mac::MacAddr;
+use crate::net::mcast::{DevMcastEntry, parse_dev_mcast};
+use crate::net::{LinkEvent, LinkInfo, LinkMonitor, Netlink, Netns, OperState};
+
+/// How often each namespace's multicast lists are re-read.
+pub const MCAST_POLL: Duration = Duration::from_millis(100);
+
+/// A port's state as its TAP shows it in its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveState {
+    pub ifindex: u32,
+    pub up: bool,
+    pub lower_up: bool,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub groups: BTreeSet<MacAddr>,
+}
+
+/// What the watchers report.
+#[derive(Debug)]
+pub enum Event {
+    /// `None`: the TAP is gone from its namespace (deleted, or the namespace went away).
+    Port {
+        key: u64,
+        state: Option<LiveState>,
+    },
+    Carrier {
+        parent: String,
+        on: bool,
+    },
+    ParentGone {
+        parent: String,
+    },
+}
+
+#[derive(Debug)]
+enum WatchCmd {
+    Port {
+        key: u64,
+        name: String,
+    },
+    Forget {
+        key: u64,
+    },
+    /// Follow a parent's carrier; `carrier` is what the worker was given.
+    Parent {
+        name: String,
+        carrier: bool,
+    },
+    ForgetParent {
+        name: String,
+    },
+}
+
+#[derive(Debug)]
+struct Watcher {
+    cmds: Sender<WatchCmd>,
+    thread: JoinHandle<()>,
+}
+
+/// Every watcher thread, one per namespace (by inode).
+#[derive(Debug)]
+pub struct Watchers {
+    by_inode: HashMap<u64, Watcher>,
+    events: Sender<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watchers {
+    pub fn new(events: Sender<Event>) -> Watchers {
+        Watchers {
+            by_inode: HashMap::new(),
+            events,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn watcher(&mut self, ns: &Netns) -> anyhow::Result<&Watcher> {
+        let inode = ns.inode()?;
+        if !self.by_inode.contains_key(&inode) {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (ns, events, stop) = (ns.try_clone()?, self.events.clone(), Arc::clone(&self.stop));
+            let thread = std::thread::Builder::new()
+                .name(format!("umacvlan-watch-{inode}"))
+                .spawn(move || {
+                    if let Err(e) = watch(&ns, &rx, &events, &stop) {
+                        tracing::error!("watching {ns} stopped: {e:#}");
+                    }
+                })?;
+            self.by_inode.insert(inode, Watcher { cmds: tx, thread });
+        }
+        Ok(&self.by_inode[&inode])
+    }
+
+    fn send(&mut self, ns: &Netns, cmd: WatchCmd) -> anyhow::Result<()> {
+        self.watcher(ns)?
+            .cmds
+            .send(cmd)
+            .map_err(|_| anyhow::anyhow!("the watcher of {ns} stopped"))
+    }
+
+    /// Follows port `key`, a device called `name` in `ns`.
+    pub fn port(&mut self, ns: &Netns, key: u64, name: &str) -> anyhow::Result<()> {
+        let name = name.to_string();
+        self.send(ns, WatchCmd::Port { key, name })
+    }
+
+    pub fn forget(&mut self, ns: &Netns, key: u64) -> anyhow::Result<()> {
+        self.send(ns, WatchCmd::Forget { key })
+    }
+
+    /// Follows the carrier of parent `name` in `ns` (the engine's namespace).
+    pub fn parent(&mut self, ns: &Netns, name: &str, carrier: bool) -> anyhow::Result<()> {
+        let name = name.to_string();
+        self.send(ns, WatchCmd::Parent { name, carrier })
+    }
+
+    pub fn forget_parent(&mut self, ns: &Netns, name: &str) -> anyhow::Result<()> {
+        let name = name.to_string();
+        self.send(ns, WatchCmd::ForgetParent { name })
+    }
+
+    /// Stops and joins every watcher.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, w) in self.by_inode {
+            drop(w.cmds);
+            let _ = w.thread.join();
+        }
+    }
+}
+
+struct WatchedPort {
+    key: u64,
+    name: String,
+    link: Option<LinkInfo>,
+    /// What was last reported (`None`: nothing yet).
+    sent: Option<Option<LiveState>>,
+}
+
+struct WatchedParent {
+    name: String,
+    carrier: bool,
+    /// Read the parent once: a change before the monitor opened would otherwise go unseen.
+    fresh: bool,
+    seen: Option<Option<bool>>,
+}
+
+/// The watcher loop for one namespace; runs on its own thread, which it moves into `ns`.
+fn watch(
+    ns: &Netns,
+    cmds: &Receiver<WatchCmd>,
+    tx: &Sender<Event>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+    let mut monitor = LinkMonitor::open_current()?;
+    let mut nl = Netlink::open()?;
+    let mut ports: Vec<WatchedPort> = Vec::new();
+    let mut parents: Vec<WatchedParent> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(cmd) = cmds.try_recv() {
+            match cmd {
+                WatchCmd::Port { key, name } => {
+                    let link = nl.link_by_name(&name)?;
+                    ports.push(WatchedPort {
+                        key,
+                        name,
+                        link,
+                        sent: None,
+                    });
+                }
+                WatchCmd::Forget { key } => ports.retain(|p| p.key != key),
+                WatchCmd::Parent { name, carrier } => parents.push(WatchedParent {
+                    name,
+                    carrier,
+                    fresh: true,
+                    seen: None,
+                }),
+                WatchCmd::ForgetParent { name } => parents.retain(|p| p.name != name),
+            }
+        }
+        let mut fds = [PollFd::new(monitor.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(MCAST_POLL.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, wait);
+        for ev in monitor.drain()? {
+            match ev {
+                LinkEvent::Changed(l) => {
+                    if let Some(p) = parents.iter_mut().find(|p| p.name == l.name) {
+                        p.seen = Some(Some(l.flags.lower_up));
+                    }
+                    if let Some(p) = ports.iter_mut().find(|p| p.name == l.name) {
+                        p.link = Some(l);
+                    }
+                }
+                LinkEvent::Removed { name, .. } => {
+                    if let Some(p) = parents.iter_mut().find(|p| p.name == name) {
+                        p.seen = Some(None);
+                    }
+                    if let Some(p) = ports.iter_mut().find(|p| p.name == name) {
+                        p.link = None;
+                    }
+                }
+                LinkEvent::Overrun => {
+                    for p in &mut ports {
+                        p.link = nl.link_by_name(&p.name)?;
+                    }
+                    for p in &mut parents {
+                        p.fresh = true;
+                    }
+                }
+            }
+        }
+        for p in &mut parents {
+            let now = match p.seen.take() {
+                Some(s) => s,
+                None if p.fresh => nl.link_by_name(&p.name)?.map(|l| l.flags.lower_up),
+                None => Some(p.carrier),
+            };
+            p.fresh = false;
+            match now {
+                None => {
+                    let _ = tx.send(Event::ParentGone {
+                        parent: p.name.clone(),
+                    });
+                }
+                Some(on) if on != p.carrier => {
+                    p.carrier = on;
+                    let _ = tx.send(Event::Carrier {
+                        parent: p.name.clone(),
+                        on,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        for l in ports.iter().filter_map(|p| p.link.as_ref()) {
+            if l.flags.up && l.flags.lower_up && l.operstate == OperState::Unknown {
+                // Look like a macvlan child (`state UP`), which a TAP never does by itself.
+                if let Err(e) = nl.set_operstate_up(l.index) {
+                    tracing::debug!(port = %l.name, "setting operstate up failed: {e}");
+                }
+            }
+        }
+        if ports.is_empty() {
+            continue;
+        }
+        let groups = read_groups()?;
+        for p in &mut ports {
+            let state = p.link.as_ref().and_then(|l| live_state(l, &groups));
+            if p.sent.as_ref() != Some(&state) {
+                p.sent = Some(state.clone());
+                if tx.send(Event::Port { key: p.key, state }).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn live_state(l: &LinkInfo, groups: &[DevMcastEntry]) -> Option<LiveState> {
+    Some(LiveState {
+        ifindex: l.index,
+        up: l.flags.up,
+        lower_up: l.flags.lower_up,
+        mac: l.mac?,
+        mtu: l.mtu,
+        promisc: l.flags.promisc,
+        allmulti: l.flags.allmulti,
+        groups: groups
+            .iter()
+            .filter(|e| e.name == l.name)
+            .filter_map(DevMcastEntry::mac)
+            .collect(),
+    })
+}
+
+/// Every device's link-layer multicast list in the calling thread's namespace.
+fn read_groups() -> anyhow::Result<Vec<DevMcastEntry>> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev_mcast")
+        .context("reading /proc/thread-self/net/dev_mcast")?;
+    parse_dev_mcast(&text).map_err(|e| anyhow::anyhow!("parsing dev_mcast: {e}"))
+}
