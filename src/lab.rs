@@ -654,7 +654,7 @@ pub struct Lab {
 }
 
 /// Fails with "interrupted" if a stop signal arrived.
-fn check_stop(stop: &Receiver<()>) -> anyhow::Result<()> {
+fn check_stop<T>(stop: &Receiver<T>) -> anyhow::Result<()> {
     match stop.try_recv() {
         Err(TryRecvError::Empty) => Ok(()),
         _ => bail!("interrupted: stopping and removing the lab"),
@@ -673,7 +673,7 @@ fn udp_socket(ns: &Netns) -> anyhow::Result<UdpSocket> {
 impl Lab {
     /// Builds the lab and starts the engine; returns when the engine has all three ports up.
     /// On any error (or a stop signal) everything created so far is removed again.
-    pub fn build(opts: &LabOptions, stop: &Receiver<()>) -> anyhow::Result<Lab> {
+    pub fn build<T>(opts: &LabOptions, stop: &Receiver<T>) -> anyhow::Result<Lab> {
         let prefix = format!("{NAME_PREFIX}{}-", std::process::id());
         let mut namespaces = Namespaces::default();
         let wire_ns = namespaces.add(format!("{prefix}wire"))?;
@@ -788,7 +788,7 @@ impl Lab {
     /// traffic is operationally up. The latter matters: the kernel activates a device's queue
     /// only when linkwatch has run after carrier-on (up to a second later for a bridge), and
     /// until then it silently drops what the device sends.
-    fn wait_ports_up(&mut self, stop: &Receiver<()>) -> anyhow::Result<()> {
+    fn wait_ports_up<T>(&mut self, stop: &Receiver<T>) -> anyhow::Result<()> {
         let start = Instant::now();
         let deadline = start + PORTS_UP_TIMEOUT;
         loop {
@@ -918,7 +918,7 @@ impl Lab {
     }
 
     /// Sends the probes and compares every cell with the rules.
-    pub fn probe(&mut self, stop: &Receiver<()>) -> anyhow::Result<Matrix> {
+    pub fn probe<T>(&mut self, stop: &Receiver<T>) -> anyhow::Result<Matrix> {
         let exp = self.expectation()?;
         let n = self.nodes.len();
         let mut unicast = vec![vec![None; n]; n];

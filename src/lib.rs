@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod engine;
 pub mod forward;

@@ -201,6 +201,12 @@ impl FromStr for PortSpec {
     }
 }
 
+/// The stable, locally administered MAC of a port created without one: derived from the
+/// parent's and the port's names, the same on every run and machine.
+pub fn derived_mac(parent: &str, port: &str) -> MacAddr {
+    MacAddr::derived(format!("umacvlan/{parent}/{port}").as_bytes())
+}
+
 impl PortSpec {
     /// Refuses the trace-only state keys (for `run`).
     pub fn config_only(&self, spec: &str) -> Result<(), SpecError> {
@@ -225,9 +231,7 @@ impl PortSpec {
     /// The MAC the port gets: the given one, else a stable locally-administered MAC derived from
     /// the parent's name and the port's name (the same on every run and machine).
     pub fn mac_on(&self, parent: &str) -> MacAddr {
-        self.mac.unwrap_or_else(|| {
-            MacAddr::derived(format!("umacvlan/{parent}/{}", self.name).as_bytes())
-        })
+        self.mac.unwrap_or_else(|| derived_mac(parent, &self.name))
     }
 
     /// The port as the forwarding table sees it, with the state the spec describes.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::Failure;
-use super::run::stop_on_signals;
+use super::run::signals;
 use crate::forward::Mode;
 use crate::lab::{Lab, LabOptions, parse_modes, sweep_stale};
 
@@ -61,7 +61,7 @@ pub struct LabArgs {
 
 pub fn run(a: LabArgs) -> Result<ExitCode, Failure> {
     // First, before any thread exists: every thread the lab starts inherits the blocked signals.
-    let stop = stop_on_signals()?;
+    let stop = signals(false)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::usage(anyhow::anyhow!(
             "the lab needs root (it creates network namespaces, a veth and TAP devices)"

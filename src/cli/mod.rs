@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod config;
 mod lab;
 pub mod report;
 mod run;
@@ -32,6 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Config(config::ConfigArgs),
     Lab(lab::LabArgs),
     Run(run::RunArgs),
     Trace(trace::TraceArgs),
@@ -66,6 +68,7 @@ impl From<anyhow::Error> for Failure {
 pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Lab(args) => lab::run(args),
+        Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
     }

@@ -24,15 +24,16 @@ use super::plan::{
 };
 use super::watch::{Event, LiveState, Watchers};
 use super::worker::{Command, PortHandle, PortSet, Worker, WorkerHandle};
+use crate::config::{Config, diff};
 use crate::control::Call;
 use crate::control::proto::{
-    ControlError, ErrorKind, LinkChange, LinkSpec, LinkStats, LinkView, MacaddrOp, Reply, Request,
-    Response,
+    ControlError, ErrorKind, LinkChange, LinkSpec, LinkStats, LinkView, MacaddrOp, ReloadReport,
+    Reply, Request, Response,
 };
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::spec::PortSpec;
+use crate::spec::{PortSpec, derived_mac};
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
@@ -77,6 +78,8 @@ pub struct Daemon {
     next_key: u64,
     watchers: Watchers,
     events: Receiver<Event>,
+    /// The configuration file and what was last applied from it (`run --config`).
+    config: Option<(std::path::PathBuf, Config)>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -103,7 +106,24 @@ impl Daemon {
             next_key: 1,
             watchers: Watchers::new(tx),
             events,
+            config: None,
         })
+    }
+
+    /// An engine with the ports of a configuration file, which `reload` re-reads. The file must
+    /// have passed [`Config::check_machine`].
+    pub fn from_config(path: &std::path::Path, config: Config) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new()?;
+        d.config = Some((
+            path.to_path_buf(),
+            Config {
+                ports: Vec::new(),
+                ..config.clone()
+            },
+        ));
+        d.apply(config)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Ok(d)
     }
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
@@ -184,18 +204,18 @@ impl Daemon {
         self.parents.values().next().map(|p| Arc::clone(&p.table))
     }
 
-    /// Follows port state and serves `calls` until `stop` fires (or is closed), a parent
-    /// disappears or a worker fails.
+    /// Follows port state and serves `calls` until `stop` delivers a value (returned) or is
+    /// closed (`None`), a parent disappears or a worker fails.
     pub fn run_until<T>(
         &mut self,
         stop: &Receiver<T>,
         calls: Option<&Receiver<Call>>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<T>> {
         let never = crossbeam_channel::never();
         let calls = calls.unwrap_or(&never);
         loop {
             select! {
-                recv(stop) -> _ => return Ok(()),
+                recv(stop) -> v => return Ok(v.ok()),
                 recv(calls) -> call => {
                     if let Ok(Call { request, reply }) = call {
                         let _ = reply.send(self.handle(request));
@@ -244,14 +264,101 @@ impl Daemon {
                 .link_show(f.name.as_deref())
                 .map(|links| Reply::Links { links }),
             Request::Trace(_) => Err(err(ErrorKind::Internal, "live trace is not served yet")),
-            Request::Reload(_) => Err(err(
-                ErrorKind::BadConfig,
-                "this engine was started without --config: there is nothing to reload",
-            )),
+            Request::Reload(_) => self.reload().map(|report| Reply::Reloaded { report }),
         };
         match result {
             Ok(reply) => Response::Ok { reply },
             Err(error) => Response::Error { error },
+        }
+    }
+
+    /// Re-reads the configuration file and applies only the difference: untouched ports keep
+    /// forwarding; removed ports go; changed ports change in place when `link set` can do it
+    /// (mode, MAC, MTU, bcqueuelen, source list) and are re-created otherwise. A file that does
+    /// not validate changes nothing.
+    pub fn reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let Some((path, _)) = &self.config else {
+            return Err(err(
+                ErrorKind::BadConfig,
+                "this engine was started without --config: there is nothing to reload",
+            ));
+        };
+        let path = path.clone();
+        let bad = |e: crate::config::ConfigError| err(ErrorKind::BadConfig, e.to_string());
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| err(ErrorKind::BadConfig, format!("{}: {e}", path.display())))?;
+        let file = path.display().to_string();
+        let new = Config::parse(&file, &text).map_err(bad)?;
+        new.check_machine(&file, &text).map_err(bad)?;
+        let report = self.apply(new)?;
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// Moves from the last applied configuration to `new`.
+    fn apply(&mut self, new: Config) -> Result<ReloadReport, ControlError> {
+        let (path, old) = self.config.take().expect("only with a configuration");
+        let d = diff(&old, &new);
+        let mut report = ReloadReport {
+            unchanged: d.unchanged,
+            ..ReloadReport::default()
+        };
+        let result = (|| {
+            for name in &d.removed {
+                self.link_del(name)?;
+                report.removed.push(name.clone());
+            }
+            for spec in &d.changed {
+                let old_spec = &old
+                    .ports
+                    .iter()
+                    .find(|p| p.spec.name == spec.name)
+                    .expect("in diff")
+                    .spec;
+                let parent_mtu = spec
+                    .parent
+                    .as_ref()
+                    .and_then(|p| self.parents.get(p))
+                    .map_or(0, |r| r.config.mtu);
+                match in_place(old_spec, spec, parent_mtu).filter(|_| parent_mtu > 0) {
+                    Some(change) => {
+                        self.link_set(change)?;
+                    }
+                    None => {
+                        self.link_del(&spec.name)?;
+                        self.link_add(self.with_bclim(spec, &new))?;
+                    }
+                }
+                report.changed.push(spec.name.clone());
+            }
+            for spec in &d.added {
+                self.link_add(self.with_bclim(spec, &new))?;
+                report.added.push(spec.name.clone());
+            }
+            for (parent, b) in &new.bclim {
+                if let Some(run) = self.parents.get_mut(parent) {
+                    run.config.bc_cutoff = *b;
+                }
+            }
+            let parents: Vec<String> = self.parents.keys().cloned().collect();
+            for p in parents {
+                self.rebuild(&p);
+            }
+            Ok(())
+        })();
+        self.config = Some((path, new));
+        result.map(|()| report)
+    }
+
+    fn with_bclim(&self, spec: &LinkSpec, config: &Config) -> LinkSpec {
+        let bclim = spec
+            .parent
+            .as_ref()
+            .and_then(|p| config.bclim.get(p))
+            .copied();
+        LinkSpec {
+            bclim,
+            ..spec.clone()
         }
     }
 
@@ -658,6 +765,32 @@ impl Daemon {
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
         Ok(text)
     }
+}
+
+/// The `link set` that turns port `old` into `new`, when changelink can (same parent,
+/// namespace and flags; not to or from passthru). A setting dropped from the file goes back to
+/// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
+fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
+    let fixed = |s: &LinkSpec| (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst);
+    let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
+    if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
+        return None;
+    }
+    fn changed<T: PartialEq>(a: T, b: T) -> Option<T> {
+        (a != b).then_some(b)
+    }
+    let parent = new.parent.as_deref().unwrap_or_default();
+    let mac = |s: &LinkSpec| s.address.unwrap_or_else(|| derived_mac(parent, &s.name));
+    let bcq = |s: &LinkSpec| s.bcqueuelen.unwrap_or(crate::forward::DEFAULT_BC_QUEUE_LEN);
+    Some(LinkChange {
+        name: new.name.clone(),
+        mode: changed(old.mode, new.mode).map(|m| m.unwrap_or(Mode::Bridge)),
+        address: changed(mac(old), mac(new)).filter(|_| !passthru(new)),
+        mtu: changed(old.mtu.unwrap_or(parent_mtu), new.mtu.unwrap_or(parent_mtu)),
+        bcqueuelen: changed(bcq(old), bcq(new)),
+        bclim: None,
+        macaddr: (old.macaddr != new.macaddr).then(|| MacaddrOp::Set(new.macaddr.clone())),
+    })
 }
 
 /// The MAC a port has now: the TAP's, once seen, else the configured one.

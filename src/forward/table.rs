@@ -263,6 +263,25 @@ pub enum TableError {
     TooManyPorts(usize),
 }
 
+impl TableError {
+    /// The port the error is about (for two ports, the later one), if any.
+    pub fn port(&self) -> Option<&str> {
+        match self {
+            TableError::DuplicateMac { b: port, .. }
+            | TableError::ParentMac { port, .. }
+            | TableError::InvalidMac { port, .. }
+            | TableError::PassthruNotAlone { other: port, .. }
+            | TableError::SecondPassthru { b: port, .. }
+            | TableError::InvalidSourceMac { port, .. }
+            | TableError::SourcesNotSourceMode { port, .. }
+            | TableError::Mtu { port, .. }
+            | TableError::DuplicateName(port)
+            | TableError::BadName(port) => Some(port),
+            TableError::InvalidParentMac(_) | TableError::TooManyPorts(_) => None,
+        }
+    }
+}
+
 /// One port in a built table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Port {

@@ -1,0 +1,473 @@
+//! The declarative configuration (TOML): parents, ports and the control socket.
+//!
+//! ```toml
+//! control = "/run/umacvlan/umacvlan.sock"   # optional
+//!
+//! [parents.eth0]                             # optional: parent-wide settings
+//! bclim = 1
+//!
+//! [[ports]]
+//! name = "c1"
+//! parent = "eth0"
+//! mode = "bridge"                            # default bridge
+//! netns = "web1"                             # default: the engine's namespace
+//! mac = "02:00:00:00:00:01"                  # default: stable, derived
+//! mtu = 1500
+//! flags = ["nodst"]                          # nopromisc, nodst
+//! bcqueuelen = 1000
+//! macaddr = ["02:00:00:00:00:99"]            # source mode
+//! ```
+//!
+//! [`Config::parse`] checks the syntax, the schema (unknown keys are errors) and every rule that
+//! needs no machine; [`Config::check_machine`] adds the ones that read (never change) the
+//! machine: parents, namespaces, MTUs. Errors name `FILE:LINE:COL` and the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::control::proto::LinkSpec;
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortFlags, PortTable};
+use crate::mac::MacAddr;
+use crate::net::Netlink;
+use crate::spec::PortSpec;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    control: Option<PathBuf>,
+    #[serde(default)]
+    parents: BTreeMap<String, RawParent>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParent {
+    bclim: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: Spanned<String>,
+    parent: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    netns: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+    mtu: Option<Spanned<u32>>,
+    #[serde(default)]
+    flags: Vec<Spanned<String>>,
+    bcqueuelen: Option<u32>,
+    #[serde(default)]
+    macaddr: Vec<Spanned<String>>,
+}
+
+/// A configuration that parsed and passed every check that needs no machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub control: Option<PathBuf>,
+    /// Parent → bclim.
+    pub bclim: BTreeMap<String, i32>,
+    pub ports: Vec<ConfigPort>,
+}
+
+/// One port of a configuration, with where its keys were written (for messages).
+#[derive(Clone, Debug)]
+pub struct ConfigPort {
+    pub spec: LinkSpec,
+    name_at: Range<usize>,
+    mtu_at: Option<Range<usize>>,
+    netns_at: Option<Range<usize>>,
+    parent_at: Range<usize>,
+}
+
+impl PartialEq for ConfigPort {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl Eq for ConfigPort {}
+
+/// A configuration error: where, which key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{col}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// Turns byte offsets into `FILE:LINE:COL` errors.
+struct Source<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, at: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let offset = at.map_or(0, |r| r.start).min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Checks the syntax, the schema and every rule that needs no machine.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let src = Source {
+            file: file.to_string(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| src.error(e.span(), e.message().trim().to_string()))?;
+        let mut ports = Vec::with_capacity(raw.ports.len());
+        let mut names = BTreeSet::new();
+        for p in raw.ports {
+            let port = convert(&src, p)?;
+            if !names.insert(port.spec.name.clone()) {
+                let at = Some(port.name_at.clone());
+                return Err(src.error(
+                    at,
+                    format!(
+                        "ports.name: a port named {} is already defined",
+                        port.spec.name
+                    ),
+                ));
+            }
+            ports.push(port);
+        }
+        let config = Config {
+            control: raw.control,
+            bclim: raw
+                .parents
+                .into_iter()
+                .filter_map(|(k, v)| v.bclim.map(|b| (k, b)))
+                .collect(),
+            ports,
+        };
+        config.check_tables(&src, None)?;
+        Ok(config)
+    }
+
+    /// The per-parent rules (duplicate MACs, passthru alone, MTU floor, source lists), with the
+    /// parents' real MACs and MTUs when `machine` gives them.
+    fn check_tables(
+        &self,
+        src: &Source<'_>,
+        machine: Option<&BTreeMap<String, ParentConfig>>,
+    ) -> Result<(), ConfigError> {
+        let parents: BTreeSet<&str> = self
+            .ports
+            .iter()
+            .map(|p| p.spec.parent.as_deref().unwrap_or(""))
+            .collect();
+        for parent in parents {
+            let pconfig = match machine.and_then(|m| m.get(parent)) {
+                Some(c) => c.clone(),
+                // Without the machine: a parent MAC no port can have, the largest MTU.
+                None => {
+                    ParentConfig::new(parent, MacAddr([0x02, 0, 0, 0, 0, 0]), u32::from(u16::MAX))
+                }
+            };
+            let ports: Vec<&ConfigPort> = self
+                .ports
+                .iter()
+                .filter(|p| p.spec.parent.as_deref() == Some(parent))
+                .collect();
+            let configs: Vec<PortConfig> = ports
+                .iter()
+                .map(|p| PortConfig {
+                    up: true,
+                    ..port_spec(&p.spec).to_config(parent)
+                })
+                .collect();
+            if let Err(e) = PortTable::build(pconfig, configs) {
+                let culprit = e
+                    .port()
+                    .and_then(|n| ports.iter().find(|p| p.spec.name == n))
+                    .or(ports.first());
+                let at = culprit.map(|p| match &e {
+                    crate::forward::TableError::Mtu { .. } => {
+                        p.mtu_at.clone().unwrap_or(p.name_at.clone())
+                    }
+                    _ => p.name_at.clone(),
+                });
+                return Err(src.error(at, format!("parent {parent}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that read the machine (never change it): every parent exists and can take
+    /// ports, every namespace exists, MTUs fit the parents' and MACs are not the parents'.
+    pub fn check_machine(&self, file: &str, text: &str) -> Result<(), ConfigError> {
+        let src = Source {
+            file: file.to_string(),
+            text,
+        };
+        let mut nl = Netlink::open().map_err(|e| src.error(None, e.to_string()))?;
+        let mut parents = BTreeMap::new();
+        for p in &self.ports {
+            let parent = p.spec.parent.as_deref().unwrap_or_default();
+            if !parents.contains_key(parent) {
+                let opts = crate::engine::plan::ParentOptions::default();
+                let (_, c) =
+                    crate::engine::plan::check_parent(&mut nl, parent, opts).map_err(|e| {
+                        src.error(Some(p.parent_at.clone()), format!("ports.parent: {e}"))
+                    })?;
+                parents.insert(parent.to_string(), c);
+            }
+            if let Some(ns) = &p.spec.netns {
+                crate::net::Netns::open(ns)
+                    .map_err(|e| src.error(p.netns_at.clone(), format!("ports.netns: {e}")))?;
+            }
+        }
+        self.check_tables(&src, Some(&parents))
+    }
+}
+
+/// The `--port` form of a configured port (for its table checks and its derived MAC).
+fn port_spec(l: &LinkSpec) -> PortSpec {
+    PortSpec {
+        name: l.name.clone(),
+        mode: l.mode.unwrap_or(Mode::Bridge),
+        netns: l.netns.clone(),
+        mac: l.address,
+        mtu: l.mtu,
+        flags: PortFlags {
+            nopromisc: l.nopromisc,
+            nodst: l.nodst,
+        },
+        bcqueuelen: l.bcqueuelen,
+        sources: l.macaddr.iter().copied().collect(),
+        state: Default::default(),
+    }
+}
+
+fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
+    let mode = match &p.mode {
+        None => None,
+        Some(m) => Some(
+            m.get_ref()
+                .parse::<Mode>()
+                .map_err(|e| src.error(Some(m.span()), format!("ports.mode: {e}")))?,
+        ),
+    };
+    let mac = |m: &Spanned<String>, key: &str| {
+        m.get_ref()
+            .parse::<MacAddr>()
+            .map_err(|e| src.error(Some(m.span()), format!("{key}: {e}")))
+    };
+    let address = p.mac.as_ref().map(|m| mac(m, "ports.mac")).transpose()?;
+    let macaddr = p
+        .macaddr
+        .iter()
+        .map(|m| mac(m, "ports.macaddr"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut nopromisc, mut nodst) = (false, false);
+    for f in &p.flags {
+        match f.get_ref().as_str() {
+            "nopromisc" => nopromisc = true,
+            "nodst" => nodst = true,
+            other => {
+                return Err(src.error(
+                    Some(f.span()),
+                    format!("ports.flags: unknown flag {other:?}; flags are nopromisc and nodst"),
+                ));
+            }
+        }
+    }
+    if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
+        return Err(src.error(
+            Some(m.span()),
+            format!("ports.mtu: {} is below {MIN_MTU}", m.get_ref()),
+        ));
+    }
+    Ok(ConfigPort {
+        name_at: p.name.span(),
+        mtu_at: p.mtu.as_ref().map(Spanned::span),
+        netns_at: p.netns.as_ref().map(Spanned::span),
+        parent_at: p.parent.span(),
+        spec: LinkSpec {
+            name: p.name.into_inner(),
+            parent: Some(p.parent.into_inner()),
+            mode,
+            address,
+            mtu: p.mtu.map(Spanned::into_inner),
+            netns: p.netns.map(Spanned::into_inner),
+            nopromisc,
+            nodst,
+            bcqueuelen: p.bcqueuelen,
+            bclim: None,
+            macaddr,
+        },
+    })
+}
+
+/// What a reload must do to go from `old` to `new`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub removed: Vec<String>,
+    pub added: Vec<LinkSpec>,
+    /// Ports whose settings changed: they are re-created (removed, then added).
+    pub changed: Vec<LinkSpec>,
+    pub unchanged: usize,
+}
+
+/// The difference between two configurations, by port name; untouched ports are left alone.
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let mut d = Diff::default();
+    for o in &old.ports {
+        if !new.ports.iter().any(|n| n.spec.name == o.spec.name) {
+            d.removed.push(o.spec.name.clone());
+        }
+    }
+    for n in &new.ports {
+        match old.ports.iter().find(|o| o.spec.name == n.spec.name) {
+            None => d.added.push(n.spec.clone()),
+            Some(o) if o.spec != n.spec => d.changed.push(n.spec.clone()),
+            Some(_) => d.unchanged += 1,
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+control = "/tmp/u.sock"
+
+[parents.eth0]
+bclim = 2
+
+[[ports]]
+name = "c1"
+parent = "eth0"
+mode = "vepa"
+netns = "web1"
+mac = "02:00:00:00:00:01"
+mtu = 1400
+
+[[ports]]
+name = "s1"
+parent = "eth0"
+mode = "source"
+flags = ["nodst"]
+macaddr = ["02:00:00:00:00:99"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse("u.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file() {
+        let c = Config::parse("u.toml", GOOD).unwrap();
+        assert_eq!(c.control.as_deref(), Some(Path::new("/tmp/u.sock")));
+        assert_eq!(c.bclim.get("eth0"), Some(&2));
+        assert_eq!(c.ports.len(), 2);
+        let s = &c.ports[1].spec;
+        assert!(s.nodst && s.mode == Some(Mode::Source) && s.macaddr.len() == 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let cases = [
+            ("[[ports]\nname = \"c1\"", "u.toml:1:"),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\ncolour = \"red\"\n",
+                "u.toml:4:1: unknown field `colour`",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\nmode = \"bridged\"\n",
+                "u.toml:4:8: ports.mode: unknown mode \"bridged\"",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\nmac = \"02:00\"\n",
+                "u.toml:4:7: ports.mac:",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\nmtu = 40\n",
+                "u.toml:4:7: ports.mtu: 40 is below 68",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\nflags = [\"fast\"]\n",
+                "u.toml:4:10: ports.flags: unknown flag \"fast\"",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\nmac = \"02:00:00:00:00:01\"\n[[ports]]\nname = \"c2\"\nparent = \"eth0\"\nmac = \"02:00:00:00:00:01\"\n",
+                "u.toml:6:8: parent eth0: ports c1 and c2 cannot both be up with MAC 02:00:00:00:00:01",
+            ),
+            (
+                "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\n[[ports]]\nname = \"c1\"\nparent = \"eth1\"\n",
+                "u.toml:5:8: ports.name: a port named c1 is already defined",
+            ),
+            (
+                "[[ports]]\nname = \"t\"\nparent = \"eth0\"\nmode = \"passthru\"\n[[ports]]\nname = \"c2\"\nparent = \"eth0\"\n",
+                "passthru port t must be the parent's only port",
+            ),
+            ("[[ports]]\nname = \"c1\"\n", "missing field `parent`"),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.contains(want), "{text:?}\nwant {want:?}\ngot  {e}");
+        }
+    }
+
+    #[test]
+    fn diff_touches_only_what_changed() {
+        let old = Config::parse("a", GOOD).unwrap();
+        let new_text = GOOD
+            .replace("mtu = 1400", "mtu = 1300")
+            .replace("name = \"s1\"", "name = \"s2\"");
+        let new = Config::parse("b", &new_text).unwrap();
+        let d = diff(&old, &new);
+        assert_eq!(d.removed, vec!["s1".to_string()]);
+        assert_eq!(
+            d.added.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["s2"]
+        );
+        assert_eq!(
+            d.changed
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["c1"]
+        );
+        assert_eq!(
+            diff(&old, &old),
+            Diff {
+                unchanged: 2,
+                ..Diff::default()
+            }
+        );
+    }
+}
