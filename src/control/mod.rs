@@ -15,3 +15,6 @@ pub struct Call {
     pub request: proto::Request,
     pub reply: crossbeam_channel::Sender<proto::Response>,
 }
+
+#[cfg(test)]
+mod tests;
