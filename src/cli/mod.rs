@@ -53,7 +53,8 @@ pub struct ControlArg {
         long = "control",
         value_name = "PATH",
         env = "UMACVLAN_CONTROL",
-        default_value = proto::DEFAULT_SOCKET
+        default_value = proto::DEFAULT_SOCKET,
+        global = true
     )]
     pub path: PathBuf,
 }
