@@ -7,6 +7,8 @@
 //!   and TAPs.
 //! * [`net`]: rtnetlink and network-namespace helpers.
 //! * [`engine`]: the worker loop that moves frames and counts them.
+//! * [`control`]: the control socket: protocol, server, client.
+//! * [`trace`]: one frame's decision explained, as JSON and text.
 //! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
 #![deny(unsafe_code)]
@@ -23,4 +25,5 @@ pub mod net;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod trace;
 pub mod vnet;

@@ -26,6 +26,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "bcqueuelen",
     "source",
 ];
+/// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
+/// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
+pub const LINK_KEYS: &[&str] = &["parent", "link", "bclim"];
 /// The keys that describe live port state; `trace` only.
 pub const STATE_KEYS: &[&str] = &["down", "promisc", "allmulti", "join"];
 
@@ -251,6 +254,90 @@ impl PortSpec {
     }
 }
 
+/// `umacvlan link add name=N[,parent=P][,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=F]
+/// [,bcqueuelen=N][,bclim=N][,source=MAC+MAC..]`: a `--port` spec plus the [`LINK_KEYS`]. The
+/// live-state keys of `trace` are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPortSpec {
+    pub port: PortSpec,
+    pub parent: Option<String>,
+    pub bclim: Option<i32>,
+}
+
+impl FromStr for LinkPortSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let s = || spec.to_string();
+        let mut parent = None;
+        let mut bclim = None;
+        let mut rest: Vec<&str> = Vec::new();
+        for item in spec.split(',').filter(|i| !i.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, v),
+                None => (item, ""),
+            };
+            if !LINK_KEYS.contains(&key) {
+                rest.push(item);
+                continue;
+            }
+            if value.is_empty() {
+                return Err(SpecError::MissingValue {
+                    spec: s(),
+                    key: key.into(),
+                });
+            }
+            let repeated = match key {
+                "bclim" => bclim.is_some(),
+                _ => parent.is_some(),
+            };
+            if repeated {
+                return Err(SpecError::RepeatedKey {
+                    spec: s(),
+                    key: key.into(),
+                });
+            }
+            match key {
+                "bclim" => {
+                    bclim = Some(value.parse::<i32>().map_err(|_| SpecError::Number {
+                        spec: s(),
+                        key: key.into(),
+                        value: value.into(),
+                    })?)
+                }
+                _ => parent = Some(value.to_string()),
+            }
+        }
+        let port = rest
+            .join(",")
+            .parse::<PortSpec>()
+            .map_err(|e| with_spec(e, spec))?;
+        port.config_only(spec)?;
+        Ok(LinkPortSpec {
+            port,
+            parent,
+            bclim,
+        })
+    }
+}
+
+/// The same error, about the whole spec as the user typed it.
+fn with_spec(e: SpecError, whole: &str) -> SpecError {
+    let spec = whole.to_string();
+    match e {
+        SpecError::UnknownKey { key, .. } => SpecError::UnknownKey { spec, key },
+        SpecError::RepeatedKey { key, .. } => SpecError::RepeatedKey { spec, key },
+        SpecError::MissingValue { key, .. } => SpecError::MissingValue { spec, key },
+        SpecError::UnexpectedValue { key, .. } => SpecError::UnexpectedValue { spec, key },
+        SpecError::MissingName { .. } => SpecError::MissingName { spec },
+        SpecError::Mode { source, .. } => SpecError::Mode { spec, source },
+        SpecError::Mac { source, .. } => SpecError::Mac { spec, source },
+        SpecError::Number { key, value, .. } => SpecError::Number { spec, key, value },
+        SpecError::Flag { flag, .. } => SpecError::Flag { spec, flag },
+        SpecError::StateKey { key, .. } => SpecError::StateKey { spec, key },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +384,25 @@ mod tests {
         assert!(e.contains("down") && e.contains("for `trace` only"), "{e}");
         let c = t.to_config("p0");
         assert!(!c.up && c.allmulti && c.flags.nopromisc);
+    }
+
+    #[test]
+    fn link_specs_take_parent_and_bclim() {
+        let l: LinkPortSpec = "name=c1,parent=eth0,mode=vepa,bclim=-1".parse().unwrap();
+        assert_eq!(l.parent.as_deref(), Some("eth0"));
+        assert_eq!(l.bclim, Some(-1));
+        assert_eq!(l.port.mode, Mode::Vepa);
+        let l: LinkPortSpec = "link=eth1,name=c2".parse().unwrap();
+        assert_eq!(l.parent.as_deref(), Some("eth1"));
+        for (bad, want) in [
+            ("name=c1,parent=a,link=b", "link is given twice"),
+            ("name=c1,bclim=x", "bclim=\"x\" is not a number"),
+            ("name=c1,down", "for `trace` only"),
+            ("parent=eth0", "\"parent=eth0\": name=N is required"),
+        ] {
+            let e = bad.parse::<LinkPortSpec>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

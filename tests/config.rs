@@ -60,6 +60,7 @@ impl Topo {
     fn in_host(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.host.name(), BIN]).args(args);
+        c.env("UMACVLAN_CONTROL", self.dir.0.join("control.sock"));
         c
     }
 

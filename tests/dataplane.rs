@@ -39,6 +39,11 @@ fn topo(tag: &str, children: usize) -> Topo {
 }
 
 impl Topo {
+    /// This topology's control socket (tests run engines in parallel).
+    fn socket(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.sock", self.host.name()))
+    }
+
     fn kid(&self, i: usize) -> &str {
         self.kids[i].name()
     }
@@ -47,6 +52,7 @@ impl Topo {
     fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.host.name(), BIN, "run"]);
+        c.env("UMACVLAN_CONTROL", self.socket());
         if !args.iter().any(|a| a == "--parent") {
             c.args(["--parent", "p0"]);
         }

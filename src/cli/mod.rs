@@ -2,13 +2,18 @@
 
 mod config;
 mod lab;
+pub mod link;
 pub mod report;
 mod run;
 mod trace;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::ClientError;
+use crate::control::proto::{self, ErrorKind};
 
 /// Exit status for bad input (usage, configuration): nothing was changed.
 pub const EXIT_USAGE: u8 = 2;
@@ -37,6 +42,54 @@ pub enum Command {
     Lab(lab::LabArgs),
     Run(run::RunArgs),
     Trace(trace::TraceArgs),
+    Link(link::LinkArgs),
+    Reload(link::ReloadArgs),
+}
+
+/// `--control PATH`: where the running engine listens. Flatten it into every command that talks
+/// to (or is) the engine.
+#[derive(Clone, Debug, Args)]
+pub struct ControlArg {
+    /// The engine's control socket.
+    #[arg(
+        long = "control",
+        value_name = "PATH",
+        env = "UMACVLAN_CONTROL",
+        default_value = proto::DEFAULT_SOCKET,
+        global = true
+    )]
+    pub path: PathBuf,
+}
+
+/// The exit status for an error from the engine: 2 when the request itself was refused (nothing
+/// changed), 1 for everything else.
+pub fn exit_status(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::BadRequest
+        | ErrorKind::NoSuchLink
+        | ErrorKind::Exists
+        | ErrorKind::AddressInUse
+        | ErrorKind::AddressNotAvailable
+        | ErrorKind::InvalidArgument
+        | ErrorKind::Busy
+        | ErrorKind::NoSuchNetns
+        | ErrorKind::BadConfig => EXIT_USAGE,
+        ErrorKind::UnsupportedVersion | ErrorKind::PermissionDenied | ErrorKind::Internal => {
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// A failed request as the command's failure.
+pub fn daemon_failure(e: ClientError) -> Failure {
+    let status = match &e {
+        ClientError::Daemon(c) => exit_status(c.kind),
+        _ => EXIT_FAILURE,
+    };
+    Failure {
+        status,
+        error: e.into(),
+    }
 }
 
 /// An error that carries the exit status it should produce.
@@ -71,5 +124,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Link(args) => link::run(args),
+        Command::Reload(args) => link::reload(args),
     }
 }

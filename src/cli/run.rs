@@ -9,6 +9,8 @@ use super::Failure;
 use std::path::PathBuf;
 
 use crate::config::Config;
+use crate::control::proto;
+use crate::control::serve;
 use crate::engine::daemon::Daemon;
 use crate::engine::plan::{ParentOptions, plan};
 use crate::spec::PortSpec;
@@ -23,7 +25,8 @@ use crate::spec::PortSpec;
 ///
 /// The mode defaults to bridge, like Docker, CNI and netavark (`ip link add` defaults to vepa).
 /// With --config FILE the ports come from a TOML file instead (see `umacvlan config check`);
-/// SIGHUP re-reads it and applies only the difference. Logs go to stderr (RUST_LOG=debug for
+/// SIGHUP re-reads it and applies only the difference. With neither, the engine starts empty
+/// and `umacvlan link add` adds ports while it runs. Logs go to stderr (RUST_LOG=debug for
 /// more); SIGINT or SIGTERM stops the engine cleanly and prints every port's counters. Exit
 /// status: 0 stopped cleanly, 1 failed while running, 2 bad input (nothing was created).
 ///
@@ -36,16 +39,11 @@ use crate::spec::PortSpec;
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
     /// The parent interface (an Ethernet device in the engine's namespace).
-    #[arg(
-        long,
-        value_name = "P",
-        required_unless_present = "config",
-        requires = "ports"
-    )]
+    #[arg(long, value_name = "P", requires = "ports")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
     /// [,bcqueuelen=N][,source=MAC+MAC..]. Repeat for more ports.
-    #[arg(long = "port", value_name = "SPEC", requires = "parent")]
+    #[arg(long = "port", value_name = "SPEC")]
     ports: Vec<String>,
     /// bclim: a multicast group joined by more than N up ports (and broadcast) goes through the
     /// broadcast queue, whose length is the largest bcqueuelen of any port; a negative N queues
@@ -55,6 +53,13 @@ pub struct RunArgs {
     /// Take parents and ports from this TOML file (SIGHUP or `umacvlan reload` re-reads it).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["parent", "ports"])]
     config: Option<PathBuf>,
+    /// Serve the control socket here (`umacvlan link`, `reload`, live `trace` talk to it).
+    /// Default: the config file's `control`, else /run/umacvlan/umacvlan.sock. Root only (0600).
+    #[arg(long, value_name = "PATH", env = "UMACVLAN_CONTROL")]
+    control: Option<PathBuf>,
+    /// Serve no control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
 }
 
 /// What a signal asks of the engine.
@@ -100,14 +105,26 @@ pub fn signals(reload: bool) -> anyhow::Result<crossbeam_channel::Receiver<Signa
     Ok(rx)
 }
 
+/// What the command line asks for, checked: nothing is created yet.
+enum Checked {
+    Config(PathBuf, Config),
+    Ports(Box<crate::engine::plan::Plan>),
+    /// No ports yet: `umacvlan link add` brings them.
+    Empty,
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
-    let mut engine = match (&a.config, &a.parent) {
+    // First, before any thread exists (checks spawn some): every thread inherits the mask, so a
+    // signal can only be taken by the one thread that waits for it.
+    let signals = signals(a.config.is_some())?;
+    let mut socket = a.control.clone();
+    let checked = match (&a.config, &a.parent) {
         (Some(path), _) => {
             let (file, text) = (path.display().to_string(), read(path)?);
             let config = Config::parse(&file, &text).map_err(Failure::usage)?;
             config.check_machine(&file, &text).map_err(Failure::usage)?;
-            let signals = signals(true)?;
-            (Daemon::from_config(path, config)?, signals)
+            socket = socket.or_else(|| config.control.clone());
+            Checked::Config(path.clone(), config)
         }
         (None, Some(parent)) => {
             let specs = a
@@ -117,16 +134,35 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Failure::usage)?;
             let opts = ParentOptions { bc_cutoff: a.bclim };
-            let plan = plan(parent, opts, &specs).map_err(Failure::usage)?;
-            let signals = signals(false)?;
-            (Daemon::start(plan)?, signals)
+            Checked::Ports(Box::new(
+                plan(parent, opts, &specs).map_err(Failure::usage)?,
+            ))
         }
-        (None, None) => unreachable!("clap requires --parent or --config"),
+        (None, None) if a.ports.is_empty() => Checked::Empty,
+        (None, None) => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--port needs --parent (the interface the ports hang off)"
+            )));
+        }
     };
-    tracing::info!("umacvlan: ready");
-    let (daemon, signals) = &mut engine;
+    // Claim the control socket before creating anything: a second engine stops here.
+    let socket = socket.unwrap_or_else(|| proto::DEFAULT_SOCKET.into());
+    let server = match a.no_control {
+        true => None,
+        false => Some(serve(&socket).map_err(|e| Failure::usage(anyhow::Error::from(e)))?),
+    };
+    let mut daemon = match checked {
+        Checked::Config(path, config) => Daemon::from_config(&path, config)?,
+        Checked::Ports(plan) => Daemon::start(*plan)?,
+        Checked::Empty => Daemon::new()?,
+    };
+    let calls = server.as_ref().map(|(_, calls)| calls);
+    match &server {
+        Some((s, _)) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
+        None => tracing::info!("umacvlan: ready (no control socket)"),
+    }
     let result = loop {
-        match daemon.run_until(signals, None) {
+        match daemon.run_until(&signals, calls) {
             Ok(Some(Signalled::Reload)) => match daemon.reload() {
                 Ok(r) => {
                     tracing::info!(added = ?r.added, removed = ?r.removed, changed = ?r.changed, "reloaded")
@@ -137,7 +173,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             Err(e) => break Err(e),
         }
     };
-    print!("{}", engine.0.shutdown()?);
+    print!("{}", daemon.shutdown()?);
+    drop(server);
     result?;
     Ok(ExitCode::SUCCESS)
 }

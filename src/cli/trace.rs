@@ -1,20 +1,19 @@
-//! `umacvlan trace`: decide a described frame against a described port table and explain it.
+//! `umacvlan trace`: decide a described frame against a described port table (or, live, the
+//! running engine's table) and explain it.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
 
-use super::Failure;
-use crate::forward::{
-    DEFAULT_MAX_FRAME, DropReason, Ingress, Outcome, ParentConfig, PortTable, Verdict, decide,
-};
-use crate::frame::{FrameError, FrameMeta, VlanTag};
+use super::{ControlArg, Failure, daemon_failure};
+use crate::control::client;
+use crate::control::proto::{Reply, Request, TraceRequest};
+use crate::forward::{ParentConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::spec::PortSpec;
+use crate::trace::{TraceFrame, trace_json, trace_text};
 
 /// Explain what the kernel's macvlan would do with one frame, and why.
 ///
@@ -23,21 +22,28 @@ use crate::spec::PortSpec;
 /// that receives it, whether it goes to the wire and to the parent's own stack, why each other
 /// port was passed over, and the rule (section of macvlan-semantics.md) that decided it.
 ///
+/// Without --parent-mac and --port, the running engine (see --control) decides the frame against
+/// its current ports and live state; --parent then picks the parent when it has several.
+///
 /// Example: a broadcast from a bridge port
 ///
 ///   umacvlan trace --parent-mac 02:00:00:00:01:00 \
 ///     --port name=c1,mode=bridge,mac=02:00:00:00:00:01 \
 ///     --port name=c2,mode=vepa,mac=02:00:00:00:00:02 \
 ///     --from c1 --src 02:00:00:00:00:01 --dst ff:ff:ff:ff:ff:ff
+///
+/// Example: the same question to the running engine
+///
+///   umacvlan trace --from c1 --src 02:00:00:00:00:01 --dst ff:ff:ff:ff:ff:ff
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct TraceArgs {
-    /// The parent's name (used for ports' derived MACs).
-    #[arg(long, default_value = "eth0")]
-    parent: String,
-    /// The parent's MAC.
+    /// The parent's name (used for ports' derived MACs; default eth0). Live: which parent.
+    #[arg(long, value_name = "P")]
+    parent: Option<String>,
+    /// The parent's MAC (describes a table; without it and --port, ask the running engine).
     #[arg(long, value_name = "MAC")]
-    parent_mac: MacAddr,
+    parent_mac: Option<MacAddr>,
     /// The parent's MTU.
     #[arg(long, value_name = "N", default_value_t = 1500)]
     parent_mtu: u32,
@@ -78,122 +84,62 @@ pub struct TraceArgs {
     /// Print JSON.
     #[arg(short = 'j', long = "json")]
     json: bool,
+    #[command(flatten)]
+    control: ControlArg,
 }
 
 pub fn run(a: TraceArgs) -> Result<ExitCode, Failure> {
-    let mut parent = ParentConfig::new(a.parent.clone(), a.parent_mac, a.parent_mtu);
-    parent.bc_cutoff = a.bclim;
-    parent.unicast_filter = a.unicast_filter;
-    let ports = a.ports.iter().map(|p| p.to_config(&a.parent)).collect();
-    let table = PortTable::build(parent, ports).map_err(Failure::usage)?;
-    let ingress = match a.from.as_str() {
-        "parent" => Ingress::Parent,
-        name => Ingress::Port(table.by_name(name).ok_or_else(|| {
-            Failure::usage(anyhow::anyhow!(
-                "--from {name}: no such port (use `parent` or one of the --port names)"
-            ))
-        })?),
+    let frame = TraceFrame {
+        src: a.src,
+        dst: a.dst,
+        vlan: a.vlan,
+        len: a.len,
+        gso: a.gso,
     };
-    let bytes = frame_bytes(&a);
-    let out = match FrameMeta::parse(&bytes, None, DEFAULT_MAX_FRAME) {
-        Ok(f) => {
-            let f = f.with_gso(a.gso);
-            let v = decide(&table, ingress, &f);
-            if a.json {
-                json_verdict(&a, &table, &v)
-            } else {
-                text_verdict(&a, &table, &v)
-            }
+    let v = match a.parent_mac {
+        None if a.ports.is_empty() => live(&a)?,
+        None => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--port describes a table and needs --parent-mac (or give neither to ask the running engine)"
+            )));
         }
-        Err(e) => {
-            let reason = match e {
-                FrameError::Runt(_) => DropReason::Runt,
-                FrameError::Oversize { .. } => DropReason::Oversize,
-            };
-            if a.json {
-                json!({"from": a.from, "dropped": reason.name(), "error": e.to_string()})
-                    .to_string()
-            } else {
-                format!("dropped before any decision: {} ({e})", reason.name())
-            }
+        Some(parent_mac) => {
+            let parent_name = a.parent.as_deref().unwrap_or("eth0");
+            let mut parent = ParentConfig::new(parent_name.to_string(), parent_mac, a.parent_mtu);
+            parent.bc_cutoff = a.bclim;
+            parent.unicast_filter = a.unicast_filter;
+            let ports = a.ports.iter().map(|p| p.to_config(parent_name)).collect();
+            let table = PortTable::build(parent, ports).map_err(Failure::usage)?;
+            trace_json(&table, &a.from, &frame).map_err(|e| {
+                Failure::usage(anyhow::anyhow!(
+                    "--from {}: no such port (use `parent` or one of the --port names)",
+                    e.0
+                ))
+            })?
         }
+    };
+    let out = if a.json {
+        v.to_string()
+    } else {
+        trace_text(&v)
     };
     writeln!(std::io::stdout(), "{out}").context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The described frame's bytes: MACs, an optional tag, a private ethertype, zero padding.
-fn frame_bytes(a: &TraceArgs) -> Vec<u8> {
-    let mut b = Vec::with_capacity(a.len.max(18));
-    b.extend_from_slice(&a.dst.0);
-    b.extend_from_slice(&a.src.0);
-    if let Some(vid) = a.vlan {
-        b.extend_from_slice(&VlanTag::dot1q(vid).to_bytes());
+/// Asks the running engine.
+fn live(a: &TraceArgs) -> Result<serde_json::Value, Failure> {
+    let req = Request::Trace(TraceRequest {
+        from: a.from.clone(),
+        parent: a.parent.clone(),
+        src: a.src,
+        dst: a.dst,
+        vlan: a.vlan,
+        len: Some(a.len),
+        gso: a.gso,
+    });
+    match client::request(&a.control.path, req).map_err(daemon_failure)? {
+        Reply::Trace { trace } => Ok(trace),
+        other => Err(anyhow::anyhow!("the engine answered a trace with {other:?}").into()),
     }
-    b.extend_from_slice(&0x88b5u16.to_be_bytes());
-    b.resize(a.len, 0);
-    b
-}
-
-fn text_verdict(a: &TraceArgs, t: &PortTable, v: &Verdict<'_>) -> String {
-    let mut s = String::new();
-    let vlan = a.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "frame  {} > {}{vlan} len {} from {}",
-        a.src, a.dst, a.len, a.from
-    );
-    let _ = writeln!(s, "rule   {} {}", v.rule.section(), v.rule.text());
-    for (id, o) in v.outcomes(t) {
-        let p = t.port(id);
-        let what = match o {
-            Outcome::SourceCopy => "receives (source-mode copy, §7)".to_string(),
-            Outcome::Delivered => "receives".to_string(),
-            Outcome::Skipped(r) => format!("skipped: {} — {}", r.name(), r.meaning()),
-        };
-        let _ = writeln!(s, "  {:<15} {:<8} {what}", p.name(), p.mode().name());
-    }
-    if v.receivers(t).is_empty() {
-        let _ = writeln!(s, "  (no port receives it)");
-    }
-    if let Some(r) = v.reason {
-        let _ = writeln!(s, "reason {} — {}", r.name(), r.meaning());
-    }
-    let _ = writeln!(s, "wire   {}", if v.to_wire { "yes" } else { "no" });
-    let host = if v.to_host {
-        "yes (the parent's own stack gets it)"
-    } else {
-        "no"
-    };
-    let _ = write!(s, "host   {host}");
-    s
-}
-
-fn json_verdict(a: &TraceArgs, t: &PortTable, v: &Verdict<'_>) -> String {
-    let name = |id| t.port(id).name().to_string();
-    let receivers: Vec<_> = v.receivers(t).into_iter().map(name).collect();
-    let skipped: Vec<_> = v
-        .outcomes(t)
-        .into_iter()
-        .filter_map(|(id, o)| match o {
-            Outcome::Skipped(r) => Some(json!({"port": name(id), "reason": r.name()})),
-            _ => None,
-        })
-        .collect();
-    let copies: Vec<_> = v.copies.iter().map(|id| name(*id)).collect();
-    json!({
-        "from": a.from,
-        "src": a.src,
-        "dst": a.dst,
-        "vlan": a.vlan,
-        "len": a.len,
-        "rule": {"name": v.rule.name(), "section": v.rule.section(), "text": v.rule.text()},
-        "receivers": receivers,
-        "source_copies": copies,
-        "skipped": skipped,
-        "to_wire": v.to_wire,
-        "to_host": v.to_host,
-        "reason": v.reason.map(|r| r.name()),
-    })
-    .to_string()
 }

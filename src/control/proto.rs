@@ -218,6 +218,8 @@ pub enum ErrorKind {
     /// `reload` on a daemon started without `--config`, or a configuration that does not
     /// validate (nothing changed).
     BadConfig,
+    /// EPERM: the peer (SO_PEERCRED) is neither root nor in the daemon's allowed group.
+    PermissionDenied,
     /// The daemon failed to do something it should have been able to do.
     Internal,
 }

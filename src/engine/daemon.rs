@@ -263,7 +263,7 @@ impl Daemon {
             Request::LinkShow(f) => self
                 .link_show(f.name.as_deref())
                 .map(|links| Reply::Links { links }),
-            Request::Trace(_) => Err(err(ErrorKind::Internal, "live trace is not served yet")),
+            Request::Trace(t) => self.trace(&t).map(|trace| Reply::Trace { trace }),
             Request::Reload(_) => self.reload().map(|report| Reply::Reloaded { report }),
         };
         match result {
@@ -360,6 +360,42 @@ impl Daemon {
             bclim,
             ..spec.clone()
         }
+    }
+
+    /// `trace` against the current table of the port's parent (or of the named parent).
+    fn trace(
+        &self,
+        t: &crate::control::proto::TraceRequest,
+    ) -> Result<serde_json::Value, ControlError> {
+        let parent = match (&t.parent, self.entry(&t.from)) {
+            (Some(p), _) => p.clone(),
+            (None, Ok(e)) => e.parent.clone(),
+            (None, Err(_)) if self.parents.len() == 1 => {
+                self.parents.keys().next().cloned().unwrap_or_default()
+            }
+            (None, Err(_)) if self.parents.is_empty() => {
+                return Err(err(ErrorKind::NoSuchLink, "the engine has no parent yet"));
+            }
+            (None, Err(_)) => {
+                let names: Vec<&str> = self.parents.keys().map(String::as_str).collect();
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "the engine has several parents ({}): say which with --parent",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        };
+        let run = self
+            .parents
+            .get(&parent)
+            .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("no parent named {parent}")))?;
+        Ok(crate::trace::trace_json(
+            &run.table,
+            &t.from,
+            &crate::trace::TraceFrame::from(t),
+        )?)
     }
 
     fn entry(&self, name: &str) -> Result<&PortEntry, ControlError> {

@@ -868,7 +868,12 @@ impl Topology {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", h])
             .arg(bin)
-            .args(["run", "--parent", "p0"]);
+            .args(["run", "--parent", "p0"])
+            // Engines run in parallel: each serves its own control socket.
+            .env(
+                "UMACVLAN_CONTROL",
+                std::env::temp_dir().join(format!("{h}.sock")),
+            );
         for (c, ns) in spec.children.iter().zip(child_ns) {
             cmd.arg("--port").arg(Self::engine_port_arg(c, ns.name()));
         }
