@@ -35,7 +35,7 @@ pub enum Arm {
     Umacvlan,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
-    /// `vde_switch`: children on its TAPs, the parent plugged in with `vde_pcapplug`.
+    /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
     Vde,
 }
 
@@ -75,7 +75,7 @@ impl Arm {
                 .map(|b| {
                     format!("not installed ({b} missing; apt-get install openvswitch-switch)")
                 }),
-            Arm::Vde => ["vde_switch", "vde_pcapplug"]
+            Arm::Vde => ["vde_switch"]
                 .into_iter()
                 .find(|b| which(b).is_none())
                 .map(|b| format!("not installed ({b} missing; apt-get install vde2)")),
@@ -182,23 +182,29 @@ impl Drop for Proc {
 pub fn ns_command(ns: &str, program: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, program]);
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (prctl, sigemptyset, sigprocmask) on its own stack memory.
+    // SAFETY: `child_setup` runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, sigemptyset, sigprocmask) on its own stack memory.
     unsafe {
-        c.pre_exec(|| {
-            // Die with the benchmark, even when it is SIGKILLed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The benchmark blocks SIGINT/SIGTERM (a thread waits for them); the child must not
-            // inherit that mask, so that Ctrl-C reaches it too.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
+        c.pre_exec(child_setup);
     }
     c
+}
+
+/// In the child, before exec: die with the benchmark (even when it is SIGKILLed), and unblock
+/// the signals the benchmark blocks (a thread of ours waits for them) so that Ctrl-C reaches the
+/// child too.
+fn child_setup() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sigset_t is plain data; all-zero is a valid (then emptied) set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is a valid, initialised set; the old mask is not requested.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    Ok(())
 }
 
 /// One arm's namespaces, devices and processes.
@@ -332,7 +338,9 @@ impl Lab {
             rundir: None,
             engine_report: None,
         };
-        lab.wire_up()?;
+        if arm != Arm::Vde {
+            lab.wire_up()?;
+        }
         match arm {
             Arm::Kernel => lab.kernel()?,
             Arm::Umacvlan => lab.umacvlan(umacvlan)?,
@@ -441,8 +449,7 @@ impl Lab {
         };
         let mut c = ns_command(&host, &bin("ovsdb-server")?);
         env(&mut c);
-        c.args([
-            &db.to_string_lossy().into_owned(),
+        c.arg(&db).args([
             &format!("--remote=punix:{}", sock.display()),
             &format!("--pidfile={}", dir.join("ovsdb-server.pid").display()),
             "--no-chdir",
@@ -461,6 +468,16 @@ impl Lab {
             run_ok(c)
         };
         vsctl(&["--no-wait", "init"])?;
+        // Read once at start: with it, netdev-linux puts PACKET_VNET_HDR on its AF_PACKET
+        // sockets, so partial checksums (veth) are completed and TSO frames carried; without
+        // it, UDP and TCP from the veths arrive with unfinished checksums and are dropped.
+        vsctl(&[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:userspace-tso-enable=true",
+        ])?;
         let mut c = ns_command(&host, &bin("ovs-vswitchd")?);
         env(&mut c);
         c.args([
@@ -498,8 +515,11 @@ impl Lab {
         Ok(())
     }
 
-    /// vde_switch in the host namespace with two TAPs (moved into the children's namespaces)
-    /// and eth0 plugged in with vde_pcapplug.
+    /// vde_switch in the host namespace with three TAPs: c1 and c2 moved into the children's
+    /// namespaces, and wire0 moved into the wire namespace. vde has no way to attach an existing
+    /// device properly (`vde_pcapplug` also captures what it injects, so the switch learns every
+    /// child's MAC on the pcap port and unicast replies never reach the children), so in this arm
+    /// the wire is a vde TAP instead of the veth <-> eth0 pair.
     fn vde(&mut self) -> Result<()> {
         if let Some(why) = Arm::Vde.missing(Path::new("")) {
             bail!("{why}");
@@ -509,9 +529,17 @@ impl Lab {
         self.rundir = Some(dir.clone());
         let sock = dir.join("switch");
         let host = self.ns_name("host");
-        // The TAPs are created by vde_switch (-t) in the host namespace, then moved.
         let mut c = ns_command(&host, &bin("vde_switch")?);
-        c.args(["-s", &sock.to_string_lossy(), "-t", "c1", "-t", "c2"]);
+        c.args([
+            "-s",
+            &sock.to_string_lossy(),
+            "-t",
+            "wire0",
+            "-t",
+            "c1",
+            "-t",
+            "c2",
+        ]);
         c.stdin(Stdio::piped()); // vde_switch reads commands on stdin; keep it open
         self.spawn_proc("vde_switch", c, &dir.join("vde_switch.out"))?;
         let mut nl = nl_in(&self.host)?;
@@ -529,9 +557,14 @@ impl Lab {
             nl.set_mac(i, mac)?;
             nl.set_netns(i, ns)?;
         }
-        let mut c = ns_command(&host, &bin("vde_pcapplug")?);
-        c.args(["-s", &sock.to_string_lossy(), "eth0"]);
-        self.spawn_proc("vde_pcapplug", c, &dir.join("vde_pcapplug.out"))?;
+        let i = index_of(&mut nl, "wire0")?;
+        nl.set_netns(i, &self.wire)?;
+        configure(&self.wire, "wire0", WIRE_ADDR)?;
+        let mut nlw = nl_in(&self.wire)?;
+        self.wire_mac = nlw
+            .link_by_name("wire0")?
+            .and_then(|l| l.mac)
+            .context("wire0 has no MAC")?;
         Ok(())
     }
 

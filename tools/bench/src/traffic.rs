@@ -154,7 +154,12 @@ impl RingMap {
         assert!(off + 8 <= self.len);
         // SAFETY: `off` is inside the mapping (checked above) and 4-byte aligned (blocks are
         // page-aligned); the word is shared with the kernel, so it is only accessed atomically.
-        unsafe { &*self.base.add(off).cast::<std::sync::atomic::AtomicU32>() }
+        unsafe {
+            &*self
+                .base
+                .wrapping_add(off)
+                .cast::<std::sync::atomic::AtomicU32>()
+        }
     }
 
     /// Frames in a block the kernel handed over (call after seeing TP_STATUS_USER).
@@ -162,7 +167,7 @@ impl RingMap {
         let off = block * BLOCK_SIZE as usize + NUM_PKTS_OFF;
         assert!(off + 4 <= self.len);
         // SAFETY: inside the mapping and aligned; the kernel no longer writes a user-owned block.
-        unsafe { std::ptr::read_volatile(self.base.add(off).cast::<u32>()) }
+        unsafe { std::ptr::read_volatile(self.base.wrapping_add(off).cast::<u32>()) }
     }
 }
 
