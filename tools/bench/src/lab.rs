@@ -1,0 +1,654 @@
+//! One lab per arm: fresh namespaces `umvb-<pid>-<arm>-{wire,host,c1,c2}`, a veth `wire0`
+//! (wire) <-> `eth0` (host, the parent), and two children `c1`, `c2` in bridge mode, each in its
+//! own namespace. Only 192.0.2.0/24 (TEST-NET-1) exists inside; IPv6 is off.
+//!
+//! Everything a lab creates is owned by [`Lab`] and removed when it is dropped; processes it
+//! starts get `PR_SET_PDEATHSIG` so they die with the benchmark even after a SIGKILL, and the next
+//! run sweeps `umvb-<deadpid>-*` names ([`sweep_stale`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use umacvlan::mac::MacAddr;
+use umacvlan::net::{MacvlanSpec, Netlink, Netns, in_netns};
+
+pub const PREFIX: &str = "umvb-";
+pub const WIRE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const C1_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const C2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const C1_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
+pub const C2_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x02]);
+const MACVLAN_MODE_BRIDGE: u32 = 4;
+
+/// What forwards between the parent and the children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// The kernel's macvlan (bridge mode).
+    Kernel,
+    /// `umacvlan run` (bridge mode).
+    Umacvlan,
+    /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
+    Ovs,
+    /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
+    Vde,
+}
+
+impl Arm {
+    pub const ALL: [Arm; 4] = [Arm::Kernel, Arm::Umacvlan, Arm::Ovs, Arm::Vde];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Kernel => "kernel",
+            Arm::Umacvlan => "umacvlan",
+            Arm::Ovs => "ovs",
+            Arm::Vde => "vde",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Arm> {
+        Arm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .with_context(|| format!("unknown arm {s:?} (kernel, umacvlan, ovs, vde)"))
+    }
+
+    /// `None` when the arm can run here, else why not.
+    pub fn missing(self, umacvlan: &Path) -> Option<String> {
+        match self {
+            Arm::Kernel => None,
+            Arm::Umacvlan => (!umacvlan.exists()).then(|| {
+                format!(
+                    "no umacvlan binary at {} (build it: cargo build --release --bin umacvlan, \
+                     or pass --umacvlan PATH)",
+                    umacvlan.display()
+                )
+            }),
+            Arm::Ovs => ["ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool"]
+                .into_iter()
+                .find(|b| which(b).is_none())
+                .map(|b| {
+                    format!("not installed ({b} missing; apt-get install openvswitch-switch)")
+                }),
+            Arm::Vde => ["vde_switch"]
+                .into_iter()
+                .find(|b| which(b).is_none())
+                .map(|b| format!("not installed ({b} missing; apt-get install vde2)")),
+        }
+    }
+}
+
+pub fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/sbin".into(),
+            "/sbin".into(),
+            "/usr/lib/openvswitch-switch".into(),
+        ])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Remove `umvb-<pid>-*` namespaces whose process is gone. Returns the names removed.
+pub fn sweep_stale() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && Netns::delete(&name).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// Every `umvb-*` namespace that exists now (for the smoke test and the final check).
+pub fn existing(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A process the lab started: SIGTERM, then SIGKILL after 2 s, on drop.
+#[derive(Debug)]
+struct Proc {
+    what: String,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Proc {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(l) = &self.log {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+}
+
+/// A command that runs inside namespace `ns` (`ip netns exec`) and dies with us.
+pub fn ns_command(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    // SAFETY: `child_setup` runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, sigemptyset, sigprocmask) on its own stack memory.
+    unsafe {
+        c.pre_exec(child_setup);
+    }
+    c
+}
+
+/// In the child, before exec: die with the benchmark (even when it is SIGKILLed), and unblock
+/// the signals the benchmark blocks (a thread of ours waits for them) so that Ctrl-C reaches the
+/// child too.
+fn child_setup() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sigset_t is plain data; all-zero is a valid (then emptied) set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is a valid, initialised set; the old mask is not requested.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    Ok(())
+}
+
+/// One arm's namespaces, devices and processes.
+#[derive(Debug)]
+pub struct Lab {
+    pub arm: Arm,
+    pub prefix: String,
+    /// Processes (engine, switch daemons), stopped first, in reverse order.
+    procs: Vec<Proc>,
+    /// The namespaces (wire, host, c1, c2 and any extra), by name.
+    names: Vec<String>,
+    pub wire: Netns,
+    pub host: Netns,
+    pub c1: Netns,
+    pub c2: Netns,
+    pub wire_mac: MacAddr,
+    /// A directory for the arm's runtime files (OVS database, vde sockets), removed on drop.
+    rundir: Option<PathBuf>,
+    /// The engine's stdout (counters) captured at stop, for umacvlan.
+    pub engine_report: Option<String>,
+}
+
+fn add_ns(names: &mut Vec<String>, name: String) -> Result<Netns> {
+    let ns = Netns::add(&name).with_context(|| format!("creating namespace {name}"))?;
+    names.push(name);
+    in_netns(&ns, || -> std::io::Result<()> {
+        for which in ["default", "all"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
+            match std::fs::write(&path, "1") {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
+        }
+        Ok(())
+    })?
+    .context("disabling IPv6")?;
+    let mut nl = nl_in(&ns)?;
+    nl.set_up(1, true).context("bringing lo up")?;
+    Ok(ns)
+}
+
+fn nl_in(ns: &Netns) -> Result<Netlink> {
+    Ok(Netlink::open_in(ns)?)
+}
+
+fn index_of(nl: &mut Netlink, name: &str) -> Result<u32> {
+    Ok(nl
+        .link_by_name(name)?
+        .with_context(|| format!("no device {name}"))?
+        .index)
+}
+
+/// Bring `dev` up in `ns` with `addr`/24.
+fn configure(ns: &Netns, dev: &str, addr: Ipv4Addr) -> Result<()> {
+    let mut nl = nl_in(ns)?;
+    let i = index_of(&mut nl, dev)?;
+    nl.set_up(i, true)?;
+    nl.add_address(i, addr, 24)?;
+    Ok(())
+}
+
+/// Wait until `dev` exists in `ns`, or fail with `why()` once `deadline` passes.
+fn wait_for_link(
+    ns: &Netns,
+    dev: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut nl = nl_in(ns)?;
+    loop {
+        if nl.link_by_name(dev)?.is_some() {
+            return Ok(());
+        }
+        alive()?;
+        if Instant::now() > deadline {
+            bail!("{dev} did not appear within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The full path of an installed program (`ip netns exec` searches only PATH).
+fn bin(name: &str) -> Result<String> {
+    Ok(which(name)
+        .with_context(|| format!("{name} not found"))?
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn run_ok(mut c: Command) -> Result<String> {
+    let out = c
+        .output()
+        .with_context(|| format!("run {:?}", c.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} {:?} failed ({}): {}",
+            c.get_program(),
+            c.get_args().collect::<Vec<_>>(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Lab {
+    /// Build the lab for `arm`. On error, whatever was created is removed (the partial `Lab`
+    /// is dropped).
+    pub fn build(arm: Arm, umacvlan: &Path) -> Result<Lab> {
+        let prefix = format!("{PREFIX}{}-{}", std::process::id(), arm.name());
+        // Namespaces first, each recorded in `guard` before anything can fail, so that a failed
+        // build removes them.
+        let mut guard = Names(Vec::new());
+        let mk = |g: &mut Names, role: &str| add_ns(&mut g.0, format!("{prefix}-{role}"));
+        let wire = mk(&mut guard, "wire")?;
+        let host = mk(&mut guard, "host")?;
+        let c1 = mk(&mut guard, "c1")?;
+        let c2 = mk(&mut guard, "c2")?;
+        let names = std::mem::take(&mut guard.0);
+        let mut lab = Lab {
+            arm,
+            prefix,
+            procs: Vec::new(),
+            names,
+            wire,
+            host,
+            c1,
+            c2,
+            wire_mac: MacAddr([0; 6]),
+            rundir: None,
+            engine_report: None,
+        };
+        if arm != Arm::Vde {
+            lab.wire_up()?;
+        }
+        match arm {
+            Arm::Kernel => lab.kernel()?,
+            Arm::Umacvlan => lab.umacvlan(umacvlan)?,
+            Arm::Ovs => lab.ovs()?,
+            Arm::Vde => lab.vde()?,
+        }
+        configure(&lab.c1, "c1", C1_ADDR)?;
+        configure(&lab.c2, "c2", C2_ADDR)?;
+        Ok(lab)
+    }
+
+    pub fn ns_name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// veth eth0 (host, up, no address) <-> wire0 (wire, 192.0.2.254/24).
+    fn wire_up(&mut self) -> Result<()> {
+        let mut nl = nl_in(&self.host)?;
+        nl.add_veth("eth0", "wire0", Some(&self.wire))?;
+        let eth0 = index_of(&mut nl, "eth0")?;
+        nl.set_up(eth0, true)?;
+        configure(&self.wire, "wire0", WIRE_ADDR)?;
+        let mut nlw = nl_in(&self.wire)?;
+        self.wire_mac = nlw
+            .link_by_name("wire0")?
+            .and_then(|l| l.mac)
+            .context("wire0 has no MAC")?;
+        Ok(())
+    }
+
+    fn kernel(&mut self) -> Result<()> {
+        let mut nl = nl_in(&self.host)?;
+        let eth0 = index_of(&mut nl, "eth0")?;
+        for (name, mac, ns) in [("c1", C1_MAC, &self.c1), ("c2", C2_MAC, &self.c2)] {
+            let mut spec = MacvlanSpec::new(name, eth0, MACVLAN_MODE_BRIDGE);
+            spec.mac = Some(mac);
+            spec.netns = Some(ns);
+            nl.add_macvlan(&spec)?;
+        }
+        Ok(())
+    }
+
+    fn umacvlan(&mut self, bin: &Path) -> Result<()> {
+        if let Some(why) = Arm::Umacvlan.missing(bin) {
+            bail!("{why}");
+        }
+        let log = std::env::temp_dir().join(format!("{}-engine.log", self.prefix));
+        let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
+        c.args(["run", "--parent", "eth0"]);
+        for (name, mac) in [("c1", C1_MAC), ("c2", C2_MAC)] {
+            c.args([
+                "--port".to_string(),
+                format!(
+                    "name={name},mode=bridge,netns={},mac={mac}",
+                    self.ns_name(name)
+                ),
+            ]);
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        self.procs.push(Proc {
+            what: "umacvlan run".into(),
+            child,
+            log: Some(log),
+        });
+        for (name, ns) in [("c1", &self.c1), ("c2", &self.c2)] {
+            let p = self.procs.last_mut().expect("just pushed");
+            wait_for_link(ns, name, Duration::from_secs(10), || {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    bail!("umacvlan run exited ({st}): {}", p.log_text().trim());
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// ovsdb-server + ovs-vswitchd inside the host namespace, a `datapath_type=netdev` bridge
+    /// with eth0 and one veth per child (the child end moved into the child's namespace).
+    fn ovs(&mut self) -> Result<()> {
+        if let Some(why) = Arm::Ovs.missing(Path::new("")) {
+            bail!("{why}");
+        }
+        let dir = std::env::temp_dir().join(format!("{}-ovs", self.prefix));
+        std::fs::create_dir_all(&dir)?;
+        self.rundir = Some(dir.clone());
+        let db = dir.join("conf.db");
+        let sock = dir.join("db.sock");
+        let schema = ["/usr/share/openvswitch/vswitch.ovsschema"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("vswitch.ovsschema not found")?;
+        let mut c = Command::new(which("ovsdb-tool").context("ovsdb-tool")?);
+        c.args(["create", &db.to_string_lossy(), schema]);
+        run_ok(c)?;
+        let host = self.ns_name("host");
+        let env = |c: &mut Command| {
+            c.env("OVS_RUNDIR", &dir)
+                .env("OVS_LOGDIR", &dir)
+                .env("OVS_DBDIR", &dir)
+                .env("OVS_SYSCONFDIR", &dir);
+        };
+        let mut c = ns_command(&host, &bin("ovsdb-server")?);
+        env(&mut c);
+        c.arg(&db).args([
+            &format!("--remote=punix:{}", sock.display()),
+            &format!("--pidfile={}", dir.join("ovsdb-server.pid").display()),
+            "--no-chdir",
+            &format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()),
+            "-vconsole:off",
+            &format!("--log-file={}", dir.join("ovsdb-server.log").display()),
+        ]);
+        self.spawn_proc("ovsdb-server", c, &dir.join("ovsdb-server.out"))?;
+        self.wait_file(&sock, "ovsdb-server socket")?;
+        let vsctl = |args: &[&str]| -> Result<String> {
+            let mut c = ns_command(&host, &bin("ovs-vsctl")?);
+            env(&mut c);
+            c.arg(format!("--db=unix:{}", sock.display()))
+                .arg("--timeout=10");
+            c.args(args);
+            run_ok(c)
+        };
+        vsctl(&["--no-wait", "init"])?;
+        // Read once at start: with it, netdev-linux puts PACKET_VNET_HDR on its AF_PACKET
+        // sockets, so partial checksums (veth) are completed and TSO frames carried; without
+        // it, UDP and TCP from the veths arrive with unfinished checksums and are dropped.
+        vsctl(&[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:userspace-tso-enable=true",
+        ])?;
+        let mut c = ns_command(&host, &bin("ovs-vswitchd")?);
+        env(&mut c);
+        c.args([
+            format!("unix:{}", sock.display()),
+            format!("--pidfile={}", dir.join("ovs-vswitchd.pid").display()),
+            "--no-chdir".into(),
+            format!("--unixctl={}", dir.join("ovs-vswitchd.ctl").display()),
+            "-vconsole:off".into(),
+            format!("--log-file={}", dir.join("ovs-vswitchd.log").display()),
+        ]);
+        self.spawn_proc("ovs-vswitchd", c, &dir.join("ovs-vswitchd.out"))?;
+        // The child ends: veth pairs vc1/vc2 in host <-> c1/c2 in the children.
+        let mut nl = nl_in(&self.host)?;
+        for (name, mac, ns) in [("c1", C1_MAC, &self.c1), ("c2", C2_MAC, &self.c2)] {
+            let port = format!("v{name}");
+            nl.add_veth(&port, name, Some(ns))?;
+            let i = index_of(&mut nl, &port)?;
+            nl.set_up(i, true)?;
+            let mut nlc = nl_in(ns)?;
+            let ci = index_of(&mut nlc, name)?;
+            nlc.set_mac(ci, mac)?;
+        }
+        vsctl(&[
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ])?;
+        for p in ["eth0", "vc1", "vc2"] {
+            vsctl(&["add-port", "br0", p])?;
+        }
+        Ok(())
+    }
+
+    /// vde_switch in the host namespace with three TAPs: c1 and c2 moved into the children's
+    /// namespaces, and wire0 moved into the wire namespace. vde has no way to attach an existing
+    /// device properly (`vde_pcapplug` also captures what it injects, so the switch learns every
+    /// child's MAC on the pcap port and unicast replies never reach the children), so in this arm
+    /// the wire is a vde TAP instead of the veth <-> eth0 pair.
+    fn vde(&mut self) -> Result<()> {
+        if let Some(why) = Arm::Vde.missing(Path::new("")) {
+            bail!("{why}");
+        }
+        let dir = std::env::temp_dir().join(format!("{}-vde", self.prefix));
+        std::fs::create_dir_all(&dir)?;
+        self.rundir = Some(dir.clone());
+        let sock = dir.join("switch");
+        let host = self.ns_name("host");
+        let mut c = ns_command(&host, &bin("vde_switch")?);
+        c.args([
+            "-s",
+            &sock.to_string_lossy(),
+            "-t",
+            "wire0",
+            "-t",
+            "c1",
+            "-t",
+            "c2",
+        ]);
+        c.stdin(Stdio::piped()); // vde_switch reads commands on stdin; keep it open
+        self.spawn_proc("vde_switch", c, &dir.join("vde_switch.out"))?;
+        let mut nl = nl_in(&self.host)?;
+        {
+            let p = self.procs.last_mut().expect("just pushed");
+            wait_for_link(&self.host, "c2", Duration::from_secs(10), || {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    bail!("vde_switch exited ({st}): {}", p.log_text().trim());
+                }
+                Ok(())
+            })?;
+        }
+        for (name, mac, ns) in [("c1", C1_MAC, &self.c1), ("c2", C2_MAC, &self.c2)] {
+            let i = index_of(&mut nl, name)?;
+            nl.set_mac(i, mac)?;
+            nl.set_netns(i, ns)?;
+        }
+        let i = index_of(&mut nl, "wire0")?;
+        nl.set_netns(i, &self.wire)?;
+        configure(&self.wire, "wire0", WIRE_ADDR)?;
+        let mut nlw = nl_in(&self.wire)?;
+        self.wire_mac = nlw
+            .link_by_name("wire0")?
+            .and_then(|l| l.mac)
+            .context("wire0 has no MAC")?;
+        Ok(())
+    }
+
+    fn spawn_proc(&mut self, what: &str, mut c: Command, log: &Path) -> Result<()> {
+        let out = File::create(log)?;
+        let child = c
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {what}"))?;
+        self.procs.push(Proc {
+            what: what.into(),
+            child,
+            log: Some(log.to_path_buf()),
+        });
+        Ok(())
+    }
+
+    fn wait_file(&mut self, path: &Path, what: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            if let Some(p) = self.procs.last_mut()
+                && let Ok(Some(st)) = p.child.try_wait()
+            {
+                bail!("{} exited ({st}): {}", p.what, p.log_text().trim());
+            }
+            if Instant::now() > deadline {
+                bail!("{what} did not appear at {}", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Whether the arm's processes are all still running (else which one died, and its log).
+    pub fn check_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                bail!("{} exited ({st}): {}", p.what, p.log_text().trim());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the processes, keep the umacvlan engine's counters, remove the namespaces. Returns
+    /// the errors met while removing.
+    pub fn teardown(&mut self) -> Vec<String> {
+        while let Some(mut p) = self.procs.pop() {
+            p.stop();
+            if p.what == "umacvlan run"
+                && let Some(out) = p.child.stdout.take()
+            {
+                let text: Vec<String> = BufReader::new(out).lines().map_while(|l| l.ok()).collect();
+                self.engine_report = Some(text.join("\n"));
+            }
+        }
+        let mut errors = Vec::new();
+        while let Some(n) = self.names.pop() {
+            if let Err(e) = Netns::delete(&n) {
+                errors.push(format!("removing namespace {n}: {e}"));
+            }
+        }
+        if let Some(d) = self.rundir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        errors
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for e in self.teardown() {
+            eprintln!("umacvlan-bench: {e}");
+        }
+    }
+}
+
+/// Namespace names removed on drop (a failed build); emptied once a `Lab` owns them.
+struct Names(Vec<String>);
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        for n in self.0.drain(..).rev() {
+            let _ = Netns::delete(&n);
+        }
+    }
+}

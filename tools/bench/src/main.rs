@@ -1,0 +1,649 @@
+//! umacvlan-bench: the same namespace lab for the kernel's macvlan, umacvlan and (when
+//! installed) Open vSwitch's userspace datapath and vde_switch, measured in one run with the same
+//! generators; prints medians, ratios to the kernel and the goals.
+//!
+//! ```text
+//! cargo build --release && cargo run --release -p umacvlan-bench -- --all
+//! ```
+
+mod lab;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+
+use lab::{Arm, C1_ADDR, C1_MAC, C2_ADDR, Lab, WIRE_ADDR};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Benchmark the kernel's macvlan against umacvlan (and OVS / vde_switch when installed) in one
+/// run, on the same namespace lab, and print medians with ratios to the kernel.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Run every arm: kernel, umacvlan, and ovs / vde when installed (else reported as not run).
+    #[arg(long)]
+    all: bool,
+    /// Arms to run, comma-separated: kernel, umacvlan, ovs, vde. The kernel is always run (the
+    /// ratios are against it).
+    #[arg(long, value_delimiter = ',', default_value = "kernel,umacvlan")]
+    arms: Vec<String>,
+    /// Tests to run, comma-separated: pps, tcp, rtt.
+    #[arg(long, value_delimiter = ',', default_value = "pps,tcp,rtt")]
+    only: Vec<String>,
+    /// Seconds per pps and TCP test (TCP rounds up to whole seconds). Default 5, --quick 1.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Repetitions; the table shows medians. Default 3, --quick 1.
+    #[arg(long)]
+    reps: Option<u32>,
+    /// UDP round trips per RTT test. Default 2000, --quick 300.
+    #[arg(long)]
+    rtt_count: Option<u32>,
+    /// CI smoke: 1 repetition, about 1 s per test.
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON (every sample, medians, ratios) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// The umacvlan binary. Default: `umacvlan` next to this binary (target/release).
+    #[arg(long)]
+    umacvlan: Option<PathBuf>,
+    /// TCP generator: iperf3 (default when installed) or own.
+    #[arg(long)]
+    tcp: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// One row of the table.
+#[derive(Debug)]
+struct Metric {
+    id: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    better: Better,
+    /// The goal as a ratio to the kernel (>= for Higher, <= for Lower).
+    goal: f64,
+    group: &'static str,
+}
+
+const METRICS: &[Metric] = &[
+    m(
+        "pps_wire_c1",
+        "64-byte frames wire->c1",
+        "Mpps",
+        Better::Higher,
+        0.8,
+        "pps",
+    ),
+    m(
+        "tcp_c1_wire_1",
+        "TCP c1->wire, 1 stream",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "tcp_c1_wire_4",
+        "TCP c1->wire, 4 streams",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "tcp_wire_c1_1",
+        "TCP wire->c1, 1 stream",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "tcp_wire_c1_4",
+        "TCP wire->c1, 4 streams",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "tcp_c1_c2_1",
+        "TCP c1->c2 (bridge), 1 stream",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "tcp_c1_c2_4",
+        "TCP c1->c2 (bridge), 4 streams",
+        "Gbit/s",
+        Better::Higher,
+        0.8,
+        "tcp",
+    ),
+    m(
+        "rtt_wire_c1_p50",
+        "UDP RTT wire<->c1, median",
+        "us",
+        Better::Lower,
+        1.3,
+        "rtt",
+    ),
+    m(
+        "rtt_wire_c1_p99",
+        "UDP RTT wire<->c1, p99",
+        "us",
+        Better::Lower,
+        1.3,
+        "rtt",
+    ),
+    m(
+        "rtt_c1_c2_p50",
+        "UDP RTT c1<->c2, median",
+        "us",
+        Better::Lower,
+        1.3,
+        "rtt",
+    ),
+    m(
+        "rtt_c1_c2_p99",
+        "UDP RTT c1<->c2, p99",
+        "us",
+        Better::Lower,
+        1.3,
+        "rtt",
+    ),
+];
+
+const fn m(
+    id: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    better: Better,
+    goal: f64,
+    group: &'static str,
+) -> Metric {
+    Metric {
+        id,
+        label,
+        unit,
+        better,
+        goal,
+        group,
+    }
+}
+
+/// Samples per arm per metric id.
+type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>;
+
+fn main() -> ExitCode {
+    // Before any thread: every thread inherits the blocked set; one thread waits for them.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_block() {
+        eprintln!("umacvlan-bench: block signals: {e}");
+        return ExitCode::from(1);
+    }
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            eprintln!("umacvlan-bench: {sig}: stopping, removing the labs");
+        }
+        STOP.store(true, Ordering::SeqCst);
+    });
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("umacvlan-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Plan {
+    arms: Vec<Arm>,
+    skipped: Vec<(Arm, String)>,
+    groups: Vec<String>,
+    dur: Duration,
+    reps: u32,
+    rtt_count: u32,
+    iperf3: bool,
+    umacvlan: PathBuf,
+}
+
+fn plan(a: &Args) -> Result<Plan> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("needs root: it creates network namespaces (run it with sudo)");
+    }
+    let umacvlan = match &a.umacvlan {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .join("umacvlan"),
+    };
+    let wanted: Vec<Arm> = if a.all {
+        Arm::ALL.to_vec()
+    } else {
+        let mut v = vec![Arm::Kernel];
+        for s in &a.arms {
+            let arm = Arm::parse(s.trim())?;
+            if !v.contains(&arm) {
+                v.push(arm);
+            }
+        }
+        v
+    };
+    let mut arms = Vec::new();
+    let mut skipped = Vec::new();
+    for arm in wanted {
+        match arm.missing(&umacvlan) {
+            None => arms.push(arm),
+            // umacvlan itself is the point: refuse rather than skip.
+            Some(why) if arm == Arm::Umacvlan => bail!("{why}"),
+            Some(why) => skipped.push((arm, why)),
+        }
+    }
+    for g in &a.only {
+        if !["pps", "tcp", "rtt"].contains(&g.trim()) {
+            bail!("unknown test {g:?} in --only (pps, tcp, rtt)");
+        }
+    }
+    let have_iperf3 = lab::which("iperf3").is_some();
+    let iperf3 = match a.tcp.as_deref() {
+        None => have_iperf3,
+        Some("iperf3") if have_iperf3 => true,
+        Some("iperf3") => bail!("iperf3 is not installed (apt-get install iperf3, or --tcp own)"),
+        Some("own") => false,
+        Some(t) => bail!("unknown --tcp {t:?} (iperf3, own)"),
+    };
+    let dur = a.duration.unwrap_or(if a.quick { 1.0 } else { 5.0 });
+    if !(0.1..=3600.0).contains(&dur) {
+        bail!("--duration must be between 0.1 and 3600 seconds");
+    }
+    Ok(Plan {
+        arms,
+        skipped,
+        groups: a.only.iter().map(|s| s.trim().to_string()).collect(),
+        dur: Duration::from_secs_f64(dur),
+        reps: a.reps.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
+        rtt_count: a
+            .rtt_count
+            .unwrap_or(if a.quick { 300 } else { 2000 })
+            .max(10),
+        iperf3,
+        umacvlan,
+    })
+}
+
+fn run(a: Args) -> Result<ExitCode> {
+    let p = plan(&a)?;
+    let swept = lab::sweep_stale();
+    if !swept.is_empty() {
+        eprintln!(
+            "umacvlan-bench: removed stale namespaces {}",
+            swept.join(" ")
+        );
+    }
+    let mut labs: Vec<Lab> = Vec::new();
+    let mut skipped = p.skipped.clone();
+    for &arm in &p.arms {
+        if STOP.load(Ordering::SeqCst) {
+            return Ok(ExitCode::from(130));
+        }
+        eprintln!("umacvlan-bench: building the {} lab", arm.name());
+        match Lab::build(arm, &p.umacvlan) {
+            Ok(l) => labs.push(l),
+            Err(e) if arm == Arm::Kernel || arm == Arm::Umacvlan => {
+                return Err(e.context(format!("building the {} lab", arm.name())));
+            }
+            Err(e) => {
+                eprintln!("umacvlan-bench: {} arm not run: {e:#}", arm.name());
+                skipped.push((arm, format!("setup failed: {e:#}")));
+            }
+        }
+    }
+    let mut samples: Samples = BTreeMap::new();
+    let mut extra: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for rep in 0..p.reps {
+        for group in ["pps", "tcp", "rtt"] {
+            if !p.groups.iter().any(|g| g == group) {
+                continue;
+            }
+            for lab in &mut labs {
+                if STOP.load(Ordering::SeqCst) {
+                    drop(labs);
+                    return Ok(ExitCode::from(130));
+                }
+                lab.check_alive()
+                    .with_context(|| format!("the {} arm", lab.arm.name()))?;
+                let arm = lab.arm.name();
+                let got = measure(lab, group, &p, &mut extra, rep)
+                    .with_context(|| format!("{group} test, {arm} arm, rep {}", rep + 1))?;
+                let shown: Vec<String> = got.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
+                eprintln!("  rep {}/{} {arm:9} {}", rep + 1, p.reps, shown.join(" "));
+                for (id, v) in got {
+                    samples
+                        .entry(arm)
+                        .or_default()
+                        .entry(id)
+                        .or_default()
+                        .push(v);
+                }
+            }
+        }
+    }
+    // Tear down (keeping the engine's counters for the JSON), then check nothing is left.
+    let mut engine_report = None;
+    for mut l in labs {
+        for e in l.teardown() {
+            eprintln!("umacvlan-bench: {e}");
+        }
+        if l.arm == Arm::Umacvlan {
+            engine_report = l.engine_report.take();
+        }
+    }
+    let left = lab::existing(&format!("{}{}-", lab::PREFIX, std::process::id()));
+    if !left.is_empty() {
+        bail!("namespaces left behind: {}", left.join(" "));
+    }
+    let arms: Vec<&'static str> = Arm::ALL
+        .iter()
+        .filter(|a| samples.contains_key(a.name()))
+        .map(|a| a.name())
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(
+                &p,
+                &arms,
+                &samples,
+                &skipped,
+                extra,
+                engine_report
+            ))?
+        );
+    } else {
+        print!("{}", table(&p, &arms, &samples, &skipped));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run one test group on one arm; returns (metric id, value) pairs.
+fn measure(
+    lab: &mut Lab,
+    group: &str,
+    p: &Plan,
+    extra: &mut BTreeMap<String, serde_json::Value>,
+    rep: u32,
+) -> Result<Vec<(&'static str, f64)>> {
+    let arm = lab.arm.name();
+    Ok(match group {
+        "pps" => {
+            let r = traffic::pps(&lab.wire, lab.wire_mac, &lab.c1, "c1", C1_MAC, p.dur, &STOP)?;
+            extra.insert(
+                format!("pps/{arm}/rep{}", rep + 1),
+                serde_json::json!({"sent_pps": r.sent, "received_pps": r.received,
+                    "counting_socket_drops": r.rx_socket_drops}),
+            );
+            vec![("pps_wire_c1", r.received / 1e6)]
+        }
+        "tcp" => {
+            let mut v = Vec::new();
+            let wire = lab.ns_name("wire");
+            let c1 = lab.ns_name("c1");
+            let c2 = lab.ns_name("c2");
+            let cases: [(&'static str, &str, std::net::Ipv4Addr, &str, u32); 6] = [
+                ("tcp_c1_wire_1", &wire, WIRE_ADDR, &c1, 1),
+                ("tcp_c1_wire_4", &wire, WIRE_ADDR, &c1, 4),
+                ("tcp_wire_c1_1", &c1, C1_ADDR, &wire, 1),
+                ("tcp_wire_c1_4", &c1, C1_ADDR, &wire, 4),
+                ("tcp_c1_c2_1", &c2, C2_ADDR, &c1, 1),
+                ("tcp_c1_c2_4", &c2, C2_ADDR, &c1, 4),
+            ];
+            for (id, server, addr, client, streams) in cases {
+                if STOP.load(Ordering::SeqCst) {
+                    bail!("interrupted");
+                }
+                let g = if p.iperf3 {
+                    let secs = p.dur.as_secs_f64().ceil().max(1.0) as u64;
+                    traffic::iperf3(server, addr, client, secs, streams)?
+                } else {
+                    let ns = |n: &str| -> &umacvlan::net::Netns {
+                        match n.rsplit('-').next() {
+                            Some("wire") => &lab.wire,
+                            Some("c1") => &lab.c1,
+                            _ => &lab.c2,
+                        }
+                    };
+                    traffic::own_tcp(ns(server), addr, ns(client), p.dur, streams)?
+                };
+                v.push((id, g));
+            }
+            v
+        }
+        "rtt" => {
+            let a = traffic::rtt(&lab.c1, C1_ADDR, &lab.wire, p.rtt_count, &STOP)?;
+            let b = traffic::rtt(&lab.c2, C2_ADDR, &lab.c1, p.rtt_count, &STOP)?;
+            if a.lost + b.lost > 0 {
+                extra.insert(
+                    format!("rtt/{arm}/rep{}", rep + 1),
+                    serde_json::json!({"lost_wire_c1": a.lost, "lost_c1_c2": b.lost}),
+                );
+            }
+            vec![
+                ("rtt_wire_c1_p50", a.median_us),
+                ("rtt_wire_c1_p99", a.p99_us),
+                ("rtt_c1_c2_p50", b.median_us),
+                ("rtt_c1_c2_p99", b.p99_us),
+            ]
+        }
+        _ => unreachable!("groups are checked in plan()"),
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn med(samples: &Samples, arm: &str, id: &str) -> Option<f64> {
+    samples
+        .get(arm)?
+        .get(id)
+        .filter(|v| !v.is_empty())
+        .map(|v| median(v))
+}
+
+/// Whether umacvlan meets the goal for `m` (None without both numbers).
+fn met(m: &Metric, ratio: f64) -> bool {
+    match m.better {
+        Better::Higher => ratio >= m.goal,
+        Better::Lower => ratio <= m.goal,
+    }
+}
+
+fn goal_text(m: &Metric) -> String {
+    match m.better {
+        Better::Higher => format!(">= {:.1}x", m.goal),
+        Better::Lower => format!("<= {:.1}x", m.goal),
+    }
+}
+
+fn fmt_val(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("kernel {}, {cpus} CPUs", kernel.trim())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn table(p: &Plan, arms: &[&str], samples: &Samples, skipped: &[(Arm, String)]) -> String {
+    let others: Vec<&str> = arms.iter().copied().filter(|a| *a != "kernel").collect();
+    let mut header = vec!["metric".to_string(), "unit".into(), "kernel".into()];
+    for a in &others {
+        header.push((*a).to_string());
+        header.push(format!("{a}/kernel"));
+    }
+    header.extend(["goal (umacvlan)".to_string(), "met".into()]);
+    let mut rows = vec![header];
+    for m in METRICS
+        .iter()
+        .filter(|m| p.groups.iter().any(|g| g == m.group))
+    {
+        let k = med(samples, "kernel", m.id);
+        let mut row = vec![
+            m.label.to_string(),
+            m.unit.to_string(),
+            k.map_or("-".into(), fmt_val),
+        ];
+        let mut verdict = "-".to_string();
+        for a in &others {
+            let v = med(samples, a, m.id);
+            row.push(v.map_or("-".into(), fmt_val));
+            let ratio = k.zip(v).map(|(k, v)| v / k);
+            row.push(ratio.map_or("-".into(), |r| format!("{r:.2}x")));
+            if *a == "umacvlan"
+                && let Some(r) = ratio
+            {
+                verdict = if met(m, r) { "met" } else { "NOT met" }.into();
+            }
+        }
+        row.push(goal_text(m));
+        row.push(verdict);
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "umacvlan-bench {}: {}; medians of {} rep(s), {:.0} s per pps/TCP test, {} UDP round trips per RTT test; TCP by {}\n",
+        today(),
+        machine(),
+        p.reps,
+        p.dur.as_secs_f64(),
+        p.rtt_count,
+        if p.iperf3 {
+            "iperf3"
+        } else {
+            "the built-in sender"
+        },
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                if c == 0 {
+                    format!("{s:<w$}", w = widths[c])
+                } else {
+                    format!("{s:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+        }
+    }
+    for (arm, why) in skipped {
+        out.push_str(&format!("{}: not run: {why}\n", arm.name()));
+    }
+    out
+}
+
+fn json(
+    p: &Plan,
+    arms: &[&str],
+    samples: &Samples,
+    skipped: &[(Arm, String)],
+    extra: BTreeMap<String, serde_json::Value>,
+    engine_report: Option<String>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let metrics: Vec<serde_json::Value> = METRICS
+        .iter()
+        .filter(|m| p.groups.iter().any(|g| g == m.group))
+        .map(|m| {
+            let k = med(samples, "kernel", m.id);
+            let mut per_arm = serde_json::Map::new();
+            for a in arms {
+                let v = med(samples, a, m.id);
+                let ratio = k.zip(v).map(|(k, v)| v / k);
+                per_arm.insert(
+                    (*a).to_string(),
+                    json!({
+                        "median": v,
+                        "samples": samples.get(a).and_then(|s| s.get(m.id)),
+                        "ratio_to_kernel": ratio,
+                    }),
+                );
+            }
+            let um = k.zip(med(samples, "umacvlan", m.id)).map(|(k, v)| v / k);
+            json!({
+                "id": m.id,
+                "label": m.label,
+                "unit": m.unit,
+                "better": if m.better == Better::Higher { "higher" } else { "lower" },
+                "goal": goal_text(m),
+                "umacvlan_met": um.map(|r| met(m, r)),
+                "arms": per_arm,
+            })
+        })
+        .collect();
+    json!({
+        "date": today(),
+        "machine": machine(),
+        "reps": p.reps,
+        "duration_s": p.dur.as_secs_f64(),
+        "rtt_count": p.rtt_count,
+        "tcp_generator": if p.iperf3 { "iperf3" } else { "own" },
+        "arms": arms,
+        "not_run": skipped.iter().map(|(a, w)| json!({"arm": a.name(), "why": w})).collect::<Vec<_>>(),
+        "metrics": metrics,
+        "details": extra,
+        "umacvlan_counters": engine_report,
+    })
+}

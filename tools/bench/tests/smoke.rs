@@ -1,0 +1,118 @@
+//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel and
+//! umacvlan arms. Asserts that every metric has a positive number for both arms and that no
+//! `umvb-*` namespace is left behind. It asserts nothing about speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_umacvlan-bench");
+
+const METRICS: [&str; 11] = [
+    "pps_wire_c1",
+    "tcp_c1_wire_1",
+    "tcp_c1_wire_4",
+    "tcp_wire_c1_1",
+    "tcp_wire_c1_4",
+    "tcp_c1_c2_1",
+    "tcp_c1_c2_4",
+    "rtt_wire_c1_p50",
+    "rtt_wire_c1_p99",
+    "rtt_c1_c2_p50",
+    "rtt_c1_c2_p99",
+];
+
+fn leftovers() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("umvb-"))
+        .collect()
+}
+
+/// The umacvlan binary the benchmark drives, built (incrementally) from this workspace so that
+/// it is never stale: `cargo test -p umacvlan-bench` builds only the library of `umacvlan`.
+fn umacvlan_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "umacvlan", "--bin", "umacvlan"])
+        .status()
+        .expect("run cargo build for the umacvlan binary");
+    assert!(
+        status.success(),
+        "cargo build --release --bin umacvlan failed"
+    );
+    let bin = PathBuf::from(BENCH)
+        .parent()
+        .expect("target dir")
+        .join("umacvlan");
+    assert!(bin.exists(), "no umacvlan binary at {}", bin.display());
+    bin
+}
+
+#[test]
+fn quick_run_reports_every_metric_for_both_arms_and_leaves_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (it creates network namespaces); run it as root, e.g. \
+             `sudo -E cargo test --release -p umacvlan-bench`"
+        );
+    }
+    let umacvlan = umacvlan_binary();
+    let before: Vec<String> = leftovers();
+    let t0 = Instant::now();
+    let out = Command::new(BENCH)
+        .args([
+            "--quick",
+            "--json",
+            "--arms",
+            "kernel,umacvlan",
+            "--umacvlan",
+        ])
+        .arg(&umacvlan)
+        .output()
+        .expect("run umacvlan-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "umacvlan-bench --quick failed ({}):\n{stderr}",
+        out.status
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    let metrics = v["metrics"].as_array().expect("metrics array");
+    let mut summary = Vec::new();
+    for id in METRICS {
+        let m = metrics
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("metric {id} missing:\n{v:#}"));
+        for arm in ["kernel", "umacvlan"] {
+            let x = m["arms"][arm]["median"].as_f64();
+            assert!(
+                x.is_some_and(|x| x > 0.0 && x.is_finite()),
+                "{id} for {arm}: {x:?}\n{stderr}"
+            );
+        }
+        summary.push(format!(
+            "{id} {:.3}/{:.3}",
+            m["arms"]["kernel"]["median"].as_f64().unwrap(),
+            m["arms"]["umacvlan"]["median"].as_f64().unwrap()
+        ));
+    }
+    let left: Vec<String> = leftovers()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    eprintln!(
+        "umacvlan-bench smoke: {} metrics x 2 arms in {:.1} s (kernel/umacvlan): {}",
+        METRICS.len(),
+        t0.elapsed().as_secs_f64(),
+        summary.join(", ")
+    );
+}
