@@ -137,3 +137,40 @@ fn help_teaches_the_grammar() {
         "{out}"
     );
 }
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let o = umacvlan(&["completions", "bash"]);
+    assert!(o.status.success());
+    let script = stdout(&o);
+    assert!(
+        script.contains("_umacvlan()") && script.contains("link"),
+        "{script}"
+    );
+    let dir = std::env::temp_dir().join(format!("umv-{}-man", std::process::id()));
+    let o = umacvlan(&["man", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = std::fs::read_to_string(dir.join("umacvlan-link-add.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("ip link"), "{page}");
+    assert!(dir.join("umacvlan-run.1").exists() && dir.join("umacvlan.1").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn top_level_help_lists_every_command() {
+    let o = umacvlan(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for c in [
+        "lab",
+        "run",
+        "link",
+        "trace",
+        "config",
+        "reload",
+        "completions",
+        "man",
+    ] {
+        assert!(out.contains(&format!("  {c} ")), "{c} missing from:\n{out}");
+    }
+}

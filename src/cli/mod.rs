@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 mod config;
+mod docs;
 mod lab;
 pub mod link;
 pub mod report;
@@ -38,12 +39,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Config(config::ConfigArgs),
     Lab(lab::LabArgs),
     Run(run::RunArgs),
-    Trace(trace::TraceArgs),
     Link(link::LinkArgs),
+    Trace(trace::TraceArgs),
+    Config(config::ConfigArgs),
     Reload(link::ReloadArgs),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// `--control PATH`: where the running engine listens. Flatten it into every command that talks
@@ -121,6 +124,8 @@ impl From<anyhow::Error> for Failure {
 pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Lab(args) => lab::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
