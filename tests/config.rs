@@ -4,18 +4,23 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use umacvlan::net::testutil::{NetnsGuard, ip, ip_json, netns, require_root, try_ip};
+use umacvlan::net::testutil::{Topology, ip, ip_json, topology, try_ip, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 
 /// A wire namespace and a host namespace joined by a veth (`p0` is the parent), plus children.
 struct Topo {
-    kids: Vec<NetnsGuard>,
-    host: NetnsGuard,
-    wire: NetnsGuard,
+    topo: Topology,
     dir: tempdir::Dir,
+}
+
+impl std::ops::Deref for Topo {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
 }
 
 mod tempdir {
@@ -29,23 +34,11 @@ mod tempdir {
 }
 
 fn topo(tag: &str, kids: usize) -> Topo {
-    require_root();
-    let wire = netns(&format!("{tag}w"));
-    let host = netns(&format!("{tag}h"));
-    let kids = (0..kids).map(|i| netns(&format!("{tag}c{i}"))).collect();
-    let (h, w) = (host.name(), wire.name());
-    ip(&[
-        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
-    ]);
-    ip(&["-n", h, "link", "set", "p0", "up"]);
-    ip(&["-n", w, "link", "set", "wire0", "up"]);
-    ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
+    let topo = topology(tag, kids);
     let dir = std::env::temp_dir().join(format!("umv-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     Topo {
-        kids,
-        host,
-        wire,
+        topo,
         dir: tempdir::Dir(dir),
     }
 }
@@ -152,14 +145,6 @@ fn signal(e: &Engine, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.0.id() as i32), sig).unwrap();
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn exists(ns: &str, dev: &str) -> bool {
     try_ip(&["-n", ns, "link", "show", dev]).is_ok()
 }
@@ -188,7 +173,7 @@ fn reloads_apply_only_the_difference_with_zero_loss_on_untouched_ports() {
             .spawn()
             .unwrap(),
     );
-    wait_for("c0 and c1", || exists(k0, "c0") && exists(k1, "c1"));
+    wait_until("c0 and c1", || exists(k0, "c0") && exists(k1, "c1"));
     ip(&["-n", k0, "link", "set", "c0", "up"]);
     ip(&["-n", k0, "addr", "add", "192.0.2.1/24", "dev", "c0"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -222,11 +207,11 @@ fn reloads_apply_only_the_difference_with_zero_loss_on_untouched_ports() {
         std::fs::write(Path::new(&file), &text).unwrap();
         signal(&e, nix::sys::signal::Signal::SIGHUP);
         match i % 3 {
-            0 => wait_for("c2 added", || exists(k2, "c2")),
-            1 => wait_for("c1's MTU changed in place", || {
+            0 => wait_until("c2 added", || exists(k2, "c2")),
+            1 => wait_until("c1's MTU changed in place", || {
                 mtu(k1, "c1") == 1400 - i as u64
             }),
-            _ => wait_for("c2 removed", || !exists(k2, "c2")),
+            _ => wait_until("c2 removed", || !exists(k2, "c2")),
         }
         assert!(exists(k1, "c1"), "reload {i}: c1 must never be re-created");
     }

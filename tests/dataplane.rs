@@ -9,45 +9,25 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use umacvlan::net::testutil::{NetnsGuard, ip, ip_json, netns, require_root, try_ip};
+use umacvlan::net::testutil::{Topology, ip, ip_json, topology, try_ip, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 
-/// A wire namespace (`wire0`, 192.0.2.254/24) on a veth whose other end, `p0`, is the parent in
-/// the host namespace, and one namespace per child.
-struct Topo {
-    kids: Vec<NetnsGuard>,
-    host: NetnsGuard,
-    wire: NetnsGuard,
+/// The standard topology (see `testutil::topology`).
+struct Topo(Topology);
+
+impl std::ops::Deref for Topo {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.0
+    }
 }
 
 fn topo(tag: &str, children: usize) -> Topo {
-    require_root();
-    let wire = netns(&format!("{tag}w"));
-    let host = netns(&format!("{tag}h"));
-    let kids = (0..children)
-        .map(|i| netns(&format!("{tag}c{i}")))
-        .collect();
-    let (h, w) = (host.name(), wire.name());
-    ip(&[
-        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
-    ]);
-    ip(&["-n", h, "link", "set", "p0", "up"]);
-    ip(&["-n", w, "link", "set", "wire0", "up"]);
-    ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
-    Topo { kids, host, wire }
+    Topo(topology(tag, children))
 }
 
 impl Topo {
-    /// This topology's control socket (tests run engines in parallel).
-    fn socket(&self) -> PathBuf {
-        std::env::temp_dir().join(format!("{}.sock", self.host.name()))
-    }
-
-    fn kid(&self, i: usize) -> &str {
-        self.kids[i].name()
-    }
-
     /// `umacvlan run ARGS` inside the host namespace; `--parent p0` unless ARGS name a parent.
     fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new("ip");
@@ -448,15 +428,6 @@ fn a_port_brought_down_stops_receiving_and_its_mac_goes_to_the_host() {
     assert!(parent_drops.contains("unknown_destination="), "{report}");
     let (_, _, _, _, c0_drops) = counters_of(&report, "c0");
     assert_eq!(c0_drops.trim(), "-", "{report}");
-}
-
-/// Waits until `cond` holds, for up to 5 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn has_flag(ns: &str, dev: &str, flag: &str) -> bool {

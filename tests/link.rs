@@ -4,19 +4,24 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use umacvlan::net::testutil::{NetnsGuard, ip, ip_json, netns, require_root, try_ip};
+use umacvlan::net::testutil::{Topology, ip, ip_json, topology, try_ip, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 
 struct Lab {
-    kids: Vec<NetnsGuard>,
-    host: NetnsGuard,
-    wire: NetnsGuard,
+    topo: Topology,
     socket: PathBuf,
     engine: Option<Child>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
 }
 
 impl Drop for Lab {
@@ -29,32 +34,16 @@ impl Drop for Lab {
 }
 
 fn lab(kids: usize) -> Lab {
-    require_root();
-    let wire = netns("lkw");
-    let host = netns("lkh");
-    let kids = (0..kids).map(|i| netns(&format!("lkc{i}"))).collect();
-    let (h, w) = (host.name(), wire.name());
-    ip(&[
-        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
-    ]);
-    ip(&["-n", h, "link", "set", "p0", "up"]);
-    ip(&["-n", w, "link", "set", "wire0", "up"]);
-    ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
-    let socket = std::env::temp_dir().join(format!("{h}.sock"));
+    let topo = topology("lk", kids);
+    let socket = topo.socket();
     Lab {
-        kids,
-        host,
-        wire,
+        topo,
         socket,
         engine: None,
     }
 }
 
 impl Lab {
-    fn kid(&self, i: usize) -> &str {
-        self.kids[i].name()
-    }
-
     /// `umacvlan ARGS` in the host namespace, talking to this lab's engine.
     fn umacvlan(&self, args: &[&str]) -> Output {
         Command::new("ip")
@@ -101,24 +90,16 @@ impl Lab {
             .spawn()
             .unwrap();
         self.engine = Some(child);
-        wait("the control socket", || self.socket.exists());
+        wait_until("the control socket", || self.socket.exists());
     }
 
     fn up(&self, i: usize, name: &str, addr: &str) {
-        wait(&format!("{name} to appear"), || {
+        wait_until(&format!("{name} to appear"), || {
             try_ip(&["-n", self.kid(i), "link", "show", name]).is_ok()
         });
         ip(&["-n", self.kid(i), "link", "set", name, "up"]);
         ip(&["-n", self.kid(i), "addr", "add", addr, "dev", name]);
         std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -284,7 +265,7 @@ fn every_link_command_through_the_cli() {
 
     // del: the port is gone from its namespace, and the others keep forwarding.
     l.ok(&["link", "del", "c1"]);
-    wait("c1 to vanish", || {
+    wait_until("c1 to vanish", || {
         try_ip(&["-n", &k1, "link", "show", "c1"]).is_err()
     });
     let names: Vec<String> = l

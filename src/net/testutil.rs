@@ -124,3 +124,54 @@ pub fn sweep_dead() -> Vec<String> {
     }
     removed
 }
+
+/// The standard engine test topology: a wire namespace (`wire0`, 192.0.2.254/24) on a veth whose
+/// other end, `p0` (the parent, up), is in a host namespace, and `children` empty namespaces.
+/// Dropping it removes them all.
+#[derive(Debug)]
+pub struct Topology {
+    pub kids: Vec<NetnsGuard>,
+    pub host: NetnsGuard,
+    pub wire: NetnsGuard,
+}
+
+/// Builds a [`Topology`]; `tag` goes into every namespace's name.
+pub fn topology(tag: &str, children: usize) -> Topology {
+    require_root();
+    let wire = netns(&format!("{tag}w"));
+    let host = netns(&format!("{tag}h"));
+    let kids = (0..children)
+        .map(|i| netns(&format!("{tag}c{i}")))
+        .collect();
+    let (h, w) = (host.name(), wire.name());
+    ip(&[
+        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
+    ]);
+    ip(&["-n", h, "link", "set", "p0", "up"]);
+    ip(&["-n", w, "link", "set", "wire0", "up"]);
+    ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
+    Topology { kids, host, wire }
+}
+
+impl Topology {
+    pub fn kid(&self, i: usize) -> &str {
+        self.kids[i].name()
+    }
+
+    /// A control socket path of its own (tests run engines in parallel).
+    pub fn socket(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}.sock", self.host.name()))
+    }
+}
+
+/// Waits until `cond` holds; panics naming `what` after 10 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
