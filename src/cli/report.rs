@@ -67,6 +67,24 @@ pub fn counters_text(
     for (name, c) in parents {
         let _ = writeln!(
             s,
+            "accounting of {name}: rx {} = forwarded {} + dropped {}",
+            c.rx.packets.get(),
+            c.rx_forwarded.get(),
+            c.rx_dropped_frames.get()
+        );
+    }
+    for (name, _, c) in ports {
+        let _ = writeln!(
+            s,
+            "accounting of {name}: tx {} = forwarded {} + dropped {}",
+            c.tx.packets.get(),
+            c.tx_forwarded.get(),
+            c.tx_dropped_frames.get()
+        );
+    }
+    for (name, c) in parents {
+        let _ = writeln!(
+            s,
             "ring of {name} (kernel): packets={} drops={} freezes={}",
             c.ring_packets.get(),
             c.ring_drops.get(),

@@ -14,6 +14,7 @@ use crate::control::serve;
 use crate::engine::daemon::Daemon;
 use crate::engine::plan::{ParentOptions, plan};
 use crate::spec::PortSpec;
+use crate::sys::ring::RingConfig;
 
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
 ///
@@ -60,6 +61,13 @@ pub struct RunArgs {
     /// Serve no control socket.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
+    /// Receive ring: bytes per block (a multiple of the page size; must hold the largest frame,
+    /// GSO super-frames included, or they are counted as truncated).
+    #[arg(long, value_name = "BYTES", default_value_t = RingConfig::DEFAULT.block_size)]
+    ring_block_size: u32,
+    /// Receive ring: number of blocks (memory per parent = blocks x block size).
+    #[arg(long, value_name = "N", default_value_t = RingConfig::DEFAULT.block_nr)]
+    ring_blocks: u32,
 }
 
 /// What a signal asks of the engine.
@@ -117,6 +125,13 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     // First, before any thread exists (checks spawn some): every thread inherits the mask, so a
     // signal can only be taken by the one thread that waits for it.
     let signals = signals(a.config.is_some())?;
+    let ring = RingConfig {
+        block_size: a.ring_block_size,
+        block_nr: a.ring_blocks,
+        ..RingConfig::DEFAULT
+    };
+    ring.validate()
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--ring-block-size/--ring-blocks: {e}")))?;
     let mut socket = a.control.clone();
     let checked = match (&a.config, &a.parent) {
         (Some(path), _) => {
@@ -152,9 +167,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         false => Some(serve(&socket).map_err(|e| Failure::usage(anyhow::Error::from(e)))?),
     };
     let mut daemon = match checked {
-        Checked::Config(path, config) => Daemon::from_config(&path, config)?,
-        Checked::Ports(plan) => Daemon::start(*plan)?,
-        Checked::Empty => Daemon::new()?,
+        Checked::Config(path, config) => Daemon::from_config(&path, config, ring)?,
+        Checked::Ports(plan) => Daemon::start(*plan, ring)?,
+        Checked::Empty => Daemon::new(ring)?,
     };
     let calls = server.as_ref().map(|(_, calls)| calls);
     match &server {

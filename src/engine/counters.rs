@@ -67,7 +67,21 @@ impl Drops {
     }
 }
 
+impl ParentCounters {
+    /// A frame from the wire that reached no port.
+    pub fn dropped(&self, r: DropReason) {
+        self.rx_dropped_frames.add(1);
+        self.drops.count(r);
+    }
+}
+
 impl PortCounters {
+    /// A frame this port sent that reached nothing.
+    pub fn dropped(&self, r: DropReason) {
+        self.tx_dropped_frames.add(1);
+        self.drops.count(r);
+    }
+
     /// Copies for this port that could not be written (its `rx` drops).
     pub fn rx_dropped(&self) -> u64 {
         self.drops.get(DropReason::TapQueueFull) + self.drops.get(DropReason::TapWriteFailed)
@@ -81,20 +95,36 @@ impl PortCounters {
 
 /// A port's counters, named from the port's side as `ip -s link` shows them: `rx` is what the
 /// engine delivered to the port, `tx` what the port sent.
+///
+/// Every frame the port sends ends in exactly one of `tx_forwarded` (it reached at least one
+/// port or the wire) and `tx_dropped_frames` (it reached nothing; also counted in `drops` under
+/// its reason): `tx.packets == tx_forwarded + tx_dropped_frames`.
 #[derive(Debug, Default)]
 pub struct PortCounters {
     pub rx: Flow,
     pub rx_multicast: Counter,
     pub tx: Flow,
-    /// Frames the port sent that went nowhere, and copies for it that were lost, by reason.
+    pub tx_forwarded: Counter,
+    pub tx_dropped_frames: Counter,
+    /// By reason: frames the port sent that reached nothing, and copies for it that could not be
+    /// written (`tap_queue_full`, `tap_write_failed`).
     pub drops: Drops,
 }
 
-/// The parent's counters: `rx` from the ring, `tx` to the wire, drops of frames from the wire.
+/// The parent's counters: `rx` from the ring, `tx` to the wire.
+///
+/// Every frame from the ring ends in exactly one of `rx_forwarded` (it reached at least one port)
+/// and `rx_dropped_frames` (it reached no port; also counted in `drops` under its reason):
+/// `rx.packets == rx_forwarded + rx_dropped_frames`. The kernel's ring counts the frames it could
+/// not give us: `ring_packets == rx.packets + ring_drops` once the ring is drained.
 #[derive(Debug, Default)]
 pub struct ParentCounters {
     pub rx: Flow,
+    pub rx_forwarded: Counter,
+    pub rx_dropped_frames: Counter,
     pub tx: Flow,
+    /// By reason: frames from the wire that reached no port, and copies for the wire that could
+    /// not be sent (`wire_send_failed`).
     pub drops: Drops,
     /// The kernel's own ring counters (PACKET_STATISTICS), accumulated.
     pub ring_packets: Counter,

@@ -80,6 +80,8 @@ pub struct Daemon {
     events: Receiver<Event>,
     /// The configuration file and what was last applied from it (`run --config`).
     config: Option<(std::path::PathBuf, Config)>,
+    /// The geometry of every parent's receive ring.
+    ring: RingConfig,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -95,8 +97,9 @@ fn internal(e: impl std::fmt::Display) -> ControlError {
 }
 
 impl Daemon {
-    /// An engine with no ports yet, in the calling thread's namespace.
-    pub fn new() -> anyhow::Result<Daemon> {
+    /// An engine with no ports yet, in the calling thread's namespace; each parent's receive
+    /// ring gets the geometry `ring`.
+    pub fn new(ring: RingConfig) -> anyhow::Result<Daemon> {
         let (tx, events) = crossbeam_channel::unbounded();
         Ok(Daemon {
             nl: Netlink::open()?,
@@ -107,13 +110,18 @@ impl Daemon {
             watchers: Watchers::new(tx),
             events,
             config: None,
+            ring,
         })
     }
 
     /// An engine with the ports of a configuration file, which `reload` re-reads. The file must
     /// have passed [`Config::check_machine`].
-    pub fn from_config(path: &std::path::Path, config: Config) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new()?;
+    pub fn from_config(
+        path: &std::path::Path,
+        config: Config,
+        ring: RingConfig,
+    ) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new(ring)?;
         d.config = Some((
             path.to_path_buf(),
             Config {
@@ -128,8 +136,8 @@ impl Daemon {
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
     /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
-    pub fn start(plan: Plan) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new()?;
+    pub fn start(plan: Plan, ring: RingConfig) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new(ring)?;
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
         for p in plan.ports {
@@ -143,7 +151,7 @@ impl Daemon {
         if self.parents.contains_key(&link.name) {
             return Ok(());
         }
-        let ring = RxRing::open(link.index, RingConfig::default())
+        let ring = RxRing::open(link.index, self.ring)
             .with_context(|| format!("opening the receive ring on {}", link.name))?;
         let wire = TxSocket::open(link.index)
             .with_context(|| format!("opening the send socket on {}", link.name))?;
@@ -162,7 +170,9 @@ impl Daemon {
         .spawn()?;
         self.watchers
             .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
-        tracing::info!(parent = %link.name, "parent opened");
+        let (blocks, block) = (self.ring.block_nr, self.ring.block_size);
+        let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
+        tracing::info!(parent = %link.name, "parent opened; receive ring {blocks} x {block} bytes = {mib:.1} MiB");
         let name = link.name.clone();
         let run = ParentRun {
             link,

@@ -88,17 +88,15 @@ pub fn from_parent<P: PortIo>(
 ) {
     pc.rx.count(f.wire_len);
     let Some((hdr, data)) = f.with_vnet.split_at_checked(VNET_HDR_LEN) else {
-        pc.drops.count(DropReason::Runt);
-        return;
+        return pc.dropped(DropReason::Runt);
     };
     if data.len() < f.wire_len {
-        pc.drops.count(DropReason::Truncated);
-        return;
+        return pc.dropped(DropReason::Truncated);
     }
     let vnet = VnetHdr::parse(hdr).unwrap_or_default();
     let meta = match FrameMeta::parse(data, f.vlan, table.parent().max_frame) {
         Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => return pc.drops.count(frame_error(e)),
+        Err(e) => return pc.dropped(frame_error(e)),
     };
     let v = decide(table, Ingress::Parent, &meta);
     // Passthru gives the port every unicast with pkt_type forced to HOST (§6); a TAP decides
@@ -139,28 +137,40 @@ pub fn from_parent<P: PortIo>(
         group,
     );
     if n == 0 {
-        pc.drops.count(v.reason.unwrap_or(DropReason::NoReceiver));
+        pc.dropped(v.reason.unwrap_or(DropReason::NoReceiver));
+    } else {
+        pc.rx_forwarded.add(1);
     }
 }
 
+/// Whether a port's frame must also be sent on the parent, and what the send decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToWire {
+    No,
+    /// The frame already reached a port; the wire gets a copy.
+    Copy,
+    /// The wire is the frame's only destination: the send decides whether it was forwarded.
+    Only,
+}
+
 /// A frame read from port `id`'s TAP: `buf` is the virtio-net header followed by the frame.
-/// Delivers it to the ports that get it and returns whether it must also go to the wire, which
-/// the caller does (and reports with [`wire_sent`]).
+/// Delivers it to the ports that get it and says whether it must also go to the wire, which the
+/// caller does (and reports with [`wire_sent`]).
 #[must_use = "a frame for the wire must be sent and counted with wire_sent"]
-pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u8]) -> bool {
+pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u8]) -> ToWire {
     let c = ports[id.index()].counters();
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
-        c.drops.count(DropReason::Runt);
-        return false;
+        c.dropped(DropReason::Runt);
+        return ToWire::No;
     };
     c.tx.count(data.len());
     let vnet = VnetHdr::parse(hdr).unwrap_or_default();
     let meta = match FrameMeta::parse(data, None, table.parent().max_frame) {
         Ok(m) => m.with_gso(vnet.is_gso()),
         Err(e) => {
-            c.drops.count(frame_error(e));
-            return false;
+            c.dropped(frame_error(e));
+            return ToWire::No;
         }
     };
     let v = decide(table, Ingress::Port(id), &meta);
@@ -173,19 +183,39 @@ pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u
         meta.len(),
         group,
     );
-    if n == 0 && !v.to_wire {
-        c.drops.count(v.reason.unwrap_or(DropReason::NoReceiver));
+    match (n, v.to_wire) {
+        (0, false) => {
+            c.dropped(v.reason.unwrap_or(DropReason::NoReceiver));
+            ToWire::No
+        }
+        (0, true) => ToWire::Only,
+        (_, to_wire) => {
+            c.tx_forwarded.add(1);
+            if to_wire { ToWire::Copy } else { ToWire::No }
+        }
     }
-    v.to_wire
 }
 
 /// Counts the outcome of sending on the parent a frame of `len` bytes (vnet header included)
-/// that the port with counters `sender` sent.
-pub fn wire_sent(parent: &ParentCounters, sender: &PortCounters, len: usize, sent: bool) {
+/// that the port with counters `sender` sent. A failed copy counts at the parent; when the wire
+/// was the frame's only destination, the send also decides the frame's fate at the sender.
+pub fn wire_sent(
+    parent: &ParentCounters,
+    sender: &PortCounters,
+    len: usize,
+    how: ToWire,
+    sent: bool,
+) {
     if sent {
         parent.tx.count(len.saturating_sub(VNET_HDR_LEN));
+        if how == ToWire::Only {
+            sender.tx_forwarded.add(1);
+        }
     } else {
-        sender.drops.count(DropReason::WireSendFailed);
+        parent.drops.count(DropReason::WireSendFailed);
+        if how == ToWire::Only {
+            sender.dropped(DropReason::WireSendFailed);
+        }
     }
 }
 
@@ -371,26 +401,86 @@ mod tests {
     fn bridge_broadcast_goes_to_siblings_and_wire() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge, Mode::Vepa]);
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        assert!(from_port(&t, &ports, PortId(0), &b), "also for the wire");
+        assert_eq!(
+            from_port(&t, &ports, PortId(0), &b),
+            ToWire::Copy,
+            "also for the wire"
+        );
         assert_eq!(ports[1].got.borrow().len(), 1);
         assert!(ports[0].got.borrow().is_empty() && ports[2].got.borrow().is_empty());
         assert_eq!(ports[0].counters.tx.packets.get(), 1);
         assert_eq!(ports[1].counters.rx_multicast.get(), 1);
-        wire_sent(&c, &ports[0].counters, b.len(), true);
+        wire_sent(&c, &ports[0].counters, b.len(), ToWire::Copy, true);
         assert_eq!(c.tx.packets.get(), 1);
         assert_eq!(c.tx.bytes.get(), 60);
     }
 
     #[test]
     fn failed_writes_and_sends_are_counted_where_they_happen() {
-        let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge]);
+        let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge, Mode::Bridge]);
         ports[1].fail = true;
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-        assert!(from_port(&t, &ports, PortId(0), &b));
-        wire_sent(&c, &ports[0].counters, b.len(), false);
+        assert_eq!(from_port(&t, &ports, PortId(0), &b), ToWire::Copy);
+        wire_sent(&c, &ports[0].counters, b.len(), ToWire::Copy, false);
+        // Copies lost: at the port they were for, and at the parent for the wire.
         assert_eq!(ports[1].counters.drops.get(DropReason::TapWriteFailed), 1);
-        assert_eq!(ports[0].counters.drops.get(DropReason::WireSendFailed), 1);
+        assert_eq!(c.drops.get(DropReason::WireSendFailed), 1);
         assert_eq!(c.tx.packets.get(), 0);
+        // The frame itself reached c2: forwarded, not dropped.
+        let s = &ports[0].counters;
+        assert_eq!((s.tx_forwarded.get(), s.tx_dropped_frames.get()), (1, 0));
+    }
+
+    #[test]
+    fn a_wire_only_frame_is_decided_by_the_send() {
+        let (t, c, ports) = setup(&[Mode::Vepa]);
+        let b = with_vnet(mac(50), mac(0), 60);
+        assert_eq!(from_port(&t, &ports, PortId(0), &b), ToWire::Only);
+        wire_sent(&c, &ports[0].counters, b.len(), ToWire::Only, false);
+        assert_eq!(from_port(&t, &ports, PortId(0), &b), ToWire::Only);
+        wire_sent(&c, &ports[0].counters, b.len(), ToWire::Only, true);
+        let s = &ports[0].counters;
+        assert_eq!(
+            (
+                s.tx.packets.get(),
+                s.tx_forwarded.get(),
+                s.tx_dropped_frames.get()
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(s.drops.get(DropReason::WireSendFailed), 1);
+    }
+
+    #[test]
+    fn every_frame_from_the_wire_is_forwarded_or_dropped_exactly_once() {
+        let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Vepa]);
+        ports[1].fail = true;
+        let frames = [
+            with_vnet(mac(0), mac(9), 60),
+            with_vnet(mac(1), mac(9), 60),
+            with_vnet(mac(77), mac(9), 60),
+            with_vnet(MacAddr::BROADCAST, mac(9), 60),
+            vec![0u8; VNET_HDR_LEN + 5],
+        ];
+        for b in &frames {
+            let wire_len = b.len() - VNET_HDR_LEN;
+            from_parent(
+                &t,
+                &c,
+                &ports,
+                &ParentFrame {
+                    with_vnet: b,
+                    wire_len,
+                    vlan: None,
+                },
+            );
+        }
+        assert_eq!(c.rx.packets.get(), 5);
+        assert_eq!(c.rx_forwarded.get() + c.rx_dropped_frames.get(), 5);
+        // c0's unicast and the broadcast (c0 got it) were forwarded; c1's unicast failed its only
+        // write; unknown and runt went nowhere.
+        assert_eq!(c.rx_forwarded.get(), 2);
+        assert_eq!(c.drops.total(), c.rx_dropped_frames.get());
     }
 
     #[test]
@@ -401,7 +491,11 @@ mod tests {
         let t = PortTable::build(parent, vec![p]).unwrap();
         let ports = [Fake::default()];
         let sent = from_port(&t, &ports, PortId(0), &with_vnet(mac(5), mac(0), 60));
-        assert!(!sent, "a down port's frame never reaches the wire");
+        assert_eq!(
+            sent,
+            ToWire::No,
+            "a down port's frame never reaches the wire"
+        );
         assert_eq!(ports[0].counters.drops.get(DropReason::PortDown), 1);
     }
 }

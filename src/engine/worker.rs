@@ -17,7 +17,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::{ParentCounters, PortCounters};
-use super::forward::{self, ParentFrame, PortIo};
+use super::forward::{self, ParentFrame, PortIo, ToWire};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
 use crate::sys::tap::Tap;
@@ -78,8 +78,8 @@ const TOKEN_TAP0: u64 = 2;
 #[derive(Debug)]
 struct WireBatch {
     slots: Vec<Vec<u8>>,
-    /// (sender, length) of the frames in `slots[..queued.len()]`.
-    queued: Vec<(PortId, usize)>,
+    /// (sender, length, what the send decides) of the frames in `slots[..queued.len()]`.
+    queued: Vec<(PortId, usize, ToWire)>,
 }
 
 impl WireBatch {
@@ -97,23 +97,23 @@ impl WireBatch {
             .queued
             .iter()
             .zip(&self.slots)
-            .map(|((_, n), s)| &s[..*n])
+            .map(|((_, n, _), s)| &s[..*n])
             .collect();
         let mut start = 0;
         while start < frames.len() {
             match wire.send_batch(&frames[start..]) {
                 Ok(k) if k > 0 => {
-                    for (id, n) in &self.queued[start..start + k] {
-                        forward::wire_sent(parent, &ports[id.index()].counters, *n, true);
+                    for (id, n, how) in &self.queued[start..start + k] {
+                        forward::wire_sent(parent, &ports[id.index()].counters, *n, *how, true);
                     }
                     start += k;
                 }
                 result => {
-                    let (id, n) = self.queued[start];
+                    let (id, n, how) = self.queued[start];
                     if let Err(e) = result {
                         tracing::debug!("sending on the parent failed: {e}");
                     }
-                    forward::wire_sent(parent, &ports[id.index()].counters, n, false);
+                    forward::wire_sent(parent, &ports[id.index()].counters, n, how, false);
                     start += 1;
                 }
             }
@@ -249,6 +249,9 @@ impl Worker {
             if woken {
                 let _ = wake.read();
                 if !self.apply_commands(commands, &mut poller)? {
+                    // What the ring already handed over is forwarded and counted, so that the
+                    // kernel's count and ours agree.
+                    self.drain_ring();
                     self.fold_ring_stats();
                     return Ok(());
                 }
@@ -329,8 +332,9 @@ impl Worker {
                     return;
                 }
             };
-            if forward::from_port(&self.set.table, ports, id, &slot[..n]) {
-                batch.queued.push((id, n));
+            let how = forward::from_port(&self.set.table, ports, id, &slot[..n]);
+            if how != ToWire::No {
+                batch.queued.push((id, n, how));
                 if batch.queued.len() == batch.slots.len() {
                     batch.flush(&self.wire, &self.counters, ports);
                 }
