@@ -48,7 +48,9 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("c0", || try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok());
+    wait_until("c0", || {
+        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
+    });
     ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
     std::thread::sleep(Duration::from_millis(300));
 
@@ -57,7 +59,8 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
     let src: MacAddr = "02:00:00:00:09:09".parse().unwrap();
     for i in 0..FRAMES {
         let dst = if i % 3 == 0 { unknown } else { c0 };
-        wire.send(&common::test_frame(dst, src, None, i, 64)).unwrap();
+        wire.send(&common::test_frame(dst, src, None, i, 64))
+            .unwrap();
     }
     // Let the last block retire (1 ms timer) and the engine drain it.
     std::thread::sleep(Duration::from_millis(500));
@@ -75,9 +78,16 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
     };
     let ring = numbers(&report, "ring of p0 (kernel):");
     let (ring_packets, ring_drops) = (ring[0], ring[1]);
-    assert!(ring_drops > 0, "the tiny ring should have overrun:\n{report}");
+    assert!(
+        ring_drops > 0,
+        "the tiny ring should have overrun:\n{report}"
+    );
     assert!(ring_packets <= FRAMES, "{report}");
-    assert_eq!(ring_packets, rx + ring_drops, "frames lost without a count:\n{report}");
+    assert_eq!(
+        ring_packets,
+        rx + ring_drops,
+        "frames lost without a count:\n{report}"
+    );
     assert_eq!(rx, forwarded + dropped, "{report}");
     let parent_row = report.lines().find(|l| l.starts_with("p0 ")).unwrap();
     let by_reason: u64 = parent_row
@@ -87,7 +97,10 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
     assert_eq!(by_reason, dropped, "drops by reason must add up:\n{report}");
     assert!(parent_row.contains("unknown_destination="), "{report}");
     let c0_rx = numbers(&report, "c0 ")[0];
-    assert_eq!(c0_rx, forwarded, "each forwarded frame reached c0 exactly once:\n{report}");
+    assert_eq!(
+        c0_rx, forwarded,
+        "each forwarded frame reached c0 exactly once:\n{report}"
+    );
     let [c0_tx, c0_fwd, c0_drop] = numbers(&report, "accounting of c0:")[..] else {
         panic!("{report}")
     };

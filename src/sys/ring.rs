@@ -42,10 +42,6 @@ use super::{bind_packet, packet_socket, set_packet_opt};
 const BLOCK_DESC_LEN: usize = 48;
 /// Offset of `hdr.bh1.block_status` in `struct tpacket_block_desc`.
 const BLOCK_STATUS_OFF: usize = 8;
-/// The block bytes the guard may view as a slice start here, right after `block_status`: the
-/// kernel writes that word concurrently (atomically from our side), the rest of a user-owned
-/// block it leaves alone.
-const BLOCK_VIEW_OFF: usize = BLOCK_STATUS_OFF + 4;
 /// Offsets in `struct tpacket_block_desc` (`hdr.bh1.*`).
 const NUM_PKTS_OFF: usize = 12;
 const FIRST_PKT_OFF: usize = 16;
@@ -71,13 +67,40 @@ const SLL_LEN: usize = 20;
 /// `tp_mac` can be no smaller: frame header, address, vnet header, then the MAC header.
 const MIN_TP_MAC: usize = SLL_OFF + SLL_LEN + VNET_HDR_LEN;
 
-/// Geometry of the TPACKET_V3 receive ring.
+/// `sizeof(struct tpacket2_hdr)` (TPACKET2_HDRLEN without the address), already aligned.
+const TPACKET2_HDR_LEN: usize = 32;
+/// Offsets in `struct tpacket2_hdr`.
+const TP2_STATUS_OFF: usize = 0;
+const TP2_LEN_OFF: usize = 4;
+const TP2_SNAPLEN_OFF: usize = 8;
+const TP2_MAC_OFF: usize = 12;
+const TP2_VLAN_TCI_OFF: usize = 24;
+const TP2_VLAN_TPID_OFF: usize = 26;
+/// `tp_mac` in a V2 slot can be no smaller than this.
+const MIN_TP2_MAC: usize = TPACKET2_HDR_LEN + SLL_LEN + VNET_HDR_LEN;
+
+/// Which ring the kernel fills.
+///
+/// * **V3** hands over whole blocks: cheap under load (one wake-up per block), but a lone frame
+///   waits until its block's retire timer fires (`retire_tov_ms`, at least 1 ms): sparse
+///   traffic sees up to that much added latency (`perf-facts.md` §5).
+/// * **V2** hands over every frame as it arrives: one wake-up per frame, and fixed slots that
+///   must each hold the largest frame (a 64 KiB super-frame), so the same memory holds fewer
+///   frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RingVersion {
+    V2,
+    V3,
+}
+
+/// Geometry of the receive ring.
 ///
 /// In V3 the **block** caps the frame size (`block_size - 48 - tp_mac`, `perf-facts.md` §2):
 /// larger frames arrive truncated (`tp_snaplen < tp_len`). 256 KiB covers 64 KiB GSO/GRO
 /// super-frames; BIG TCP needs `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RingConfig {
+    pub version: RingVersion,
     /// Bytes per block: a multiple of the page size.
     pub block_size: u32,
     /// Number of blocks.
@@ -94,9 +117,20 @@ pub struct RingConfig {
 impl RingConfig {
     /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms (`perf-facts.md` §8).
     pub const DEFAULT: RingConfig = RingConfig {
+        version: RingVersion::V3,
         block_size: 256 * 1024,
         block_nr: 64,
         frame_size: 2048,
+        retire_tov_ms: 1,
+    };
+
+    /// A V2 ring: 256 slots of 68 KiB (17 MiB), each holding a 64 KiB super-frame with its
+    /// headers; one slot per block.
+    pub const V2: RingConfig = RingConfig {
+        version: RingVersion::V2,
+        block_size: 68 * 1024,
+        block_nr: 256,
+        frame_size: 68 * 1024,
         retire_tov_ms: 1,
     };
 
@@ -121,9 +155,13 @@ impl RingConfig {
         if !self.frame_size.is_multiple_of(16) {
             return Err("frame_size must be a multiple of TPACKET_ALIGNMENT (16)");
         }
-        // TPACKET3_HDRLEN (68) rounded up, plus the vnet header and an Ethernet header.
-        if (self.frame_size as usize) < MIN_TP_MAC + crate::frame::ETH_HLEN {
-            return Err("frame_size is smaller than the V3 frame headers");
+        // The frame header, the address, the vnet header and an Ethernet header.
+        let headers = match self.version {
+            RingVersion::V2 => MIN_TP2_MAC,
+            RingVersion::V3 => MIN_TP_MAC,
+        };
+        if (self.frame_size as usize) < headers + crate::frame::ETH_HLEN {
+            return Err("frame_size is smaller than the ring's frame headers");
         }
         if self.frame_size > self.block_size || !self.block_size.is_multiple_of(self.frame_size) {
             return Err("frame_size must divide block_size");
@@ -281,27 +319,42 @@ impl RxRing {
             .map_err(|source| RingError::Socket { ifindex, source })?;
         set_packet_opt(fd.as_fd(), libc::PACKET_VNET_HDR, &1 as &libc::c_int)
             .map_err(|source| RingError::VnetHdr { ifindex, source })?;
-        let v3 = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
-        set_packet_opt(fd.as_fd(), libc::PACKET_VERSION, &v3)
+        let version = match config.version {
+            RingVersion::V2 => libc::tpacket_versions::TPACKET_V2,
+            RingVersion::V3 => libc::tpacket_versions::TPACKET_V3,
+        } as libc::c_int;
+        set_packet_opt(fd.as_fd(), libc::PACKET_VERSION, &version)
             .map_err(|source| RingError::Version { ifindex, source })?;
         set_packet_opt(fd.as_fd(), libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)
             .map_err(|source| RingError::IgnoreOutgoing { ifindex, source })?;
-        let req = libc::tpacket_req3 {
-            tp_block_size: config.block_size,
-            tp_block_nr: config.block_nr,
-            tp_frame_size: config.frame_size,
-            tp_frame_nr: frame_nr,
-            tp_retire_blk_tov: config.retire_tov_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+        let ring_error = |source| RingError::RxRing {
+            ifindex,
+            config,
+            source,
         };
-        set_packet_opt(fd.as_fd(), libc::PACKET_RX_RING, &req).map_err(|source| {
-            RingError::RxRing {
-                ifindex,
-                config,
-                source,
+        match config.version {
+            RingVersion::V3 => {
+                let req = libc::tpacket_req3 {
+                    tp_block_size: config.block_size,
+                    tp_block_nr: config.block_nr,
+                    tp_frame_size: config.frame_size,
+                    tp_frame_nr: frame_nr,
+                    tp_retire_blk_tov: config.retire_tov_ms,
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                set_packet_opt(fd.as_fd(), libc::PACKET_RX_RING, &req).map_err(ring_error)?;
             }
-        })?;
+            RingVersion::V2 => {
+                let req = libc::tpacket_req {
+                    tp_block_size: config.block_size,
+                    tp_block_nr: config.block_nr,
+                    tp_frame_size: config.frame_size,
+                    tp_frame_nr: frame_nr,
+                };
+                set_packet_opt(fd.as_fd(), libc::PACKET_RX_RING, &req).map_err(ring_error)?;
+            }
+        }
 
         // SAFETY: a fresh mapping (addr NULL, no MAP_FIXED) cannot alias any Rust object; the fd
         // is a packet socket whose RX ring of exactly `map_len` bytes was configured just above,
@@ -371,25 +424,41 @@ impl RxRing {
     /// A handed-over block can be **empty** (`num_pkts` 0): measured on 6.18, a frame clamped to
     /// the block size does not fit the current block even when that block is empty, so the kernel
     /// retires it and puts the frame in the next one.
+    ///
+    /// With a V2 ring, each "block" is one frame slot holding exactly one frame.
     pub fn next_block(&mut self) -> Option<Block<'_>> {
-        let block_size = self.config.block_size as usize;
-        let offset = self.next as usize * block_size;
-        // SAFETY: `next < block_nr`, so `offset + block_size <= block_size × block_nr == map_len`:
+        let (slot_size, slots) = self.slots();
+        let offset = self.next as usize * slot_size;
+        // SAFETY: `next < slots`, and `slot_size × slots <= map_len` (a V3 block is a slot; V2
+        // slots are whole frames, `frames_per_block` of them per block, never crossing one), so
         // the pointer stays inside the mapping we own.
         let base = unsafe { self.map.add(offset) };
-        // SAFETY: `base` is page-aligned and inside the mapping (above), so the status word at
-        // +8 is in bounds and 4-aligned; the kernel writes it concurrently, which is why it is
-        // only ever accessed through an `AtomicU32`.
-        let status = unsafe { block_status(base) };
-        if status.load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+        let status_off = status_offset(self.config.version);
+        // SAFETY: `base` is 16-aligned (page-aligned blocks, frame sizes a multiple of 16) and
+        // inside the mapping (above), so the status word at `status_off` is in bounds and
+        // 4-aligned; the kernel writes it concurrently, which is why it is only ever accessed
+        // through an `AtomicU32`.
+        let status = unsafe { status_word(base, status_off) }.load(Ordering::Acquire);
+        if status & libc::TP_STATUS_USER == 0 {
             return None;
         }
-        self.next = (self.next + 1) % self.config.block_nr;
+        self.next = (self.next + 1) % slots;
         Some(Block {
             base,
-            block_size,
+            block_size: slot_size,
+            version: self.config.version,
+            status,
             _ring: PhantomData,
         })
+    }
+
+    /// The size and number of the units the kernel hands over: blocks (V3) or frames (V2).
+    fn slots(&self) -> (usize, u32) {
+        let c = &self.config;
+        match c.version {
+            RingVersion::V3 => (c.block_size as usize, c.block_nr),
+            RingVersion::V2 => (c.frame_size as usize, c.frame_nr().unwrap_or(0)),
+        }
     }
 
     /// Reads and **clears** the socket's counters (`PACKET_STATISTICS`): each call returns the
@@ -445,12 +514,22 @@ impl Drop for RxRing {
 /// # Safety
 /// `base` must point to the start of a block inside a live ring mapping (page-aligned), and the
 /// mapping must outlive `'a`.
-unsafe fn block_status<'a>(base: NonNull<u8>) -> &'a AtomicU32 {
-    // SAFETY: by the caller's contract `base + 8` is inside the mapping.
-    let word = unsafe { base.as_ptr().add(BLOCK_STATUS_OFF) };
+unsafe fn status_word<'a>(base: NonNull<u8>, off: usize) -> &'a AtomicU32 {
+    // SAFETY: by the caller's contract `base + off` is inside the mapping.
+    let word = unsafe { base.as_ptr().add(off) };
     // SAFETY: `word .. word + 4` is inside the mapping, which outlives `'a` (caller's contract),
-    // and 4-aligned (blocks are page-aligned); every Rust access to this word is atomic.
+    // and 4-aligned (slots are 16-aligned, `off` is 0 or 8); every Rust access to this word is
+    // atomic.
     unsafe { AtomicU32::from_ptr(word.cast::<u32>()) }
+}
+
+/// Where the status word of a handed-over unit is: `block_status` in a V3 block descriptor,
+/// `tp_status` at the start of a V2 frame.
+const fn status_offset(v: RingVersion) -> usize {
+    match v {
+        RingVersion::V3 => BLOCK_STATUS_OFF,
+        RingVersion::V2 => TP2_STATUS_OFF,
+    }
 }
 
 /// A block handed over by the kernel. Dropping it returns the block (Release store of
@@ -458,54 +537,73 @@ unsafe fn block_status<'a>(base: NonNull<u8>) -> &'a AtomicU32 {
 #[derive(Debug)]
 pub struct Block<'a> {
     base: NonNull<u8>,
+    /// The unit's size: a block (V3) or a frame slot (V2).
     block_size: usize,
+    version: RingVersion,
+    /// The status word as `next_block` read it (a V2 frame's `tp_status` flags live here).
+    status: u32,
     _ring: PhantomData<&'a mut RxRing>,
 }
 
 impl Block<'_> {
-    /// The block's bytes after `block_status`, indexed from `BLOCK_VIEW_OFF`.
+    /// The unit's bytes after its status word, indexed by offsets from the unit's start.
     fn view(&self) -> BlockView<'_> {
-        // SAFETY: `BLOCK_VIEW_OFF < block_size`, and the block lies inside the live mapping
+        let skip = status_offset(self.version) + 4;
+        // SAFETY: `skip <= 12 < block_size`, and the unit lies inside the live mapping
         // (`next_block` checked the index; the guard borrows the ring mutably).
-        let start = unsafe { self.base.as_ptr().add(BLOCK_VIEW_OFF) };
+        let start = unsafe { self.base.as_ptr().add(skip) };
         // SAFETY: `start .. base + block_size` is inside the mapping (above). The Acquire load of
         // `TP_STATUS_USER` in `next_block` made the kernel's writes visible, and the kernel does
-        // not write this block again until `Drop` stores `TP_STATUS_KERNEL`, which cannot happen
+        // not write this unit again until `Drop` stores `TP_STATUS_KERNEL`, which cannot happen
         // while the returned slice (which borrows `self`) lives. The slice starts after the
         // status word, the only word the kernel touches meanwhile.
-        let bytes = unsafe { std::slice::from_raw_parts(start, self.block_size - BLOCK_VIEW_OFF) };
-        BlockView { bytes }
+        let bytes = unsafe { std::slice::from_raw_parts(start, self.block_size - skip) };
+        BlockView { bytes, skip }
     }
 
-    /// `num_pkts`: how many frames the kernel says the block holds.
+    /// `num_pkts`: how many frames the kernel says the block holds (a V2 slot holds one).
     pub fn num_pkts(&self) -> u32 {
-        self.view().u32_at(NUM_PKTS_OFF).unwrap_or(0)
+        match self.version {
+            RingVersion::V3 => self.view().u32_at(NUM_PKTS_OFF).unwrap_or(0),
+            RingVersion::V2 => 1,
+        }
     }
 
-    /// `seq_num`: the kernel's running block sequence number (gaps mean nothing; it is per ring).
+    /// `seq_num`: the kernel's running block sequence number (gaps mean nothing; it is per ring);
+    /// 0 for a V2 slot.
     pub fn seq_num(&self) -> u64 {
-        self.view().u64_at(SEQ_NUM_OFF).unwrap_or(0)
+        match self.version {
+            RingVersion::V3 => self.view().u64_at(SEQ_NUM_OFF).unwrap_or(0),
+            RingVersion::V2 => 0,
+        }
     }
 
     /// The frames in the block. Iteration stops early, without reading outside the block, if the
     /// kernel's offsets are inconsistent; compare the count with [`Block::num_pkts`] to detect it.
     pub fn frames(&self) -> Frames<'_> {
         let view = self.view();
-        let remaining = view.u32_at(NUM_PKTS_OFF).unwrap_or(0);
-        let next = view.u32_at(FIRST_PKT_OFF).unwrap_or(0) as usize;
+        let (next, remaining) = match self.version {
+            RingVersion::V3 => (
+                view.u32_at(FIRST_PKT_OFF).unwrap_or(0) as usize,
+                view.u32_at(NUM_PKTS_OFF).unwrap_or(0),
+            ),
+            RingVersion::V2 => (0, 1),
+        };
         Frames {
             view,
             next,
             remaining,
+            version: self.version,
+            status: self.status,
         }
     }
 }
 
 impl Drop for Block<'_> {
     fn drop(&mut self) {
-        // SAFETY: `base` is the start of a block in the ring mapping, which outlives this guard
-        // (it borrows the ring).
-        let status = unsafe { block_status(self.base) };
+        // SAFETY: `base` is the start of a unit in the ring mapping, which outlives this guard
+        // (it borrows the ring); its status word is where `next_block` found it.
+        let status = unsafe { status_word(self.base, status_offset(self.version)) };
         // Release: our reads of this block happen before the kernel may refill it.
         status.store(libc::TP_STATUS_KERNEL, Ordering::Release);
     }
@@ -514,13 +612,14 @@ impl Drop for Block<'_> {
 /// Checked little reader over a user-owned block, indexed by offsets from the block start.
 #[derive(Clone, Copy, Debug)]
 struct BlockView<'b> {
-    /// The block from `BLOCK_VIEW_OFF` on.
+    /// The block from `skip` on (after its status word).
     bytes: &'b [u8],
+    skip: usize,
 }
 
 impl<'b> BlockView<'b> {
     fn range(&self, block_off: usize, len: usize) -> Option<&'b [u8]> {
-        let start = block_off.checked_sub(BLOCK_VIEW_OFF)?;
+        let start = block_off.checked_sub(self.skip)?;
         self.bytes.get(start..start.checked_add(len)?)
     }
 
@@ -541,13 +640,45 @@ impl<'b> BlockView<'b> {
 #[derive(Debug)]
 pub struct Frames<'b> {
     view: BlockView<'b>,
-    /// Block offset of the next `tpacket3_hdr`.
+    /// Block offset of the next `tpacket3_hdr` (V2: 0, the slot's `tpacket2_hdr`).
     next: usize,
     remaining: u32,
+    version: RingVersion,
+    /// The unit's status word (used by V2, whose frame flags are in it).
+    status: u32,
 }
 
 impl<'b> Frames<'b> {
     fn parse(&self, off: usize) -> Option<(RingFrame<'b>, u32)> {
+        match self.version {
+            RingVersion::V3 => self.parse_v3(off),
+            RingVersion::V2 => self.parse_v2().map(|f| (f, 0)),
+        }
+    }
+
+    /// The one frame of a V2 slot (`struct tpacket2_hdr` at its start).
+    fn parse_v2(&self) -> Option<RingFrame<'b>> {
+        let v = &self.view;
+        let snaplen = v.u32_at(TP2_SNAPLEN_OFF)? as usize;
+        let mac = v.u16_at(TP2_MAC_OFF)? as usize;
+        if mac < MIN_TP2_MAC {
+            return None;
+        }
+        let data = v.range(mac - VNET_HDR_LEN, snaplen.checked_add(VNET_HDR_LEN)?)?;
+        let pkt_type = v.range(TPACKET2_HDR_LEN + SLL_PKTTYPE_OFF, 1)?[0];
+        // The status word is not in the view (the kernel owns it); it was read in `next_block`.
+        Some(RingFrame {
+            data,
+            wire_len: v.u32_at(TP2_LEN_OFF)?,
+            status: self.status,
+            rxhash: 0,
+            vlan_tci: u32::from(v.u16_at(TP2_VLAN_TCI_OFF)?),
+            vlan_tpid: v.u16_at(TP2_VLAN_TPID_OFF)?,
+            pkt_type,
+        })
+    }
+
+    fn parse_v3(&self, off: usize) -> Option<(RingFrame<'b>, u32)> {
         if off < BLOCK_DESC_LEN {
             return None;
         }
@@ -855,10 +986,13 @@ mod tests {
             put_u32(&mut b, FIRST_PKT_OFF, first);
             let it = Frames {
                 view: BlockView {
-                    bytes: &b[BLOCK_VIEW_OFF..],
+                    bytes: &b[BLOCK_STATUS_OFF + 4..],
+                    skip: BLOCK_STATUS_OFF + 4,
                 },
                 next: first as usize,
                 remaining: num,
+                version: RingVersion::V3,
+                status: libc::TP_STATUS_USER,
             };
             it.map(|f| {
                 assert_eq!(f.vnet()[0], 1);
@@ -948,11 +1082,19 @@ mod tests {
 
         #[test]
         fn tx_on_one_veth_end_reaches_the_ring_on_the_other() {
+            tx_reaches_the_ring(RingConfig::DEFAULT);
+        }
+
+        #[test]
+        fn the_same_through_a_v2_ring() {
+            tx_reaches_the_ring(RingConfig::V2);
+        }
+
+        fn tx_reaches_the_ring(config: RingConfig) {
             let ns = NetNs::new();
             ns.veth("va", "vb");
             ns.run(|| {
-                let mut ring =
-                    RxRing::open(ifindex("vb"), RingConfig::DEFAULT).expect("ring on vb");
+                let mut ring = RxRing::open(ifindex("vb"), config).expect("ring on vb");
                 let tx = TxSocket::open(ifindex("va")).expect("tx on va");
 
                 // 1. Untagged, partial checksum: bytes and vnet header arrive unchanged.
@@ -1112,7 +1254,7 @@ mod tests {
                     block_size: 4096,
                     block_nr: 4,
                     frame_size: 2048,
-                    retire_tov_ms: 1,
+                    ..RingConfig::DEFAULT
                 };
                 let mut ring = RxRing::open(ifindex("vb"), cfg).expect("ring on vb");
                 let tx = TxSocket::open(ifindex("va")).expect("tx on va");
