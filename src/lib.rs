@@ -19,6 +19,8 @@ pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lab;
 pub mod mac;
 pub mod net;
