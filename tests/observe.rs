@@ -53,8 +53,7 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .map(|d| {
             d.flatten()
                 .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == name)
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
                 })
                 .count()
         })
@@ -202,9 +201,23 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
             .spawn()
             .unwrap()
     };
-    let mut cap = spawn(&["capture", "parent", "-w", all_pcap.to_str().unwrap(), "-c", &k]);
+    let mut cap = spawn(&[
+        "capture",
+        "parent",
+        "-w",
+        all_pcap.to_str().unwrap(),
+        "-c",
+        &k,
+    ]);
     let mut follow = spawn(&["trace", "--follow", "parent", "-c", &k, "-j"]);
-    let mut drops = spawn(&["capture", "drops", "-w", drops_pcap.to_str().unwrap(), "-c", "2"]);
+    let mut drops = spawn(&[
+        "capture",
+        "drops",
+        "-w",
+        drops_pcap.to_str().unwrap(),
+        "-c",
+        "2",
+    ]);
     // `capture -w - | tcpdump -r -`.
     let mut piped = spawn(&["capture", "parent", "-w", "-", "-c", &k]);
     let mut tcpdump = Command::new("tcpdump")
@@ -222,7 +235,10 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
         wire.send(f).unwrap();
     }
     let cap_err = finish(&mut cap, "capture parent");
-    assert!(cap_err.is_empty(), "capture -w FILE writes nothing to stdout");
+    assert!(
+        cap_err.is_empty(),
+        "capture -w FILE writes nothing to stdout"
+    );
     let follow_out = String::from_utf8(finish(&mut follow, "trace --follow")).unwrap();
     finish(&mut drops, "capture drops");
     finish(&mut piped, "capture -w -");
@@ -287,7 +303,10 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
         .collect();
     assert_eq!(lines.len(), 6, "{tcpdump_out}");
     assert!(lines[0].contains(&format!("{EXT} > {C0}")), "{tcpdump_out}");
-    assert!(lines[2].contains(&format!("{EXT} > {UNKNOWN}")), "{tcpdump_out}");
+    assert!(
+        lines[2].contains(&format!("{EXT} > {UNKNOWN}")),
+        "{tcpdump_out}"
+    );
 
     // trace --follow -j: one JSON line per frame with receivers, reason and rule.
     let seen: Vec<Value> = follow_out
@@ -319,13 +338,38 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
         threads_named(engine_pid, "umacvlan-follow") == 0
     });
 
-    // tshark, when installed, opens the file too.
-    match Command::new("tshark").arg("-r").arg(&all_pcap).output() {
+    // tshark (installed by .ci/run) reads the same interfaces, directions and comments.
+    match Command::new("tshark")
+        .arg("-r")
+        .arg(&all_pcap)
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .args(["-e", "frame.packet_flags_direction", "-e", "frame.comment"])
+        .output()
+    {
         Ok(o) => {
-            assert!(o.status.success(), "tshark: {}", String::from_utf8_lossy(&o.stderr));
-            assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 6);
+            assert!(
+                o.status.success(),
+                "tshark: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got = String::from_utf8_lossy(&o.stdout);
+            let got: Vec<Vec<&str>> = got.lines().map(|l| l.split('\t').collect()).collect();
+            let want: Vec<Vec<String>> = packets
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.at.clone(),
+                        format!("0x{:08x}", p.dir),
+                        p.comment.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            assert_eq!(got, want);
         }
-        Err(_) => eprintln!("SKIPPED: tshark is not installed; the pcapng was checked with pcap-file and tcpdump only"),
+        Err(e) => eprintln!(
+            "SKIPPED the tshark check: tshark cannot run ({e}); the pcapng was checked with \
+             pcap-file and tcpdump only (.ci/run installs tshark)"
+        ),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -377,14 +421,15 @@ fn follow_text_lines_and_unknown_targets() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the follower", || threads_named(pid, "umacvlan-follow") == 1);
+    wait_until("the follower", || {
+        threads_named(pid, "umacvlan-follow") == 1
+    });
     let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
     wire.send(&test_frame(C0, EXT, Some(5), 1, 64)).unwrap();
     let out = String::from_utf8(finish(&mut follow, "trace --follow c0")).unwrap();
     let line = out.trim_end();
-    let tail = format!(
-        " parent(p0) {EXT} > {C0} len 64 vlan 5 to c0 wire no rule rx_unicast_to_port"
-    );
+    let tail =
+        format!(" parent(p0) {EXT} > {C0} len 64 vlan 5 to c0 wire no rule rx_unicast_to_port");
     assert!(line.ends_with(&tail), "{line:?} should end with {tail:?}");
     assert_eq!(line.lines().count(), 1);
 }

@@ -35,7 +35,9 @@ use pcap_file::pcapng::blocks::opt_common::CommonOption;
 
 use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
-use crate::control::proto::{FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request};
+use crate::control::proto::{
+    FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request,
+};
 use crate::forward::DropReason;
 
 /// EPB flags, direction bits (pcapng §4.3.1): the frame entered at this interface.
@@ -126,14 +128,17 @@ impl<W: Write> PcapngSink<W> {
             return Ok(*i);
         }
         let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, self.snaplen);
-        idb.options.push(InterfaceDescriptionOption::IfName(Cow::Owned(
-            name.to_string(),
-        )));
+        idb.options
+            .push(InterfaceDescriptionOption::IfName(Cow::Owned(
+                name.to_string(),
+            )));
         idb.options
             .push(InterfaceDescriptionOption::IfDescription(Cow::Owned(desc)));
         if let Some(m) = mac {
             idb.options
-                .push(InterfaceDescriptionOption::IfMacAddr(Cow::Owned(m.to_vec())));
+                .push(InterfaceDescriptionOption::IfMacAddr(Cow::Owned(
+                    m.to_vec(),
+                )));
         }
         idb.options.push(InterfaceDescriptionOption::IfTsResol(
             InterfaceTsResolution::NANO,
@@ -174,7 +179,11 @@ impl<W: Write> PcapngSink<W> {
     /// Writes one observed frame's packets and flushes.
     pub fn frame(&mut self, f: &ObservedFrame) -> io::Result<()> {
         let data = f.bytes.as_deref().map(unhex).unwrap_or_default();
-        let ingress = if f.from == "parent" { &f.parent } else { &f.from };
+        let ingress = if f.from == "parent" {
+            &f.parent
+        } else {
+            &f.from
+        };
         self.packet(ingress, f, &data, INBOUND, Some(ingress_comment(f)))?;
         for r in &f.receivers {
             self.packet(r, f, &data, OUTBOUND, None)?;
@@ -198,7 +207,10 @@ fn drop_text(reason: &str) -> String {
 }
 
 fn ingress_comment(f: &ObservedFrame) -> String {
-    let rule = f.rule.as_deref().unwrap_or("none (refused before any decision)");
+    let rule = f
+        .rule
+        .as_deref()
+        .unwrap_or("none (refused before any decision)");
     match &f.reason {
         Some(r) => format!("{}; rule {rule}", drop_text(r)),
         None => {
@@ -335,6 +347,9 @@ pub fn follow(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `capture` writes.
+type Out = io::BufWriter<Box<dyn Write>>;
+
 /// `umacvlan capture`.
 pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
     let out: Box<dyn Write> = match a.write.as_deref() {
@@ -363,7 +378,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
         with_bytes: true,
     };
     let mut out = Some(io::BufWriter::new(out));
-    let sink: RefCell<Option<PcapngSink<io::BufWriter<Box<dyn Write>>>>> = RefCell::new(None);
+    let sink: RefCell<Option<PcapngSink<Out>>> = RefCell::new(None);
     let (frames, lost) = follow_stream(
         &a.control,
         req,
@@ -484,11 +499,24 @@ mod tests {
                 .starts_with("dropped: unknown_destination — unicast to a MAC"),
             "{got:?}"
         );
-        assert_eq!(got[3], (2, INBOUND, Some("to c0, wire; rule rx_unicast_to_port".into())));
+        assert_eq!(
+            got[3],
+            (
+                2,
+                INBOUND,
+                Some("to c0, wire; rule rx_unicast_to_port".into())
+            )
+        );
         assert_eq!(got[4], (1, OUTBOUND, None));
         assert_eq!(got[5], (0, OUTBOUND, None), "to the wire: at the parent");
         assert_eq!(got[6].0, 3);
-        assert!(got[6].2.as_deref().unwrap().starts_with("dropped: tap_queue_full"));
+        assert!(
+            got[6]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("dropped: tap_queue_full")
+        );
     }
 
     #[test]
@@ -499,6 +527,9 @@ mod tests {
             "22:13:20.123456 parent(p0) 02:00:00:00:00:09 > 02:00:00:00:00:01 len 60 to c0 wire no rule rx_unicast_to_port"
         );
         let l = follow_line(&frame("parent", &[], Some("unknown_destination")));
-        assert!(l.ends_with("to - wire no dropped unknown_destination rule rx_unicast_to_port"), "{l}");
+        assert!(
+            l.ends_with("to - wire no dropped unknown_destination rule rx_unicast_to_port"),
+            "{l}"
+        );
     }
 }

@@ -105,7 +105,9 @@ pub fn run(a: TraceArgs) -> Result<ExitCode, Failure> {
         return super::capture::follow(target, a.count, a.json, &a.control);
     }
     let (Some(src), Some(dst)) = (a.src, a.dst) else {
-        return Err(Failure::usage(anyhow::anyhow!("--src and --dst are required")));
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--src and --dst are required"
+        )));
     };
     let frame = TraceFrame {
         src,

@@ -473,7 +473,13 @@ fn control_streams_until_count_then_serves_the_next_request() {
         .collect();
     assert_eq!(
         kinds,
-        ["following", "observation", "observation", "follow-end", "links"]
+        [
+            "following",
+            "observation",
+            "observation",
+            "follow-end",
+            "links"
+        ]
     );
     // A refused stream is one error line.
     match client::stream(&dir.sock(), follow("nothing", None), |_| Ok(true)) {
@@ -501,7 +507,10 @@ fn control_stream_stops_when_the_client_disconnects() {
     let stopped = |t: &str| FOLLOW_CLOSED.lock().unwrap().iter().any(|x| x == t);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !(stopped("leaver") && stopped("silent")) {
-        assert!(std::time::Instant::now() < deadline, "the streams did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the streams did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The server still answers.

@@ -262,7 +262,14 @@ impl Daemon {
     }
 
     /// Answers one call: streams for `follow`, one response otherwise.
-    fn call(&mut self, Call { request, reply, closed }: Call) {
+    fn call(
+        &mut self,
+        Call {
+            request,
+            reply,
+            closed,
+        }: Call,
+    ) {
         match request {
             Request::Follow(f) => {
                 if let Err(error) = self.follow(f, reply.clone(), closed) {
@@ -288,7 +295,11 @@ impl Daemon {
         let t = f.target.as_str();
         let (filter, parents): (Filter, Vec<&String>) = if t == "parent" || t == "drops" {
             let all = self.parents.keys().collect();
-            let filter = if t == "drops" { Filter::Drops } else { Filter::All };
+            let filter = if t == "drops" {
+                Filter::Drops
+            } else {
+                Filter::All
+            };
             (filter, all)
         } else if let Some((name, _)) = self.parents.get_key_value(t) {
             (Filter::Parent(t.to_string()), vec![name])
@@ -297,7 +308,9 @@ impl Daemon {
         } else {
             return Err(err(
                 ErrorKind::NoSuchLink,
-                format!("nothing named {t} to follow (use parent, a parent's or a port's name, or drops)"),
+                format!(
+                    "nothing named {t} to follow (use parent, a parent's or a port's name, or drops)"
+                ),
             ));
         };
         let mut interfaces = Vec::new();
@@ -319,7 +332,11 @@ impl Daemon {
             }
         }
         let snaplen = match f.with_bytes {
-            true => f.snaplen.filter(|n| *n > 0).unwrap_or(MAX_SNAPLEN).min(MAX_SNAPLEN) as usize,
+            true => f
+                .snaplen
+                .filter(|n| *n > 0)
+                .unwrap_or(MAX_SNAPLEN)
+                .min(MAX_SNAPLEN) as usize,
             false => 0,
         };
         let (sink, rx) = self.observers.register(filter, snaplen, FOLLOW_BACKLOG);

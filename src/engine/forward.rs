@@ -111,7 +111,13 @@ fn deliver<P: PortIo>(
 }
 
 /// A frame refused before any decision, observed.
-fn refused(obs: Option<&Observe<'_>>, from: Option<&str>, data: &[u8], wire_len: usize, r: DropReason) {
+fn refused(
+    obs: Option<&Observe<'_>>,
+    from: Option<&str>,
+    data: &[u8],
+    wire_len: usize,
+    r: DropReason,
+) {
     if let Some(o) = obs {
         observe::emit(
             o.sinks,
@@ -566,7 +572,13 @@ mod tests {
             from_parent_observed(&t, &c, &ports, &pf(&known), Some(&obs));
             from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
             let bcast = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-            assert!(from_port_observed(&t, &ports, PortId(0), &bcast, Some(&obs)));
+            assert!(from_port_observed(
+                &t,
+                &ports,
+                PortId(0),
+                &bcast,
+                Some(&obs)
+            ));
             let got: Vec<_> = rx.try_iter().collect();
             assert_eq!(got.len(), 3);
             assert_eq!(got[0].from, None);
@@ -602,7 +614,16 @@ mod tests {
                 wire_len: 60,
                 vlan: Some(VlanTag::dot1q(7)),
             };
-            from_parent_observed(&t, &c, &ports, &f, Some(&Observe { sinks: &sinks, parent: "p0" }));
+            from_parent_observed(
+                &t,
+                &c,
+                &ports,
+                &f,
+                Some(&Observe {
+                    sinks: &sinks,
+                    parent: "p0",
+                }),
+            );
             let got = rx.try_recv().unwrap();
             assert_eq!(got.vlan, Some(7));
             assert_eq!(got.wire_len, 64);
@@ -617,11 +638,18 @@ mod tests {
             let (_s, rx) = o.register(Filter::Drops, 0, 8);
             let mut cache = ObserverCache::default();
             let sinks = o.snapshot(&mut cache).unwrap().to_vec();
-            let obs = Observe { sinks: &sinks, parent: "p0" };
+            let obs = Observe {
+                sinks: &sinks,
+                parent: "p0",
+            };
             from_parent_observed(&t, &c, &ports, &pf(&frame(mac(0))), Some(&obs));
             from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
             let runt = vec![0u8; VNET_HDR_LEN + 10];
-            let r = ParentFrame { with_vnet: &runt, wire_len: 10, vlan: None };
+            let r = ParentFrame {
+                with_vnet: &runt,
+                wire_len: 10,
+                vlan: None,
+            };
             from_parent_observed(&t, &c, &ports, &r, Some(&obs));
             let got: Vec<_> = rx.try_iter().collect();
             assert_eq!(got.len(), 2, "the delivered frame is not a drop");

@@ -180,11 +180,11 @@ impl Observers {
             return None;
         }
         let version = self.version.load(Ordering::Acquire);
-        if cache.sinks.is_none() || cache.version != version {
-            if let Ok(g) = self.sinks.try_lock() {
-                cache.sinks = Some(Arc::clone(&g));
-                cache.version = version;
-            }
+        if (cache.sinks.is_none() || cache.version != version)
+            && let Ok(g) = self.sinks.try_lock()
+        {
+            cache.sinks = Some(Arc::clone(&g));
+            cache.version = version;
         }
         cache.sinks.as_deref().filter(|s| !s.is_empty())
     }

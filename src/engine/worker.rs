@@ -323,13 +323,7 @@ impl Worker {
                     wire_len: f.wire_len(),
                     vlan: f.vlan(),
                 };
-                forward::from_parent_observed(
-                    &set.table,
-                    counters,
-                    &set.ports,
-                    &pf,
-                    obs.as_ref(),
-                );
+                forward::from_parent_observed(&set.table, counters, &set.ports, &pf, obs.as_ref());
             }
         }
     }
