@@ -91,6 +91,7 @@ fn answer(r: &Request) -> Response {
             Ok(trace) => ok(Reply::Trace { trace }),
             Err(e) => Response::Error { error: e.into() },
         },
+        Request::Follow(_) => err(ErrorKind::NoSuchLink, "nothing to follow here"),
         Request::Reload(_) => ok(Reply::Reloaded {
             report: ReloadReport {
                 added: vec!["c3".into()],
@@ -119,7 +120,7 @@ fn fake(tag: &str) -> Fake {
     let path = dir.join("umacvlan.sock");
     let (server, calls) = serve(&path).unwrap();
     std::thread::spawn(move || {
-        for Call { request, reply } in calls {
+        for Call { request, reply, .. } in calls {
             let _ = reply.send(answer(&request));
         }
     });

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod capture;
 mod config;
 mod docs;
 mod lab;
@@ -43,6 +44,7 @@ pub enum Command {
     Run(run::RunArgs),
     Link(link::LinkArgs),
     Trace(trace::TraceArgs),
+    Capture(capture::CaptureArgs),
     Config(config::ConfigArgs),
     Reload(link::ReloadArgs),
     Completions(docs::CompletionsArgs),
@@ -129,6 +131,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Capture(args) => capture::run(args),
         Command::Link(args) => link::run(args),
         Command::Reload(args) => link::reload(args),
     }

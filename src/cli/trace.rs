@@ -35,6 +35,10 @@ use crate::trace::{TraceFrame, trace_json, trace_text};
 /// Example: the same question to the running engine
 ///
 ///   umacvlan trace --from c1 --src 02:00:00:00:00:01 --dst ff:ff:ff:ff:ff:ff
+///
+/// Example: the next 10 real frames port c1 sends or receives, as they happen
+///
+///   umacvlan trace --follow c1 -c 10
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct TraceArgs {
@@ -67,11 +71,19 @@ pub struct TraceArgs {
     #[arg(long, value_name = "parent|PORT", default_value = "parent")]
     from: String,
     /// Source MAC of the frame.
-    #[arg(long, value_name = "MAC")]
-    src: MacAddr,
+    #[arg(long, value_name = "MAC", required_unless_present = "follow")]
+    src: Option<MacAddr>,
     /// Destination MAC of the frame.
-    #[arg(long, value_name = "MAC")]
-    dst: MacAddr,
+    #[arg(long, value_name = "MAC", required_unless_present = "follow")]
+    dst: Option<MacAddr>,
+    /// Live: print the decisions for real frames as the running engine makes them, one line
+    /// each (time UTC, where it entered, src > dst, length, VLAN, receivers, wire, drop
+    /// reason, rule). TARGET: parent (every parent), a parent's name, a port's name, or drops.
+    #[arg(long, value_name = "TARGET", conflicts_with_all = ["src", "dst", "ports", "parent_mac"])]
+    follow: Option<String>,
+    /// With --follow: stop after N frames.
+    #[arg(short = 'c', long = "count", value_name = "N", requires = "follow")]
+    count: Option<u64>,
     /// An 802.1Q tag with this VLAN id.
     #[arg(long, value_name = "VID", value_parser = clap::value_parser!(u16).range(0..4096))]
     vlan: Option<u16>,
@@ -89,15 +101,23 @@ pub struct TraceArgs {
 }
 
 pub fn run(a: TraceArgs) -> Result<ExitCode, Failure> {
+    if let Some(target) = &a.follow {
+        return super::capture::follow(target, a.count, a.json, &a.control);
+    }
+    let (Some(src), Some(dst)) = (a.src, a.dst) else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--src and --dst are required"
+        )));
+    };
     let frame = TraceFrame {
-        src: a.src,
-        dst: a.dst,
+        src,
+        dst,
         vlan: a.vlan,
         len: a.len,
         gso: a.gso,
     };
     let v = match a.parent_mac {
-        None if a.ports.is_empty() => live(&a)?,
+        None if a.ports.is_empty() => live(&a, &frame)?,
         None => {
             return Err(Failure::usage(anyhow::anyhow!(
                 "--port describes a table and needs --parent-mac (or give neither to ask the running engine)"
@@ -128,12 +148,12 @@ pub fn run(a: TraceArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Asks the running engine.
-fn live(a: &TraceArgs) -> Result<serde_json::Value, Failure> {
+fn live(a: &TraceArgs, frame: &TraceFrame) -> Result<serde_json::Value, Failure> {
     let req = Request::Trace(TraceRequest {
         from: a.from.clone(),
         parent: a.parent.clone(),
-        src: a.src,
-        dst: a.dst,
+        src: frame.src,
+        dst: frame.dst,
         vlan: a.vlan,
         len: Some(a.len),
         gso: a.gso,

@@ -100,3 +100,68 @@ pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Rep
         Err(e) => Err(protocol(e.to_string())),
     }
 }
+
+/// Sends a streaming request ([`Request::is_stream`]) and calls `each` with every reply until
+/// the engine ends the stream (returned: its last reply, normally `follow-end`) or `each`
+/// returns `Ok(false)` (then `None`: the connection is closed, which stops the engine's side).
+pub fn stream(
+    path: &Path,
+    r: Request,
+    mut each: impl FnMut(&Reply) -> io::Result<bool>,
+) -> Result<Option<Reply>, ClientError> {
+    let io_err = |source: io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let protocol = |message: String| ClientError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotListening {
+            path: path.to_path_buf(),
+        },
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            path: path.to_path_buf(),
+        },
+        _ => io_err(e),
+    })?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    let env = Envelope {
+        version: VERSION,
+        request: r,
+    };
+    let mut line = serde_json::to_string(&env).map_err(|e| io_err(io::Error::other(e)))?;
+    line.push('\n');
+    let sent = stream.write_all(line.as_bytes());
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let answer = match read_line(&mut reader, MAX_RESPONSE) {
+            Ok(Line::Complete(l)) => l,
+            Ok(Line::TooLong) => {
+                return Err(protocol(format!(
+                    "a response longer than {MAX_RESPONSE} bytes"
+                )));
+            }
+            Ok(Line::Eof(_)) => {
+                sent.map_err(io_err)?;
+                return Err(protocol("it closed the connection mid-stream".into()));
+            }
+            Err(e) => {
+                sent.map_err(io_err)?;
+                return Err(io_err(e));
+            }
+        };
+        let reply = match serde_json::from_slice::<Response>(&answer) {
+            Ok(Response::Ok { reply }) => reply,
+            Ok(Response::Error { error }) => return Err(ClientError::Daemon(error)),
+            Err(e) => return Err(protocol(e.to_string())),
+        };
+        if matches!(reply, Reply::FollowEnd { .. }) {
+            return Ok(Some(reply));
+        }
+        if !each(&reply).map_err(io_err)? {
+            return Ok(None);
+        }
+    }
+}

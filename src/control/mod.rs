@@ -9,11 +9,15 @@ pub use client::{ClientError, request};
 pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_with};
 
 /// A request waiting for its answer: the socket server hands these to the daemon's control
-/// loop, which applies the request and sends the response back on `reply`.
+/// loop, which applies the request and sends the response back on `reply`. A streaming request
+/// ([`proto::Request::is_stream`]) may send many responses; the stream ends when the daemon
+/// drops `reply`. `closed` disconnects when the client is gone (the server drops its end): a
+/// stream's producer selects on it to stop.
 #[derive(Debug)]
 pub struct Call {
     pub request: proto::Request,
     pub reply: crossbeam_channel::Sender<proto::Response>,
+    pub closed: crossbeam_channel::Receiver<()>,
 }
 
 #[cfg(test)]

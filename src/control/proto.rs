@@ -44,6 +44,93 @@ pub enum Request {
     Trace(TraceRequest),
     /// `umacvlan reload`: re-read the configuration file and apply the difference.
     Reload(Empty),
+    /// `umacvlan trace --follow` and `umacvlan capture`: a stream of responses, see
+    /// [`FollowRequest`].
+    Follow(FollowRequest),
+}
+
+impl Request {
+    /// A streaming request: answered with many response lines, see [`FollowRequest`].
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Request::Follow(_))
+    }
+}
+
+/// Follow real frames as the engine forwards them. The answer is a stream of lines: first
+/// `following` (the interfaces involved) or an error, then one `observation` per frame, then
+/// `follow-end` with how many were sent and how many were lost (the client read too slowly). It
+/// ends after `count` frames, or when the client disconnects (or closes its sending side).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowRequest {
+    /// `parent` (every frame of every parent), a parent's name (every frame of that parent),
+    /// a port's name (frames it sent or received), or `drops` (frames that went nowhere, and
+    /// copies a port's TAP refused).
+    pub target: String,
+    /// Stop after this many frames; `None`: until the client disconnects.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Bytes per frame when `with_bytes`; default (and at most) [`MAX_SNAPLEN`].
+    #[serde(default)]
+    pub snaplen: Option<u32>,
+    /// Send each frame's bytes (hex) too.
+    #[serde(default)]
+    pub with_bytes: bool,
+}
+
+/// The largest snaplen a follower gets (tcpdump's default).
+pub const MAX_SNAPLEN: u32 = 262_144;
+
+/// An interface a follow stream may name: a parent or a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowInterface {
+    pub name: String,
+    /// The parent it hangs off (itself for a parent).
+    pub parent: String,
+    /// `parent`, or the port's mode.
+    pub kind: String,
+    pub mac: MacAddr,
+}
+
+/// One port whose copy of a frame could not be written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedCopy {
+    pub port: String,
+    pub reason: String,
+}
+
+/// One real frame as the engine carried it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedFrame {
+    /// Nanoseconds since the Unix epoch when the worker handled it.
+    pub time_ns: u64,
+    /// The parent whose worker handled it.
+    pub parent: String,
+    /// `parent` (from the wire) or the sending port's name.
+    pub from: String,
+    pub src: Option<MacAddr>,
+    pub dst: Option<MacAddr>,
+    pub vlan: Option<u16>,
+    /// Length on the wire.
+    pub len: usize,
+    /// Ports that got a copy, in delivery order.
+    pub receivers: Vec<String>,
+    /// Ports whose copy could not be written.
+    #[serde(default)]
+    pub failed: Vec<FailedCopy>,
+    /// Sent to the wire (queued: a failed send is counted, not observed).
+    pub to_wire: bool,
+    /// Drop reason when it reached no port and not the wire.
+    pub reason: Option<String>,
+    /// The rule's name, `None` for a frame refused before any decision.
+    pub rule: Option<String>,
+    /// The frame as it entered (an out-of-band VLAN tag put back inline), hex, at most
+    /// `snaplen` bytes; only with `with_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
 }
 
 /// A request without arguments.
@@ -174,6 +261,21 @@ pub enum Reply {
     },
     Reloaded {
         report: ReloadReport,
+    },
+    /// The first line of a follow stream: the interfaces it may name.
+    Following {
+        interfaces: Vec<FollowInterface>,
+    },
+    /// One frame of a follow stream.
+    Observation {
+        frame: ObservedFrame,
+    },
+    /// The last line of a follow stream.
+    FollowEnd {
+        /// Observations sent.
+        seen: u64,
+        /// Observations that matched but were lost because the client read too slowly.
+        lost: u64,
     },
 }
 
@@ -312,6 +414,29 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Envelope>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn follow_requests_stream() {
+        let line = r#"{"version":1,"request":{"cmd":"follow","target":"c1","count":3}}"#;
+        let r = serde_json::from_str::<Envelope>(line).unwrap().request;
+        assert!(r.is_stream());
+        assert_eq!(
+            r,
+            Request::Follow(FollowRequest {
+                target: "c1".into(),
+                count: Some(3),
+                ..FollowRequest::default()
+            })
+        );
+        assert!(!Request::Reload(Empty {}).is_stream());
+        let bad = r#"{"version":1,"request":{"cmd":"follow","target":"c1","colour":1}}"#;
+        assert!(serde_json::from_str::<Envelope>(bad).is_err());
+        let end = Response::Ok {
+            reply: Reply::FollowEnd { seen: 3, lost: 1 },
+        };
+        let j = serde_json::to_value(&end).unwrap();
+        assert_eq!(j["reply"]["kind"], "follow-end");
     }
 
     #[test]

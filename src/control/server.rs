@@ -423,6 +423,12 @@ fn serve_connection(stream: UnixStream, calls: &Sender<Call>, opts: &ServeOption
             continue;
         }
         let response = match parse_request(&line) {
+            Ok(env) if env.request.is_stream() => {
+                if serve_stream(env, calls, opts.reply_timeout, &mut writer).is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(env) => dispatch(env, calls, opts.reply_timeout),
             Err(e) => Response::Error { error: e },
         };
@@ -432,13 +438,84 @@ fn serve_connection(stream: UnixStream, calls: &Sender<Call>, opts: &ServeOption
     }
 }
 
+/// Responses a stream may have waiting for a slow client; the engine counts what it cannot
+/// hand over as lost.
+const STREAM_BACKLOG: usize = 256;
+/// How often a quiet stream checks whether its client is still there.
+const HANGUP_POLL: Duration = Duration::from_millis(200);
+
+/// Whether the peer has closed (or shut down its sending side): a zero-byte peek.
+fn hung_up(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut b = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+    )
+}
+
+/// A streaming request: writes every response the engine sends until it drops its end (Ok), or
+/// until the client is gone (Err: the connection is closed). Leaving drops `closed`'s sender
+/// and the reply receiver, which tells the engine to stop.
+fn serve_stream(
+    env: Envelope,
+    calls: &Sender<Call>,
+    timeout: Duration,
+    writer: &mut UnixStream,
+) -> io::Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded(STREAM_BACKLOG);
+    let (_closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
+    let first = send_call(
+        Call {
+            request: env.request,
+            reply: tx,
+            closed,
+        },
+        &rx,
+        calls,
+        timeout,
+    );
+    let failed = matches!(first, Response::Error { .. });
+    write_response(writer, &first)?;
+    if failed {
+        return Ok(());
+    }
+    loop {
+        match rx.recv_timeout(HANGUP_POLL) {
+            Ok(r) => write_response(writer, &r)?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if hung_up(writer) {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
 fn dispatch(env: Envelope, calls: &Sender<Call>, timeout: Duration) -> Response {
-    let deadline = Instant::now() + timeout;
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let (_closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
     let call = Call {
         request: env.request,
         reply: tx,
+        closed,
     };
+    send_call(call, &rx, calls, timeout)
+}
+
+/// Hands `call` to the engine and waits for its (first) response.
+fn send_call(
+    call: Call,
+    rx: &Receiver<Response>,
+    calls: &Sender<Call>,
+    timeout: Duration,
+) -> Response {
+    let deadline = Instant::now() + timeout;
     let late = || {
         error(
             ErrorKind::Internal,

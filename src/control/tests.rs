@@ -77,6 +77,10 @@ fn fake_daemon(calls: crossbeam_channel::Receiver<Call>) -> std::thread::JoinHan
                 }
                 Request::LinkDel(d) if d.name == "drop" => continue,
                 Request::LinkDel(_) => Response::Ok { reply: Reply::Done },
+                Request::Follow(f) if f.target != "nothing" => {
+                    fake_follow(f.clone(), call);
+                    continue;
+                }
                 _ => Response::Error {
                     error: ControlError::new(ErrorKind::InvalidArgument, "not here"),
                 },
@@ -85,6 +89,53 @@ fn fake_daemon(calls: crossbeam_channel::Receiver<Call>) -> std::thread::JoinHan
         }
         n
     })
+}
+
+/// Targets whose fake follow stream saw its client go (`closed` disconnected).
+static FOLLOW_CLOSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn frame(n: u64) -> ObservedFrame {
+    ObservedFrame {
+        time_ns: n,
+        parent: "p0".into(),
+        from: "parent".into(),
+        src: None,
+        dst: None,
+        vlan: None,
+        len: 60,
+        receivers: vec!["c0".into()],
+        failed: vec![],
+        to_wire: false,
+        reason: None,
+        rule: None,
+        bytes: None,
+    }
+}
+
+/// A follow stream: `following`, then an observation every 10 ms until `count` or the client
+/// is gone, then `follow-end` (lost = 0).
+fn fake_follow(f: FollowRequest, call: Call) {
+    std::thread::spawn(move || {
+        let ok = |reply| Response::Ok { reply };
+        let _ = call.reply.send(ok(Reply::Following { interfaces: vec![] }));
+        let mut seen = 0;
+        while seen < f.count.unwrap_or(u64::MAX) {
+            crossbeam_channel::select! {
+                recv(call.closed) -> _ => {
+                    FOLLOW_CLOSED.lock().unwrap().push(f.target.clone());
+                    return;
+                }
+                default(Duration::from_millis(10)) => {
+                    let frame = frame(seen);
+                    if call.reply.send(ok(Reply::Observation { frame })).is_err() {
+                        return;
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        let _ = call.reply.send(ok(Reply::FollowEnd { seen, lost: 0 }));
+    });
 }
 
 fn start(
@@ -381,4 +432,87 @@ fn control_client_maps_daemon_errors() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn follow(target: &str, count: Option<u64>) -> Request {
+    Request::Follow(FollowRequest {
+        target: target.into(),
+        count,
+        ..FollowRequest::default()
+    })
+}
+
+#[test]
+fn control_streams_until_count_then_serves_the_next_request() {
+    let (dir, _server, _d) = start("stream", ServeOptions::default());
+    let mut frames = Vec::new();
+    let end = client::stream(&dir.sock(), follow("c0", Some(5)), |r| {
+        if let Reply::Observation { frame } = r {
+            frames.push(frame.time_ns);
+        }
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(frames, [0, 1, 2, 3, 4]);
+    assert_eq!(end, Some(Reply::FollowEnd { seen: 5, lost: 0 }));
+    // On one connection: the stream, then an ordinary request.
+    let mut s = UnixStream::connect(dir.sock()).unwrap();
+    s.write_all(
+        b"{\"version\":1,\"request\":{\"cmd\":\"follow\",\"target\":\"x\",\"count\":2}}\n\
+          {\"version\":1,\"request\":{\"cmd\":\"link-show\",\"name\":\"after\"}}\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(&s);
+    let kinds: Vec<String> = (0..5)
+        .map(|_| {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            v["reply"]["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "following",
+            "observation",
+            "observation",
+            "follow-end",
+            "links"
+        ]
+    );
+    // A refused stream is one error line.
+    match client::stream(&dir.sock(), follow("nothing", None), |_| Ok(true)) {
+        Err(ClientError::Daemon(e)) => assert_eq!(e.kind, ErrorKind::InvalidArgument),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn control_stream_stops_when_the_client_disconnects() {
+    let (dir, _server, _d) = start("hangup", ServeOptions::default());
+    // A client that reads two observations and goes away.
+    let mut n = 0;
+    let end = client::stream(&dir.sock(), follow("leaver", None), |r| {
+        n += usize::from(matches!(r, Reply::Observation { .. }));
+        Ok(n < 2)
+    })
+    .unwrap();
+    assert_eq!(end, None);
+    // A client that sends the request and closes without reading anything.
+    let mut s = UnixStream::connect(dir.sock()).unwrap();
+    s.write_all(b"{\"version\":1,\"request\":{\"cmd\":\"follow\",\"target\":\"silent\"}}\n")
+        .unwrap();
+    drop(s);
+    let stopped = |t: &str| FOLLOW_CLOSED.lock().unwrap().iter().any(|x| x == t);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(stopped("leaver") && stopped("silent")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the streams did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The server still answers.
+    assert_eq!(show(&dir.sock(), "still")[0].name, "still");
 }

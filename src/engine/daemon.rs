@@ -18,6 +18,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
 use super::counters::{ParentCounters, PortCounters};
+use super::observe::{Filter, ObserverCache, Observers};
 use super::plan::{
     ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
     default_route_interface, table_error_kind,
@@ -27,8 +28,9 @@ use super::worker::{Command, PortHandle, PortSet, Worker, WorkerHandle};
 use crate::config::{Config, diff};
 use crate::control::Call;
 use crate::control::proto::{
-    ControlError, ErrorKind, LinkChange, LinkSpec, LinkStats, LinkView, MacaddrOp, ReloadReport,
-    Reply, Request, Response,
+    ControlError, ErrorKind, FailedCopy, FollowInterface, FollowRequest, LinkChange, LinkSpec,
+    LinkStats, LinkView, MAX_SNAPLEN, MacaddrOp, ObservedFrame, ReloadReport, Reply, Request,
+    Response,
 };
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
@@ -82,6 +84,8 @@ pub struct Daemon {
     config: Option<(std::path::PathBuf, Config)>,
     /// The geometry of every parent's receive ring.
     ring: RingConfig,
+    /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
+    observers: Arc<Observers>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -111,6 +115,7 @@ impl Daemon {
             events,
             config: None,
             ring,
+            observers: Arc::default(),
         })
     }
 
@@ -166,6 +171,8 @@ impl Daemon {
             },
             counters: Arc::clone(&counters),
             carrier: link.flags.lower_up,
+            observers: Arc::clone(&self.observers),
+            observer_cache: ObserverCache::default(),
         }
         .spawn()?;
         self.watchers
@@ -227,8 +234,8 @@ impl Daemon {
             select! {
                 recv(stop) -> v => return Ok(v.ok()),
                 recv(calls) -> call => {
-                    if let Ok(Call { request, reply }) = call {
-                        let _ = reply.send(self.handle(request));
+                    if let Ok(call) = call {
+                        self.call(call);
                     }
                 }
                 recv(self.events) -> ev => match ev {
@@ -264,6 +271,119 @@ impl Daemon {
         Ok(())
     }
 
+    /// Answers one call: streams for `follow`, one response otherwise.
+    fn call(
+        &mut self,
+        Call {
+            request,
+            reply,
+            closed,
+        }: Call,
+    ) {
+        match request {
+            Request::Follow(f) => {
+                if let Err(error) = self.follow(f, reply.clone(), closed) {
+                    let _ = reply.send(Response::Error { error });
+                }
+            }
+            request => {
+                let _ = reply.send(self.handle(request));
+            }
+        }
+    }
+
+    /// Starts a follow stream: registers a sink and hands its observations to `reply` from a
+    /// thread of its own, so the control loop never waits for a slow client. The stream ends
+    /// after `count` frames or when `closed` disconnects (the client is gone); the sink is then
+    /// unregistered and workers stop emitting for it.
+    fn follow(
+        &self,
+        f: FollowRequest,
+        reply: crossbeam_channel::Sender<Response>,
+        closed: Receiver<()>,
+    ) -> Result<(), ControlError> {
+        let t = f.target.as_str();
+        let (filter, parents): (Filter, Vec<&String>) = if t == "parent" || t == "drops" {
+            let all = self.parents.keys().collect();
+            let filter = if t == "drops" {
+                Filter::Drops
+            } else {
+                Filter::All
+            };
+            (filter, all)
+        } else if let Some((name, _)) = self.parents.get_key_value(t) {
+            (Filter::Parent(t.to_string()), vec![name])
+        } else if let Ok(e) = self.entry(t) {
+            (Filter::Port(t.to_string()), vec![&e.parent])
+        } else {
+            return Err(err(
+                ErrorKind::NoSuchLink,
+                format!(
+                    "nothing named {t} to follow (use parent, a parent's or a port's name, or drops)"
+                ),
+            ));
+        };
+        let mut interfaces = Vec::new();
+        for p in parents {
+            let run = &self.parents[p];
+            interfaces.push(FollowInterface {
+                name: p.clone(),
+                parent: p.clone(),
+                kind: "parent".into(),
+                mac: run.config.mac,
+            });
+            for e in self.ports.iter().filter(|e| &e.parent == p) {
+                interfaces.push(FollowInterface {
+                    name: e.config.name.clone(),
+                    parent: p.clone(),
+                    kind: e.config.mode.name().into(),
+                    mac: effective_mac(e),
+                });
+            }
+        }
+        let snaplen = match f.with_bytes {
+            true => f
+                .snaplen
+                .filter(|n| *n > 0)
+                .unwrap_or(MAX_SNAPLEN)
+                .min(MAX_SNAPLEN) as usize,
+            false => 0,
+        };
+        let (sink, rx) = self.observers.register(filter, snaplen, FOLLOW_BACKLOG);
+        let _ = reply.send(Response::Ok {
+            reply: Reply::Following { interfaces },
+        });
+        let observers = Arc::clone(&self.observers);
+        let count = f.count.unwrap_or(u64::MAX);
+        let relay = move || {
+            let mut seen = 0u64;
+            while seen < count {
+                select! {
+                    recv(rx) -> o => {
+                        let Ok(o) = o else { break };
+                        let frame = observed_frame(&o, snaplen);
+                        if reply.send(Response::Ok { reply: Reply::Observation { frame } }).is_err() {
+                            break;
+                        }
+                        seen += 1;
+                    }
+                    recv(closed) -> _ => break,
+                }
+            }
+            observers.unregister(sink.id);
+            let lost = sink.lost.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = reply.send(Response::Ok {
+                reply: Reply::FollowEnd { seen, lost },
+            });
+            tracing::debug!(seen, lost, "follow stream ended");
+        };
+        std::thread::Builder::new()
+            .name("umacvlan-follow".into())
+            .spawn(relay)
+            .map_err(internal)?;
+        Ok(())
+    }
+
     /// Applies one control request.
     pub fn handle(&mut self, request: Request) -> Response {
         let result = match request {
@@ -275,6 +395,10 @@ impl Daemon {
                 .map(|links| Reply::Links { links }),
             Request::Trace(t) => self.trace(&t).map(|trace| Reply::Trace { trace }),
             Request::Reload(_) => self.reload().map(|report| Reply::Reloaded { report }),
+            Request::Follow(_) => Err(err(
+                ErrorKind::BadRequest,
+                "follow is a streaming request: only the control socket serves it",
+            )),
         };
         match result {
             Ok(reply) => Response::Ok { reply },
@@ -837,6 +961,43 @@ fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChang
         bclim: None,
         macaddr: (old.macaddr != new.macaddr).then(|| MacaddrOp::Set(new.macaddr.clone())),
     })
+}
+
+/// Observations a follower may have waiting before the workers count new ones as lost.
+const FOLLOW_BACKLOG: usize = 4096;
+
+/// An observation as the protocol carries it.
+fn observed_frame(o: &super::observe::Observation, snaplen: usize) -> ObservedFrame {
+    use std::fmt::Write as _;
+    let bytes = (snaplen > 0).then(|| {
+        let mut h = String::with_capacity(2 * o.bytes.len().min(snaplen));
+        for b in o.bytes.iter().take(snaplen) {
+            let _ = write!(h, "{b:02x}");
+        }
+        h
+    });
+    ObservedFrame {
+        time_ns: u64::try_from(o.time.as_nanos()).unwrap_or(u64::MAX),
+        parent: o.parent.to_string(),
+        from: o.from.clone().unwrap_or_else(|| "parent".into()),
+        src: o.src,
+        dst: o.dst,
+        vlan: o.vlan,
+        len: o.wire_len,
+        receivers: o.receivers.clone(),
+        failed: o
+            .failed
+            .iter()
+            .map(|(port, r)| FailedCopy {
+                port: port.clone(),
+                reason: r.name().into(),
+            })
+            .collect(),
+        to_wire: o.to_wire,
+        reason: o.reason.map(|r| r.name().into()),
+        rule: o.rule.map(|r| r.name().into()),
+        bytes,
+    }
 }
 
 /// The MAC a port has now: the TAP's, once seen, else the configured one.

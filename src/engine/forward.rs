@@ -15,8 +15,10 @@
 //! written counts a drop at the port it was for; a failed send to the wire, at the sender.
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use super::counters::{ParentCounters, PortCounters};
+use super::observe::{self, Seen, Sink};
 use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
 use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
@@ -53,13 +55,33 @@ fn write_error(e: &io::Error) -> DropReason {
     }
 }
 
-/// Delivers `iov` to every receiver of the verdict and counts it.
+/// Followers to tell about every frame of this batch (see [`observe`]); `None` when nobody
+/// follows, which costs one branch per frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Observe<'a> {
+    pub sinks: &'a [Arc<Sink>],
+    /// The parent's name, as observations carry it.
+    pub parent: &'a str,
+}
+
+/// Per-port outcomes recorded for an observation: who got a copy, whose write failed.
+#[derive(Debug, Default)]
+struct Record {
+    receivers: Vec<String>,
+    failed: Vec<(String, DropReason)>,
+}
+
+/// Delivers `iov` to every receiver of the verdict and counts it; records each outcome in `rec`
+/// when someone observes.
+#[allow(clippy::too_many_arguments)]
 fn deliver<P: PortIo>(
     ports: &[P],
+    table: &PortTable,
     receivers: impl FnOnce(&mut dyn FnMut(PortId)),
     iov: &[IoSlice<'_>],
     len: usize,
     group: bool,
+    mut rec: Option<&mut Record>,
 ) -> usize {
     let mut delivered = 0;
     receivers(&mut |id: PortId| {
@@ -72,11 +94,47 @@ fn deliver<P: PortIo>(
                     c.rx_multicast.add(1);
                 }
                 delivered += 1;
+                if let Some(r) = rec.as_deref_mut() {
+                    r.receivers.push(table.port(id).name().to_string());
+                }
             }
-            Err(e) => c.drops.count(write_error(&e)),
+            Err(e) => {
+                c.drops.count(write_error(&e));
+                if let Some(r) = rec.as_deref_mut() {
+                    r.failed
+                        .push((table.port(id).name().to_string(), write_error(&e)));
+                }
+            }
         }
     });
     delivered
+}
+
+/// A frame refused before any decision, observed.
+fn refused(
+    obs: Option<&Observe<'_>>,
+    from: Option<&str>,
+    data: &[u8],
+    wire_len: usize,
+    r: DropReason,
+) {
+    if let Some(o) = obs {
+        observe::emit(
+            o.sinks,
+            Seen {
+                parent: o.parent,
+                from,
+                pieces: [data, &[], &[]],
+                vlan: None,
+                wire_len,
+                receivers: Vec::new(),
+                failed: Vec::new(),
+                to_wire: false,
+                reason: Some(r),
+                rule: None,
+            },
+        );
+    }
 }
 
 /// A frame from the parent's ring.
@@ -86,17 +144,36 @@ pub fn from_parent<P: PortIo>(
     ports: &[P],
     f: &ParentFrame<'_>,
 ) {
+    from_parent_observed(table, pc, ports, f, None);
+}
+
+/// [`from_parent`], telling `obs` (when someone follows) what happened.
+pub fn from_parent_observed<P: PortIo>(
+    table: &PortTable,
+    pc: &ParentCounters,
+    ports: &[P],
+    f: &ParentFrame<'_>,
+    obs: Option<&Observe<'_>>,
+) {
     pc.rx.count(f.wire_len);
     let Some((hdr, data)) = f.with_vnet.split_at_checked(VNET_HDR_LEN) else {
-        return pc.dropped(DropReason::Runt);
+        pc.dropped(DropReason::Runt);
+        refused(obs, None, &[], f.wire_len, DropReason::Runt);
+        return;
     };
     if data.len() < f.wire_len {
-        return pc.dropped(DropReason::Truncated);
+        pc.dropped(DropReason::Truncated);
+        refused(obs, None, data, f.wire_len, DropReason::Truncated);
+        return;
     }
     let vnet = VnetHdr::parse(hdr).unwrap_or_default();
     let meta = match FrameMeta::parse(data, f.vlan, table.parent().max_frame) {
         Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => return pc.dropped(frame_error(e)),
+        Err(e) => {
+            pc.dropped(frame_error(e));
+            refused(obs, None, data, f.wire_len, frame_error(e));
+            return;
+        }
     };
     let v = decide(table, Ingress::Parent, &meta);
     // Passthru gives the port every unicast with pkt_type forced to HOST (§6); a TAP decides
@@ -129,17 +206,38 @@ pub fn from_parent<P: PortIo>(
         &parts
     };
     let group = meta.dst().is_group();
+    let mut rec = obs.map(|_| Record::default());
     let n = deliver(
         ports,
+        table,
         |f| v.for_each_receiver(table, f),
         iov,
         meta.len(),
         group,
+        rec.as_mut(),
     );
-    if n == 0 {
-        pc.dropped(v.reason.unwrap_or(DropReason::NoReceiver));
-    } else {
-        pc.rx_forwarded.add(1);
+    let reason = (n == 0).then(|| v.reason.unwrap_or(DropReason::NoReceiver));
+    match reason {
+        Some(r) => pc.dropped(r),
+        None => pc.rx_forwarded.add(1),
+    }
+    if let (Some(o), Some(rec)) = (obs, rec) {
+        let (head, tail) = data.split_at(ETH_HLEN - 2);
+        observe::emit(
+            o.sinks,
+            Seen {
+                parent: o.parent,
+                from: None,
+                pieces: [head, tag.as_ref().map_or(&[][..], |t| t.as_slice()), tail],
+                vlan: meta.outer_vlan().map(|t| t.vid()),
+                wire_len: meta.len(),
+                receivers: rec.receivers,
+                failed: rec.failed,
+                to_wire: false,
+                reason,
+                rule: Some(v.rule),
+            },
+        );
     }
 }
 
@@ -158,10 +256,26 @@ pub enum ToWire {
 /// caller does (and reports with [`wire_sent`]).
 #[must_use = "a frame for the wire must be sent and counted with wire_sent"]
 pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u8]) -> ToWire {
+    from_port_observed(table, ports, id, buf, None)
+}
+
+/// [`from_port`], telling `obs` (when someone follows) what happened. `to_wire` in the
+/// observation means "queued for the wire"; a send that then fails is counted (as
+/// `wire_send_failed`) but not observed.
+#[must_use = "a frame for the wire must be sent and counted with wire_sent"]
+pub fn from_port_observed<P: PortIo>(
+    table: &PortTable,
+    ports: &[P],
+    id: PortId,
+    buf: &[u8],
+    obs: Option<&Observe<'_>>,
+) -> ToWire {
     let c = ports[id.index()].counters();
+    let name = || Some(table.port(id).name());
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
         c.dropped(DropReason::Runt);
+        refused(obs, name(), &[], buf.len(), DropReason::Runt);
         return ToWire::No;
     };
     c.tx.count(data.len());
@@ -170,24 +284,46 @@ pub fn from_port<P: PortIo>(table: &PortTable, ports: &[P], id: PortId, buf: &[u
         Ok(m) => m.with_gso(vnet.is_gso()),
         Err(e) => {
             c.dropped(frame_error(e));
+            refused(obs, name(), data, data.len(), frame_error(e));
             return ToWire::No;
         }
     };
     let v = decide(table, Ingress::Port(id), &meta);
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
+    let mut rec = obs.map(|_| Record::default());
     let n = deliver(
         ports,
+        table,
         |f| v.for_each_receiver(table, f),
         &iov,
         meta.len(),
         group,
+        rec.as_mut(),
     );
+    let reason = (n == 0 && !v.to_wire).then(|| v.reason.unwrap_or(DropReason::NoReceiver));
+    if let Some(r) = reason {
+        c.dropped(r);
+    }
+    if let (Some(o), Some(rec)) = (obs, rec) {
+        observe::emit(
+            o.sinks,
+            Seen {
+                parent: o.parent,
+                from: name(),
+                pieces: [data, &[], &[]],
+                vlan: meta.outer_vlan().map(|t| t.vid()),
+                wire_len: meta.len(),
+                receivers: rec.receivers,
+                failed: rec.failed,
+                to_wire: v.to_wire,
+                reason,
+                rule: Some(v.rule),
+            },
+        );
+    }
     match (n, v.to_wire) {
-        (0, false) => {
-            c.dropped(v.reason.unwrap_or(DropReason::NoReceiver));
-            ToWire::No
-        }
+        (0, false) => ToWire::No,
         (0, true) => ToWire::Only,
         (_, to_wire) => {
             c.tx_forwarded.add(1);
@@ -497,5 +633,133 @@ mod tests {
             "a down port's frame never reaches the wire"
         );
         assert_eq!(ports[0].counters.drops.get(DropReason::PortDown), 1);
+    }
+
+    mod observed {
+        use super::*;
+        use crate::engine::observe::{Filter, ObserverCache, Observers};
+
+        fn frame(dst: MacAddr) -> Vec<u8> {
+            with_vnet(dst, mac(9), 60)
+        }
+
+        fn pf(b: &[u8]) -> ParentFrame<'_> {
+            ParentFrame {
+                with_vnet: b,
+                wire_len: b.len() - VNET_HDR_LEN,
+                vlan: None,
+            }
+        }
+
+        #[test]
+        fn the_follower_sees_exactly_the_frames_with_their_outcomes() {
+            let (t, c, mut ports) = setup(&[Mode::Bridge, Mode::Bridge]);
+            ports[1].fail = true;
+            let o = Observers::default();
+            let (sink, rx) = o.register(Filter::All, 64, 16);
+            let mut cache = ObserverCache::default();
+            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
+            let obs = Observe {
+                sinks: &sinks,
+                parent: "p0",
+            };
+            let known = frame(mac(0));
+            from_parent_observed(&t, &c, &ports, &pf(&known), Some(&obs));
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
+            let bcast = with_vnet(MacAddr::BROADCAST, mac(0), 60);
+            let how = from_port_observed(&t, &ports, PortId(0), &bcast, Some(&obs));
+            assert_eq!(how, ToWire::Only, "c1 refused its copy: the wire decides");
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[0].from, None);
+            assert_eq!(got[0].receivers, ["c0"]);
+            assert_eq!(got[0].reason, None);
+            assert_eq!(got[0].rule, Some(Rule::RxUnicastToPort));
+            assert_eq!(got[0].bytes, known[VNET_HDR_LEN..]);
+            assert_eq!(got[0].dst, Some(mac(0)));
+            assert!(got[1].receivers.is_empty());
+            assert_eq!(got[1].reason, Some(DropReason::UnknownDestination));
+            assert_eq!(got[2].from.as_deref(), Some("c0"));
+            assert!(got[2].to_wire && got[2].receivers.is_empty());
+            assert_eq!(
+                got[2].failed,
+                [("c1".to_string(), DropReason::TapWriteFailed)]
+            );
+            assert_eq!(sink.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
+            // Counting is unchanged by observing.
+            assert_eq!(c.drops.get(DropReason::UnknownDestination), 1);
+            assert_eq!(ports[0].counters.rx.packets.get(), 1);
+        }
+
+        #[test]
+        fn an_out_of_band_tag_is_inline_in_the_observed_bytes() {
+            let (t, c, ports) = setup(&[Mode::Bridge]);
+            let o = Observers::default();
+            let (_s, rx) = o.register(Filter::Port("c0".into()), 1000, 4);
+            let mut cache = ObserverCache::default();
+            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
+            let b = frame(mac(0));
+            let f = ParentFrame {
+                with_vnet: &b,
+                wire_len: 60,
+                vlan: Some(VlanTag::dot1q(7)),
+            };
+            from_parent_observed(
+                &t,
+                &c,
+                &ports,
+                &f,
+                Some(&Observe {
+                    sinks: &sinks,
+                    parent: "p0",
+                }),
+            );
+            let got = rx.try_recv().unwrap();
+            assert_eq!(got.vlan, Some(7));
+            assert_eq!(got.wire_len, 64);
+            assert_eq!(&got.bytes[12..16], &[0x81, 0x00, 0x00, 0x07]);
+            assert_eq!(got.bytes.len(), 64);
+        }
+
+        #[test]
+        fn drops_only_and_refused_frames() {
+            let (t, c, ports) = setup(&[Mode::Bridge]);
+            let o = Observers::default();
+            let (_s, rx) = o.register(Filter::Drops, 0, 8);
+            let mut cache = ObserverCache::default();
+            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
+            let obs = Observe {
+                sinks: &sinks,
+                parent: "p0",
+            };
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(0))), Some(&obs));
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
+            let runt = vec![0u8; VNET_HDR_LEN + 10];
+            let r = ParentFrame {
+                with_vnet: &runt,
+                wire_len: 10,
+                vlan: None,
+            };
+            from_parent_observed(&t, &c, &ports, &r, Some(&obs));
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(got.len(), 2, "the delivered frame is not a drop");
+            assert_eq!(got[0].reason, Some(DropReason::UnknownDestination));
+            assert_eq!(got[1].reason, Some(DropReason::Runt));
+            assert_eq!(got[1].rule, None);
+            assert!(got[1].bytes.is_empty(), "snaplen 0: no bytes");
+        }
+
+        #[test]
+        fn nobody_listening_emits_nothing() {
+            let (t, c, ports) = setup(&[Mode::Bridge]);
+            let o = Observers::default();
+            let (s, rx) = o.register(Filter::All, 0, 8);
+            o.unregister(s.id);
+            let mut cache = ObserverCache::default();
+            assert!(o.snapshot(&mut cache).is_none());
+            from_parent(&t, &c, &ports, &pf(&frame(mac(0))));
+            assert!(rx.try_recv().is_err());
+            assert_eq!(ports[0].counters.rx.packets.get(), 1);
+        }
     }
 }

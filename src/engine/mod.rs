@@ -7,6 +7,7 @@
 pub mod counters;
 pub mod daemon;
 pub mod forward;
+pub mod observe;
 pub mod plan;
 pub mod watch;
 pub mod worker;

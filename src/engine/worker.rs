@@ -17,7 +17,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::{ParentCounters, PortCounters};
-use super::forward::{self, ParentFrame, PortIo, ToWire};
+use super::forward::{self, Observe, ParentFrame, PortIo, ToWire};
+use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
 use crate::sys::tap::Tap;
@@ -160,6 +161,10 @@ pub struct Worker {
     pub counters: Arc<ParentCounters>,
     /// The parent's carrier, mirrored onto every TAP (new ones included).
     pub carrier: bool,
+    /// Followers (`trace --follow`, `capture`), shared with the daemon.
+    pub observers: Arc<Observers>,
+    /// This worker's copy of the followers' list.
+    pub observer_cache: ObserverCache,
 }
 
 /// The worker's epoll, with each port's fd registered under its stable key.
@@ -305,16 +310,23 @@ impl Worker {
             ring,
             set,
             counters,
+            observers,
+            observer_cache,
             ..
         } = self;
         while let Some(block) = ring.next_block() {
+            // One relaxed load per block when nobody follows.
+            let obs = observers.snapshot(observer_cache).map(|sinks| Observe {
+                sinks,
+                parent: &set.table.parent().name,
+            });
             for f in block.frames() {
                 let pf = ParentFrame {
                     with_vnet: f.with_vnet(),
                     wire_len: f.wire_len(),
                     vlan: f.vlan(),
                 };
-                forward::from_parent(&set.table, counters, &set.ports, &pf);
+                forward::from_parent_observed(&set.table, counters, &set.ports, &pf, obs.as_ref());
             }
         }
     }
@@ -322,6 +334,14 @@ impl Worker {
     fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
         let ports = &self.set.ports;
         let tap = &ports[id.index()].tap;
+        // One relaxed load per TAP batch when nobody follows.
+        let obs = self
+            .observers
+            .snapshot(&mut self.observer_cache)
+            .map(|sinks| Observe {
+                sinks,
+                parent: &self.set.table.parent().name,
+            });
         for _ in 0..TAP_BUDGET {
             let slot = &mut batch.slots[batch.queued.len()];
             let n = match tap.read(slot) {
@@ -332,7 +352,8 @@ impl Worker {
                     return;
                 }
             };
-            let how = forward::from_port(&self.set.table, ports, id, &slot[..n]);
+            let how =
+                forward::from_port_observed(&self.set.table, ports, id, &slot[..n], obs.as_ref());
             if how != ToWire::No {
                 batch.queued.push((id, n, how));
                 if batch.queued.len() == batch.slots.len() {

@@ -1,0 +1,535 @@
+//! `umacvlan trace --follow` and `umacvlan capture`: real frames from the running engine, as
+//! text/JSON lines or as pcapng.
+//!
+//! What a capture contains, per observed frame (see README "Where did my frame go"):
+//! * one packet at the interface where the frame entered (the parent for frames from the wire,
+//!   else the sending port), direction **inbound**, with a comment saying where it went (or, for
+//!   a drop, `dropped: REASON — meaning`) and the rule;
+//! * one packet per receiving port at that port's interface, direction **outbound** (the engine
+//!   delivered it there);
+//! * for a port's frame that went to the wire, one packet at the parent, **outbound**;
+//! * for a copy a port's TAP refused, one packet at that port, outbound, with the comment
+//!   `dropped: tap_queue_full|tap_write_failed — meaning`.
+//!
+//! Frames are as they entered (a VLAN tag the ring reported out of band is put back inline).
+//! Every interface has its own IDB (`if_name`, `if_description`, `if_MACaddr`, `if_tsresol` 9:
+//! nanoseconds); ports added while the capture runs get theirs when they first appear.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pcap_file::DataLink;
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption, InterfaceTsResolution,
+};
+use pcap_file::pcapng::blocks::opt_common::CommonOption;
+
+use super::{ControlArg, Failure, daemon_failure};
+use crate::control::client;
+use crate::control::proto::{
+    FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request,
+};
+use crate::forward::DropReason;
+
+/// EPB flags, direction bits (pcapng §4.3.1): the frame entered at this interface.
+pub const INBOUND: u32 = 0b01;
+/// The frame left through this interface (delivered to a port, sent on the parent).
+pub const OUTBOUND: u32 = 0b10;
+
+/// Write live frames of the running engine as pcapng.
+///
+/// TARGET is `parent` (every frame of every parent), a parent's name, a port's name (frames it
+/// sent or received) or `drops` (frames that reached no port and not the wire, and copies a
+/// port's TAP refused). Each frame appears at the interface it entered (inbound) and at every
+/// port that received it (outbound); a port's frame for the wire also at the parent (outbound).
+/// Drops carry their reason as a packet comment. One interface block per parent and port.
+///
+/// Example: watch port c1 with tcpdump
+///
+///   umacvlan capture c1 -w - | tcpdump -n -r -
+///
+/// Example: the next 100 drops into a file, for Wireshark
+///
+///   umacvlan capture drops -c 100 -w drops.pcapng
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct CaptureArgs {
+    /// parent, a parent's name, a port's name, or drops.
+    #[arg(value_name = "TARGET")]
+    target: String,
+    /// Where to write: a file, or `-` for stdout (flushed per packet, for `| tcpdump -r -` and
+    /// `| wireshark -k -i -`). Default: stdout unless it is a terminal.
+    #[arg(short = 'w', value_name = "FILE|-")]
+    write: Option<String>,
+    /// Stop after this many frames (each may give several packets).
+    #[arg(short = 'c', value_name = "N")]
+    count: Option<u64>,
+    /// Bytes kept per frame (0: the maximum, 262144).
+    #[arg(short = 's', value_name = "SNAPLEN", default_value_t = MAX_SNAPLEN)]
+    snaplen: u32,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+/// A pcapng stream of observed frames; see the module documentation for what it contains.
+pub struct PcapngSink<W: Write> {
+    w: PcapNgWriter<W>,
+    ifs: HashMap<String, u32>,
+    snaplen: u32,
+    pub packets: u64,
+}
+
+impl<W: Write> std::fmt::Debug for PcapngSink<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcapngSink")
+            .field("interfaces", &self.ifs)
+            .field("packets", &self.packets)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pcap_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("writing pcapng: {e}"))
+}
+
+impl<W: Write> PcapngSink<W> {
+    /// Writes the section header and one IDB per interface.
+    pub fn new(w: W, interfaces: &[FollowInterface], snaplen: u32) -> io::Result<PcapngSink<W>> {
+        let w = PcapNgWriter::new(w).map_err(pcap_err)?;
+        let mut s = PcapngSink {
+            w,
+            ifs: HashMap::new(),
+            snaplen,
+            packets: 0,
+        };
+        for i in interfaces {
+            let desc = match i.kind.as_str() {
+                "parent" => format!("umacvlan parent {}", i.name),
+                mode => format!("umacvlan port {} ({mode}) of {}", i.name, i.parent),
+            };
+            s.interface(&i.name, desc, Some(i.mac.0))?;
+        }
+        s.w.get_mut().flush()?;
+        Ok(s)
+    }
+
+    /// The IDB index of `name`, written now if it has none yet.
+    fn interface(&mut self, name: &str, desc: String, mac: Option<[u8; 6]>) -> io::Result<u32> {
+        if let Some(i) = self.ifs.get(name) {
+            return Ok(*i);
+        }
+        let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, self.snaplen);
+        idb.options
+            .push(InterfaceDescriptionOption::IfName(Cow::Owned(
+                name.to_string(),
+            )));
+        idb.options
+            .push(InterfaceDescriptionOption::IfDescription(Cow::Owned(desc)));
+        if let Some(m) = mac {
+            idb.options
+                .push(InterfaceDescriptionOption::IfMacAddr(Cow::Owned(
+                    m.to_vec(),
+                )));
+        }
+        idb.options.push(InterfaceDescriptionOption::IfTsResol(
+            InterfaceTsResolution::NANO,
+        ));
+        self.w.write_pcapng_block(idb).map_err(pcap_err)?;
+        let i = u32::try_from(self.ifs.len()).map_err(pcap_err)?;
+        self.ifs.insert(name.to_string(), i);
+        Ok(i)
+    }
+
+    fn packet(
+        &mut self,
+        at: &str,
+        f: &ObservedFrame,
+        data: &[u8],
+        dir: u32,
+        comment: Option<String>,
+    ) -> io::Result<()> {
+        let id = self.interface(at, format!("umacvlan {at}"), None)?;
+        let mut options = vec![EnhancedPacketOption::Flags(dir)];
+        if let Some(c) = comment {
+            options.push(EnhancedPacketOption::Common(CommonOption::Comment(
+                Cow::Owned(c),
+            )));
+        }
+        let epb = EnhancedPacketBlock {
+            interface_id: id,
+            timestamp: Duration::from_nanos(f.time_ns),
+            original_len: u32::try_from(f.len).unwrap_or(u32::MAX),
+            data: Cow::Borrowed(data),
+            options,
+        };
+        self.w.write_pcapng_block(epb).map_err(pcap_err)?;
+        self.packets += 1;
+        Ok(())
+    }
+
+    /// Writes one observed frame's packets and flushes.
+    pub fn frame(&mut self, f: &ObservedFrame) -> io::Result<()> {
+        let data = f.bytes.as_deref().map(unhex).unwrap_or_default();
+        let ingress = if f.from == "parent" {
+            &f.parent
+        } else {
+            &f.from
+        };
+        self.packet(ingress, f, &data, INBOUND, Some(ingress_comment(f)))?;
+        for r in &f.receivers {
+            self.packet(r, f, &data, OUTBOUND, None)?;
+        }
+        if f.to_wire {
+            self.packet(&f.parent, f, &data, OUTBOUND, None)?;
+        }
+        for c in &f.failed {
+            self.packet(&c.port, f, &data, OUTBOUND, Some(drop_text(&c.reason)))?;
+        }
+        self.w.get_mut().flush()
+    }
+}
+
+/// `dropped: REASON — meaning`.
+fn drop_text(reason: &str) -> String {
+    match DropReason::ALL.into_iter().find(|r| r.name() == reason) {
+        Some(r) => format!("dropped: {reason} — {}", r.meaning()),
+        None => format!("dropped: {reason}"),
+    }
+}
+
+fn ingress_comment(f: &ObservedFrame) -> String {
+    let rule = f
+        .rule
+        .as_deref()
+        .unwrap_or("none (refused before any decision)");
+    match &f.reason {
+        Some(r) => format!("{}; rule {rule}", drop_text(r)),
+        None => {
+            let mut to: Vec<&str> = f.receivers.iter().map(String::as_str).collect();
+            if f.to_wire {
+                to.push("wire");
+            }
+            format!("to {}; rule {rule}", to.join(", "))
+        }
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    s.as_bytes()
+        .chunks(2)
+        .filter_map(|p| std::str::from_utf8(p).ok())
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect()
+}
+
+/// One line per frame: time (UTC), where it entered, MACs, length, VLAN, receivers, wire,
+/// drop reason, rule.
+pub fn follow_line(f: &ObservedFrame) -> String {
+    let secs = f.time_ns / 1_000_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mac = |m: Option<crate::mac::MacAddr>| m.map_or("-".to_string(), |m| m.to_string());
+    let from = if f.from == "parent" {
+        format!("parent({})", f.parent)
+    } else {
+        f.from.clone()
+    };
+    let to = if f.receivers.is_empty() {
+        "-".to_string()
+    } else {
+        f.receivers.join(",")
+    };
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}.{:06} {from} {} > {} len {}{} to {to} wire {}",
+        (f.time_ns % 1_000_000_000) / 1000,
+        mac(f.src),
+        mac(f.dst),
+        f.len,
+        f.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default(),
+        if f.to_wire { "yes" } else { "no" },
+    );
+    for c in &f.failed {
+        line.push_str(&format!(" failed {}:{}", c.port, c.reason));
+    }
+    if let Some(r) = &f.reason {
+        line.push_str(&format!(" dropped {r}"));
+    }
+    line.push_str(&format!(" rule {}", f.rule.as_deref().unwrap_or("-")));
+    line
+}
+
+/// Streams `req` and hands every observed frame to `each`; returns (frames, lost). A write
+/// error of `each` (a closed pipe) ends the stream quietly.
+fn follow_stream(
+    control: &ControlArg,
+    req: FollowRequest,
+    mut on_start: impl FnMut(&[FollowInterface]) -> io::Result<()>,
+    mut each: impl FnMut(&ObservedFrame) -> io::Result<()>,
+) -> Result<(u64, u64), Failure> {
+    let mut out_err: Option<io::Error> = None;
+    let mut frames = 0u64;
+    let end = client::stream(&control.path, Request::Follow(req), |reply| {
+        let r = match reply {
+            Reply::Following { interfaces } => on_start(interfaces),
+            Reply::Observation { frame } => {
+                frames += 1;
+                each(frame)
+            }
+            _ => Ok(()),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                out_err = Some(e);
+                Ok(false)
+            }
+        }
+    })
+    .map_err(daemon_failure)?;
+    if let Some(e) = out_err {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return Ok((frames, 0));
+        }
+        return Err(anyhow::Error::from(e).context("writing the output").into());
+    }
+    match end {
+        Some(Reply::FollowEnd { lost, .. }) => Ok((frames, lost)),
+        _ => Ok((frames, 0)),
+    }
+}
+
+fn report_lost(frames: u64, lost: u64) {
+    if lost > 0 {
+        eprintln!(
+            "umacvlan: {frames} frames shown, {lost} lost: this reader was too slow (the engine never waits for it)"
+        );
+    }
+}
+
+/// `umacvlan trace --follow TARGET [-c N] [-j]`.
+pub fn follow(
+    target: &str,
+    count: Option<u64>,
+    json: bool,
+    control: &ControlArg,
+) -> Result<ExitCode, Failure> {
+    let req = FollowRequest {
+        target: target.to_string(),
+        count,
+        snaplen: None,
+        with_bytes: false,
+    };
+    let stdout = io::stdout();
+    let (frames, lost) = follow_stream(
+        control,
+        req,
+        |_| Ok(()),
+        |f| {
+            let mut out = stdout.lock();
+            if json {
+                let line = serde_json::to_string(f).map_err(io::Error::other)?;
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(out, "{}", follow_line(f))?;
+            }
+            out.flush()
+        },
+    )?;
+    report_lost(frames, lost);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `capture` writes.
+type Out = io::BufWriter<Box<dyn Write>>;
+
+/// `umacvlan capture`.
+pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
+    let out: Box<dyn Write> = match a.write.as_deref() {
+        Some("-") => Box::new(io::stdout()),
+        Some(path) => Box::new(
+            std::fs::File::create(PathBuf::from(path))
+                .with_context(|| format!("creating {path}"))
+                .map_err(Failure::usage)?,
+        ),
+        None if io::stdout().is_terminal() => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "refusing to write pcapng to a terminal: use -w FILE, or -w - into a pipe"
+            )));
+        }
+        None => Box::new(io::stdout()),
+    };
+    let snaplen = if a.snaplen == 0 {
+        MAX_SNAPLEN
+    } else {
+        a.snaplen.min(MAX_SNAPLEN)
+    };
+    let req = FollowRequest {
+        target: a.target.clone(),
+        count: a.count,
+        snaplen: Some(snaplen),
+        with_bytes: true,
+    };
+    let mut out = Some(io::BufWriter::new(out));
+    let sink: RefCell<Option<PcapngSink<Out>>> = RefCell::new(None);
+    let (frames, lost) = follow_stream(
+        &a.control,
+        req,
+        |ifs| {
+            if let Some(w) = out.take() {
+                *sink.borrow_mut() = Some(PcapngSink::new(w, ifs, snaplen)?);
+            }
+            Ok(())
+        },
+        |f| match sink.borrow_mut().as_mut() {
+            Some(s) => s.frame(f),
+            None => Err(io::Error::other("a frame before the interface list")),
+        },
+    )?;
+    let packets = sink.borrow().as_ref().map_or(0, |s| s.packets);
+    if a.write.as_deref() != Some("-") {
+        eprintln!("umacvlan: {frames} frames captured ({packets} packets)");
+    }
+    report_lost(frames, lost);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::FailedCopy;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+
+    fn frame(from: &str, receivers: &[&str], reason: Option<&str>) -> ObservedFrame {
+        ObservedFrame {
+            time_ns: 1_700_000_000_123_456_789,
+            parent: "p0".into(),
+            from: from.into(),
+            src: Some("02:00:00:00:00:09".parse().unwrap()),
+            dst: Some("02:00:00:00:00:01".parse().unwrap()),
+            vlan: None,
+            len: 60,
+            receivers: receivers.iter().map(|s| s.to_string()).collect(),
+            failed: vec![],
+            to_wire: false,
+            reason: reason.map(str::to_string),
+            rule: Some("rx_unicast_to_port".into()),
+            bytes: Some("02000000000102000000000988b5".to_string() + &"00".repeat(46)),
+        }
+    }
+
+    #[test]
+    fn pcapng_has_interfaces_directions_and_drop_comments() {
+        let ifs: Vec<FollowInterface> = ["p0", "c0", "c1"]
+            .iter()
+            .map(|n| FollowInterface {
+                name: n.to_string(),
+                parent: "p0".into(),
+                kind: if *n == "p0" { "parent" } else { "bridge" }.into(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+            })
+            .collect();
+        let mut s = PcapngSink::new(Vec::new(), &ifs, 100).unwrap();
+        s.frame(&frame("parent", &["c0"], None)).unwrap();
+        s.frame(&frame("parent", &[], Some("unknown_destination")))
+            .unwrap();
+        let mut f = frame("c1", &["c0"], None);
+        f.to_wire = true;
+        f.failed = vec![FailedCopy {
+            port: "c9".into(),
+            reason: "tap_queue_full".into(),
+        }];
+        s.frame(&f).unwrap();
+        assert_eq!(s.packets, 2 + 1 + 4);
+        let bytes = s.w.into_inner();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut got = Vec::new();
+        let mut names = Vec::new();
+        while let Some(b) = r.next_block() {
+            match b.unwrap().0 {
+                Block::InterfaceDescription(i) => {
+                    assert!(i.options.contains(&InterfaceDescriptionOption::IfTsResol(
+                        InterfaceTsResolution::NANO
+                    )));
+                    names.push(
+                        i.options
+                            .iter()
+                            .find_map(|o| match o {
+                                InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                                _ => None,
+                            })
+                            .unwrap(),
+                    );
+                }
+                Block::EnhancedPacket(e) => {
+                    let dir = e.options.iter().find_map(|o| match o {
+                        EnhancedPacketOption::Flags(f) => Some(*f),
+                        _ => None,
+                    });
+                    let comment = e.options.iter().find_map(|o| match o {
+                        EnhancedPacketOption::Common(CommonOption::Comment(c)) => {
+                            Some(c.to_string())
+                        }
+                        _ => None,
+                    });
+                    assert_eq!(e.timestamp.as_nanos(), 1_700_000_000_123_456_789);
+                    assert_eq!(e.data.len(), 60);
+                    got.push((e.interface_id, dir.unwrap(), comment));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(names, ["p0", "c0", "c1", "c9"]);
+        let to_c0 = Some("to c0; rule rx_unicast_to_port".to_string());
+        assert_eq!(got[0], (0, INBOUND, to_c0));
+        assert_eq!(got[1], (1, OUTBOUND, None));
+        assert_eq!(got[2].0, 0);
+        assert!(
+            got[2]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("dropped: unknown_destination — unicast to a MAC"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[3],
+            (
+                2,
+                INBOUND,
+                Some("to c0, wire; rule rx_unicast_to_port".into())
+            )
+        );
+        assert_eq!(got[4], (1, OUTBOUND, None));
+        assert_eq!(got[5], (0, OUTBOUND, None), "to the wire: at the parent");
+        assert_eq!(got[6].0, 3);
+        assert!(
+            got[6]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("dropped: tap_queue_full")
+        );
+    }
+
+    #[test]
+    fn follow_lines() {
+        let l = follow_line(&frame("parent", &["c0"], None));
+        assert_eq!(
+            l,
+            "22:13:20.123456 parent(p0) 02:00:00:00:00:09 > 02:00:00:00:00:01 len 60 to c0 wire no rule rx_unicast_to_port"
+        );
+        let l = follow_line(&frame("parent", &[], Some("unknown_destination")));
+        assert!(
+            l.ends_with("to - wire no dropped unknown_destination rule rx_unicast_to_port"),
+            "{l}"
+        );
+    }
+}

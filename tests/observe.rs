@@ -1,0 +1,435 @@
+//! `umacvlan capture` and `umacvlan trace --follow` end to end (root): an engine with two bridge
+//! ports, four followers started through the real CLI, exactly K known raw frames sent from the
+//! wire, and what each follower wrote checked frame by frame: the pcapng read back with
+//! pcap-file (interfaces, directions, bytes, drop comments), the same stream through
+//! `tcpdump -r -`, the JSON lines of `trace --follow`, and `capture drops`.
+
+#[allow(unused_macros, unused_imports)] // parity.rs serves the parity tests only.
+mod common;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ETH_P_ALL, PacketSocket, disable_ipv6, test_frame};
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+use pcap_file::pcapng::blocks::opt_common::CommonOption;
+use pcap_file::pcapng::{Block, PcapNgReader};
+use serde_json::Value;
+use umacvlan::mac::MacAddr;
+use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
+const C0: MacAddr = MacAddr([0x02, 0, 0, 0, 0x0b, 0x00]);
+const C1: MacAddr = MacAddr([0x02, 0, 0, 0, 0x0b, 0x01]);
+const UNKNOWN: MacAddr = MacAddr([0x02, 0, 0, 0, 0x0b, 0x77]);
+const EXT: MacAddr = MacAddr([0x02, 0, 0, 0, 0x0b, 0xee]);
+
+/// Children killed on drop (a failing test leaves no engine or follower behind).
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn umacvlan(t: &Topology, socket: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", t.host.name(), BIN])
+        .args(args)
+        .env("UMACVLAN_CONTROL", socket);
+    c
+}
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits for `c` to exit (panics after 20 s) and returns its stdout.
+fn finish(c: &mut Child, what: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = c.try_wait().unwrap() {
+            let mut out = Vec::new();
+            if let Some(mut s) = c.stdout.take() {
+                std::io::Read::read_to_end(&mut s, &mut out).unwrap();
+            }
+            let mut err = String::new();
+            if let Some(mut s) = c.stderr.take() {
+                std::io::Read::read_to_string(&mut s, &mut err).unwrap();
+            }
+            assert!(status.success(), "{what}: {status}: {err}");
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what} did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One EPB as read back: interface name, direction flags, comment, bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct Packet {
+    at: String,
+    dir: u32,
+    comment: Option<String>,
+    data: Vec<u8>,
+    original_len: u32,
+}
+
+/// The IDB names and the packets of a pcapng file.
+fn read_pcapng(path: &Path) -> (Vec<String>, Vec<Packet>) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+    let mut names = Vec::new();
+    let mut packets = Vec::new();
+    while let Some(b) = r.next_block() {
+        match b.unwrap().0 {
+            Block::InterfaceDescription(i) => {
+                let name = i.options.iter().find_map(|o| match o {
+                    InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                    _ => None,
+                });
+                assert!(
+                    i.options.iter().any(|o| matches!(
+                        o,
+                        InterfaceDescriptionOption::IfTsResol(r) if r.to_u8() == 9
+                    )),
+                    "if_tsresol 9: {i:?}"
+                );
+                names.push(name.expect("if_name"));
+            }
+            Block::EnhancedPacket(e) => {
+                let dir = e.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Flags(f) => Some(*f),
+                    _ => None,
+                });
+                let comment = e.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Common(CommonOption::Comment(c)) => {
+                        Some(Cow::to_string(c))
+                    }
+                    _ => None,
+                });
+                packets.push(Packet {
+                    at: names[e.interface_id as usize].clone(),
+                    dir: dir.expect("flags"),
+                    comment,
+                    data: e.data.to_vec(),
+                    original_len: e.original_len,
+                });
+            }
+            _ => {}
+        }
+    }
+    (names, packets)
+}
+
+const INBOUND: u32 = 1;
+const OUTBOUND: u32 = 2;
+
+#[test]
+fn capture_and_follow_show_exactly_the_frames_sent() {
+    let t = topology("ob", 2);
+    // No IPv6 anywhere: no DAD, RS or MLD frames besides the ones this test sends.
+    for ns in [t.wire.name(), t.host.name(), t.kid(0), t.kid(1)] {
+        disable_ipv6(ns);
+    }
+    let socket = t.socket();
+    let dir = std::env::temp_dir().join(format!("{}-cap", t.host.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |n: &str| -> PathBuf { dir.join(n) };
+    let mut procs = Procs(Vec::new());
+    let engine = umacvlan(
+        &t,
+        &socket,
+        &[
+            "run",
+            "--parent",
+            "p0",
+            "--port",
+            &format!("name=c0,mode=bridge,netns={},mac={C0}", t.kid(0)),
+            "--port",
+            &format!("name=c1,mode=bridge,netns={},mac={C1}", t.kid(1)),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let engine_pid = engine.id();
+    procs.0.push(engine);
+    wait_until("the control socket", || socket.exists());
+    for (i, name) in [(0, "c0"), (1, "c1")] {
+        wait_until(&format!("{name} to appear"), || {
+            try_ip(&["-n", t.kid(i), "link", "show", name]).is_ok()
+        });
+        ip(&["-n", t.kid(i), "link", "set", name, "up"]);
+    }
+    // The engine follows up/down every 100 ms.
+    std::thread::sleep(Duration::from_millis(400));
+
+    // K frames: known unicast to c0, unknown unicast, twice each.
+    const K: usize = 4;
+    let frames: Vec<Vec<u8>> = (0..K)
+        .map(|i| {
+            let dst = if i % 2 == 0 { C0 } else { UNKNOWN };
+            test_frame(dst, EXT, None, 0x0b00 + i as u64, 60 + 2 * i)
+        })
+        .collect();
+    let k = K.to_string();
+    let all_pcap = file("all.pcapng");
+    let drops_pcap = file("drops.pcapng");
+    let spawn = |args: &[&str]| {
+        umacvlan(&t, &socket, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut cap = spawn(&[
+        "capture",
+        "parent",
+        "-w",
+        all_pcap.to_str().unwrap(),
+        "-c",
+        &k,
+    ]);
+    let mut follow = spawn(&["trace", "--follow", "parent", "-c", &k, "-j"]);
+    let mut drops = spawn(&[
+        "capture",
+        "drops",
+        "-w",
+        drops_pcap.to_str().unwrap(),
+        "-c",
+        "2",
+    ]);
+    // `capture -w - | tcpdump -r -`.
+    let mut piped = spawn(&["capture", "parent", "-w", "-", "-c", &k]);
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-n", "-e", "-r", "-"])
+        .stdin(piped.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (apt-get install tcpdump)");
+    wait_until("four followers in the engine", || {
+        threads_named(engine_pid, "umacvlan-follow") == 4
+    });
+    let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
+    for f in &frames {
+        wire.send(f).unwrap();
+    }
+    let cap_err = finish(&mut cap, "capture parent");
+    assert!(
+        cap_err.is_empty(),
+        "capture -w FILE writes nothing to stdout"
+    );
+    let follow_out = String::from_utf8(finish(&mut follow, "trace --follow")).unwrap();
+    finish(&mut drops, "capture drops");
+    finish(&mut piped, "capture -w -");
+    let tcpdump_out = String::from_utf8(finish(&mut tcpdump, "tcpdump -r -")).unwrap();
+
+    // The pcapng: one IDB per interface, each frame at the parent (inbound), and at c0
+    // (outbound) when c0 got it; drops carry their reason.
+    let (names, packets) = read_pcapng(&all_pcap);
+    assert_eq!(names, ["p0", "c0", "c1"]);
+    let mut want = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        if i % 2 == 0 {
+            want.push(Packet {
+                at: "p0".into(),
+                dir: INBOUND,
+                comment: Some("to c0; rule rx_unicast_to_port".into()),
+                data: f.clone(),
+                original_len: f.len() as u32,
+            });
+            want.push(Packet {
+                at: "c0".into(),
+                dir: OUTBOUND,
+                comment: None,
+                data: f.clone(),
+                original_len: f.len() as u32,
+            });
+        } else {
+            want.push(Packet {
+                at: "p0".into(),
+                dir: INBOUND,
+                comment: Some(
+                    "dropped: unknown_destination — unicast to a MAC that no up port owns: \
+                     only the parent's own stack gets it; rule rx_unicast_unknown"
+                        .into(),
+                ),
+                data: f.clone(),
+                original_len: f.len() as u32,
+            });
+        }
+    }
+    assert_eq!(packets, want);
+
+    // capture drops: only the two unknown-destination frames.
+    let (dnames, dpackets) = read_pcapng(&drops_pcap);
+    assert_eq!(dnames, ["p0", "c0", "c1"]);
+    assert_eq!(dpackets.len(), 2, "{dpackets:?}");
+    for (p, f) in dpackets.iter().zip([&frames[1], &frames[3]]) {
+        assert_eq!(&p.data, f);
+        assert!(
+            p.comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with("dropped: unknown_destination")),
+            "{p:?}"
+        );
+    }
+
+    // The same stream through tcpdump: six packets, EXT > c0 and EXT > the unknown MAC.
+    // (tcpdump follows each unknown-ethertype packet with indented hex lines.)
+    let lines: Vec<&str> = tcpdump_out
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .collect();
+    assert_eq!(lines.len(), 6, "{tcpdump_out}");
+    assert!(lines[0].contains(&format!("{EXT} > {C0}")), "{tcpdump_out}");
+    assert!(
+        lines[2].contains(&format!("{EXT} > {UNKNOWN}")),
+        "{tcpdump_out}"
+    );
+
+    // trace --follow -j: one JSON line per frame with receivers, reason and rule.
+    let seen: Vec<Value> = follow_out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(seen.len(), K, "{follow_out}");
+    for (i, v) in seen.iter().enumerate() {
+        assert_eq!(v["from"], "parent");
+        assert_eq!(v["parent"], "p0");
+        assert_eq!(v["src"], EXT.to_string());
+        assert_eq!(v["len"], 60 + 2 * i);
+        assert_eq!(v["to_wire"], false);
+        if i % 2 == 0 {
+            assert_eq!(v["dst"], C0.to_string());
+            assert_eq!(v["receivers"], serde_json::json!(["c0"]));
+            assert_eq!(v["reason"], Value::Null);
+            assert_eq!(v["rule"], "rx_unicast_to_port");
+        } else {
+            assert_eq!(v["dst"], UNKNOWN.to_string());
+            assert_eq!(v["receivers"], serde_json::json!([]));
+            assert_eq!(v["reason"], "unknown_destination");
+            assert_eq!(v["rule"], "rx_unicast_unknown");
+        }
+    }
+
+    // Every follower is gone: the engine emits nothing any more.
+    wait_until("the followers to end", || {
+        threads_named(engine_pid, "umacvlan-follow") == 0
+    });
+
+    // tshark (installed by .ci/run) reads the same interfaces, directions and comments.
+    match Command::new("tshark")
+        .arg("-r")
+        .arg(&all_pcap)
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .args(["-e", "frame.packet_flags_direction", "-e", "frame.comment"])
+        .output()
+    {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "tshark: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got = String::from_utf8_lossy(&o.stdout);
+            let got: Vec<Vec<&str>> = got.lines().map(|l| l.split('\t').collect()).collect();
+            let want: Vec<Vec<String>> = packets
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.at.clone(),
+                        format!("0x{:08x}", p.dir),
+                        p.comment.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            assert_eq!(got, want);
+        }
+        Err(e) => eprintln!(
+            "SKIPPED the tshark check: tshark cannot run ({e}); the pcapng was checked with \
+             pcap-file and tcpdump only (.ci/run installs tshark)"
+        ),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn follow_text_lines_and_unknown_targets() {
+    let t = topology("of", 1);
+    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
+        disable_ipv6(ns);
+    }
+    let socket = t.socket();
+    let mut procs = Procs(Vec::new());
+    let engine = umacvlan(
+        &t,
+        &socket,
+        &[
+            "run",
+            "--parent",
+            "p0",
+            "--port",
+            &format!("name=c0,mode=bridge,netns={},mac={C0}", t.kid(0)),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let pid = engine.id();
+    procs.0.push(engine);
+    wait_until("the control socket", || socket.exists());
+    wait_until("c0 to appear", || {
+        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
+    });
+    ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
+    std::thread::sleep(Duration::from_millis(400));
+
+    let o = umacvlan(&t, &socket, &["trace", "--follow", "nope", "-c", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nothing named nope to follow"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut follow = umacvlan(&t, &socket, &["trace", "--follow", "c0", "-c", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the follower", || {
+        threads_named(pid, "umacvlan-follow") == 1
+    });
+    let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
+    wire.send(&test_frame(C0, EXT, Some(5), 1, 64)).unwrap();
+    let out = String::from_utf8(finish(&mut follow, "trace --follow c0")).unwrap();
+    let line = out.trim_end();
+    let tail =
+        format!(" parent(p0) {EXT} > {C0} len 64 vlan 5 to c0 wire no rule rx_unicast_to_port");
+    assert!(line.ends_with(&tail), "{line:?} should end with {tail:?}");
+    assert_eq!(line.lines().count(), 1);
+}
