@@ -21,6 +21,7 @@ pub mod forward;
 pub mod frame;
 pub mod lab;
 pub mod mac;
+pub mod metrics;
 pub mod net;
 pub mod spec;
 #[allow(unsafe_code)]

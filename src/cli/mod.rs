@@ -6,6 +6,7 @@ mod lab;
 pub mod link;
 pub mod report;
 mod run;
+pub mod stats;
 mod trace;
 
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub enum Command {
     Trace(trace::TraceArgs),
     Config(config::ConfigArgs),
     Reload(link::ReloadArgs),
+    Stats(stats::StatsArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -131,5 +133,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Trace(args) => trace::run(args),
         Command::Link(args) => link::run(args),
         Command::Reload(args) => link::reload(args),
+        Command::Stats(args) => stats::run(args),
     }
 }
