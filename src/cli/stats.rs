@@ -15,8 +15,7 @@ use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
 use crate::control::proto::{Empty, Reply, Request, StatsView};
 
-/// Show the running engine's counters: per port and per parent, with drop reasons and the
-/// parents' ring counters; with --watch, rates too.
+/// Show the running engine's counters per port and parent, with drops and rates.
 ///
 /// One line per port: its parent, mode, state (forwarding: in the forwarding table; down:
 /// admin-down; up: admin-up but held out of the table, e.g. its MAC is refused), packets and
