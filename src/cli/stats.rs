@@ -38,7 +38,7 @@ use crate::control::proto::{Empty, Reply, Request, StatsView};
 ///   umacvlan stats -j | jq '.parents[] | {name, ring_drops, drops}'
 ///   umacvlan stats -j --watch 2 | jq -c '.rates.ports.c1'
 ///
-/// Exit status: 0 done, 1 no engine (or it went away while watching).
+/// Exit status: 0 done, 1 no engine (or it went away while watching), 2 bad arguments.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct StatsArgs {
