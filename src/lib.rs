@@ -23,6 +23,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod lab;
 pub mod mac;
+pub mod metrics;
 pub mod net;
 pub mod spec;
 #[allow(unsafe_code)]

@@ -168,6 +168,7 @@ fn top_level_help_lists_every_command() {
         "trace",
         "config",
         "reload",
+        "stats",
         "completions",
         "man",
     ] {

@@ -92,6 +92,29 @@ fn answer(r: &Request) -> Response {
             Err(e) => Response::Error { error: e.into() },
         },
         Request::Follow(_) => err(ErrorKind::NoSuchLink, "nothing to follow here"),
+        Request::Stats(_) => {
+            // Every snapshot 100 frames (64 000 bytes) later than the one before.
+            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut c1 = view("c1", Mode::Bridge);
+            c1.stats.rx_packets = 100 * n;
+            c1.stats.rx_bytes = 64_000 * n;
+            c1.stats.drops = [("mtu".to_string(), 2)].into();
+            ok(Reply::Stats {
+                stats: StatsView {
+                    ports: vec![c1],
+                    parents: vec![ParentView {
+                        name: "eth0".into(),
+                        rx_packets: 105 * n,
+                        drops: [("unknown_destination".to_string(), 5 * n)].into(),
+                        ring_packets: 105 * n,
+                        ports: 1,
+                        bcqueuelen_used: 1000,
+                        ..ParentView::default()
+                    }],
+                },
+            })
+        }
         Request::Reload(_) => ok(Reply::Reloaded {
             report: ReloadReport {
                 added: vec!["c3".into()],
@@ -168,6 +191,70 @@ fn link_show_json_and_text_through_the_socket() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", err(&o));
+}
+
+#[test]
+fn stats_once_as_json_and_watched_through_the_socket() {
+    let f = fake("stats");
+    let o = umacvlan(&with_control(&f.path, &["stats"]));
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("port  parent  mode    state  "), "{text}");
+    assert!(
+        text.contains("\nc1    eth0    bridge  forwarding"),
+        "{text}"
+    );
+    assert!(text.contains("  mtu=2\n"), "{text}");
+    assert!(text.contains("unknown_destination="), "{text}");
+    assert!(text.contains("ring of eth0 (kernel): packets "), "{text}");
+    let o = umacvlan(&with_control(&f.path, &["stats", "-j"]));
+    assert!(o.status.success(), "{}", err(&o));
+    let v: StatsView = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!((v.ports.len(), v.parents.len()), (1, 1));
+    // Piped --watch: a timestamp line, then a block; rates from the second sample on.
+    let o = umacvlan(&with_control(
+        &f.path,
+        &["stats", "--watch", "0.2", "-c", "2"],
+    ));
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    let blocks: Vec<&str> = text.split("--- ").filter(|b| !b.is_empty()).collect();
+    assert_eq!(blocks.len(), 2, "{text}");
+    assert!(!blocks[0].contains("rx_pkt/s"), "{text}");
+    assert!(blocks[1].contains("rx_pkt/s"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal codes when piped: {text}"
+    );
+    // JSON lines: the first without rates, the second with them (100 frames in ~0.2 s).
+    let o = umacvlan(&with_control(
+        &f.path,
+        &["stats", "-j", "-w", "0.2", "-c", "2"],
+    ));
+    assert!(o.status.success(), "{}", err(&o));
+    let lines: Vec<Value> = out(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["rates"].is_null());
+    assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+    let pps = lines[1]["rates"]["ports"]["c1"]["rx_packets_per_sec"]
+        .as_f64()
+        .unwrap();
+    assert!((100.0..=500.0).contains(&pps), "{pps}");
+    let bps = lines[1]["rates"]["ports"]["c1"]["rx_bits_per_sec"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (bps / pps - 5120.0).abs() < 1e-6,
+        "640-byte frames: {bps} / {pps}"
+    );
+    // No engine: exit 1.
+    let o = umacvlan(&["stats", "--control", "/nonexistent/umacvlan.sock"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = umacvlan(&with_control(&f.path, &["stats", "--watch", "0"]));
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
 }
 
 #[test]

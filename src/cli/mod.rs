@@ -7,6 +7,7 @@ mod lab;
 pub mod link;
 pub mod report;
 mod run;
+pub mod stats;
 mod trace;
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub enum Command {
     Capture(capture::CaptureArgs),
     Config(config::ConfigArgs),
     Reload(link::ReloadArgs),
+    Stats(stats::StatsArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -134,5 +136,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Capture(args) => capture::run(args),
         Command::Link(args) => link::run(args),
         Command::Reload(args) => link::reload(args),
+        Command::Stats(args) => stats::run(args),
     }
 }

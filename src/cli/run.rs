@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::control::proto;
-use crate::control::serve;
+use crate::control::{Call, ServeOptions, serve_into};
 use crate::engine::daemon::Daemon;
 use crate::engine::plan::{ParentOptions, plan};
+use crate::metrics::MetricsServer;
 use crate::spec::PortSpec;
 use crate::sys::ring::{RingConfig, RingVersion};
 
@@ -75,6 +76,11 @@ pub struct RunArgs {
     /// per parent = blocks x block size.
     #[arg(long, value_name = "N")]
     ring_blocks: Option<u32>,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics, e.g.
+    /// 127.0.0.1:9578. Off by default. Bind to 127.0.0.1 unless you mean to expose the counters
+    /// to the network: there is no authentication. See `umacvlan stats` for the same numbers.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What a signal asks of the engine.
@@ -180,22 +186,40 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     // Claim the control socket before creating anything: a second engine stops here.
     let socket = socket.unwrap_or_else(|| proto::DEFAULT_SOCKET.into());
+    // One channel for every request the daemon serves: the control socket's and the metrics
+    // server's calls arrive on the same receiver, one at a time, each with its own reply sender.
+    let (calls_tx, calls) = crossbeam_channel::bounded::<Call>(16);
     let server = match a.no_control {
         true => None,
-        false => Some(serve(&socket).map_err(|e| Failure::usage(anyhow::Error::from(e)))?),
+        false => Some(
+            serve_into(&socket, ServeOptions::default(), calls_tx.clone())
+                .map_err(|e| Failure::usage(anyhow::Error::from(e)))?,
+        ),
     };
+    let metrics = match a.metrics_listen {
+        Some(addr) => Some(MetricsServer::start(addr, calls_tx.clone()).map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "--metrics-listen {addr}: cannot listen: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    // Only the servers hold senders now: with neither, the daemon sees a closed channel.
+    drop(calls_tx);
     let mut daemon = match checked {
         Checked::Config(path, config) => Daemon::from_config(&path, config, ring)?,
         Checked::Ports(plan) => Daemon::start(*plan, ring)?,
         Checked::Empty => Daemon::new(ring)?,
     };
-    let calls = server.as_ref().map(|(_, calls)| calls);
+    if let Some(m) = &metrics {
+        tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr()), "serving metrics");
+    }
     match &server {
-        Some((s, _)) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
+        Some(s) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
         None => tracing::info!("umacvlan: ready (no control socket)"),
     }
     let result = loop {
-        match daemon.run_until(&signals, calls) {
+        match daemon.run_until(&signals, Some(&calls)) {
             Ok(Some(Signalled::Reload)) => match daemon.reload() {
                 Ok(r) => {
                     tracing::info!(added = ?r.added, removed = ?r.removed, changed = ?r.changed, "reloaded")
@@ -206,8 +230,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             Err(e) => break Err(e),
         }
     };
+    // Requests still queued are dropped unanswered: their callers see a closed reply channel
+    // at once instead of waiting for a timeout.
+    drop(calls);
     print!("{}", daemon.shutdown()?);
     drop(server);
+    drop(metrics);
     result?;
     Ok(ExitCode::SUCCESS)
 }

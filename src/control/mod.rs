@@ -6,7 +6,7 @@ pub mod proto;
 pub mod server;
 
 pub use client::{ClientError, request};
-pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_with};
+pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_into, serve_with};
 
 /// A request waiting for its answer: the socket server hands these to the daemon's control
 /// loop, which applies the request and sends the response back on `reply`. A streaming request

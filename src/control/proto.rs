@@ -47,6 +47,8 @@ pub enum Request {
     /// `umacvlan trace --follow` and `umacvlan capture`: a stream of responses, see
     /// [`FollowRequest`].
     Follow(FollowRequest),
+    /// `umacvlan stats` (and every `/metrics` scrape): every port's and parent's counters.
+    Stats(Empty),
 }
 
 impl Request {
@@ -277,6 +279,10 @@ pub enum Reply {
         /// Observations that matched but were lost because the client read too slowly.
         lost: u64,
     },
+    /// stats: one consistent snapshot, taken by the daemon's control loop.
+    Stats {
+        stats: StatsView,
+    },
 }
 
 /// Why a request failed; `kind` is stable (scripts match on it), `message` is for people.
@@ -371,6 +377,46 @@ pub struct LinkStats {
     pub tx_dropped: u64,
     /// Every non-zero drop counter by its stable reason name.
     pub drops: BTreeMap<String, u64>,
+}
+
+/// Every counter of the engine at one moment: what `umacvlan stats` shows and `/metrics`
+/// exports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsView {
+    /// Every port, as `link show` reports it (counters in `stats`).
+    pub ports: Vec<LinkView>,
+    /// Every parent with at least one port.
+    pub parents: Vec<ParentView>,
+}
+
+/// A parent's counters: `rx` is what came from the wire (the ring), `tx` what went to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentView {
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames from the wire that reached no port, by their stable reason name (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+    /// The kernel's own counters of the parent's AF_PACKET ring (PACKET_STATISTICS,
+    /// accumulated): frames it queued, frames it dropped because the ring was full, and times
+    /// it froze the queue.
+    pub ring_packets: u64,
+    pub ring_drops: u64,
+    pub ring_freezes: u64,
+    /// How many ports hang off this parent.
+    pub ports: usize,
+    /// The broadcast queue's length in use (the largest `bcqueuelen` of its ports, as the
+    /// kernel's `usedbcqueuelen`).
+    pub bcqueuelen_used: u32,
+    /// Frames waiting in the broadcast queue now. Always 0 in umacvlan: the kernel defers
+    /// broadcast and multicast to a work queue, umacvlan delivers every queued frame at once in
+    /// the worker's loop, so nothing is ever left waiting between two looks. A frame the queue
+    /// cannot take is still counted (`bcqueue_full`). Kept for parity with the kernel's knobs.
+    pub broadcast_queue_depth: u64,
 }
 
 /// What a reload changed.

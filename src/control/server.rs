@@ -138,6 +138,18 @@ pub fn serve_with(
     path: &Path,
     opts: ServeOptions,
 ) -> Result<(ControlServer, Receiver<Call>), ServeError> {
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    serve_into(path, opts, tx).map(|s| (s, rx))
+}
+
+/// [`serve_with`], delivering requests into a channel the caller made. Other producers (the
+/// metrics server) can hold clones of the same sender, so the daemon serves them all from one
+/// receiver, one request at a time.
+pub fn serve_into(
+    path: &Path,
+    opts: ServeOptions,
+    tx: Sender<Call>,
+) -> Result<ControlServer, ServeError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::DirBuilder::new()
             .recursive(true)
@@ -183,7 +195,6 @@ pub fn serve_with(
             .map_err(|e| io_err("setting the group of", path)(e.into()))?;
     }
     let m = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
-    let (tx, rx) = crossbeam_channel::bounded(16);
     let listener = Arc::new(listener);
     let stop = Arc::new(AtomicBool::new(false));
     let conns = Arc::new(Mutex::new(Vec::new()));
@@ -196,17 +207,14 @@ pub fn serve_with(
             .spawn(move || accept_loop(&listener, &stop, &conns, &tx, &opts))
             .map_err(io_err("starting the accept thread for", path))?
     };
-    Ok((
-        ControlServer {
-            path: path.to_path_buf(),
-            ident: (m.dev(), m.ino()),
-            listener,
-            stop,
-            conns,
-            acceptor: Some(acceptor),
-        },
-        rx,
-    ))
+    Ok(ControlServer {
+        path: path.to_path_buf(),
+        ident: (m.dev(), m.ino()),
+        listener,
+        stop,
+        conns,
+        acceptor: Some(acceptor),
+    })
 }
 
 type Conns = Arc<Mutex<Vec<(u64, UnixStream)>>>;

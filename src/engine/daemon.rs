@@ -29,8 +29,8 @@ use crate::config::{Config, diff};
 use crate::control::Call;
 use crate::control::proto::{
     ControlError, ErrorKind, FailedCopy, FollowInterface, FollowRequest, LinkChange, LinkSpec,
-    LinkStats, LinkView, MAX_SNAPLEN, MacaddrOp, ObservedFrame, ReloadReport, Reply, Request,
-    Response,
+    LinkStats, LinkView, MAX_SNAPLEN, MacaddrOp, ObservedFrame, ParentView, ReloadReport, Reply,
+    Request, Response, StatsView,
 };
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
@@ -229,15 +229,17 @@ impl Daemon {
         calls: Option<&Receiver<Call>>,
     ) -> anyhow::Result<Option<T>> {
         let never = crossbeam_channel::never();
-        let calls = calls.unwrap_or(&never);
+        let mut calls = calls.unwrap_or(&never);
         loop {
             select! {
                 recv(stop) -> v => return Ok(v.ok()),
-                recv(calls) -> call => {
-                    if let Ok(call) = call {
+                recv(calls) -> call => match call {
+                    Ok(call) => {
                         self.call(call);
                     }
-                }
+                    // Every caller is gone: stop looking (a closed channel is always ready).
+                    Err(_) => calls = &never,
+                },
                 recv(self.events) -> ev => match ev {
                     Ok(ev) => self.on_event(ev)?,
                     Err(_) => anyhow::bail!("every port watcher stopped"),
@@ -399,6 +401,7 @@ impl Daemon {
                 ErrorKind::BadRequest,
                 "follow is a streaming request: only the control socket serves it",
             )),
+            Request::Stats(_) => self.stats().map(|stats| Reply::Stats { stats }),
         };
         match result {
             Ok(reply) => Response::Ok { reply },
@@ -796,6 +799,41 @@ impl Daemon {
             Some(n) => Ok(vec![self.view(self.entry(n)?)?]),
             None => self.ports.iter().map(|e| self.view(e)).collect(),
         }
+    }
+
+    /// `stats`: every port (as `link show`) and every parent's counters, in one snapshot.
+    pub fn stats(&self) -> Result<StatsView, ControlError> {
+        let parents = self
+            .parents
+            .iter()
+            .map(|(name, run)| {
+                let c = &run.counters;
+                ParentView {
+                    name: name.clone(),
+                    rx_packets: c.rx.packets.get(),
+                    rx_bytes: c.rx.bytes.get(),
+                    tx_packets: c.tx.packets.get(),
+                    tx_bytes: c.tx.bytes.get(),
+                    drops: c
+                        .drops
+                        .nonzero()
+                        .into_iter()
+                        .map(|(r, n)| (r.name().to_string(), n))
+                        .collect(),
+                    ring_packets: c.ring_packets.get(),
+                    ring_drops: c.ring_drops.get(),
+                    ring_freezes: c.ring_freezes.get(),
+                    ports: self.ports.iter().filter(|e| e.parent == *name).count(),
+                    bcqueuelen_used: run.table.bc_queue_len_used(),
+                    // Delivered at once: nothing ever waits (see ParentView).
+                    broadcast_queue_depth: 0,
+                }
+            })
+            .collect();
+        Ok(StatsView {
+            ports: self.link_show(None)?,
+            parents,
+        })
     }
 
     fn view(&self, e: &PortEntry) -> Result<LinkView, ControlError> {
