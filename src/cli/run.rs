@@ -79,7 +79,7 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics, e.g.
     /// 127.0.0.1:9578. Off by default. Bind to 127.0.0.1 unless you mean to expose the counters
     /// to the network: there is no authentication. See `umacvlan stats` for the same numbers.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", env = "UMACVLAN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
