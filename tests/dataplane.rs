@@ -129,6 +129,12 @@ impl Engine {
         )
     }
 
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     fn kill9(mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
@@ -528,4 +534,63 @@ fn mac_changes_in_the_namespace_are_followed_with_the_kernels_rules() {
     std::thread::sleep(Duration::from_millis(300));
     ping(w, "192.0.2.2", 3)
         .unwrap_or_else(|o| panic!("c1 after its MAC is free:\n{o}\n{}", e.log_text()));
+}
+
+/// Re-creates the wire: the parent `p0` and its peer, as `topology` made them.
+fn recreate_wire(t: &Topo) {
+    let (h, w) = (t.host.name(), t.wire.name());
+    ip(&[
+        "-n", h, "link", "add", "p0", "type", "veth", "peer", "name", "wire0", "netns", w,
+    ]);
+    ip(&["-n", h, "link", "set", "p0", "up"]);
+    ip(&["-n", w, "link", "set", "wire0", "up"]);
+    ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
+}
+
+#[test]
+fn a_parent_that_disappears_and_comes_back() {
+    let t = topo("pgone", 1);
+    let mut e = t.start(&t.port(0, "bridge"), &[(0, "c0")]);
+    t.up(0, "192.0.2.1/24");
+    std::thread::sleep(Duration::from_millis(300));
+    ping(t.wire.name(), "192.0.2.1", 3).unwrap_or_else(|o| panic!("{o}\n{}", e.log_text()));
+    // Deleting the parent (a veth) deletes the wire's end too.
+    ip(&["-n", t.host.name(), "link", "del", "p0"]);
+    let kid = t.kid(0).to_string();
+    wait_until("c0 to lose its carrier", || {
+        !has_flag(&kid, "c0", "LOWER_UP")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        e.running(),
+        "the engine must outlive its parent:\n{}",
+        e.log_text()
+    );
+    assert!(has_flag(&kid, "c0", "UP"), "the port stays, admin-up");
+    recreate_wire(&t);
+    wait_until("c0's carrier back", || has_flag(&kid, "c0", "LOWER_UP"));
+    std::thread::sleep(Duration::from_millis(300));
+    ping(t.wire.name(), "192.0.2.1", 3)
+        .unwrap_or_else(|o| panic!("after the parent came back:\n{o}\n{}", e.log_text()));
+    assert!(e.log_text().contains("parent disappeared") && e.log_text().contains("parent is back"));
+    let (status, _) = e.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn exit_on_parent_loss_stops_the_engine() {
+    let t = topo("pexit", 1);
+    let args = [
+        t.port(0, "bridge").to_vec(),
+        vec!["--exit-on-parent-loss".into()],
+    ]
+    .concat();
+    let mut e = t.start(&args, &[(0, "c0")]);
+    ip(&["-n", t.host.name(), "link", "del", "p0"]);
+    wait_until("the engine to stop", || !e.running());
+    let log = e.log_text();
+    let status = e.child.take().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("parent p0 disappeared"), "{log}");
+    wait_until("c0 to vanish", || tun_devices(t.kid(0)) == 0);
 }

@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// to the network: there is no authentication. See `umacvlan stats` for the same numbers.
     #[arg(long, value_name = "ADDR:PORT", env = "UMACVLAN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Stop (exit status 1) when a parent disappears. Default: its ports lose carrier and wait;
+    /// when an interface of that name appears again, they forward through it again.
+    #[arg(long)]
+    exit_on_parent_loss: bool,
 }
 
 /// What a signal asks of the engine.
@@ -211,6 +215,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         Checked::Ports(plan) => Daemon::start(*plan, ring)?,
         Checked::Empty => Daemon::new(ring)?,
     };
+    daemon.exit_on_parent_loss = a.exit_on_parent_loss;
     if let Some(m) = &metrics {
         tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr()), "serving metrics");
     }

@@ -49,7 +49,8 @@ pub const TAP_TXQLEN: u32 = 10_000;
 struct ParentRun {
     link: LinkInfo,
     config: ParentConfig,
-    worker: WorkerHandle,
+    /// `None` while the parent is gone (deleted); its ports wait, down, for it to come back.
+    worker: Option<WorkerHandle>,
     counters: Arc<ParentCounters>,
     table: Arc<PortTable>,
     /// Port keys, aligned with `table`.
@@ -84,6 +85,8 @@ pub struct Daemon {
     config: Option<(std::path::PathBuf, Config)>,
     /// The geometry of every parent's receive ring.
     ring: RingConfig,
+    /// Stop the whole engine when a parent disappears (default: its ports wait for it).
+    pub exit_on_parent_loss: bool,
     /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
     observers: Arc<Observers>,
 }
@@ -115,6 +118,7 @@ impl Daemon {
             events,
             config: None,
             ring,
+            exit_on_parent_loss: false,
             observers: Arc::default(),
         })
     }
@@ -156,41 +160,113 @@ impl Daemon {
         if self.parents.contains_key(&link.name) {
             return Ok(());
         }
-        let ring = RxRing::open(link.index, self.ring)
-            .with_context(|| format!("opening the receive ring on {}", link.name))?;
-        let wire = TxSocket::open(link.index)
-            .with_context(|| format!("opening the send socket on {}", link.name))?;
         let table = Arc::new(PortTable::build(config.clone(), Vec::new())?);
         let counters = Arc::new(ParentCounters::default());
-        let worker = Worker {
-            ring,
-            wire,
-            set: PortSet {
-                table: Arc::clone(&table),
-                ports: Arc::from(Vec::new()),
-            },
-            counters: Arc::clone(&counters),
-            carrier: link.flags.lower_up,
-            observers: Arc::clone(&self.observers),
-            observer_cache: ObserverCache::default(),
-        }
-        .spawn()?;
+        let set = PortSet {
+            table: Arc::clone(&table),
+            ports: Arc::from(Vec::new()),
+        };
+        let worker = self.spawn_worker(&link, set, &counters)?;
         self.watchers
             .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
-        let (blocks, block) = (self.ring.block_nr, self.ring.block_size);
-        let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
-        tracing::info!(parent = %link.name, "parent opened; receive ring {blocks} x {block} bytes = {mib:.1} MiB");
         let name = link.name.clone();
         let run = ParentRun {
             link,
             config,
-            worker,
+            worker: Some(worker),
             counters,
             table,
             keys: Vec::new(),
         };
         self.parents.insert(name, run);
         Ok(())
+    }
+
+    /// Opens the parent's ring and send socket and starts its worker on `set`.
+    fn spawn_worker(
+        &self,
+        link: &LinkInfo,
+        set: PortSet,
+        counters: &Arc<ParentCounters>,
+    ) -> anyhow::Result<WorkerHandle> {
+        let ring = RxRing::open(link.index, self.ring)
+            .with_context(|| format!("opening the receive ring on {}", link.name))?;
+        let wire = TxSocket::open(link.index)
+            .with_context(|| format!("opening the send socket on {}", link.name))?;
+        let worker = Worker {
+            ring,
+            wire,
+            set,
+            counters: Arc::clone(counters),
+            carrier: link.flags.lower_up,
+            observers: Arc::clone(&self.observers),
+            observer_cache: ObserverCache::default(),
+        }
+        .spawn()?;
+        let (blocks, block) = (self.ring.block_nr, self.ring.block_size);
+        let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
+        tracing::info!(parent = %link.name, "parent opened; receive ring {blocks} x {block} bytes = {mib:.1} MiB");
+        Ok(worker)
+    }
+
+    /// The parent disappeared: its worker stops, its ports lose carrier and wait, and every
+    /// other parent goes on (unless `exit_on_parent_loss`).
+    fn parent_gone(&mut self, parent: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.exit_on_parent_loss, "parent {parent} disappeared");
+        let Some(run) = self.parents.get_mut(parent) else {
+            return Ok(());
+        };
+        if let Some(w) = run.worker.take()
+            && let Err(e) = w.stop()
+        {
+            tracing::warn!(%parent, "its worker failed: {e}");
+        }
+        for e in self.ports.iter().filter(|e| e.parent == parent) {
+            if let Err(err) = e.tap.set_carrier(false) {
+                tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
+            }
+        }
+        tracing::error!(%parent, "parent disappeared: its ports are down until it comes back");
+        Ok(())
+    }
+
+    /// A parent that was gone exists again: reopen it and forward for its ports again.
+    fn parent_back(&mut self, parent: &str, carrier: bool) -> anyhow::Result<()> {
+        let Some(run) = self.parents.get(parent) else {
+            return Ok(());
+        };
+        let opts = ParentOptions {
+            bc_cutoff: run.config.bc_cutoff,
+        };
+        let (link, mut config) = check_parent(&mut self.nl, parent, opts)?;
+        config.bc_cutoff = run.config.bc_cutoff;
+        let (set, counters) = (self.port_set(parent), Arc::clone(&run.counters));
+        let worker = self.spawn_worker(&link, set, &counters)?;
+        worker.send(Command::SetCarrier(carrier));
+        let run = self.parents.get_mut(parent).expect("checked above");
+        (run.link, run.config, run.worker) = (link, config, Some(worker));
+        self.rebuild(parent);
+        tracing::info!(%parent, "parent is back: forwarding again");
+        Ok(())
+    }
+
+    /// The parent's current table and ports, as its worker should hold them.
+    fn port_set(&self, parent: &str) -> PortSet {
+        let run = &self.parents[parent];
+        let ports = self
+            .ports
+            .iter()
+            .filter(|e| e.parent == parent)
+            .map(|e| PortHandle {
+                key: e.key,
+                tap: Arc::clone(&e.tap),
+                counters: Arc::clone(&e.counters),
+            })
+            .collect();
+        PortSet {
+            table: Arc::clone(&run.table),
+            ports,
+        }
     }
 
     /// Creates a checked port's TAP, adds it to its parent and starts following it.
@@ -245,7 +321,8 @@ impl Daemon {
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
                 default(Duration::from_millis(200)) => {
-                    if let Some((name, _)) = self.parents.iter().find(|(_, p)| p.worker.is_finished()) {
+                    let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerHandle::is_finished);
+                    if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");
                     }
                 }
@@ -265,10 +342,17 @@ impl Daemon {
             Event::Carrier { parent, on } => {
                 if let Some(run) = self.parents.get(&parent) {
                     tracing::info!(%parent, carrier = on, "parent carrier changed");
-                    run.worker.send(Command::SetCarrier(on));
+                    if let Some(w) = &run.worker {
+                        w.send(Command::SetCarrier(on));
+                    }
                 }
             }
-            Event::ParentGone { parent } => anyhow::bail!("parent {parent} disappeared"),
+            Event::ParentGone { parent } => self.parent_gone(&parent)?,
+            Event::ParentBack { parent, carrier } => {
+                if let Err(e) = self.parent_back(&parent, carrier) {
+                    tracing::error!(%parent, "the parent is back but cannot be reopened: {e:#}");
+                }
+            }
         }
         Ok(())
     }
@@ -665,7 +749,7 @@ impl Daemon {
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{e:#}");
             }
-            if let Err(e) = run.worker.stop() {
+            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
                 tracing::warn!(parent = name, "the worker failed: {e}");
             }
             tracing::info!(parent = name, "parent closed (no ports left)");
@@ -941,7 +1025,9 @@ impl Daemon {
         let table = Arc::new(table);
         run.table = Arc::clone(&table);
         run.keys = keys;
-        run.worker.send(Command::SetPorts(PortSet { table, ports }));
+        if let Some(w) = &run.worker {
+            w.send(Command::SetPorts(PortSet { table, ports }));
+        }
     }
 
     /// Every port's and parent's counters, as `run` prints them on exit.
@@ -965,7 +1051,7 @@ impl Daemon {
         let text = self.counters_text();
         let mut failed = Vec::new();
         for (name, run) in std::mem::take(&mut self.parents) {
-            if let Err(e) = run.worker.stop() {
+            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
                 failed.push(format!("the worker of {name} failed: {e}"));
             }
         }

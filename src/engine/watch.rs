@@ -55,6 +55,11 @@ pub enum Event {
     ParentGone {
         parent: String,
     },
+    /// A parent that was gone exists again (re-created with the same name).
+    ParentBack {
+        parent: String,
+        carrier: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -168,6 +173,8 @@ struct WatchedParent {
     /// Read the parent once: a change before the monitor opened would otherwise go unseen.
     fresh: bool,
     seen: Option<Option<bool>>,
+    /// The parent disappeared and has not come back yet.
+    gone: bool,
 }
 
 /// The watcher loop for one namespace; runs on its own thread, which it moves into `ns`.
@@ -200,6 +207,7 @@ fn watch(
                     carrier,
                     fresh: true,
                     seen: None,
+                    gone: false,
                 }),
                 WatchCmd::ForgetParent { name } => parents.retain(|p| p.name != name),
             }
@@ -239,23 +247,32 @@ fn watch(
             let now = match p.seen.take() {
                 Some(s) => s,
                 None if p.fresh => nl.link_by_name(&p.name)?.map(|l| l.flags.lower_up),
+                None if p.gone => None,
                 None => Some(p.carrier),
             };
             p.fresh = false;
-            match now {
-                None => {
-                    let _ = tx.send(Event::ParentGone {
-                        parent: p.name.clone(),
-                    });
+            let parent = p.name.clone();
+            let event = match (now, p.gone) {
+                (None, false) => {
+                    p.gone = true;
+                    Some(Event::ParentGone { parent })
                 }
-                Some(on) if on != p.carrier => {
+                (Some(on), true) => {
+                    p.gone = false;
                     p.carrier = on;
-                    let _ = tx.send(Event::Carrier {
-                        parent: p.name.clone(),
-                        on,
-                    });
+                    Some(Event::ParentBack {
+                        parent,
+                        carrier: on,
+                    })
                 }
-                Some(_) => {}
+                (Some(on), false) if on != p.carrier => {
+                    p.carrier = on;
+                    Some(Event::Carrier { parent, on })
+                }
+                _ => None,
+            };
+            if let Some(ev) = event {
+                let _ = tx.send(ev);
             }
         }
         for l in ports.iter().filter_map(|p| p.link.as_ref()) {
