@@ -45,8 +45,15 @@ pub fn request(path: &Path, r: Request) -> Result<Reply, ClientError> {
     request_timeout(path, r, TIMEOUT)
 }
 
-/// [`request`] with another timeout for connecting, sending and reading the answer.
-pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Reply, ClientError> {
+/// Connects to the engine and sends one request line. `read_timeout` bounds every later read
+/// (`None`: a stream, which may be quiet for long). The send's own result is returned apart:
+/// a daemon that refuses the peer answers at once and closes, so the caller reads its answer
+/// even if the write failed.
+fn connect_and_send(
+    path: &Path,
+    r: Request,
+    read_timeout: Option<Duration>,
+) -> Result<(UnixStream, io::Result<()>), ClientError> {
     let io_err = |source: io::Error| ClientError::Io {
         path: path.to_path_buf(),
         source,
@@ -60,17 +67,27 @@ pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Rep
         },
         _ => io_err(e),
     })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    stream.set_read_timeout(read_timeout).map_err(io_err)?;
+    stream
+        .set_write_timeout(Some(read_timeout.unwrap_or(TIMEOUT)))
+        .map_err(io_err)?;
     let env = Envelope {
         version: VERSION,
         request: r,
     };
     let mut line = serde_json::to_string(&env).map_err(|e| io_err(io::Error::other(e)))?;
     line.push('\n');
-    // A daemon that refuses the peer answers at once and closes: read its answer even if the
-    // write fails.
     let sent = stream.write_all(line.as_bytes());
+    Ok((stream, sent))
+}
+
+/// [`request`] with another timeout for connecting, sending and reading the answer.
+pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let io_err = |source: io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (stream, sent) = connect_and_send(path, r, Some(timeout))?;
     let mut reader = BufReader::new(&stream);
     let protocol = |message: String| ClientError::Protocol {
         path: path.to_path_buf(),
@@ -117,23 +134,7 @@ pub fn stream(
         path: path.to_path_buf(),
         message,
     };
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotListening {
-            path: path.to_path_buf(),
-        },
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-            path: path.to_path_buf(),
-        },
-        _ => io_err(e),
-    })?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    let env = Envelope {
-        version: VERSION,
-        request: r,
-    };
-    let mut line = serde_json::to_string(&env).map_err(|e| io_err(io::Error::other(e)))?;
-    line.push('\n');
-    let sent = stream.write_all(line.as_bytes());
+    let (stream, sent) = connect_and_send(path, r, None)?;
     let mut reader = BufReader::new(&stream);
     loop {
         let answer = match read_line(&mut reader, MAX_RESPONSE) {
