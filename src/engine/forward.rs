@@ -403,6 +403,15 @@ mod tests {
         (t, ParentCounters::default(), ports)
     }
 
+    /// A frame from the ring, whole and untagged: `b` is the vnet header and the frame.
+    fn pf(b: &[u8]) -> ParentFrame<'_> {
+        ParentFrame {
+            with_vnet: b,
+            wire_len: b.len() - VNET_HDR_LEN,
+            vlan: None,
+        }
+    }
+
     fn with_vnet(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; VNET_HDR_LEN + len];
         b[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst.0);
@@ -415,16 +424,7 @@ mod tests {
     fn wire_unicast_goes_to_its_port_from_ring_memory() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Vepa]);
         let b = with_vnet(mac(1), mac(9), 60);
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &b,
-                wire_len: 60,
-                vlan: None,
-            },
-        );
+        from_parent(&t, &c, &ports, &pf(&b));
         assert_eq!(ports[1].got.borrow().as_slice(), std::slice::from_ref(&b));
         assert!(ports[0].got.borrow().is_empty());
         assert_eq!(ports[1].counters.rx.packets.get(), 1);
@@ -441,16 +441,7 @@ mod tests {
         b[0] = 1;
         b[6..8].copy_from_slice(&34u16.to_le_bytes());
         let vlan = Some(VlanTag::dot1q(100));
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &b,
-                wire_len: 60,
-                vlan,
-            },
-        );
+        from_parent(&t, &c, &ports, &ParentFrame { vlan, ..pf(&b) });
         let got = ports[0].got.borrow()[0].clone();
         assert_eq!(got.len(), b.len() + 4);
         assert_eq!(
@@ -466,16 +457,7 @@ mod tests {
     fn passthru_foreign_unicast_is_rewritten_to_the_ports_mac() {
         let (t, c, ports) = setup(&[Mode::Passthru]);
         let b = with_vnet(mac(50), mac(9), 60);
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &b,
-                wire_len: 60,
-                vlan: None,
-            },
-        );
+        from_parent(&t, &c, &ports, &pf(&b));
         let got = ports[0].got.borrow()[0].clone();
         assert_eq!(
             &got[VNET_HDR_LEN..VNET_HDR_LEN + 6],
@@ -494,37 +476,15 @@ mod tests {
     fn unknown_unicast_runt_and_truncated_are_counted_drops() {
         let (t, c, ports) = setup(&[Mode::Bridge]);
         let b = with_vnet(mac(50), mac(9), 60);
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &b,
-                wire_len: 60,
-                vlan: None,
-            },
-        );
+        from_parent(&t, &c, &ports, &pf(&b));
         let runt = vec![0u8; VNET_HDR_LEN + 10];
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &runt,
-                wire_len: 10,
-                vlan: None,
-            },
-        );
-        from_parent(
-            &t,
-            &c,
-            &ports,
-            &ParentFrame {
-                with_vnet: &b,
-                wire_len: 9000,
-                vlan: None,
-            },
-        );
+        from_parent(&t, &c, &ports, &pf(&runt));
+        // The ring holds fewer bytes than the frame had.
+        let cut = ParentFrame {
+            wire_len: 9000,
+            ..pf(&b)
+        };
+        from_parent(&t, &c, &ports, &cut);
         let d = &c.drops;
         assert_eq!(d.get(DropReason::UnknownDestination), 1);
         assert_eq!(d.get(DropReason::Runt), 1);
@@ -599,17 +559,7 @@ mod tests {
             vec![0u8; VNET_HDR_LEN + 5],
         ];
         for b in &frames {
-            let wire_len = b.len() - VNET_HDR_LEN;
-            from_parent(
-                &t,
-                &c,
-                &ports,
-                &ParentFrame {
-                    with_vnet: b,
-                    wire_len,
-                    vlan: None,
-                },
-            );
+            from_parent(&t, &c, &ports, &pf(b));
         }
         assert_eq!(c.rx.packets.get(), 5);
         assert_eq!(c.rx_forwarded.get() + c.rx_dropped_frames.get(), 5);
@@ -641,14 +591,6 @@ mod tests {
 
         fn frame(dst: MacAddr) -> Vec<u8> {
             with_vnet(dst, mac(9), 60)
-        }
-
-        fn pf(b: &[u8]) -> ParentFrame<'_> {
-            ParentFrame {
-                with_vnet: b,
-                wire_len: b.len() - VNET_HDR_LEN,
-                vlan: None,
-            }
         }
 
         #[test]

@@ -873,6 +873,21 @@ mod tests {
         assert_eq!(offset_of!(libc::sockaddr_ll, sll_pkttype), SLL_PKTTYPE_OFF);
         assert_eq!(size_of::<libc::sockaddr_ll>(), SLL_LEN);
         assert_eq!(libc::TPACKET3_HDRLEN, SLL_OFF + SLL_LEN);
+
+        // The V2 frame header, read by `parse_v2` at hand-written offsets.
+        assert_eq!(size_of::<libc::tpacket2_hdr>(), TPACKET2_HDR_LEN);
+        assert_eq!(offset_of!(libc::tpacket2_hdr, tp_status), TP2_STATUS_OFF);
+        assert_eq!(offset_of!(libc::tpacket2_hdr, tp_len), TP2_LEN_OFF);
+        assert_eq!(offset_of!(libc::tpacket2_hdr, tp_snaplen), TP2_SNAPLEN_OFF);
+        assert_eq!(offset_of!(libc::tpacket2_hdr, tp_mac), TP2_MAC_OFF);
+        assert_eq!(
+            offset_of!(libc::tpacket2_hdr, tp_vlan_tci),
+            TP2_VLAN_TCI_OFF
+        );
+        assert_eq!(
+            offset_of!(libc::tpacket2_hdr, tp_vlan_tpid),
+            TP2_VLAN_TPID_OFF
+        );
         assert_eq!(size_of::<libc::tpacket_stats_v3>(), 12);
         assert_eq!(size_of::<libc::tpacket_req3>(), 28);
     }
