@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::control::proto;
 use crate::control::{Call, ServeOptions, serve_into};
-use crate::engine::daemon::Daemon;
+use crate::engine::daemon::{Daemon, EngineOptions};
 use crate::engine::plan::{ParentOptions, plan};
 use crate::metrics::MetricsServer;
 use crate::spec::PortSpec;
@@ -85,7 +85,18 @@ pub struct RunArgs {
     /// when an interface of that name appears again, they forward through it again.
     #[arg(long)]
     exit_on_parent_loss: bool,
+    /// Forwarding threads per parent, each pinned to its own CPU, with its own receive ring (a
+    /// PACKET_FANOUT hash group: a flow always meets the same thread, so it stays in order) and
+    /// its own queue of every TAP (IFF_MULTI_QUEUE). Ring memory grows with it. The default, 1,
+    /// is what measured best on 2-CPU machines (README, "Performance").
+    #[arg(long, value_name = "N", env = "UMACVLAN_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
+    workers: u16,
 }
+
+/// The most workers per parent: a TAP has at most 256 queues (the kernel's MAX_TAP_QUEUES); 64
+/// leaves room and is more CPUs than any parent needs.
+const MAX_WORKERS: i64 = 64;
 
 /// What a signal asks of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,10 +221,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     // Only the servers hold senders now: with neither, the daemon sees a closed channel.
     drop(calls_tx);
+    let opts = EngineOptions {
+        ring,
+        workers: usize::from(a.workers),
+    };
     let mut daemon = match checked {
-        Checked::Config(path, config) => Daemon::from_config(&path, config, ring)?,
-        Checked::Ports(plan) => Daemon::start(*plan, ring)?,
-        Checked::Empty => Daemon::new(ring)?,
+        Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,
+        Checked::Ports(plan) => Daemon::start(*plan, opts)?,
+        Checked::Empty => Daemon::new(opts)?,
     };
     daemon.exit_on_parent_loss = a.exit_on_parent_loss;
     if let Some(m) = &metrics {

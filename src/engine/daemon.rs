@@ -1,9 +1,11 @@
 //! The running engine: its parents and ports, changed while it forwards.
 //!
-//! Each parent has a worker (ring, TX socket, TAPs); every port belongs to one parent. Adding,
-//! removing or changing a port builds a new table for its parent and swaps it into that worker
-//! together with the new port set ([`PortSet`]): the forwarding path never takes a lock, and no
-//! other port loses or reorders a frame.
+//! Each parent has one or more workers (ring, TX socket, a queue of every TAP); every port belongs
+//! to one parent. With several workers the parent's rings form a fanout group and every TAP has
+//! one queue per worker, so a flow always meets the same worker (see [`EngineOptions::workers`]).
+//! Adding, removing or changing a port builds a new table for its parent and swaps it into its
+//! workers together with the new port sets ([`PortSet`]): the forwarding path never takes a lock,
+//! and no other port loses or reorders a frame.
 //!
 //! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
@@ -17,14 +19,14 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
-use super::counters::{ParentCounters, PortCounters};
+use super::counters::{ParentCounters, PortCounters, Sharded};
 use super::observe::{Filter, ObserverCache, Observers};
 use super::plan::{
     ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
     default_route_interface, table_error_kind,
 };
 use super::watch::{Event, LiveState, Watchers};
-use super::worker::{Command, PortHandle, PortSet, Worker, WorkerHandle};
+use super::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::config::{Config, diff};
 use crate::control::Call;
 use crate::control::proto::{
@@ -44,14 +46,34 @@ use crate::sys::tx::TxSocket;
 /// under bursts (perf-facts.md §3).
 pub const TAP_TXQLEN: u32 = 10_000;
 
-/// One parent and its worker.
+/// How the engine runs every parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The geometry of every parent's receive ring (one ring per worker).
+    pub ring: RingConfig,
+    /// Worker threads per parent (at least 1). More than one: the parent's rings form a
+    /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
+    /// workers are pinned to distinct CPUs.
+    pub workers: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            ring: RingConfig::DEFAULT,
+            workers: 1,
+        }
+    }
+}
+
+/// One parent and its workers.
 #[derive(Debug)]
 struct ParentRun {
     link: LinkInfo,
     config: ParentConfig,
     /// `None` while the parent is gone (deleted); its ports wait, down, for it to come back.
-    worker: Option<WorkerHandle>,
-    counters: Arc<ParentCounters>,
+    worker: Option<WorkerGroup>,
+    counters: Sharded<ParentCounters>,
     table: Arc<PortTable>,
     /// Port keys, aligned with `table`.
     keys: Vec<u64>,
@@ -66,8 +88,9 @@ struct PortEntry {
     config: PortConfig,
     /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
     netns: Option<(String, Netns)>,
-    tap: Arc<Tap>,
-    counters: Arc<PortCounters>,
+    /// The TAP's queues, one per worker of its parent.
+    queues: Vec<Arc<Tap>>,
+    counters: Sharded<PortCounters>,
     live: Option<LiveState>,
 }
 
@@ -83,8 +106,8 @@ pub struct Daemon {
     events: Receiver<Event>,
     /// The configuration file and what was last applied from it (`run --config`).
     config: Option<(std::path::PathBuf, Config)>,
-    /// The geometry of every parent's receive ring.
-    ring: RingConfig,
+    /// Ring geometry and workers of every parent.
+    opts: EngineOptions,
     /// Stop the whole engine when a parent disappears (default: its ports wait for it).
     pub exit_on_parent_loss: bool,
     /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
@@ -104,9 +127,9 @@ fn internal(e: impl std::fmt::Display) -> ControlError {
 }
 
 impl Daemon {
-    /// An engine with no ports yet, in the calling thread's namespace; each parent's receive
-    /// ring gets the geometry `ring`.
-    pub fn new(ring: RingConfig) -> anyhow::Result<Daemon> {
+    /// An engine with no ports yet, in the calling thread's namespace; every parent runs as
+    /// `opts` says.
+    pub fn new(opts: EngineOptions) -> anyhow::Result<Daemon> {
         let (tx, events) = crossbeam_channel::unbounded();
         Ok(Daemon {
             nl: Netlink::open()?,
@@ -117,7 +140,10 @@ impl Daemon {
             watchers: Watchers::new(tx),
             events,
             config: None,
-            ring,
+            opts: EngineOptions {
+                workers: opts.workers.max(1),
+                ..opts
+            },
             exit_on_parent_loss: false,
             observers: Arc::default(),
         })
@@ -128,9 +154,9 @@ impl Daemon {
     pub fn from_config(
         path: &std::path::Path,
         config: Config,
-        ring: RingConfig,
+        opts: EngineOptions,
     ) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new(ring)?;
+        let mut d = Daemon::new(opts)?;
         d.config = Some((
             path.to_path_buf(),
             Config {
@@ -145,8 +171,8 @@ impl Daemon {
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
     /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
-    pub fn start(plan: Plan, ring: RingConfig) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new(ring)?;
+    pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
         for p in plan.ports {
@@ -155,18 +181,20 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Starts the worker of a parent that has none yet.
+    /// Starts the workers of a parent that has none yet.
     fn ensure_parent(&mut self, link: LinkInfo, config: ParentConfig) -> anyhow::Result<()> {
         if self.parents.contains_key(&link.name) {
             return Ok(());
         }
         let table = Arc::new(PortTable::build(config.clone(), Vec::new())?);
-        let counters = Arc::new(ParentCounters::default());
-        let set = PortSet {
-            table: Arc::clone(&table),
-            ports: Arc::from(Vec::new()),
-        };
-        let worker = self.spawn_worker(&link, set, &counters)?;
+        let counters = Sharded::new(self.opts.workers);
+        let sets = (0..self.opts.workers)
+            .map(|_| PortSet {
+                table: Arc::clone(&table),
+                ports: Arc::from(Vec::new()),
+            })
+            .collect();
+        let worker = self.spawn_workers(&link, sets, &counters)?;
         self.watchers
             .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
         let name = link.name.clone();
@@ -182,31 +210,42 @@ impl Daemon {
         Ok(())
     }
 
-    /// Opens the parent's ring and send socket and starts its worker on `set`.
-    fn spawn_worker(
+    /// Opens the parent's rings (a fanout group with several workers) and send sockets and
+    /// starts worker `i` on `sets[i]`, pinned to CPU `i` when there are several.
+    fn spawn_workers(
         &self,
         link: &LinkInfo,
-        set: PortSet,
-        counters: &Arc<ParentCounters>,
-    ) -> anyhow::Result<WorkerHandle> {
-        let ring = RxRing::open(link.index, self.ring)
+        sets: Vec<PortSet>,
+        counters: &Sharded<ParentCounters>,
+    ) -> anyhow::Result<WorkerGroup> {
+        let n = self.opts.workers;
+        let rings = RxRing::open_fanout(link.index, self.opts.ring, n)
             .with_context(|| format!("opening the receive ring on {}", link.name))?;
-        let wire = TxSocket::open(link.index)
-            .with_context(|| format!("opening the send socket on {}", link.name))?;
-        let worker = Worker {
-            ring,
-            wire,
-            set,
-            counters: Arc::clone(counters),
-            carrier: link.flags.lower_up,
-            observers: Arc::clone(&self.observers),
-            observer_cache: ObserverCache::default(),
+        let cores = if n > 1 {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut workers = Vec::with_capacity(n);
+        for (i, (ring, set)) in rings.into_iter().zip(sets).enumerate() {
+            let wire = TxSocket::open(link.index)
+                .with_context(|| format!("opening the send socket on {}", link.name))?;
+            let worker = Worker {
+                ring,
+                wire,
+                set,
+                counters: Arc::clone(counters.shard(i)),
+                carrier: link.flags.lower_up,
+                observers: Arc::clone(&self.observers),
+                observer_cache: ObserverCache::default(),
+            };
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
         }
-        .spawn()?;
-        let (blocks, block) = (self.ring.block_nr, self.ring.block_size);
+        let (blocks, block) = (self.opts.ring.block_nr, self.opts.ring.block_size);
         let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
-        tracing::info!(parent = %link.name, "parent opened; receive ring {blocks} x {block} bytes = {mib:.1} MiB");
-        Ok(worker)
+        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with a receive ring of {blocks} x {block} bytes = {mib:.1} MiB");
+        Ok(WorkerGroup::new(workers))
     }
 
     /// The parent disappeared: its worker stops, its ports lose carrier and wait, and every
@@ -222,7 +261,7 @@ impl Daemon {
             tracing::warn!(%parent, "its worker failed: {e}");
         }
         for e in self.ports.iter().filter(|e| e.parent == parent) {
-            if let Err(err) = e.tap.set_carrier(false) {
+            if let Err(err) = e.queues[0].set_carrier(false) {
                 tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
             }
         }
@@ -240,9 +279,9 @@ impl Daemon {
         };
         let (link, mut config) = check_parent(&mut self.nl, parent, opts)?;
         config.bc_cutoff = run.config.bc_cutoff;
-        let (set, counters) = (self.port_set(parent), Arc::clone(&run.counters));
-        let worker = self.spawn_worker(&link, set, &counters)?;
-        worker.send(Command::SetCarrier(carrier));
+        let sets = self.port_sets(parent, &run.table);
+        let worker = self.spawn_workers(&link, sets, &run.counters)?;
+        worker.send_each(|_| Command::SetCarrier(carrier));
         let run = self.parents.get_mut(parent).expect("checked above");
         (run.link, run.config, run.worker) = (link, config, Some(worker));
         self.rebuild(parent);
@@ -250,23 +289,24 @@ impl Daemon {
         Ok(())
     }
 
-    /// The parent's current table and ports, as its worker should hold them.
-    fn port_set(&self, parent: &str) -> PortSet {
-        let run = &self.parents[parent];
-        let ports = self
-            .ports
-            .iter()
-            .filter(|e| e.parent == parent)
-            .map(|e| PortHandle {
-                key: e.key,
-                tap: Arc::clone(&e.tap),
-                counters: Arc::clone(&e.counters),
+    /// `table` with the parent's ports, as each of its workers should hold them: worker `i`
+    /// gets queue `i` of every TAP and copy `i` of every port's counters.
+    fn port_sets(&self, parent: &str, table: &Arc<PortTable>) -> Vec<PortSet> {
+        (0..self.opts.workers)
+            .map(|i| PortSet {
+                table: Arc::clone(table),
+                ports: self
+                    .ports
+                    .iter()
+                    .filter(|e| e.parent == parent)
+                    .map(|e| PortHandle {
+                        key: e.key,
+                        tap: Arc::clone(&e.queues[i]),
+                        counters: Arc::clone(e.counters.shard(i)),
+                    })
+                    .collect(),
             })
-            .collect();
-        PortSet {
-            table: Arc::clone(&run.table),
-            ports,
-        }
+            .collect()
     }
 
     /// Creates a checked port's TAP, adds it to its parent and starts following it.
@@ -274,7 +314,7 @@ impl Daemon {
         let mtu = self.parents[parent].config.mtu;
         let key = self.next_key;
         self.next_key += 1;
-        let tap = create_tap(&mut self.nl, key, &p, mtu)
+        let queues = create_tap(&mut self.nl, key, &p, mtu, self.opts.workers)
             .with_context(|| format!("creating port {}", p.spec.name))?;
         let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
         self.watchers.port(ns, key, &p.spec.name)?;
@@ -284,8 +324,8 @@ impl Daemon {
             parent: parent.to_string(),
             config: p.config,
             netns,
-            tap: Arc::new(tap),
-            counters: Arc::default(),
+            queues: queues.into_iter().map(Arc::new).collect(),
+            counters: Sharded::new(self.opts.workers),
             live: None,
         });
         self.rebuild(parent);
@@ -321,7 +361,7 @@ impl Daemon {
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
                 default(Duration::from_millis(200)) => {
-                    let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerHandle::is_finished);
+                    let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");
                     }
@@ -343,7 +383,7 @@ impl Daemon {
                 if let Some(run) = self.parents.get(&parent) {
                     tracing::info!(%parent, carrier = on, "parent carrier changed");
                     if let Some(w) = &run.worker {
-                        w.send(Command::SetCarrier(on));
+                        w.send_each(|_| Command::SetCarrier(on));
                     }
                 }
             }
@@ -749,7 +789,7 @@ impl Daemon {
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{e:#}");
             }
-            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
+            if let Some(Err(e)) = run.worker.map(WorkerGroup::stop) {
                 tracing::warn!(parent = name, "the worker failed: {e}");
             }
             tracing::info!(parent = name, "parent closed (no ports left)");
@@ -891,7 +931,7 @@ impl Daemon {
             .parents
             .iter()
             .map(|(name, run)| {
-                let c = &run.counters;
+                let c = &run.counters.total();
                 ParentView {
                     name: name.clone(),
                     rx_packets: c.rx.packets.get(),
@@ -925,7 +965,7 @@ impl Daemon {
         let id = run.keys.iter().position(|k| *k == e.key);
         let in_table = id.map(|i| run.table.port(crate::forward::PortId(i as u16)));
         let live = e.live.as_ref();
-        let c = &e.counters;
+        let c = &e.counters.total();
         Ok(LinkView {
             name: e.config.name.clone(),
             ifindex: live.map(|l| l.ifindex),
@@ -1001,16 +1041,14 @@ impl Daemon {
                 }
             }
         };
-        let entries: Vec<&PortEntry> = self.ports.iter().filter(|e| e.parent == parent).collect();
-        let ports: Arc<[PortHandle]> = entries
+        let table = Arc::new(table);
+        let sets = self.port_sets(parent, &table);
+        let keys: Vec<u64> = self
+            .ports
             .iter()
-            .map(|e| PortHandle {
-                key: e.key,
-                tap: Arc::clone(&e.tap),
-                counters: Arc::clone(&e.counters),
-            })
+            .filter(|e| e.parent == parent)
+            .map(|e| e.key)
             .collect();
-        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
         let run = self.parents.get_mut(parent).expect("checked above");
         for (p, key) in table.ports().iter().zip(&keys) {
             let was = run
@@ -1022,25 +1060,29 @@ impl Daemon {
                 tracing::info!(port = p.name(), up = p.is_up(), mac = %p.mac(), "port state changed");
             }
         }
-        let table = Arc::new(table);
-        run.table = Arc::clone(&table);
+        run.table = table;
         run.keys = keys;
         if let Some(w) = &run.worker {
-            w.send(Command::SetPorts(PortSet { table, ports }));
+            let mut sets = sets.into_iter();
+            w.send_each(|_| Command::SetPorts(sets.next().expect("one set per worker")));
         }
     }
 
     /// Every port's and parent's counters, as `run` prints them on exit.
     pub fn counters_text(&self) -> String {
+        let port_totals: Vec<_> = self.ports.iter().map(|e| e.counters.total()).collect();
+        let parent_totals: Vec<_> = self.parents.values().map(|r| r.counters.total()).collect();
         let ports: Vec<_> = self
             .ports
             .iter()
-            .map(|e| (e.config.name.as_str(), e.config.mode, &*e.counters))
+            .zip(&port_totals)
+            .map(|(e, c)| (e.config.name.as_str(), e.config.mode, c))
             .collect();
         let parents: Vec<_> = self
             .parents
-            .iter()
-            .map(|(n, r)| (n.as_str(), &*r.counters))
+            .keys()
+            .zip(&parent_totals)
+            .map(|(n, c)| (n.as_str(), c))
             .collect();
         crate::cli::report::counters_text(&ports, &parents)
     }
@@ -1048,13 +1090,15 @@ impl Daemon {
     /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
     /// ring. Returns the final counters as text.
     pub fn shutdown(mut self) -> anyhow::Result<String> {
-        let text = self.counters_text();
+        // Workers first: each drains its ring and folds the kernel's ring counters in as it stops,
+        // so the text below is final.
         let mut failed = Vec::new();
-        for (name, run) in std::mem::take(&mut self.parents) {
-            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
+        for (name, run) in &mut self.parents {
+            if let Some(Err(e)) = run.worker.take().map(WorkerGroup::stop) {
                 failed.push(format!("the worker of {name} failed: {e}"));
             }
         }
+        let text = self.counters_text();
         self.watchers.stop();
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
         Ok(text)
@@ -1154,12 +1198,20 @@ fn temp_name(key: u64) -> String {
     format!("umv{}p{key}", std::process::id() % 100_000)
 }
 
-fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> anyhow::Result<Tap> {
+/// Creates a port's TAP with one queue per worker, sets it up and moves it to its namespace.
+fn create_tap(
+    nl: &mut Netlink,
+    key: u64,
+    p: &PlannedPort,
+    parent_mtu: u32,
+    workers: usize,
+) -> anyhow::Result<Vec<Tap>> {
     let name = match p.netns {
         Some(_) => temp_name(key),
         None => p.spec.name.clone(),
     };
-    let tap = Tap::create(&name)?;
+    let queues = Tap::create_queues(&name, workers)?;
+    let tap = &queues[0];
     let link = nl
         .link_by_name(tap.name())?
         .with_context(|| format!("TAP {} vanished after creation", tap.name()))?;
@@ -1174,5 +1226,5 @@ fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> a
             .with_context(|| format!("TAP {name} is not in {ns} after the move"))?;
         there.set_name(moved.index, &p.spec.name)?;
     }
-    Ok(tap)
+    Ok(queues)
 }

@@ -64,7 +64,7 @@ pub enum Command {
 /// Frames read from one TAP before the worker looks at the others (fairness).
 const TAP_BUDGET: usize = 64;
 /// How often the kernel's ring statistics are folded into the counters.
-const STATS_EVERY: Duration = Duration::from_millis(500);
+const STATS_EVERY: Duration = Duration::from_millis(100);
 /// A TAP read holds a 64 KiB GSO frame, its virtio-net header and an inline VLAN tag.
 const READ_BUF: usize = 65_536 + 10 + 4 + 64;
 /// Frames sent to the wire with one `sendmmsg`.
@@ -120,6 +120,41 @@ impl WireBatch {
             }
         }
         self.queued.clear();
+    }
+}
+
+/// The control plane's end of a parent's workers: one per ring of its fanout group, each with its
+/// own queue of every TAP and its own copy of the counters.
+#[derive(Debug)]
+pub struct WorkerGroup(Vec<WorkerHandle>);
+
+impl WorkerGroup {
+    pub fn new(workers: Vec<WorkerHandle>) -> WorkerGroup {
+        WorkerGroup(workers)
+    }
+
+    /// Sends worker `i` the command `c(i)`.
+    pub fn send_each(&self, mut c: impl FnMut(usize) -> Command) {
+        for (i, w) in self.0.iter().enumerate() {
+            w.send(c(i));
+        }
+    }
+
+    /// Stops every worker; the first failure is returned, after all have stopped.
+    pub fn stop(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for w in self.0 {
+            let r = w.stop();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// True when any worker has stopped by itself (it failed).
+    pub fn is_finished(&self) -> bool {
+        self.0.iter().any(WorkerHandle::is_finished)
     }
 }
 
@@ -194,16 +229,26 @@ impl Poller {
 }
 
 impl Worker {
-    /// Starts the worker on its own thread.
-    pub fn spawn(self) -> io::Result<WorkerHandle> {
+    /// Starts the worker on its own thread, named after its parent and index, pinned to `core`
+    /// when given.
+    pub fn spawn(
+        self,
+        name: String,
+        core: Option<core_affinity::CoreId>,
+    ) -> io::Result<WorkerHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let w = Arc::clone(&wake);
-        let thread = std::thread::Builder::new()
-            .name("umacvlan-worker".into())
-            .spawn(move || self.run(&rx, &w))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(c) = core
+                && !core_affinity::set_for_current(c)
+            {
+                tracing::warn!("pinning the worker to CPU {} failed", c.id);
+            }
+            self.run(&rx, &w)
+        })?;
         Ok(WorkerHandle {
             commands: tx,
             wake,

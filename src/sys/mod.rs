@@ -61,6 +61,34 @@ fn set_packet_opt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> 
     }
 }
 
+/// `getsockopt(fd, SOL_PACKET, name, value, &len)`: fills `value` and returns the length the
+/// kernel wrote.
+fn get_packet_opt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<libc::socklen_t> {
+    let mut len = libc::socklen_t::try_from(size_of::<T>()).map_err(io::Error::other)?;
+    // SAFETY: `value` and `len` are live exclusive references; `len` holds `size_of::<T>()`, so
+    // the kernel writes at most that many bytes through the pointer and updates `len`. `T: Copy`
+    // has no drop glue or invariants the kernel's bytes could break for the plain C structs
+    // and integers this is used with. `fd` is borrowed, so it stays open.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(len)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Binds a packet socket to `ifindex` with `protocol` (host order; 0 means "transmit only").
 fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex).map_err(io::Error::other)?;

@@ -25,7 +25,6 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,7 +34,7 @@ use nix::sys::socket::SockProtocol;
 use crate::frame::{ETH_P_8021Q, VlanTag};
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
-use super::{bind_packet, packet_socket, set_packet_opt};
+use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
 
 /// `sizeof(struct tpacket_block_desc)`; also the kernel's `offset_to_first_pkt` when
 /// `tp_sizeof_priv` is 0. Frames never start before it.
@@ -264,6 +263,12 @@ pub enum RingError {
         #[source]
         source: io::Error,
     },
+    #[error("ring for ifindex {ifindex}: joining the PACKET_FANOUT group failed")]
+    Fanout {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Counters from `PACKET_STATISTICS` (`struct tpacket_stats_v3`).
@@ -300,6 +305,12 @@ unsafe impl Send for RxRing {}
 impl RxRing {
     /// Opens the ring on `ifindex` with the steps listed in the module docs.
     pub fn open(ifindex: u32, config: RingConfig) -> Result<RxRing, RingError> {
+        RxRing::open_with(ifindex, config, true)
+    }
+
+    /// [`RxRing::open`]; `promisc` false skips the promiscuous membership (a fanout group
+    /// needs one, as the kernel's macvlan raises the parent's promiscuity once).
+    fn open_with(ifindex: u32, config: RingConfig, promisc: bool) -> Result<RxRing, RingError> {
         config
             .validate()
             .map_err(|reason| RingError::InvalidConfig {
@@ -391,6 +402,9 @@ impl RxRing {
 
         bind_packet(ring.fd.as_fd(), ifindex, libc::ETH_P_ALL as u16)
             .map_err(|source| RingError::Bind { ifindex, source })?;
+        if !promisc {
+            return Ok(ring);
+        }
         let mreq = libc::packet_mreq {
             mr_ifindex: libc::c_int::try_from(ifindex).map_err(|e| RingError::Promisc {
                 ifindex,
@@ -469,27 +483,45 @@ impl RxRing {
             tp_drops: 0,
             tp_freeze_q_cnt: 0,
         };
-        let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats_v3>())
-            .map_err(io::Error::other)?;
-        // SAFETY: `st` and `len` are live locals; `len` holds the size of `st`, so the kernel
-        // writes at most that many bytes into it and updates `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats_v3).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        get_packet_opt(self.fd.as_fd(), libc::PACKET_STATISTICS, &mut st)?;
         Ok(RingStats {
             packets: st.tp_packets,
             drops: st.tp_drops,
             freeze_q_cnt: st.tp_freeze_q_cnt,
         })
+    }
+
+    /// Opens `n` rings on `ifindex` that share the parent's frames: with `n > 1` they form one
+    /// `PACKET_FANOUT` group in HASH mode, so every frame reaches exactly one ring, and both
+    /// directions of a flow always the same one (`__skb_get_hash_symmetric`): a flow stays in
+    /// order. Only the first ring makes the parent promiscuous. The group id is picked by the kernel (`FLAG_UNIQUEID`), so it cannot collide with
+    /// another engine's group; `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a
+    /// fanout member loses (perf-facts.md §4). `n == 1` is a plain [`RxRing::open`].
+    pub fn open_fanout(
+        ifindex: u32,
+        config: RingConfig,
+        n: usize,
+    ) -> Result<Vec<RxRing>, RingError> {
+        let first = RxRing::open(ifindex, config)?;
+        if n <= 1 {
+            return Ok(vec![first]);
+        }
+        let fanout_error = |source| RingError::Fanout { ifindex, source };
+        let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+        // id 0 with UNIQUEID: the kernel assigns a free id, which the group's getsockopt returns
+        // in its low 16 bits.
+        let arg = (mode | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+        set_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+        let mut joined: libc::c_uint = 0;
+        get_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &mut joined).map_err(fanout_error)?;
+        let arg = (mode << 16) | (joined & 0xffff);
+        let mut rings = vec![first];
+        for _ in 1..n {
+            let ring = RxRing::open_with(ifindex, config, false)?;
+            set_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+            rings.push(ring);
+        }
+        Ok(rings)
     }
 }
 
@@ -1079,7 +1111,7 @@ mod tests {
         use std::io::IoSlice;
         use std::time::Duration;
 
-        use super::super::super::testns::{NetNs, collect, ifindex, udp_frame};
+        use super::super::super::testns::{NetNs, collect, ifindex, udp_flow_frame, udp_frame};
         use super::super::super::{RingError, TxSocket};
         use super::*;
         use crate::vnet::{F_NEEDS_CSUM, VnetHdr};
@@ -1202,6 +1234,69 @@ mod tests {
                     second.packets < first.packets,
                     "not cleared: {first:?} then {second:?}"
                 );
+            });
+        }
+
+        #[test]
+        fn a_fanout_group_splits_by_flow_and_ignores_outgoing() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.run(|| {
+                let mut rings =
+                    RxRing::open_fanout(ifindex("va"), RingConfig::DEFAULT, 2).expect("fanout");
+                assert_eq!(rings.len(), 2);
+                let tx_a = TxSocket::open(ifindex("va")).expect("tx on va");
+                let tx_b = TxSocket::open(ifindex("vb")).expect("tx on vb");
+                let none = VnetHdr::NONE.to_bytes();
+                const FLOWS: u16 = 32;
+                const PER_FLOW: u16 = 4;
+                for i in 0..FLOWS * PER_FLOW {
+                    let f = udp_flow_frame(i % FLOWS, format!("umv-fan-{}", i % FLOWS).as_bytes());
+                    tx_b.send(&[&none[..], &f].concat()).expect("send b");
+                }
+                tx_a.send(&[&none[..], &udp_frame(None, b"umv-out-a")].concat())
+                    .expect("send a");
+                let total = usize::from(FLOWS * PER_FLOW);
+                let mut seen: Vec<Vec<_>> = vec![Vec::new(), Vec::new()];
+                let deadline = std::time::Instant::now() + WAIT;
+                while seen.iter().map(Vec::len).sum::<usize>() < total
+                    && std::time::Instant::now() < deadline
+                {
+                    for (ring, got) in rings.iter_mut().zip(&mut seen) {
+                        let more = collect(ring, Duration::from_millis(20), |_| false);
+                        got.extend(more.into_iter().filter(|f| f.ours()));
+                    }
+                }
+                let flow_of = |f: &super::super::super::testns::Seen| f.frame[34..36].to_vec();
+                let flows: Vec<std::collections::BTreeSet<Vec<u8>>> = seen
+                    .iter()
+                    .map(|s| s.iter().map(flow_of).collect())
+                    .collect();
+                assert_eq!(
+                    seen[0].len() + seen[1].len(),
+                    total,
+                    "every frame reaches exactly one member"
+                );
+                assert!(
+                    flows[0].is_disjoint(&flows[1]),
+                    "a flow was split across members: {flows:?}"
+                );
+                assert!(
+                    !flows[0].is_empty() && !flows[1].is_empty(),
+                    "32 flows all hashed to one member: {flows:?}"
+                );
+                assert!(
+                    !seen.iter().flatten().any(|f| f.has_marker(b"umv-out-a")),
+                    "FLAG_IGNORE_OUTGOING failed: a member saw va's own TX"
+                );
+                // Each member's flows arrive in order.
+                for s in &seen {
+                    for flow in 0..FLOWS {
+                        let marker = format!("umv-fan-{flow}");
+                        let n = s.iter().filter(|f| f.has_marker(marker.as_bytes())).count();
+                        assert!(n == 0 || n == usize::from(PER_FLOW), "flow {flow}: {n}");
+                    }
+                }
             });
         }
 
