@@ -21,6 +21,7 @@ use super::counters::{ParentCounters, PortCounters};
 use super::observe::{self, Seen, Sink};
 use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
 use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
+use crate::sys::ring::Frames;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.
@@ -145,6 +146,25 @@ pub fn from_parent<P: PortIo>(
     f: &ParentFrame<'_>,
 ) {
     from_parent_observed(table, pc, ports, f, None);
+}
+
+/// Every frame of one ring block, in order, as the worker forwards them (`obs` as in
+/// [`from_parent_observed`]).
+pub fn from_parent_block<P: PortIo>(
+    table: &PortTable,
+    pc: &ParentCounters,
+    ports: &[P],
+    frames: Frames<'_>,
+    obs: Option<&Observe<'_>>,
+) {
+    for f in frames {
+        let pf = ParentFrame {
+            with_vnet: f.with_vnet(),
+            wire_len: f.wire_len(),
+            vlan: f.vlan(),
+        };
+        from_parent_observed(table, pc, ports, &pf, obs);
+    }
 }
 
 /// [`from_parent`], telling `obs` (when someone follows) what happened.

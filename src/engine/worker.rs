@@ -17,7 +17,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::{ParentCounters, PortCounters};
-use super::forward::{self, Observe, ParentFrame, PortIo, ToWire};
+use super::forward::{self, Observe, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
@@ -365,14 +365,13 @@ impl Worker {
                 sinks,
                 parent: &set.table.parent().name,
             });
-            for f in block.frames() {
-                let pf = ParentFrame {
-                    with_vnet: f.with_vnet(),
-                    wire_len: f.wire_len(),
-                    vlan: f.vlan(),
-                };
-                forward::from_parent_observed(&set.table, counters, &set.ports, &pf, obs.as_ref());
-            }
+            forward::from_parent_block(
+                &set.table,
+                counters,
+                &set.ports,
+                block.frames(),
+                obs.as_ref(),
+            );
         }
     }
 

@@ -18,7 +18,9 @@ pub mod tx;
 #[cfg(test)]
 mod testns;
 
-pub use ring::{Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing};
+pub use ring::{
+    Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, fake_v3_block, frames_in,
+};
 pub use tap::{Tap, TapError};
 pub use tx::{TxError, TxSocket};
 
