@@ -228,6 +228,9 @@ pub(crate) fn sample() -> Vec<LinkView> {
             tx_dropped: 13,
             drops,
         },
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     };
     let s1 = LinkView {
         name: "s1".into(),
