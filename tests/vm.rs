@@ -328,9 +328,8 @@ impl Peer {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut b = [0u8; 1];
         while Instant::now() < deadline {
-            match self.0.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) | Err(_) => {}
+            if let Ok(0) = self.0.read(&mut b) {
+                return true;
             }
         }
         false
