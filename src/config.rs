@@ -466,6 +466,44 @@ macaddr = ["02:00:00:00:00:99"]
     }
 
     #[test]
+    fn vm_ports_and_their_keys() {
+        let vm = "[[ports]]\nname = \"vm2\"\nparent = \"eth0\"\nkind = \"stream\"\n\
+                  path = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n";
+        let c = Config::parse("u.toml", vm).unwrap();
+        let s = &c.ports[0].spec;
+        assert_eq!(s.kind, PortKind::Stream);
+        assert_eq!(s.path.as_deref(), Some(Path::new("/run/umacvlan/vm2.sock")));
+        assert!(s.trust_guest_mac);
+        for (bad, want) in [
+            (
+                vm.replace("kind = \"stream\"", "kind = \"vm\""),
+                "u.toml:4:8: ports.kind: unknown kind",
+            ),
+            (
+                vm.replace("path = \"/run/umacvlan/vm2.sock\"\n", ""),
+                "u.toml:2:8: ports: --port \"vm2\": kind=stream needs path=",
+            ),
+            (
+                vm.replace("kind = \"stream\"", "kind = \"tap\""),
+                "path= is for kind=stream only",
+            ),
+        ] {
+            let e = Config::parse("u.toml", &bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // Changing a port's kind re-creates it (no in-place change).
+        let tap = Config::parse(
+            "a",
+            &vm.replace(
+                "kind = \"stream\"\npath = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n",
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(diff(&tap, &c).changed.len(), 1);
+    }
+
+    #[test]
     fn diff_touches_only_what_changed() {
         let old = Config::parse("a", GOOD).unwrap();
         let new_text = GOOD

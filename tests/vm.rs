@@ -441,6 +441,32 @@ fn stream_peer_exchanges_arp_and_icmp_reconnects_and_bad_lengths_are_counted() {
         "echo reply after reconnecting"
     );
 
+    // Bad requests are refused (exit 2) and leave the connected peer alone.
+    let path_s = path.display().to_string();
+    for (args, want) in [
+        (
+            vec![
+                "link", "add", "vm3", "parent", "p0", "kind", "stream", "path", &path_s,
+            ],
+            "vm2 and vm3 cannot both listen on",
+        ),
+        (
+            vec!["link", "add", "vm4", "parent", "p0", "kind", "attach"],
+            "needs an existing interface named vm4",
+        ),
+        (
+            vec!["link", "add", "vm5", "parent", "p0", "kind", "stream"],
+            "needs path=SOCKET",
+        ),
+    ] {
+        let o = l.umacvlan(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    p.send(&echo_request(wire_mac, 4));
+    assert!(p.expect(|f| is_echo_reply(f, 4)), "the peer is undisturbed");
+
     // Malformed input: a runt is counted and the stream stays in step; a length beyond the
     // maximum is counted and the peer disconnected; a frame cut by the peer's close is counted.
     p.send(&[1, 2, 3, 4, 5]);
@@ -513,7 +539,9 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
     let s = l.port("vmq")["stats"].clone();
     assert!(s["rx_packets"].as_u64().unwrap() >= 4, "{s}");
     assert!(s["tx_packets"].as_u64().unwrap() >= 4, "{s}");
-    assert_eq!(s["rx_dropped"], 0, "no copy for QEMU was refused: {s}");
+    // A busy QEMU may leave its socket full (tap_queue_full, counted), but no frame failed to
+    // be completed or written.
+    assert_eq!(s["drops"].get("tap_write_failed"), None, "{s}");
     let (bytes, packets) = (
         s["rx_bytes"].as_u64().unwrap(),
         s["rx_packets"].as_u64().unwrap(),

@@ -706,6 +706,14 @@ impl Daemon {
         configs.push(config.clone());
         PortTable::build(pconfig.clone(), configs)
             .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
+        // A path one of our ports listens on: refused before any probe connects to it.
+        if let Some(path) = &spec.path
+            && let Some(e) = self.ports.iter().find(|e| e.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            let same = PlanError::SamePath(e.config.name.clone(), spec.name.clone(), path);
+            return Err(plan_err(same));
+        }
         let netns = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
         self.ensure_parent(link, pconfig.clone())
             .map_err(internal)?;
@@ -1097,10 +1105,13 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace and flags; not to or from passthru). A setting dropped from the file goes back to
+/// namespace, flags and kind, path and trust of a VM port; not to or from passthru). A setting dropped from the file goes back to
 /// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
-    let fixed = |s: &LinkSpec| (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst);
+    let fixed = |s: &LinkSpec| {
+        let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
+        (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst, vm)
+    };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
         return None;

@@ -40,6 +40,8 @@ pub enum PlanError {
     AttachToParent(String),
     #[error("{0}")]
     Stream(#[from] super::stream::StreamError),
+    #[error("ports {0} and {1} cannot both listen on {2}")]
+    SamePath(String, String, String),
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
@@ -186,7 +188,7 @@ impl PlanError {
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
             PlanError::NameInUse { .. } => ErrorKind::Exists,
             PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
-            PlanError::AttachToParent(_) => ErrorKind::InvalidArgument,
+            PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
             PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
             PlanError::Stream(_) => ErrorKind::InvalidArgument,
             PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
@@ -226,8 +228,20 @@ pub fn plan(
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
     let mut ports = Vec::with_capacity(specs.len());
-    for (text, spec) in specs {
+    for (i, (text, spec)) in specs.iter().enumerate() {
         spec.config_only(text)?;
+        if let Some(path) = &spec.path
+            && let Some((_, other)) = specs[..i]
+                .iter()
+                .find(|(_, s)| s.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            return Err(PlanError::SamePath(
+                other.name.clone(),
+                spec.name.clone(),
+                path,
+            ));
+        }
         let netns = check_port_place(&mut nl, spec, parent)?;
         let config = spec.to_config(parent);
         ports.push(PlannedPort {

@@ -2,9 +2,11 @@
 //! stream`, QEMU ≥ 7.2): every frame is preceded by its length, 32 bits big-endian; there is no
 //! virtio-net header.
 //!
-//! The engine listens; one peer at a time, and a new peer replaces the current one (QEMU
-//! reconnects after a restart, `reconnect=` after a failure). The worker sees one fd: an epoll of
-//! its own holding the listener and the connection, readable when either is.
+//! The engine listens; one peer at a time. A new peer takes the place of one that is gone (QEMU
+//! reconnects after a restart, or with `reconnect=`); while the current peer is connected a
+//! newcomer is refused (closed at once), so a stray connection cannot take a running VM's place.
+//! The worker sees one fd: an epoll of its own holding the listener and the connection, readable
+//! when either is.
 //!
 //! Reading takes exactly the bytes of one frame at a time (length, then body), so nothing waits
 //! in a buffer of ours while the socket looks idle to the worker's epoll. A length of 0..13 is
@@ -207,7 +209,7 @@ impl StreamPort {
         lock(&self.tx).conn.is_some()
     }
 
-    /// Takes a waiting peer, if any, in place of the current one.
+    /// Takes a waiting peer, if any, when there is none; refuses it otherwise.
     fn accept(&self, rx: &mut Reader) -> bool {
         let conn = match self.listener.accept() {
             Ok((c, _)) => c,
@@ -218,6 +220,10 @@ impl StreamPort {
                 return false;
             }
         };
+        if rx.conn.is_some() {
+            tracing::warn!(port = %self.name, "refusing a second peer: one is connected");
+            return false;
+        }
         let setup = || -> io::Result<UnixStream> {
             conn.set_nonblocking(true)?;
             nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::SndBufForce, &SNDBUF)?;
@@ -232,12 +238,7 @@ impl StreamPort {
                 return false;
             }
         };
-        if rx.conn.is_some() {
-            tracing::info!(port = %self.name, "a new peer replaces the current one");
-            self.disconnect(rx);
-        } else {
-            tracing::info!(port = %self.name, "peer connected");
-        }
+        tracing::info!(port = %self.name, "peer connected");
         rx.conn = Some(conn);
         rx.reset();
         lock(&self.tx).conn = Some(writer);
@@ -495,22 +496,29 @@ mod tests {
     }
 
     #[test]
-    fn no_peer_means_not_connected_and_a_new_peer_replaces_the_old() {
+    fn no_peer_means_not_connected_and_a_new_peer_replaces_only_a_gone_one() {
         let (p, _path) = port("reconnect");
         let out = [IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&[1; 60])];
         let e = p.write_frame(&out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotConnected);
         let mut buf = vec![0u8; BUF];
-        let old = UnixStream::connect(p.path()).unwrap();
+        let mut old = UnixStream::connect(p.path()).unwrap();
         assert_eq!(p.read(&mut buf), Recv::Empty);
         assert!(p.connected());
+        // A second peer while the first is connected: refused (closed), the first keeps going.
+        let mut stray = UnixStream::connect(p.path()).unwrap();
+        assert_eq!(next(&p, &mut buf), Recv::Empty);
+        assert_eq!(stray.read(&mut [0u8; 1]).unwrap(), 0, "the stray is closed");
+        old.write_all(&framed(&[2; 60])).unwrap();
+        assert_eq!(next(&p, &mut buf), Recv::Frame(VNET_HDR_LEN + 60));
+        // The first goes away: the next peer takes its place.
+        drop(old);
         let mut new = UnixStream::connect(p.path()).unwrap();
-        new.write_all(&framed(&[2; 60])).unwrap();
+        new.write_all(&framed(&[3; 60])).unwrap();
         assert_eq!(next(&p, &mut buf), Recv::Frame(VNET_HDR_LEN + 60));
         p.write_frame(&out).unwrap();
         let mut got = vec![0u8; 64];
         new.read_exact(&mut got).unwrap();
-        drop(old);
         drop(new);
         assert_eq!(next(&p, &mut buf), Recv::Empty);
         assert!(!p.connected(), "the peer's close is seen");
