@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use serde_json::Value;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
@@ -184,6 +186,7 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
         "nothing created"
     );
 
+    common::disable_ipv6(&guest);
     guest_link(&host, &guest, GUEST);
     l.start(&[
         &format!("name=c0,mode=bridge,netns={c0}"),
@@ -202,6 +205,44 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     assert!(pings(&guest, "192.0.2.1"), "guest -> c0 (bridge)");
     assert!(pings(&wire, "192.0.2.10"), "wire -> guest");
     assert!(l.port("vm1")["stats"]["rx_packets"].as_u64().unwrap() >= 4);
+
+    // A VLAN-tagged frame from the guest keeps its tag: the kernel takes it out of the bytes
+    // before the port's packet socket reads them, and the port puts it back.
+    let follow = Command::new("ip")
+        .args([
+            "netns", "exec", &host, BIN, "trace", "--follow", "vm1", "-c", "10", "-j",
+        ])
+        .env("UMACVLAN_CONTROL", l.topo.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follow = Proc(follow);
+    let mut tagged = vec![0xff; 6];
+    tagged.extend_from_slice(&mac_bytes(GUEST));
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64, 0x88, 0xb5]);
+    tagged.resize(64, 0x5a);
+    let guest_sock = common::PacketSocket::open(&guest, "eth0", common::ETH_P_ALL);
+    wait_until("the follower to see the tagged frame", || {
+        guest_sock.send(&tagged).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        follow.0.try_wait().unwrap().is_some()
+    });
+    let mut out = String::new();
+    follow
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let seen: Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|f| f["from"] == "vm1" && f["dst"] == "ff:ff:ff:ff:ff:ff")
+        .unwrap_or_else(|| panic!("the tagged frame is not among {out}"));
+    assert_eq!(seen["vlan"], 100, "{seen}");
+    assert_eq!(seen["len"], 64, "{seen}");
+    assert_eq!(seen["to_wire"], true, "{seen}");
 
     // The guest takes another MAC: its frames are mac_spoof drops and reach nobody (the wire
     // never learns the spoofed address from its ARP requests).
