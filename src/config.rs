@@ -16,6 +16,9 @@
 //! flags = ["nodst"]                          # nopromisc, nodst
 //! bcqueuelen = 1000
 //! macaddr = ["02:00:00:00:00:99"]            # source mode
+//! kind = "tap"                               # tap (default), attach, stream
+//! path = "/run/umacvlan/vm2.sock"            # kind = "stream" only
+//! trust_guest_mac = false                    # VM ports (attach, stream) only
 //! ```
 //!
 //! [`Config::parse`] checks the syntax, the schema (unknown keys are errors) and every rule that
@@ -33,7 +36,7 @@ use crate::control::proto::LinkSpec;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortFlags, PortTable};
 use crate::mac::MacAddr;
 use crate::net::Netlink;
-use crate::spec::PortSpec;
+use crate::spec::{PortKind, PortSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +68,10 @@ struct RawPort {
     bcqueuelen: Option<u32>,
     #[serde(default)]
     macaddr: Vec<Spanned<String>>,
+    kind: Option<Spanned<String>>,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    trust_guest_mac: bool,
 }
 
 /// A configuration that parsed and passed every check that needs no machine.
@@ -150,6 +157,9 @@ impl Config {
         let mut names = BTreeSet::new();
         for p in raw.ports {
             let port = convert(&src, p)?;
+            port_spec(&port.spec)
+                .check_kind(&port.spec.name)
+                .map_err(|e| src.error(Some(port.name_at.clone()), format!("ports: {e}")))?;
             if !names.insert(port.spec.name.clone()) {
                 let at = Some(port.name_at.clone());
                 return Err(src.error(
@@ -252,8 +262,8 @@ impl Config {
     }
 }
 
-/// The `--port` form of a configured port (for its table checks and its derived MAC).
-fn port_spec(l: &LinkSpec) -> PortSpec {
+/// The `--port` form of a configured port or a `link add` request.
+pub fn port_spec(l: &LinkSpec) -> PortSpec {
     PortSpec {
         name: l.name.clone(),
         mode: l.mode.unwrap_or(Mode::Bridge),
@@ -267,6 +277,9 @@ fn port_spec(l: &LinkSpec) -> PortSpec {
         bcqueuelen: l.bcqueuelen,
         sources: l.macaddr.iter().copied().collect(),
         state: Default::default(),
+        kind: l.kind,
+        path: l.path.clone(),
+        trust_guest_mac: l.trust_guest_mac,
     }
 }
 
@@ -303,6 +316,13 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             }
         }
     }
+    let kind = match &p.kind {
+        None => PortKind::Tap,
+        Some(k) => k
+            .get_ref()
+            .parse()
+            .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
+    };
     if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
         return Err(src.error(
             Some(m.span()),
@@ -326,6 +346,9 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             bcqueuelen: p.bcqueuelen,
             bclim: None,
             macaddr,
+            kind,
+            path: p.path,
+            trust_guest_mac: p.trust_guest_mac,
         },
     })
 }
@@ -440,6 +463,44 @@ macaddr = ["02:00:00:00:00:99"]
             let e = err(text);
             assert!(e.contains(want), "{text:?}\nwant {want:?}\ngot  {e}");
         }
+    }
+
+    #[test]
+    fn vm_ports_and_their_keys() {
+        let vm = "[[ports]]\nname = \"vm2\"\nparent = \"eth0\"\nkind = \"stream\"\n\
+                  path = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n";
+        let c = Config::parse("u.toml", vm).unwrap();
+        let s = &c.ports[0].spec;
+        assert_eq!(s.kind, PortKind::Stream);
+        assert_eq!(s.path.as_deref(), Some(Path::new("/run/umacvlan/vm2.sock")));
+        assert!(s.trust_guest_mac);
+        for (bad, want) in [
+            (
+                vm.replace("kind = \"stream\"", "kind = \"vm\""),
+                "u.toml:4:8: ports.kind: unknown kind",
+            ),
+            (
+                vm.replace("path = \"/run/umacvlan/vm2.sock\"\n", ""),
+                "u.toml:2:8: ports: --port \"vm2\": kind=stream needs path=",
+            ),
+            (
+                vm.replace("kind = \"stream\"", "kind = \"tap\""),
+                "path= is for kind=stream only",
+            ),
+        ] {
+            let e = Config::parse("u.toml", &bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // Changing a port's kind re-creates it (no in-place change).
+        let tap = Config::parse(
+            "a",
+            &vm.replace(
+                "kind = \"stream\"\npath = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n",
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(diff(&tap, &c).changed.len(), 1);
     }
 
     #[test]

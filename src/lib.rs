@@ -3,6 +3,7 @@
 //! * [`mac`], [`frame`]: vocabulary — MAC addresses and a checked view of one frame.
 //! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
 //! * [`sys`]: the only `unsafe` code — TPACKET_V3 ring, TX socket, TAP devices.
+//! * [`offload`]: checksum and TCP segmentation in software, for ports without a vnet header.
 //! * [`vnet`]: the `virtio_net_hdr` that rides in front of every frame on the ring, TX socket
 //!   and TAPs.
 //! * [`net`]: rtnetlink and network-namespace helpers.
@@ -25,6 +26,7 @@ pub mod lab;
 pub mod mac;
 pub mod metrics;
 pub mod net;
+pub mod offload;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
+//!       [,kind=tap|attach|stream][,path=SOCKET][,trust_guest_mac]
 //! ```
 //!
 //! `name=N,mode=M[,netns=NS][,mac=MAC][,mtu=N]` is a stable contract: other tools drive the
@@ -25,6 +26,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "flag",
     "bcqueuelen",
     "source",
+    "kind",
+    "path",
+    "trust_guest_mac",
 ];
 /// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
 /// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
@@ -47,6 +51,64 @@ impl PortState {
     }
 }
 
+/// What a port is: a TAP the engine creates (containers), or a VM's connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PortKind {
+    /// A TAP the engine creates and owns (the default).
+    #[default]
+    Tap,
+    /// An existing netdev someone else owns (a hypervisor's TAP), reached with a packet socket.
+    Attach,
+    /// A Unix socket with QEMU's stream framing (`-netdev stream`).
+    Stream,
+}
+
+impl PortKind {
+    pub const ALL: [PortKind; 3] = [PortKind::Tap, PortKind::Attach, PortKind::Stream];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Attach => "attach",
+            PortKind::Stream => "stream",
+        }
+    }
+
+    /// A VM's port: its guest MAC is pinned unless `trust_guest_mac`.
+    pub const fn is_vm(self) -> bool {
+        !matches!(self, PortKind::Tap)
+    }
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PortKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PortKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown kind {s:?}: expected one of tap, attach, stream"))
+    }
+}
+
+impl serde::Serialize for PortKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PortKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One parsed `--port` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
@@ -60,6 +122,11 @@ pub struct PortSpec {
     pub bcqueuelen: Option<u32>,
     pub sources: BTreeSet<MacAddr>,
     pub state: PortState,
+    pub kind: PortKind,
+    /// A stream port's socket.
+    pub path: Option<std::path::PathBuf>,
+    /// A VM port may send from any source MAC (no `mac_spoof` check).
+    pub trust_guest_mac: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +163,8 @@ pub enum SpecError {
         "--port {spec:?}: {key} describes live port state; `run` reads it from the TAP (it is for `trace` only)"
     )]
     StateKey { spec: String, key: String },
+    #[error("--port {spec:?}: {message}")]
+    Kind { spec: String, message: String },
 }
 
 impl FromStr for PortSpec {
@@ -114,6 +183,9 @@ impl FromStr for PortSpec {
             bcqueuelen: None,
             sources: BTreeSet::new(),
             state: PortState::default(),
+            kind: PortKind::Tap,
+            path: None,
+            trust_guest_mac: false,
         };
         for item in spec.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = match item.split_once('=') {
@@ -128,7 +200,7 @@ impl FromStr for PortSpec {
                 });
             }
             seen.push(key);
-            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti");
+            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti" | "trust_guest_mac");
             let value = match (value, is_flag_key) {
                 (Some(_), true) => {
                     return Err(SpecError::UnexpectedValue {
@@ -185,6 +257,13 @@ impl FromStr for PortSpec {
                     }
                 },
                 "source" => out.sources = macs(value)?,
+                "kind" => {
+                    out.kind = value
+                        .parse()
+                        .map_err(|message| SpecError::Kind { spec: s(), message })?
+                }
+                "path" => out.path = Some(value.into()),
+                "trust_guest_mac" => out.trust_guest_mac = true,
                 "join" => out.state.groups = macs(value)?,
                 "down" => out.state.down = true,
                 "promisc" => out.state.promisc = true,
@@ -200,6 +279,7 @@ impl FromStr for PortSpec {
         if out.name.is_empty() {
             return Err(SpecError::MissingName { spec: s() });
         }
+        out.check_kind(spec)?;
         Ok(out)
     }
 }
@@ -211,6 +291,33 @@ pub fn derived_mac(parent: &str, port: &str) -> MacAddr {
 }
 
 impl PortSpec {
+    /// The keys that go with the port's kind: a stream port needs `path=` and has no namespace
+    /// (nor netdev); `path=` is for stream ports only, `trust_guest_mac` for VM ports only.
+    pub fn check_kind(&self, spec: &str) -> Result<(), SpecError> {
+        let message = match self.kind {
+            PortKind::Stream if self.path.is_none() => {
+                "kind=stream needs path=SOCKET (the Unix socket QEMU connects to)"
+            }
+            PortKind::Stream if self.netns.is_some() => {
+                "a stream port is a Unix socket, not a netdev: it has no netns"
+            }
+            PortKind::Stream if self.path.as_ref().is_some_and(|p| p.is_relative()) => {
+                "path= must be absolute"
+            }
+            PortKind::Tap | PortKind::Attach if self.path.is_some() => {
+                "path= is for kind=stream only"
+            }
+            PortKind::Tap if self.trust_guest_mac => {
+                "trust_guest_mac is for VM ports only (kind=attach or kind=stream)"
+            }
+            _ => return Ok(()),
+        };
+        Err(SpecError::Kind {
+            spec: spec.into(),
+            message: message.into(),
+        })
+    }
+
     /// Refuses the trace-only state keys (for `run`).
     pub fn config_only(&self, spec: &str) -> Result<(), SpecError> {
         let st = &self.state;
@@ -250,6 +357,7 @@ impl PortSpec {
         c.promisc = self.state.promisc;
         c.allmulti = self.state.allmulti;
         c.groups = self.state.groups.clone();
+        c.pinned_mac = self.kind.is_vm() && !self.trust_guest_mac;
         c
     }
 }
@@ -335,6 +443,7 @@ fn with_spec(e: SpecError, whole: &str) -> SpecError {
         SpecError::Number { key, value, .. } => SpecError::Number { spec, key, value },
         SpecError::Flag { flag, .. } => SpecError::Flag { spec, flag },
         SpecError::StateKey { key, .. } => SpecError::StateKey { spec, key },
+        SpecError::Kind { message, .. } => SpecError::Kind { spec, message },
     }
 }
 
@@ -401,6 +510,36 @@ mod tests {
             ("parent=eth0", "\"parent=eth0\": name=N is required"),
         ] {
             let e = bad.parse::<LinkPortSpec>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vm_kinds_their_keys_and_the_pinned_mac() {
+        let tap = parse("name=c1,mode=bridge").unwrap();
+        assert_eq!(tap.kind, PortKind::Tap);
+        assert!(!tap.to_config("p0").pinned_mac);
+        let a = parse("name=vm1,kind=attach,mode=bridge,mac=02:00:00:00:00:07").unwrap();
+        assert_eq!(a.kind, PortKind::Attach);
+        assert!(a.to_config("p0").pinned_mac, "a VM's guest MAC is pinned");
+        let s = parse("name=vm2,kind=stream,path=/run/umacvlan/vm2.sock,trust_guest_mac").unwrap();
+        assert_eq!(s.kind, PortKind::Stream);
+        assert_eq!(
+            s.path.as_deref(),
+            Some(std::path::Path::new("/run/umacvlan/vm2.sock"))
+        );
+        assert!(s.trust_guest_mac && !s.to_config("p0").pinned_mac);
+        for (bad, want) in [
+            ("name=v,kind=vm", "unknown kind \"vm\""),
+            ("name=v,kind=stream", "needs path=SOCKET"),
+            ("name=v,kind=stream,path=/x,netns=n", "has no netns"),
+            ("name=v,kind=stream,path=rel.sock", "must be absolute"),
+            ("name=v,path=/x", "for kind=stream only"),
+            ("name=v,kind=attach,path=/x", "for kind=stream only"),
+            ("name=v,trust_guest_mac", "for VM ports only"),
+            ("name=v,kind=attach,trust_guest_mac=yes", "takes no value"),
+        ] {
+            let e = parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

@@ -66,6 +66,9 @@ fn view(name: &str, mode: Mode) -> LinkView {
             rx_bytes: 300,
             ..LinkStats::default()
         },
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

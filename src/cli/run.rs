@@ -25,6 +25,11 @@ use crate::sys::ring::{RingConfig, RingVersion};
 /// the parent's), admin-down like a fresh `ip link add ... type macvlan`. Bring it up where it
 /// lives (`ip -n NS link set N up`) and the engine starts forwarding to it.
 ///
+/// A VM's port: `kind=attach` uses the existing netdev N (the TAP a hypervisor opened; it must
+/// exist, and is never deleted), `kind=stream,path=SOCKET` listens for QEMU's `-netdev stream`.
+/// Their guest MAC (`mac=`) is pinned: other sources are dropped as mac_spoof unless
+/// `trust_guest_mac`.
+///
 /// The mode defaults to bridge, like Docker, CNI and netavark (`ip link add` defaults to vepa).
 /// With --config FILE the ports come from a TOML file instead (see `umacvlan config check`);
 /// SIGHUP re-reads it and applies only the difference. With neither, the engine starts empty
@@ -37,6 +42,7 @@ use crate::sys::ring::{RingConfig, RingVersion};
 ///   ip netns add ns1
 ///   umacvlan run --parent eth0 --port name=c1,mode=bridge,netns=ns1
 ///   ip -n ns1 link set c1 up      # in another shell
+///   umacvlan run --parent eth0 --port name=vm2,kind=stream,path=/run/umacvlan/vm2.sock
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
@@ -44,7 +50,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "P", requires = "ports")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
-    /// [,bcqueuelen=N][,source=MAC+MAC..]. Repeat for more ports.
+    /// [,bcqueuelen=N][,source=MAC+MAC..][,kind=tap|attach|stream][,path=SOCKET]
+    /// [,trust_guest_mac]. Repeat for more ports.
     #[arg(long = "port", value_name = "SPEC")]
     ports: Vec<String>,
     /// bclim: a multicast group joined by more than N up ports (and broadcast) goes through the

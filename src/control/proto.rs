@@ -7,11 +7,13 @@
 //! another `version` with `unsupported-version` and the version it speaks.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::forward::Mode;
 use crate::mac::MacAddr;
+use crate::spec::PortKind;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -155,7 +157,7 @@ pub struct LinkFilter {
 }
 
 /// A new port: `ip link add NAME link PARENT type macvlan ...` in umacvlan's words.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     pub name: String,
@@ -185,6 +187,16 @@ pub struct LinkSpec {
     /// Source mode: the remote source MACs.
     #[serde(default)]
     pub macaddr: Vec<MacAddr>,
+    /// `tap` (default), `attach` (an existing netdev, e.g. a VM's TAP) or `stream` (a Unix
+    /// socket with QEMU's stream framing).
+    #[serde(default)]
+    pub kind: PortKind,
+    /// A stream port's socket path.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A VM port may send from any source MAC (no `mac_spoof` check).
+    #[serde(default)]
+    pub trust_guest_mac: bool,
 }
 
 /// `umacvlan link set NAME ...`: only the fields given change.
@@ -360,6 +372,13 @@ pub struct LinkView {
     pub bclim: i32,
     pub macaddr: Vec<MacAddr>,
     pub stats: LinkStats,
+    #[serde(default)]
+    pub kind: PortKind,
+    /// A stream port's socket; whether a peer is connected is `lower_up`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub trust_guest_mac: bool,
 }
 
 /// Counters from the port's side, as `ip -s link` shows them.

@@ -54,6 +54,9 @@ fn view(name: &str) -> LinkView {
         bclim: 1,
         macaddr: vec![],
         stats: LinkStats::default(),
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

@@ -140,7 +140,9 @@ impl PortCounters {
 
     /// Copies for this port that could not be written (its `rx` drops).
     pub fn rx_dropped(&self) -> u64 {
-        self.drops.get(DropReason::TapQueueFull) + self.drops.get(DropReason::TapWriteFailed)
+        self.drops.get(DropReason::TapQueueFull)
+            + self.drops.get(DropReason::TapWriteFailed)
+            + self.drops.get(DropReason::NoPeer)
     }
 
     /// Frames this port sent that went nowhere (its `tx` drops).
@@ -163,7 +165,7 @@ pub struct PortCounters {
     pub tx_forwarded: Counter,
     pub tx_dropped_frames: Counter,
     /// By reason: frames the port sent that reached nothing, and copies for it that could not be
-    /// written (`tap_queue_full`, `tap_write_failed`).
+    /// written (`tap_queue_full`, `tap_write_failed`, `no_peer`).
     pub drops: Drops,
 }
 

@@ -11,6 +11,11 @@
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
 //! threads. Requests follow the kernel's control-plane rules (macvlan-semantics.md §8).
+//!
+//! A VM's port is not a TAP of ours ([`PortDev`]): `attach` opens a packet socket on a netdev
+//! someone else owns (brought up, never deleted; followed by the watchers, and re-bound when a
+//! netdev of that name comes back), `stream` listens on a Unix socket (always in the table; a copy
+//! for it without a peer is a `no_peer` drop). Both keep their guest MAC from the configuration.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,11 +25,13 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
 use super::counters::{ParentCounters, PortCounters, Sharded};
+use super::dev::PortDev;
 use super::observe::{Filter, ObserverCache, Observers};
 use super::plan::{
     ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
     default_route_interface, table_error_kind,
 };
+use super::stream::StreamPort;
 use super::watch::{Event, LiveState, Watchers};
 use super::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::config::{Config, diff};
@@ -37,10 +44,12 @@ use crate::control::proto::{
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::spec::{PortSpec, derived_mac};
+use crate::spec::{PortKind, derived_mac};
+use crate::sys::attach::PacketPort;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
+use std::path::PathBuf;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
 /// under bursts (perf-facts.md §3).
@@ -88,10 +97,14 @@ struct PortEntry {
     config: PortConfig,
     /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
     netns: Option<(String, Netns)>,
-    /// The TAP's queues, one per worker of its parent.
-    queues: Vec<Arc<Tap>>,
+    /// What the port's workers read and write: one queue of its TAP per worker, or (attach,
+    /// stream) one device that worker 0 reads and every worker writes.
+    devs: Vec<Arc<PortDev>>,
     counters: Sharded<PortCounters>,
     live: Option<LiveState>,
+    kind: PortKind,
+    path: Option<PathBuf>,
+    trust_guest_mac: bool,
 }
 
 /// The engine.
@@ -261,7 +274,7 @@ impl Daemon {
             tracing::warn!(%parent, "its worker failed: {e}");
         }
         for e in self.ports.iter().filter(|e| e.parent == parent) {
-            if let Err(err) = e.queues[0].set_carrier(false) {
+            if let Err(err) = e.devs[0].set_carrier(false) {
                 tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
             }
         }
@@ -299,34 +312,47 @@ impl Daemon {
                     .ports
                     .iter()
                     .filter(|e| e.parent == parent)
-                    .map(|e| PortHandle {
-                        key: e.key,
-                        tap: Arc::clone(&e.queues[i]),
-                        counters: Arc::clone(e.counters.shard(i)),
-                    })
+                    .map(|e| e.handle(i))
                     .collect(),
             })
             .collect()
     }
 
-    /// Creates a checked port's TAP, adds it to its parent and starts following it.
+    /// Creates a checked port's device, adds it to its parent and starts following it.
     fn create(&mut self, parent: &str, p: PlannedPort) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
         let key = self.next_key;
         self.next_key += 1;
-        let queues = create_tap(&mut self.nl, key, &p, mtu, self.opts.workers)
-            .with_context(|| format!("creating port {}", p.spec.name))?;
-        let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
-        self.watchers.port(ns, key, &p.spec.name)?;
+        let name = &p.spec.name;
+        let workers = self.opts.workers;
+        let devs = match (&p.spec.kind, &p.spec.path) {
+            (PortKind::Tap, _) => create_tap(&mut self.nl, key, &p, mtu, workers)
+                .map(|queues| queues.into_iter().map(PortDev::Tap).collect()),
+            (PortKind::Attach, _) => {
+                attach(&mut self.nl, name, p.netns.as_ref()).map(|a| vec![PortDev::Attach(a)])
+            }
+            (PortKind::Stream, Some(path)) => StreamPort::listen(name, path)
+                .map(|s| vec![PortDev::Stream(s)])
+                .map_err(Into::into),
+            (PortKind::Stream, None) => Err(anyhow::anyhow!("a stream port needs path=")),
+        }
+        .with_context(|| format!("creating port {name}"))?;
+        if p.spec.kind != PortKind::Stream {
+            let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
+            self.watchers.port(ns, key, name)?;
+        }
         let netns = p.spec.netns.clone().zip(p.netns);
         self.ports.push(PortEntry {
             key,
             parent: parent.to_string(),
             config: p.config,
             netns,
-            queues: queues.into_iter().map(Arc::new).collect(),
+            devs: devs.into_iter().map(Arc::new).collect(),
             counters: Sharded::new(self.opts.workers),
             live: None,
+            kind: p.spec.kind,
+            path: p.spec.path,
+            trust_guest_mac: p.spec.trust_guest_mac,
         });
         self.rebuild(parent);
         Ok(())
@@ -373,6 +399,7 @@ impl Daemon {
     fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
         match ev {
             Event::Port { key, state } => {
+                self.reattach(key, state.as_ref());
                 if let Some(e) = self.ports.iter_mut().find(|e| e.key == key) {
                     e.live = state;
                     let parent = e.parent.clone();
@@ -395,6 +422,27 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// An attached netdev that appeared again under its name (the VM restarted and its
+    /// hypervisor made a new TAP): the port's socket is bound to it and it is brought up.
+    fn reattach(&mut self, key: u64, state: Option<&LiveState>) {
+        let Some(e) = self.ports.iter().find(|e| e.key == key) else {
+            return;
+        };
+        let (PortDev::Attach(a), Some(l)) = (&*e.devs[0], state) else {
+            return;
+        };
+        if a.ifindex() == l.ifindex {
+            return;
+        }
+        let ns = e.netns.as_ref().map(|(_, ns)| ns);
+        let again = bring_up_attached(&mut self.nl, a.name(), ns)
+            .and_then(|index| a.rebind(index).map_err(Into::into));
+        match again {
+            Ok(_) => tracing::info!(port = a.name(), ifindex = l.ifindex, "attached again"),
+            Err(err) => tracing::warn!(port = a.name(), "attaching again failed: {err:#}"),
+        }
     }
 
     /// Answers one call: streams for `follow`, one response otherwise.
@@ -688,20 +736,9 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = PortSpec {
-            name: l.name.clone(),
-            mode: l.mode.unwrap_or(Mode::Bridge),
-            netns: l.netns.clone(),
-            mac: l.address,
-            mtu: l.mtu,
-            flags: crate::forward::PortFlags {
-                nopromisc: l.nopromisc,
-                nodst: l.nodst,
-            },
-            bcqueuelen: l.bcqueuelen,
-            sources: l.macaddr.iter().copied().collect(),
-            state: Default::default(),
-        };
+        let spec = crate::config::port_spec(&l);
+        spec.check_kind(&l.name)
+            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let mut config = spec.to_config(&parent);
         config.up = false;
         if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
@@ -712,7 +749,15 @@ impl Daemon {
         configs.push(config.clone());
         PortTable::build(pconfig.clone(), configs)
             .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
-        let netns = check_port_place(&mut self.nl, &spec).map_err(plan_err)?;
+        // A path one of our ports listens on: refused before any probe connects to it.
+        if let Some(path) = &spec.path
+            && let Some(e) = self.ports.iter().find(|e| e.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            let same = PlanError::SamePath(e.config.name.clone(), spec.name.clone(), path);
+            return Err(plan_err(same));
+        }
+        let netns = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
         self.ensure_parent(link, pconfig.clone())
             .map_err(internal)?;
         if let Some(run) = self.parents.get_mut(&parent) {
@@ -850,9 +895,10 @@ impl Daemon {
                 ));
             }
         }
-        // Checked: apply. The device itself first (MAC, MTU), then the configuration.
+        // Checked: apply. The device itself first (MAC, MTU), then the configuration. A VM
+        // port's MAC is the guest's and its netdev (if any) is not ours: configuration only.
         let e = self.entry(&c.name)?;
-        if c.address.is_some() || c.mtu.is_some() {
+        if (c.address.is_some() || c.mtu.is_some()) && !e.kind.is_vm() {
             let ifindex = e.live.as_ref().map(|l| l.ifindex);
             let mut nl_there;
             let nl = match &e.netns {
@@ -966,6 +1012,10 @@ impl Daemon {
         let in_table = id.map(|i| run.table.port(crate::forward::PortId(i as u16)));
         let live = e.live.as_ref();
         let c = &e.counters.total();
+        let stream = match &*e.devs[0] {
+            PortDev::Stream(s) => Some(s.connected()),
+            _ => None,
+        };
         Ok(LinkView {
             name: e.config.name.clone(),
             ifindex: live.map(|l| l.ifindex),
@@ -973,8 +1023,8 @@ impl Daemon {
             mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
             netns: e.netns.as_ref().map(|(n, _)| n.clone()),
-            up: live.is_some_and(|l| l.up),
-            lower_up: live.is_some_and(|l| l.lower_up),
+            up: stream.is_some() || live.is_some_and(|l| l.up),
+            lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
             forwarding: in_table.is_some_and(|p| p.is_up()),
             promisc: live.is_some_and(|l| l.promisc),
             allmulti: live.is_some_and(|l| l.allmulti),
@@ -1000,6 +1050,9 @@ impl Daemon {
                     .map(|(r, n)| (r.name().to_string(), n))
                     .collect(),
             },
+            kind: e.kind,
+            path: e.path.clone(),
+            trust_guest_mac: e.trust_guest_mac,
         })
     }
 
@@ -1008,7 +1061,7 @@ impl Daemon {
         self.ports
             .iter()
             .filter(|e| e.parent == parent)
-            .map(|e| apply_live(&e.config, e.live.as_ref(), parent_mtu))
+            .map(|e| apply_live(&e.config, e.kind, e.live.as_ref(), parent_mtu))
             .collect()
     }
 
@@ -1106,10 +1159,13 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace and flags; not to or from passthru). A setting dropped from the file goes back to
+/// namespace, flags and kind, path and trust of a VM port; not to or from passthru). A setting dropped from the file goes back to
 /// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
-    let fixed = |s: &LinkSpec| (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst);
+    let fixed = |s: &LinkSpec| {
+        let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
+        (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst, vm)
+    };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
         return None;
@@ -1168,29 +1224,86 @@ fn observed_frame(o: &super::observe::Observation, snaplen: usize) -> ObservedFr
     }
 }
 
-/// The MAC a port has now: the TAP's, once seen, else the configured one.
+impl PortEntry {
+    /// The port as its parent's worker holds it.
+    /// The port as worker `i` holds it: its own TAP queue, or the shared device (read by worker
+    /// 0 only), and its own copy of the counters.
+    fn handle(&self, i: usize) -> PortHandle {
+        PortHandle {
+            key: self.key,
+            dev: Arc::clone(&self.devs[i % self.devs.len()]),
+            reads: i < self.devs.len(),
+            counters: Arc::clone(self.counters.shard(i)),
+        }
+    }
+}
+
+/// The MAC a port has now: the TAP's, once seen, else the configured one; a VM port's is always
+/// the configured guest MAC (its netdev's own MAC is the host side's).
 fn effective_mac(e: &PortEntry) -> MacAddr {
     match (&e.live, e.config.mode) {
-        (Some(l), m) if m != Mode::Passthru => l.mac,
+        (Some(l), m) if m != Mode::Passthru && !e.kind.is_vm() => l.mac,
         _ => e.config.mac,
     }
 }
 
-fn apply_live(c: &PortConfig, live: Option<&LiveState>, parent_mtu: u32) -> PortConfig {
+/// The port as the table should see it: its configuration with its netdev's live state on top.
+/// A VM port keeps its guest MAC and takes every group (the guest filters, as behind a
+/// macvtap); a stream port, which has no netdev, is always up.
+fn apply_live(
+    c: &PortConfig,
+    kind: PortKind,
+    live: Option<&LiveState>,
+    parent_mtu: u32,
+) -> PortConfig {
     let mut p = c.clone();
+    p.allmulti = kind.is_vm();
+    if kind == PortKind::Stream {
+        p.up = true;
+        return p;
+    }
     let Some(l) = live else {
         p.up = false;
         return p;
     };
     p.up = l.up;
-    if p.mode != Mode::Passthru {
+    if p.mode != Mode::Passthru && !kind.is_vm() {
         p.mac = l.mac;
     }
     p.mtu = Some(l.mtu.clamp(MIN_MTU, parent_mtu));
     p.promisc = l.promisc;
-    p.allmulti = l.allmulti;
+    p.allmulti |= l.allmulti;
     p.groups = l.groups.clone();
     p
+}
+
+/// Brings up the netdev `name` (in `ns`, else the engine's namespace) that someone else owns;
+/// returns its ifindex.
+fn bring_up_attached(nl: &mut Netlink, name: &str, ns: Option<&Netns>) -> anyhow::Result<u32> {
+    let mut there;
+    let nl = match ns {
+        Some(ns) => {
+            there = Netlink::open_in(ns)?;
+            &mut there
+        }
+        None => nl,
+    };
+    let link = nl
+        .link_by_name(name)?
+        .with_context(|| format!("no interface named {name} to attach to"))?;
+    nl.set_up(link.index, true)?;
+    Ok(link.index)
+}
+
+/// Brings up the netdev `name` someone else owns and opens a packet socket on it (in its
+/// namespace: the socket binds there).
+fn attach(nl: &mut Netlink, name: &str, ns: Option<&Netns>) -> anyhow::Result<PacketPort> {
+    let index = bring_up_attached(nl, name, ns)?;
+    let open = || PacketPort::open(name, index);
+    Ok(match ns {
+        Some(ns) => crate::net::in_netns(ns, open)??,
+        None => open()?,
+    })
 }
 
 /// A temporary name for a TAP on its way to another namespace, unique on this machine.

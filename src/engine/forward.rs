@@ -19,14 +19,15 @@ use std::sync::Arc;
 
 use super::counters::{ParentCounters, PortCounters};
 use super::observe::{self, Seen, Sink};
-use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
+use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
 use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
 use crate::sys::ring::Frames;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.
 pub trait PortIo {
-    /// Writes one frame (virtio-net header first) into the port's TAP.
+    /// Writes one frame (virtio-net header first) to the port's device (TAP, attached netdev or
+    /// stream peer).
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
     fn counters(&self) -> &PortCounters;
 }
@@ -52,6 +53,8 @@ fn frame_error(e: FrameError) -> DropReason {
 fn write_error(e: &io::Error) -> DropReason {
     match e.kind() {
         io::ErrorKind::WouldBlock => DropReason::TapQueueFull,
+        // A stream port without a peer.
+        io::ErrorKind::NotConnected => DropReason::NoPeer,
         _ => DropReason::TapWriteFailed,
     }
 }
@@ -261,6 +264,23 @@ pub fn from_parent_observed<P: PortIo>(
     }
 }
 
+/// A frame port `id` sent that its device refused before it was whole (a stream peer's bad
+/// length, or a frame cut short by its disconnect): `len` bytes were read; counted as sent and
+/// dropped with `reason`.
+pub fn port_refused<P: PortIo>(
+    table: &PortTable,
+    ports: &[P],
+    id: PortId,
+    len: usize,
+    reason: DropReason,
+    obs: Option<&Observe<'_>>,
+) {
+    let c = ports[id.index()].counters();
+    c.tx.count(len);
+    c.dropped(reason);
+    refused(obs, Some(table.port(id).name()), &[], len, reason);
+}
+
 /// Whether a port's frame must also be sent on the parent, and what the send decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToWire {
@@ -308,6 +328,11 @@ pub fn from_port_observed<P: PortIo>(
             return ToWire::No;
         }
     };
+    if spoofed(table, id, &meta) {
+        c.dropped(DropReason::MacSpoof);
+        refused(obs, name(), data, data.len(), DropReason::MacSpoof);
+        return ToWire::No;
+    }
     let v = decide(table, Ingress::Port(id), &meta);
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
@@ -587,6 +612,44 @@ mod tests {
         // write; unknown and runt went nowhere.
         assert_eq!(c.rx_forwarded.get(), 2);
         assert_eq!(c.drops.total(), c.rx_dropped_frames.get());
+    }
+
+    #[test]
+    fn a_spoofed_source_from_a_pinned_port_is_dropped_before_deciding() {
+        let parent = ParentConfig::new("p0", mac(100), 1500);
+        let mut vm = PortConfig::new("vm", Mode::Bridge, mac(0));
+        vm.pinned_mac = true;
+        let t = PortTable::build(
+            parent,
+            vec![vm, PortConfig::new("c1", Mode::Bridge, mac(1))],
+        )
+        .unwrap();
+        let ports = [Fake::default(), Fake::default()];
+        let spoofed = with_vnet(mac(1), mac(7), 60);
+        assert_eq!(from_port(&t, &ports, PortId(0), &spoofed), ToWire::No);
+        assert!(ports[1].got.borrow().is_empty(), "not delivered");
+        assert_eq!(ports[0].counters.drops.get(DropReason::MacSpoof), 1);
+        let own = with_vnet(mac(1), mac(0), 60);
+        assert_eq!(from_port(&t, &ports, PortId(0), &own), ToWire::No);
+        assert_eq!(ports[1].got.borrow().len(), 1, "its own MAC goes through");
+        let s = &ports[0].counters;
+        assert_eq!(
+            (
+                s.tx.packets.get(),
+                s.tx_forwarded.get(),
+                s.tx_dropped_frames.get()
+            ),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_copy_for_a_peerless_stream_port_is_a_no_peer_drop() {
+        let e = io::Error::from(io::ErrorKind::NotConnected);
+        assert_eq!(write_error(&e), DropReason::NoPeer);
+        let c = PortCounters::default();
+        c.drops.count(write_error(&e));
+        assert_eq!((c.rx_dropped(), c.tx_dropped()), (1, 0));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::control::proto::ErrorKind;
 use crate::forward::{ParentConfig, PortConfig, PortTable, TableError};
 use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
-use crate::spec::PortSpec;
+use crate::spec::{PortKind, PortSpec};
 
 const ARPHRD_ETHER: u16 = 1;
 
@@ -32,6 +32,16 @@ pub enum PlanError {
     },
     #[error("port {port}: an interface named {port} already exists in {place}")]
     NameInUse { port: String, place: String },
+    #[error(
+        "port {port}: kind=attach needs an existing interface named {port} in {place} (the VM's TAP: start the VM first)"
+    )]
+    NoSuchNetdev { port: String, place: String },
+    #[error("port {0}: kind=attach cannot attach to the parent itself")]
+    AttachToParent(String),
+    #[error("{0}")]
+    Stream(#[from] super::stream::StreamError),
+    #[error("ports {0} and {1} cannot both listen on {2}")]
+    SamePath(String, String, String),
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
@@ -111,8 +121,17 @@ pub fn check_parent(
     Ok((link, config))
 }
 
-/// Opens the port's namespace and checks that its name is free there.
-pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netns>, PlanError> {
+/// Opens the port's namespace and checks that its name is free there (a TAP), that the netdev to
+/// attach to exists there (`attach`), or that the socket path can be listened on (`stream`).
+pub fn check_port_place(
+    nl: &mut Netlink,
+    spec: &PortSpec,
+    parent: &str,
+) -> Result<Option<Netns>, PlanError> {
+    if let (PortKind::Stream, Some(path)) = (spec.kind, &spec.path) {
+        super::stream::check_path(&spec.name, path)?;
+        return Ok(None);
+    }
     let netns = spec
         .netns
         .as_deref()
@@ -126,16 +145,26 @@ pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netn
         Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
         None => nl.link_by_name(&spec.name)?,
     };
-    if taken.is_some() {
-        let place = netns
+    let place = || {
+        netns
             .as_ref()
-            .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
-        return Err(PlanError::NameInUse {
-            port: spec.name.clone(),
-            place,
-        });
+            .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"))
+    };
+    let port = spec.name.clone();
+    match (spec.kind, taken) {
+        (PortKind::Attach, None) => Err(PlanError::NoSuchNetdev {
+            port,
+            place: place(),
+        }),
+        (PortKind::Attach, Some(_)) if netns.is_none() && spec.name == parent => {
+            Err(PlanError::AttachToParent(port))
+        }
+        (PortKind::Attach, Some(_)) | (_, None) => Ok(netns),
+        (_, Some(_)) => Err(PlanError::NameInUse {
+            port,
+            place: place(),
+        }),
     }
-    Ok(netns)
 }
 
 /// The interface of the IPv4 default route in the calling thread's namespace (what CNI and
@@ -158,6 +187,10 @@ impl PlanError {
             | PlanError::ParentWireless(_) => ErrorKind::Busy,
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
             PlanError::NameInUse { .. } => ErrorKind::Exists,
+            PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
+            PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
+            PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
+            PlanError::Stream(_) => ErrorKind::InvalidArgument,
             PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),
             PlanError::Netlink(_) => ErrorKind::Internal,
@@ -195,9 +228,21 @@ pub fn plan(
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
     let mut ports = Vec::with_capacity(specs.len());
-    for (text, spec) in specs {
+    for (i, (text, spec)) in specs.iter().enumerate() {
         spec.config_only(text)?;
-        let netns = check_port_place(&mut nl, spec)?;
+        if let Some(path) = &spec.path
+            && let Some((_, other)) = specs[..i]
+                .iter()
+                .find(|(_, s)| s.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            return Err(PlanError::SamePath(
+                other.name.clone(),
+                spec.name.clone(),
+                path,
+            ));
+        }
+        let netns = check_port_place(&mut nl, spec, parent)?;
         let config = spec.to_config(parent);
         ports.push(PlannedPort {
             spec: spec.clone(),

@@ -1,4 +1,5 @@
-//! The worker thread: epoll over the parent's ring, every port's TAP and a wake-up eventfd.
+//! The worker thread: epoll over the parent's ring, every port's device (TAP, attached netdev,
+//! stream socket) and a wake-up eventfd.
 //!
 //! It owns the I/O objects (ring, TX socket, TAPs) and the current table. The control plane talks
 //! to it only through [`Command`]s on a channel, followed by a write to the eventfd, so the
@@ -17,11 +18,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::{ParentCounters, PortCounters};
+use super::dev::{PortDev, Recv};
 use super::forward::{self, Observe, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
-use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
 
 /// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
@@ -29,13 +30,16 @@ use crate::sys::tx::TxSocket;
 #[derive(Debug)]
 pub struct PortHandle {
     pub key: u64,
-    pub tap: Arc<Tap>,
+    pub dev: Arc<PortDev>,
+    /// Whether this worker reads the device (its own TAP queue; a shared device is read by
+    /// worker 0 only, and written by all).
+    pub reads: bool,
     pub counters: Arc<PortCounters>,
 }
 
 impl PortIo for PortHandle {
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.tap.write_vectored(iov)
+        self.dev.write_frame(iov)
     }
 
     fn counters(&self) -> &PortCounters {
@@ -212,12 +216,18 @@ struct Poller {
 impl Poller {
     /// Registers the ports new in `set`, forgets those gone, and maps keys to positions.
     fn follow(&mut self, old: &[PortHandle], set: &[PortHandle]) -> io::Result<()> {
-        for p in old.iter().filter(|p| !set.iter().any(|n| n.key == p.key)) {
-            self.epoll.delete(p.tap.as_fd())?;
+        for p in old
+            .iter()
+            .filter(|p| p.reads && !set.iter().any(|n| n.key == p.key))
+        {
+            self.epoll.delete(p.dev.as_fd())?;
         }
-        for p in set.iter().filter(|p| !self.ids.contains_key(&p.key)) {
+        for p in set
+            .iter()
+            .filter(|p| p.reads && !self.ids.contains_key(&p.key))
+        {
             let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + p.key);
-            self.epoll.add(p.tap.as_fd(), ev)?;
+            self.epoll.add(p.dev.as_fd(), ev)?;
         }
         self.ids = set
             .iter()
@@ -328,14 +338,14 @@ impl Worker {
                         .iter()
                         .filter(|p| !self.set.ports.iter().any(|o| o.key == p.key))
                     {
-                        self.set_carrier(&p.tap);
+                        self.set_carrier(&p.dev);
                     }
                     self.set = set;
                 }
                 Command::SetCarrier(on) => {
                     self.carrier = on;
                     for p in self.set.ports.iter() {
-                        self.set_carrier(&p.tap);
+                        self.set_carrier(&p.dev);
                     }
                 }
                 Command::Stop => return Ok(false),
@@ -344,9 +354,9 @@ impl Worker {
         Ok(true)
     }
 
-    fn set_carrier(&self, tap: &Tap) {
-        if let Err(e) = tap.set_carrier(self.carrier) {
-            tracing::warn!(port = tap.name(), "setting carrier failed: {e}");
+    fn set_carrier(&self, dev: &PortDev) {
+        if let Err(e) = dev.set_carrier(self.carrier) {
+            tracing::warn!(port = dev.name(), "setting carrier failed: {e}");
         }
     }
 
@@ -377,7 +387,7 @@ impl Worker {
 
     fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
         let ports = &self.set.ports;
-        let tap = &ports[id.index()].tap;
+        let dev = &ports[id.index()].dev;
         // One relaxed load per TAP batch when nobody follows.
         let obs = self
             .observers
@@ -388,11 +398,16 @@ impl Worker {
             });
         for _ in 0..TAP_BUDGET {
             let slot = &mut batch.slots[batch.queued.len()];
-            let n = match tap.read(slot) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let n = match dev.recv(slot) {
+                Ok(Recv::Frame(n)) => n,
+                Ok(Recv::Empty) => return,
+                Ok(Recv::Refused { len, reason }) => {
+                    let t = &self.set.table;
+                    forward::port_refused(t, ports, id, len, reason, obs.as_ref());
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(port = tap.name(), "TAP read failed: {e}");
+                    tracing::warn!(port = dev.name(), "reading the port failed: {e}");
                     return;
                 }
             };

@@ -29,10 +29,12 @@ pub enum DropReason {
     TapQueueFull,
     TapWriteFailed,
     WireSendFailed,
+    MacSpoof,
+    NoPeer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::Truncated,
@@ -50,6 +52,8 @@ impl DropReason {
         DropReason::TapQueueFull,
         DropReason::TapWriteFailed,
         DropReason::WireSendFailed,
+        DropReason::MacSpoof,
+        DropReason::NoPeer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -71,6 +75,8 @@ impl DropReason {
             DropReason::TapQueueFull => "tap_queue_full",
             DropReason::TapWriteFailed => "tap_write_failed",
             DropReason::WireSendFailed => "wire_send_failed",
+            DropReason::MacSpoof => "mac_spoof",
+            DropReason::NoPeer => "no_peer",
         }
     }
 
@@ -104,6 +110,10 @@ impl DropReason {
             DropReason::TapQueueFull => "the port's TAP would block (its queue is full)",
             DropReason::TapWriteFailed => "writing to the port's TAP failed",
             DropReason::WireSendFailed => "sending on the parent failed",
+            DropReason::MacSpoof => {
+                "a VM port sent a frame whose source is not its pinned guest MAC (trust_guest_mac is off)"
+            }
+            DropReason::NoPeer => "the stream port has no peer connected: its copy is lost",
         }
     }
 

@@ -31,6 +31,9 @@ fn port(name: &str, mode: Mode, forwarding: bool, stats: LinkStats) -> LinkView 
         bclim: 1,
         macaddr: Vec::new(),
         stats,
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::SockProtocol;
 
-use crate::frame::{ETH_P_8021Q, VlanTag};
+use crate::frame::VlanTag;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
 use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
@@ -877,19 +877,8 @@ impl<'b> RingFrame<'b> {
     /// The outermost VLAN tag, which the kernel removed from the bytes before the ring saw them.
     /// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
     pub fn vlan(&self) -> Option<VlanTag> {
-        if self.status & libc::TP_STATUS_VLAN_VALID == 0 {
-            return None;
-        }
-        let tpid = if self.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-            self.vlan_tpid
-        } else {
-            ETH_P_8021Q
-        };
-        Some(VlanTag {
-            tpid,
-            // The kernel stores the 16-bit TCI in a 32-bit field.
-            tci: (self.vlan_tci & 0xffff) as u16,
-        })
+        // The kernel stores the 16-bit TCI in a 32-bit field.
+        super::vlan_of(self.status, (self.vlan_tci & 0xffff) as u16, self.vlan_tpid)
     }
 
     /// `tp_status` (`TP_STATUS_*` bits).

@@ -33,6 +33,24 @@ fn set_err(s: &str) -> String {
 }
 
 #[test]
+fn add_vm_ports_in_both_forms() {
+    let words = add("vm1 parent eth0 kind attach address 52:54:00:12:34:56 trust_guest_mac");
+    assert_eq!(words.kind, crate::spec::PortKind::Attach);
+    assert!(words.trust_guest_mac);
+    let kv = add("name=vm1,parent=eth0,kind=attach,mac=52:54:00:12:34:56,trust_guest_mac");
+    assert_eq!(words, LinkSpec { mode: None, ..kv });
+    let s = add("vm2 kind stream path /run/umacvlan/vm2.sock");
+    assert_eq!(s.kind, crate::spec::PortKind::Stream);
+    assert_eq!(
+        s.path.as_deref(),
+        Some(std::path::Path::new("/run/umacvlan/vm2.sock"))
+    );
+    assert!(add_err("vm3 kind vm").contains("unknown kind \"vm\""));
+    assert!(add_err("vm3 kind").contains("kind needs"));
+    assert!(add_err("name=vm3,kind=stream").contains("needs path=SOCKET"));
+}
+
+#[test]
 fn add_in_ip_words() {
     let s = add("c1 parent eth0 mode vepa address 02:00:00:00:00:01 mtu 1400 netns ns1");
     assert_eq!(s.name, "c1");
@@ -228,6 +246,9 @@ pub(crate) fn sample() -> Vec<LinkView> {
             tx_dropped: 13,
             drops,
         },
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     };
     let s1 = LinkView {
         name: "s1".into(),
