@@ -11,6 +11,7 @@
 //! never passes silently (STYLE.md §9).
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod engine;
 pub mod parity;
 
 use std::collections::BTreeSet;
