@@ -26,12 +26,13 @@ pub fn topo(tag: &str, children: usize) -> Topo {
 }
 
 impl Topo {
-    /// `umacvlan run ARGS` inside the host namespace; `--parent p0` unless ARGS name a parent.
+    /// `umacvlan run ARGS` inside the host namespace; `--parent p0` unless ARGS name a parent
+    /// or a configuration file.
     pub fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.host.name(), BIN, "run"]);
         c.env("UMACVLAN_CONTROL", self.socket());
-        if !args.iter().any(|a| a == "--parent") {
+        if !args.iter().any(|a| a == "--parent" || a == "--config") {
             c.args(["--parent", "p0"]);
         }
         c.args(args);
