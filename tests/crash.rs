@@ -230,35 +230,43 @@ fn lab_namespaces_of(pid: u32) -> Vec<String> {
 }
 
 fn kill_labs_then_check_the_next_lab_sweeps(rng: &mut Rng) {
-    let mut dead = Vec::new();
+    // Each lab sweeps what the labs before it left, so every lab's stderr is kept.
+    let (mut left, mut said) = (Vec::new(), String::new());
     for _ in 0..LAB_KILLS {
-        let mut lab = Command::new(BIN)
+        let lab = Command::new(BIN)
             .arg("lab")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(rng.delay(2500));
-        lab.kill().unwrap();
-        lab.wait().unwrap();
-        dead.push(lab.id());
+        let pid = lab.id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
+        let out = lab.wait_with_output().unwrap();
+        said += &String::from_utf8_lossy(&out.stderr);
+        left.extend(lab_namespaces_of(pid));
     }
-    let left: Vec<String> = dead.iter().flat_map(|p| lab_namespaces_of(*p)).collect();
-    eprintln!("{LAB_KILLS} labs killed, {} namespaces left behind", left.len());
     let out = Command::new(BIN).arg("lab").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the next lab failed:\n{stderr}");
-    for pid in dead {
-        let stale = lab_namespaces_of(pid);
-        assert!(
-            stale.is_empty(),
-            "the next lab left the killed lab's namespaces: {stale:?}\n{stderr}"
-        );
-    }
+    said += &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the next lab failed:\n{said}");
+    eprintln!(
+        "{LAB_KILLS} labs killed, {} namespaces left behind by them, all removed",
+        left.len()
+    );
+    assert!(!left.is_empty(), "no killed lab left anything: the sweep went untested");
+    let all = ip(&["netns", "list"]);
     for name in &left {
         assert!(
-            stderr.contains(&format!("removed {name},")),
-            "the next lab did not say it removed {name}:\n{stderr}"
+            !all.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} is still there after the next lab:\n{said}"
+        );
+        assert!(
+            said.contains(&format!("removed {name},")),
+            "no lab said it removed {name}:\n{said}"
         );
     }
     wait_until("the last lab's namespaces to go", || {
