@@ -167,13 +167,25 @@ mod tests {
         let cases = [
             ("unknown GSO type", VnetHdr { gso_type: 2, ..tcp }),
             ("GSO without a segment size", VnetHdr { gso_size: 0, ..tcp }),
-            ("checksum past the frame", VnetHdr { csum_start: 2990, ..tcp }),
+            (
+                "checksum past the frame",
+                VnetHdr {
+                    csum_start: 2990,
+                    ..tcp
+                },
+            ),
         ];
         for (what, h) in cases {
             assert!(!h.is_valid_for(3000), "{what}");
         }
         // Checksum offsets only matter when a checksum is to be computed.
-        assert!(VnetHdr { flags: 0, ..cases[2].1 }.is_valid_for(3000));
+        assert!(
+            VnetHdr {
+                flags: 0,
+                ..cases[2].1
+            }
+            .is_valid_for(3000)
+        );
     }
 
     #[test]

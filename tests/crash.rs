@@ -177,7 +177,7 @@ fn sigkill_at_random_points_leaves_nothing_and_the_restart_forwards() {
                 drop(flood);
             }
             _ => {
-                let alt = rng.next() % 2 == 0;
+                let alt = rng.next().is_multiple_of(2);
                 std::fs::write(&file, config(&t, alt)).unwrap();
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(e.child.as_ref().unwrap().id() as i32),
@@ -257,11 +257,15 @@ fn kill_labs_then_check_the_next_lab_sweeps(rng: &mut Rng) {
         "{LAB_KILLS} labs killed, {} namespaces left behind by them, all removed",
         left.len()
     );
-    assert!(!left.is_empty(), "no killed lab left anything: the sweep went untested");
+    assert!(
+        !left.is_empty(),
+        "no killed lab left anything: the sweep went untested"
+    );
     let all = ip(&["netns", "list"]);
     for name in &left {
         assert!(
-            !all.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            !all.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
             "{name} is still there after the next lab:\n{said}"
         );
         assert!(

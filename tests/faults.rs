@@ -77,12 +77,14 @@ fn mtu_of(ns: &str, dev: &str) -> u64 {
 /// `ping -M do -s SIZE`: a datagram that must not be fragmented.
 fn ping_size(ns: &str, to: &str, size: u32) -> Result<String, String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "2", "-i", "0.05", "-W", "1"])
+        .args([
+            "netns", "exec", ns, "ping", "-c", "2", "-i", "0.05", "-W", "1",
+        ])
         .args(["-M", "do", "-s", &size.to_string(), to])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.success() && text.contains(" 0% packet loss") {
         Ok(text)
     } else {

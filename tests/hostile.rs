@@ -79,12 +79,17 @@ fn hostile_frames_are_counted_drops_and_never_delivered() {
     ip(&["-n", w, "link", "set", "wire0", "mtu", "9000"]);
     ip(&["-n", h, "link", "set", "p0", "mtu", "9000"]);
     let port = |i: usize, mac: MacAddr| {
-        ["--port".to_string(), format!("name=c{i},netns={},mac={mac}", t.kid(i))]
+        [
+            "--port".to_string(),
+            format!("name=c{i},netns={},mac={mac}", t.kid(i)),
+        ]
     };
     let args = [
         port(0, C0).to_vec(),
         port(1, C1).to_vec(),
-        ["--ring-block-size", "4096", "--ring-blocks", "8"].map(String::from).to_vec(),
+        ["--ring-block-size", "4096", "--ring-blocks", "8"]
+            .map(String::from)
+            .to_vec(),
     ]
     .concat();
     let e: Engine = t.start(&args, &[(0, "c0"), (1, "c1")]);
@@ -102,15 +107,23 @@ fn hostile_frames_are_counted_drops_and_never_delivered() {
     // From the wire.
     assert_eq!(os_error(wire.send(&[0u8; 13])), einval, "runt");
     let big = test_frame(C0, EXT, None, HOSTILE, 9019);
-    assert_eq!(os_error(wire.send(&big)), Some(libc::EMSGSIZE), "over MTU + 18");
-    wire.send(&test_frame(C0, EXT, None, HOSTILE + 1, 6000)).unwrap();
+    assert_eq!(
+        os_error(wire.send(&big)),
+        Some(libc::EMSGSIZE),
+        "over MTU + 18"
+    );
+    wire.send(&test_frame(C0, EXT, None, HOSTILE + 1, 6000))
+        .unwrap();
     wire.send(&cut_tag(C0, EXT)).unwrap();
-    wire.send(&tagged(C0, EXT, 0x0fff, HOSTILE + 2, 64)).unwrap();
-    wire.send(&tagged(C0, EXT, 0x2fff, HOSTILE + 3, 64)).unwrap();
+    wire.send(&tagged(C0, EXT, 0x0fff, HOSTILE + 2, 64))
+        .unwrap();
+    wire.send(&tagged(C0, EXT, 0x2fff, HOSTILE + 3, 64))
+        .unwrap();
 
     // From port c0.
     assert_eq!(os_error(s0.send(&[0u8; 13])), einval, "runt");
-    s0.send(&test_frame(C1, C0, None, HOSTILE + 4, 10_000)).unwrap();
+    s0.send(&test_frame(C1, C0, None, HOSTILE + 4, 10_000))
+        .unwrap();
     s0.send(&cut_tag(C1, C0)).unwrap();
     s0.send(&tagged(C1, C0, 0x0fff, HOSTILE + 5, 64)).unwrap();
     // Bad virtio-net headers: the kernel refuses them at the send, so a port cannot produce one

@@ -106,13 +106,14 @@ fn flood(hairpin: bool) {
             _ => unreachable!("only children flood"),
         };
         wire_differs += usize::from(got.wire != want.wire);
-        for i in 0..n {
-            copies[i] += u64::from(got.children[i]);
+        let pairs = got.children.iter().zip(&want.children);
+        for (i, (copy, (g, w))) in copies.iter_mut().zip(pairs).enumerate() {
+            *copy += u64::from(*g);
             let key = (i, format!("c{from} -> {}", probe.dest));
-            if got.children[i] > want.children[i] {
-                *forbidden.entry(key).or_default() += got.children[i] - want.children[i];
-            } else if got.children[i] < want.children[i] {
-                *missing.entry(key).or_default() += want.children[i] - got.children[i];
+            if g > w {
+                *forbidden.entry(key).or_default() += g - w;
+            } else if g < w {
+                *missing.entry(key).or_default() += w - g;
             }
         }
     }

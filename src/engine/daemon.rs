@@ -269,7 +269,11 @@ impl Daemon {
             .map(|e| e.key)
             .collect();
         for key in above {
-            let e = self.ports.iter_mut().find(|e| e.key == key).expect("listed");
+            let e = self
+                .ports
+                .iter_mut()
+                .find(|e| e.key == key)
+                .expect("listed");
             if e.config.mtu > Some(mtu) {
                 e.config.mtu = Some(mtu);
             }

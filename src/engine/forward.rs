@@ -525,7 +525,15 @@ mod tests {
         }
         let reserved = Some(VlanTag::dot1q(0x0fff));
         let plain = with_vnet(mac(1), mac(9), 60);
-        from_parent(&t, &c, &ports, &ParentFrame { vlan: reserved, ..pf(&plain) });
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                vlan: reserved,
+                ..pf(&plain)
+            },
+        );
         // Longer than the parent's MTU (1500) + 18 from a port: oversize, unless it is GSO.
         let long = with_vnet(mac(1), mac(0), 1519);
         assert_eq!(from_port(&t, &ports, PortId(0), &long), ToWire::No);
@@ -533,7 +541,11 @@ mod tests {
         gso[1] = crate::vnet::GSO_TCPV4;
         gso[4..6].copy_from_slice(&1448u16.to_ne_bytes());
         assert_eq!(from_port(&t, &ports, PortId(0), &gso), ToWire::No);
-        assert_eq!(ports[1].got.borrow().len(), 1, "only the GSO frame reached c1");
+        assert_eq!(
+            ports[1].got.borrow().len(),
+            1,
+            "only the GSO frame reached c1"
+        );
         let (p, s) = (&c.drops, &ports[0].counters.drops);
         assert_eq!(p.get(DropReason::BadVnetHeader), 1);
         assert_eq!(p.get(DropReason::BadVlan), 3);

@@ -291,9 +291,7 @@ fn watch(
 fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<Event>> {
     let now = match p.seen.take() {
         Some(s) => s,
-        None if p.fresh => nl
-            .link_by_name(&p.name)?
-            .map(|l| (l.flags.lower_up, l.mtu)),
+        None if p.fresh => nl.link_by_name(&p.name)?.map(|l| (l.flags.lower_up, l.mtu)),
         None if p.gone => None,
         None => Some((p.carrier, p.mtu)),
     };

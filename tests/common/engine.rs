@@ -215,4 +215,3 @@ pub fn recreate_wire(t: &Topo) {
     ip(&["-n", w, "link", "set", "wire0", "up"]);
     ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
 }
-

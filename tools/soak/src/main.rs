@@ -281,7 +281,11 @@ fn run_with_engine(args: &Args, t: &Topology, engine: &mut Engine) -> Result<Out
             samples.push(sample(engine.pid())?);
             next_sample += Duration::from_secs(1);
         }
-        std::thread::sleep(next_churn.min(next_sample).saturating_duration_since(Instant::now()));
+        std::thread::sleep(
+            next_churn
+                .min(next_sample)
+                .saturating_duration_since(Instant::now()),
+        );
     }
     traffic.store(false, Ordering::Relaxed);
     let mut results = Vec::new();
@@ -289,7 +293,10 @@ fn run_with_engine(args: &Args, t: &Topology, engine: &mut Engine) -> Result<Out
         for th in f.threads {
             let _ = th.join();
         }
-        let (s, r) = (f.sent.load(Ordering::Relaxed), f.received.load(Ordering::Relaxed));
+        let (s, r) = (
+            f.sent.load(Ordering::Relaxed),
+            f.received.load(Ordering::Relaxed),
+        );
         results.push((f.name, s, r));
     }
     Ok((churned, samples, results))
@@ -461,9 +468,10 @@ fn check(
     // frames fewer than the engine took from the ring (and each of those reached its receiver),
     // whatever the length of the run; see README.
     let parent_rx = numbers(report, "accounting of p0:").and_then(|n| n.first().copied());
-    if let (Some(rx), Some([packets, drops, ..])) =
-        (parent_rx, numbers(report, "ring of p0 (kernel):").as_deref())
-    {
+    if let (Some(rx), Some([packets, drops, ..])) = (
+        parent_rx,
+        numbers(report, "ring of p0 (kernel):").as_deref(),
+    ) {
         println!("info ring: the kernel counted {packets} + {drops} dropped, the engine took {rx}");
     }
     let dropped = numbers(report, "accounting of p0:").and_then(|n| n.last().copied());
@@ -485,7 +493,11 @@ fn check(
     let (first, second) = steady.split_at(steady.len() / 2);
     let peak = |s: &[Sample], f: fn(&Sample) -> u64| s.iter().map(f).max().unwrap_or(0);
     for (what, f, slack) in [
-        ("RSS (kB)", (|s: &Sample| s.rss_kb) as fn(&Sample) -> u64, RSS_SLACK_KB),
+        (
+            "RSS (kB)",
+            (|s: &Sample| s.rss_kb) as fn(&Sample) -> u64,
+            RSS_SLACK_KB,
+        ),
         ("open fds", |s: &Sample| s.fds, FD_SLACK),
     ] {
         let (p1, p2) = (peak(first, f), peak(second, f));
