@@ -257,15 +257,16 @@ impl Daemon {
         let Some(run) = self.parents.get_mut(parent) else {
             return;
         };
-        if run.config.mtu != mtu {
-            tracing::info!(%parent, from = run.config.mtu, to = mtu, "parent MTU changed");
+        let old = run.config.mtu;
+        if old != mtu {
+            tracing::info!(%parent, from = old, to = mtu, "parent MTU changed");
         }
         (run.config.mtu, run.link.mtu) = (mtu, mtu);
+        let now = |e: &PortEntry| e.live.as_ref().map_or(e.config.mtu.unwrap_or(old), |l| l.mtu);
         let above: Vec<u64> = self
             .ports
             .iter()
-            .filter(|e| e.parent == parent)
-            .filter(|e| e.live.as_ref().map_or(e.config.mtu, |l| Some(l.mtu)) > Some(mtu))
+            .filter(|e| e.parent == parent && now(e) > mtu)
             .map(|e| e.key)
             .collect();
         for key in above {
