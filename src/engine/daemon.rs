@@ -208,8 +208,7 @@ impl Daemon {
             })
             .collect();
         let worker = self.spawn_workers(&link, sets, &counters)?;
-        self.watchers
-            .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
+        self.watchers.parent(&self.own_ns, &link)?;
         let name = link.name.clone();
         let run = ParentRun {
             link,
@@ -295,11 +294,85 @@ impl Daemon {
         let sets = self.port_sets(parent, &run.table);
         let worker = self.spawn_workers(&link, sets, &run.counters)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
+        let mtu = link.mtu;
         let run = self.parents.get_mut(parent).expect("checked above");
         (run.link, run.config, run.worker) = (link, config, Some(worker));
-        self.rebuild(parent);
+        self.parent_mtu(parent, mtu);
         tracing::info!(%parent, "parent is back: forwarding again");
         Ok(())
+    }
+
+    /// The parent's MTU is now `mtu`: as the kernel does on NETDEV_CHANGEMTU
+    /// (`macvlan_device_event`), every port above it is lowered to it, and ports below stay
+    /// where they are when it rises. Also the new bound for `link set mtu`.
+    fn parent_mtu(&mut self, parent: &str, mtu: u32) {
+        let Some(run) = self.parents.get_mut(parent) else {
+            return;
+        };
+        let old = run.config.mtu;
+        if old != mtu {
+            tracing::info!(%parent, from = old, to = mtu, "parent MTU changed");
+        }
+        (run.config.mtu, run.link.mtu) = (mtu, mtu);
+        let now = |e: &PortEntry| {
+            e.live
+                .as_ref()
+                .map_or(e.config.mtu.unwrap_or(old), |l| l.mtu)
+        };
+        let above: Vec<u64> = self
+            .ports
+            .iter()
+            .filter(|e| e.parent == parent && now(e) > mtu)
+            .map(|e| e.key)
+            .collect();
+        for key in above {
+            let e = self
+                .ports
+                .iter_mut()
+                .find(|e| e.key == key)
+                .expect("listed");
+            if e.config.mtu > Some(mtu) {
+                e.config.mtu = Some(mtu);
+            }
+            let name = e.config.name.clone();
+            match self.on_port_link(key, |nl, index| nl.set_mtu(index, mtu)) {
+                Ok(()) => tracing::info!(port = %name, mtu, "port MTU lowered to the parent's"),
+                Err(e) => tracing::warn!(port = %name, "lowering the MTU failed: {}", e.message),
+            }
+        }
+        self.rebuild(parent);
+    }
+
+    /// Runs `f` with a netlink socket in port `key`'s namespace and its TAP's ifindex.
+    fn on_port_link<T>(
+        &mut self,
+        key: u64,
+        f: impl FnOnce(&mut Netlink, u32) -> crate::net::Result<T>,
+    ) -> Result<T, ControlError> {
+        let e = self
+            .ports
+            .iter()
+            .find(|e| e.key == key)
+            .ok_or_else(|| err(ErrorKind::NoSuchLink, "the port is gone"))?;
+        let (name, ifindex) = (e.config.name.clone(), e.live.as_ref().map(|l| l.ifindex));
+        let mut nl_there;
+        let nl = match &e.netns {
+            Some((_, ns)) => {
+                nl_there = Netlink::open_in(ns).map_err(internal)?;
+                &mut nl_there
+            }
+            None => &mut self.nl,
+        };
+        let index = match ifindex {
+            Some(i) => i,
+            None => {
+                nl.link_by_name(&name)
+                    .map_err(internal)?
+                    .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{name} vanished")))?
+                    .index
+            }
+        };
+        f(nl, index).map_err(internal)
     }
 
     /// `table` with the parent's ports, as each of its workers should hold them: worker `i`
@@ -414,6 +487,7 @@ impl Daemon {
                     }
                 }
             }
+            Event::ParentMtu { parent, mtu } => self.parent_mtu(&parent, mtu),
             Event::ParentGone { parent } => self.parent_gone(&parent)?,
             Event::ParentBack { parent, carrier } => {
                 if let Err(e) = self.parent_back(&parent, carrier) {
@@ -897,32 +971,16 @@ impl Daemon {
         }
         // Checked: apply. The device itself first (MAC, MTU), then the configuration. A VM
         // port's MAC is the guest's and its netdev (if any) is not ours: configuration only.
-        let e = self.entry(&c.name)?;
-        if (c.address.is_some() || c.mtu.is_some()) && !e.kind.is_vm() {
-            let ifindex = e.live.as_ref().map(|l| l.ifindex);
-            let mut nl_there;
-            let nl = match &e.netns {
-                Some((_, ns)) => {
-                    nl_there = Netlink::open_in(ns).map_err(internal)?;
-                    &mut nl_there
+        if (c.address.is_some() || c.mtu.is_some()) && !self.entry(&c.name)?.kind.is_vm() {
+            self.on_port_link(key, |nl, index| {
+                if let Some(mac) = c.address {
+                    nl.set_mac(index, mac)?;
                 }
-                None => &mut self.nl,
-            };
-            let index = match ifindex {
-                Some(i) => i,
-                None => {
-                    nl.link_by_name(&c.name)
-                        .map_err(internal)?
-                        .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{} vanished", c.name)))?
-                        .index
+                if let Some(mtu) = c.mtu {
+                    nl.set_mtu(index, mtu)?;
                 }
-            };
-            if let Some(mac) = c.address {
-                nl.set_mac(index, mac).map_err(internal)?;
-            }
-            if let Some(mtu) = c.mtu {
-                nl.set_mtu(index, mtu).map_err(internal)?;
-            }
+                Ok(())
+            })?;
         }
         let e = self
             .ports

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::counters::{ParentCounters, PortCounters};
 use super::observe::{self, Seen, Sink};
 use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
-use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
+use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
 use crate::sys::ring::Frames;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
@@ -43,11 +43,18 @@ pub struct ParentFrame<'a> {
     pub vlan: Option<VlanTag>,
 }
 
-fn frame_error(e: FrameError) -> DropReason {
-    match e {
-        FrameError::Runt(_) => DropReason::Runt,
-        FrameError::Oversize { .. } => DropReason::Oversize,
-    }
+/// Checks a frame and its virtio-net header (both sides: ring and TAP) before any decision.
+fn check_frame<'a>(
+    hdr: &[u8],
+    data: &'a [u8],
+    vlan: Option<VlanTag>,
+    max_frame: usize,
+) -> Result<(VnetHdr, FrameMeta<'a>), DropReason> {
+    let meta = FrameMeta::parse(data, vlan, max_frame).map_err(DropReason::from)?;
+    let vnet = VnetHdr::parse(hdr)
+        .filter(|v| v.is_valid_for(data.len()))
+        .ok_or(DropReason::BadVnetHeader)?;
+    Ok((vnet, meta.with_gso(vnet.is_gso())))
 }
 
 fn write_error(e: &io::Error) -> DropReason {
@@ -189,12 +196,12 @@ pub fn from_parent_observed<P: PortIo>(
         refused(obs, None, data, f.wire_len, DropReason::Truncated);
         return;
     }
-    let vnet = VnetHdr::parse(hdr).unwrap_or_default();
-    let meta = match FrameMeta::parse(data, f.vlan, table.parent().max_frame) {
-        Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => {
-            pc.dropped(frame_error(e));
-            refused(obs, None, data, f.wire_len, frame_error(e));
+    let checked = check_frame(hdr, data, f.vlan, table.parent().max_frame);
+    let (vnet, meta) = match checked {
+        Ok(ok) => ok,
+        Err(r) => {
+            pc.dropped(r);
+            refused(obs, None, data, f.wire_len, r);
             return;
         }
     };
@@ -319,12 +326,22 @@ pub fn from_port_observed<P: PortIo>(
         return ToWire::No;
     };
     c.tx.count(data.len());
-    let vnet = VnetHdr::parse(hdr).unwrap_or_default();
-    let meta = match FrameMeta::parse(data, None, table.parent().max_frame) {
-        Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => {
-            c.dropped(frame_error(e));
-            refused(obs, name(), data, data.len(), frame_error(e));
+    // A port's non-GSO frame cannot be longer than the parent's MTU allows (the kernel bounds a
+    // macvlan child's MTU by its lower's; a TAP's MTU can be raised past it in its namespace).
+    let parent = table.parent();
+    let port_max = parent.mtu as usize + ETH_HLEN + VLAN_HLEN;
+    let checked = check_frame(hdr, data, None, parent.max_frame).and_then(|(vnet, meta)| {
+        if !vnet.is_gso() && meta.len() > port_max {
+            Err(DropReason::Oversize)
+        } else {
+            Ok((vnet, meta))
+        }
+    });
+    let meta = match checked {
+        Ok((_, meta)) => meta,
+        Err(r) => {
+            c.dropped(r);
+            refused(obs, name(), data, data.len(), r);
             return ToWire::No;
         }
     };
@@ -536,6 +553,51 @@ mod tests {
         assert_eq!(d.get(DropReason::Truncated), 1);
         assert_eq!(c.rx.packets.get(), 3);
         assert!(ports[0].got.borrow().is_empty());
+    }
+
+    #[test]
+    fn hostile_frames_are_counted_drops_from_both_sides() {
+        let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge]);
+        let mut bad_vnet = with_vnet(mac(1), mac(9), 60);
+        bad_vnet[1] = 0x7f; // no such GSO type
+        let mut cut_tag = with_vnet(mac(1), mac(9), 16);
+        cut_tag[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x81, 0x00]);
+        let mut vid4095 = with_vnet(mac(1), mac(9), 64);
+        vid4095[VNET_HDR_LEN + 12..VNET_HDR_LEN + 16].copy_from_slice(&[0x81, 0x00, 0x0f, 0xff]);
+        for b in [&bad_vnet, &cut_tag, &vid4095] {
+            from_parent(&t, &c, &ports, &pf(b));
+            assert_eq!(from_port(&t, &ports, PortId(0), b), ToWire::No);
+        }
+        let reserved = Some(VlanTag::dot1q(0x0fff));
+        let plain = with_vnet(mac(1), mac(9), 60);
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                vlan: reserved,
+                ..pf(&plain)
+            },
+        );
+        // Longer than the parent's MTU (1500) + 18 from a port: oversize, unless it is GSO.
+        let long = with_vnet(mac(1), mac(0), 1519);
+        assert_eq!(from_port(&t, &ports, PortId(0), &long), ToWire::No);
+        let mut gso = long.clone();
+        gso[1] = crate::vnet::GSO_TCPV4;
+        gso[4..6].copy_from_slice(&1448u16.to_ne_bytes());
+        assert_eq!(from_port(&t, &ports, PortId(0), &gso), ToWire::No);
+        assert_eq!(
+            ports[1].got.borrow().len(),
+            1,
+            "only the GSO frame reached c1"
+        );
+        let (p, s) = (&c.drops, &ports[0].counters.drops);
+        assert_eq!(p.get(DropReason::BadVnetHeader), 1);
+        assert_eq!(p.get(DropReason::BadVlan), 3);
+        assert_eq!(s.get(DropReason::BadVnetHeader), 1);
+        assert_eq!(s.get(DropReason::BadVlan), 2);
+        assert_eq!(s.get(DropReason::Oversize), 1);
+        assert_eq!(ports[0].counters.tx.packets.get(), 5);
     }
 
     #[test]

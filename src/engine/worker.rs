@@ -293,7 +293,12 @@ impl Worker {
             let mut woken = false;
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_RING => self.drain_ring(),
+                    TOKEN_RING => {
+                        if ev.events().contains(EpollFlags::EPOLLERR) {
+                            self.take_ring_error();
+                        }
+                        self.drain_ring();
+                    }
                     TOKEN_WAKE => woken = true,
                     t => {
                         if let Some(id) = poller.ids.get(&(t - TOKEN_TAP0)) {
@@ -419,6 +424,23 @@ impl Worker {
                     batch.flush(&self.wire, &self.counters, ports);
                 }
             }
+        }
+    }
+
+    /// The parent went down: the kernel unhooks the ring and sets its socket error
+    /// (`packet_notifier`, NETDEV_DOWN → ENETDOWN), and re-hooks it by itself on NETDEV_UP.
+    /// Reading `SO_ERROR` clears the error, or epoll would report it again at once (a busy loop
+    /// for as long as the parent stays down).
+    fn take_ring_error(&self) {
+        use nix::sys::socket::{getsockopt, sockopt::SocketError};
+        match getsockopt(&self.ring.as_fd(), SocketError) {
+            Ok(0) => {}
+            Ok(e) => tracing::info!(
+                parent = %self.set.table.parent().name,
+                "the receive ring reports: {}",
+                nix::errno::Errno::from_raw(e).desc()
+            ),
+            Err(e) => tracing::warn!("reading the ring's socket error failed: {e}"),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frame::{ETH_HLEN, VLAN_HLEN};
+use crate::frame::{ETH_HLEN, FrameError, VLAN_HLEN};
 use crate::mac::MacAddr;
 
 use super::table::{ModeMask, PortId, PortTable};
@@ -15,6 +15,8 @@ pub enum DropReason {
     Runt,
     Oversize,
     Truncated,
+    BadVlan,
+    BadVnetHeader,
     UnknownDestination,
     SourcePortDestination,
     MulticastNotJoined,
@@ -33,11 +35,24 @@ pub enum DropReason {
     NoPeer,
 }
 
+/// Bytes that are not a frame `decide()` may look at are dropped for the parse error's reason.
+impl From<FrameError> for DropReason {
+    fn from(e: FrameError) -> DropReason {
+        match e {
+            FrameError::Runt(_) => DropReason::Runt,
+            FrameError::Oversize { .. } => DropReason::Oversize,
+            FrameError::BadVlan(_) => DropReason::BadVlan,
+        }
+    }
+}
+
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::Truncated,
+        DropReason::BadVlan,
+        DropReason::BadVnetHeader,
         DropReason::UnknownDestination,
         DropReason::SourcePortDestination,
         DropReason::MulticastNotJoined,
@@ -61,6 +76,8 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::Oversize => "oversize",
             DropReason::Truncated => "truncated",
+            DropReason::BadVlan => "bad_vlan",
+            DropReason::BadVnetHeader => "bad_vnet_header",
             DropReason::UnknownDestination => "unknown_destination",
             DropReason::SourcePortDestination => "source_port_destination",
             DropReason::MulticastNotJoined => "multicast_not_joined",
@@ -84,8 +101,14 @@ impl DropReason {
     pub const fn meaning(self) -> &'static str {
         match self {
             DropReason::Runt => "shorter than an Ethernet header (14 bytes)",
-            DropReason::Oversize => "longer than the largest frame the engine accepts",
+            DropReason::Oversize => {
+                "longer than the largest frame the engine accepts (from a port: a non-GSO frame longer than the parent's MTU + 18)"
+            }
             DropReason::Truncated => "the parent's ring slot held less than the whole frame",
+            DropReason::BadVlan => "the outer VLAN tag is cut short or has the reserved VID 4095",
+            DropReason::BadVnetHeader => {
+                "the virtio-net header is inconsistent (unknown GSO type, GSO without a segment size, checksum offsets past the frame)"
+            }
             DropReason::UnknownDestination => {
                 "unicast to a MAC that no up port owns: only the parent's own stack gets it"
             }

@@ -404,7 +404,9 @@ impl Lab {
 
     /// The extra children's names: x3, x4, ...
     fn extra_names(&self) -> Vec<String> {
-        (0..self.extra_ports).map(|i| format!("x{}", i + 3)).collect()
+        (0..self.extra_ports)
+            .map(|i| format!("x{}", i + 3))
+            .collect()
     }
 
     /// Brings every extra child up (both arms create them down).
