@@ -30,10 +30,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortFlags, PortTable};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::net::Netlink;
-use crate::spec::PortSpec;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,7 +203,7 @@ impl Config {
                 .iter()
                 .map(|p| PortConfig {
                     up: true,
-                    ..port_spec(&p.spec).to_config(parent)
+                    ..p.spec.port_spec().to_config(parent)
                 })
                 .collect();
             if let Err(e) = PortTable::build(pconfig, configs) {
@@ -249,24 +248,6 @@ impl Config {
             }
         }
         self.check_tables(&src, Some(&parents))
-    }
-}
-
-/// The `--port` form of a configured port (for its table checks and its derived MAC).
-fn port_spec(l: &LinkSpec) -> PortSpec {
-    PortSpec {
-        name: l.name.clone(),
-        mode: l.mode.unwrap_or(Mode::Bridge),
-        netns: l.netns.clone(),
-        mac: l.address,
-        mtu: l.mtu,
-        flags: PortFlags {
-            nopromisc: l.nopromisc,
-            nodst: l.nodst,
-        },
-        bcqueuelen: l.bcqueuelen,
-        sources: l.macaddr.iter().copied().collect(),
-        state: Default::default(),
     }
 }
 
@@ -321,6 +302,8 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             address,
             mtu: p.mtu.map(Spanned::into_inner),
             netns: p.netns.map(Spanned::into_inner),
+            ifname: None,
+            owner: None,
             nopromisc,
             nodst,
             bcqueuelen: p.bcqueuelen,

@@ -35,7 +35,7 @@ use crate::control::proto::{
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::spec::{PortSpec, derived_mac};
+use crate::spec::derived_mac;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
@@ -64,8 +64,13 @@ struct PortEntry {
     parent: String,
     /// As configured; the live state is applied on top when tables are built.
     config: PortConfig,
-    /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
+    /// The namespace's name (`ip netns`) or path and an open handle; `None`: the engine's
+    /// namespace.
     netns: Option<(String, Netns)>,
+    /// The device's name in its namespace, when it differs from the port's.
+    ifname: Option<String>,
+    /// Who created the port (`LinkSpec::owner`).
+    owner: Option<String>,
     tap: Arc<Tap>,
     counters: Arc<PortCounters>,
     live: Option<LiveState>,
@@ -150,7 +155,7 @@ impl Daemon {
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
         for p in plan.ports {
-            d.create(&parent, p)?;
+            d.create(&parent, p, None)?;
         }
         Ok(d)
     }
@@ -270,20 +275,27 @@ impl Daemon {
     }
 
     /// Creates a checked port's TAP, adds it to its parent and starts following it.
-    fn create(&mut self, parent: &str, p: PlannedPort) -> anyhow::Result<()> {
+    fn create(
+        &mut self,
+        parent: &str,
+        p: PlannedPort,
+        owner: Option<String>,
+    ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
         let key = self.next_key;
         self.next_key += 1;
         let tap = create_tap(&mut self.nl, key, &p, mtu)
             .with_context(|| format!("creating port {}", p.spec.name))?;
         let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
-        self.watchers.port(ns, key, &p.spec.name)?;
+        self.watchers.port(ns, key, p.spec.device())?;
         let netns = p.spec.netns.clone().zip(p.netns);
         self.ports.push(PortEntry {
             key,
             parent: parent.to_string(),
             config: p.config,
             netns,
+            ifname: p.spec.ifname,
+            owner,
             tap: Arc::new(tap),
             counters: Arc::default(),
             live: None,
@@ -648,20 +660,7 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = PortSpec {
-            name: l.name.clone(),
-            mode: l.mode.unwrap_or(Mode::Bridge),
-            netns: l.netns.clone(),
-            mac: l.address,
-            mtu: l.mtu,
-            flags: crate::forward::PortFlags {
-                nopromisc: l.nopromisc,
-                nodst: l.nodst,
-            },
-            bcqueuelen: l.bcqueuelen,
-            sources: l.macaddr.iter().copied().collect(),
-            state: Default::default(),
-        };
+        let spec = l.port_spec();
         let mut config = spec.to_config(&parent);
         config.up = false;
         if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
@@ -685,6 +684,7 @@ impl Daemon {
                 config,
                 netns,
             },
+            l.owner.clone(),
         )
         .map_err(internal)?;
         tracing::info!(port = %l.name, %parent, "port added");
@@ -814,6 +814,7 @@ impl Daemon {
         let e = self.entry(&c.name)?;
         if c.address.is_some() || c.mtu.is_some() {
             let ifindex = e.live.as_ref().map(|l| l.ifindex);
+            let device = e.ifname.clone().unwrap_or_else(|| c.name.clone());
             let mut nl_there;
             let nl = match &e.netns {
                 Some((_, ns)) => {
@@ -825,7 +826,7 @@ impl Daemon {
             let index = match ifindex {
                 Some(i) => i,
                 None => {
-                    nl.link_by_name(&c.name)
+                    nl.link_by_name(&device)
                         .map_err(internal)?
                         .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{} vanished", c.name)))?
                         .index
@@ -933,6 +934,8 @@ impl Daemon {
             mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
             netns: e.netns.as_ref().map(|(n, _)| n.clone()),
+            ifname: e.ifname.clone(),
+            owner: e.owner.clone(),
             up: live.is_some_and(|l| l.up),
             lower_up: live.is_some_and(|l| l.lower_up),
             forwarding: in_table.is_some_and(|p| p.is_up()),
@@ -1065,7 +1068,10 @@ impl Daemon {
 /// namespace and flags; not to or from passthru). A setting dropped from the file goes back to
 /// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
-    let fixed = |s: &LinkSpec| (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst);
+    let fixed = |s: &LinkSpec| {
+        let place = (s.parent.clone(), s.netns.clone(), s.ifname.clone());
+        (place, s.nopromisc, s.nodst)
+    };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
         return None;
@@ -1157,7 +1163,7 @@ fn temp_name(key: u64) -> String {
 fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> anyhow::Result<Tap> {
     let name = match p.netns {
         Some(_) => temp_name(key),
-        None => p.spec.name.clone(),
+        None => p.spec.device().to_string(),
     };
     let tap = Tap::create(&name)?;
     let link = nl
@@ -1172,7 +1178,7 @@ fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> a
         let moved = there
             .link_by_name(&name)?
             .with_context(|| format!("TAP {name} is not in {ns} after the move"))?;
-        there.set_name(moved.index, &p.spec.name)?;
+        there.set_name(moved.index, p.spec.device())?;
     }
     Ok(tap)
 }

@@ -30,8 +30,12 @@ pub enum PlanError {
         #[source]
         source: crate::net::Error,
     },
-    #[error("port {port}: an interface named {port} already exists in {place}")]
-    NameInUse { port: String, place: String },
+    #[error("port {port}: an interface named {device} already exists in {place}")]
+    NameInUse {
+        port: String,
+        device: String,
+        place: String,
+    },
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
@@ -123,8 +127,8 @@ pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netn
             source,
         })?;
     let taken = match &netns {
-        Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
-        None => nl.link_by_name(&spec.name)?,
+        Some(ns) => Netlink::open_in(ns)?.link_by_name(spec.device())?,
+        None => nl.link_by_name(spec.device())?,
     };
     if taken.is_some() {
         let place = netns
@@ -132,6 +136,7 @@ pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netn
             .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
         return Err(PlanError::NameInUse {
             port: spec.name.clone(),
+            device: spec.device().to_string(),
             place,
         });
     }
