@@ -8,8 +8,19 @@ use super::{CniError, code};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns, Route, in_netns};
 
-fn setup_err(e: impl std::fmt::Display) -> CniError {
-    CniError::new(code::SETUP, e.to_string())
+/// The error and its causes, `: `-separated (the kernel's errno is a cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
+fn setup_err(e: impl std::error::Error) -> CniError {
+    CniError::new(code::SETUP, chain(&e))
 }
 
 fn find_link(nl: &mut Netlink, ifname: &str, netns: &str) -> Result<LinkInfo, CniError> {
@@ -30,7 +41,7 @@ fn notify_sysctls(ns: &Netns, ifname: &str) -> Result<(), CniError> {
         )
     })
     .map_err(setup_err)?;
-    v4.map_err(|(p, e)| setup_err(format!("set {p}: {e}")))?;
+    v4.map_err(|(p, e)| CniError::new(code::SETUP, format!("set {p}: {e}")))?;
     if let Err((p, e)) = v6 {
         tracing::debug!("{p}: {e} (IPv6 off in the container)");
     }
@@ -78,11 +89,12 @@ pub fn configure(
 /// address, and every route exists (same destination and, when given, gateway).
 pub fn check(iface: &Interface, ips: &[IpConf], routes: &[RouteConf]) -> Result<(), CniError> {
     let bad = |m: String| CniError::new(code::CHECK, m);
-    let ns = Netns::open(&iface.sandbox).map_err(|e| bad(e.to_string()))?;
-    let mut nl = Netlink::open_in(&ns).map_err(|e| bad(e.to_string()))?;
+    let sys = |e: crate::net::Error| CniError::new(code::CHECK, chain(&e));
+    let ns = Netns::open(&iface.sandbox).map_err(sys)?;
+    let mut nl = Netlink::open_in(&ns).map_err(sys)?;
     let link = nl
         .link_by_name(&iface.name)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(sys)?
         .ok_or_else(|| bad(format!("no device {} in {}", iface.name, iface.sandbox)))?;
     if link.mac != Some(iface.mac) {
         return Err(bad(format!(
@@ -92,7 +104,7 @@ pub fn check(iface: &Interface, ips: &[IpConf], routes: &[RouteConf]) -> Result<
             iface.mac
         )));
     }
-    let have = nl.addresses(link.index).map_err(|e| bad(e.to_string()))?;
+    let have = nl.addresses(link.index).map_err(sys)?;
     if let Some(ip) = ips
         .iter()
         .find(|ip| !have.contains(&(ip.address, ip.prefix_len)))
@@ -102,7 +114,7 @@ pub fn check(iface: &Interface, ips: &[IpConf], routes: &[RouteConf]) -> Result<
             iface.name, ip.address, ip.prefix_len
         )));
     }
-    let table = nl.routes().map_err(|e| bad(e.to_string()))?;
+    let table = nl.routes().map_err(sys)?;
     let matches = |r: &RouteConf, t: &Route| {
         t.dst == r.dst && t.prefix_len == r.prefix_len && r.gw.is_none_or(|g| t.gateway == Some(g))
     };

@@ -716,8 +716,10 @@ impl Netlink {
             .collect())
     }
 
-    /// Add a route in the main table (`ip route add DST/PREFIX [via GW] dev X`): scope link
-    /// without a gateway, universe with one.
+    /// Add a route in the main table (`ip route prepend DST/PREFIX [via GW] dev X`): scope link
+    /// without a gateway, universe with one. Without NLM_F_EXCL, as upstream CNI's
+    /// `RouteAddEcmp`: a route to the same destination through another device (a second
+    /// interface in the same subnet) is added beside it instead of failing with EEXIST.
     pub fn add_route(&mut self, route: &Route) -> Result<()> {
         let mut msg = RouteMessage::default();
         let h = &mut msg.header;
@@ -740,7 +742,7 @@ impl Netlink {
         msg.attributes.push(RouteAttribute::Oif(route.oif));
         let r = self.transact(
             RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_ACK | NLM_F_CREATE,
             |_, _| Ok(()),
         );
         self.finish(r, route.oif, |who| format!("add route {route} on {who}"))
