@@ -641,7 +641,9 @@ fn bad_input_gets_cni_errors() {
         ("CNI_IFNAME", "eth0"),
         ("CNI_PATH", CNI_DIR),
     ];
-    let cases: &[(&str, &str, &[(&str, &str)], u64, &str)] = &[
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    // (command, stdin, environment, expected code, a word of the message)
+    let cases: &[(&str, &str, Env<'_>, u64, &str)] = &[
         ("ADD", "{", &full, 6, "cannot decode"),
         (
             "ADD",

@@ -365,3 +365,165 @@ pub fn result(version: &str, iface: &Interface, ipam: Option<&Value>, dns: &Valu
     out.insert("dns", dns.clone());
     json!(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(format!(r#"{{"cniVersion":"1.0.0","name":"n"{extra}}}"#).as_bytes())
+    }
+
+    #[test]
+    fn defaults_are_upstream_macvlans() {
+        let c = conf(r#","mode":"","mtu":0,"ipam":{},"unknownKey":[1]"#).unwrap();
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.ipam, None, "ipam {{}}: layer 2 only");
+        assert_eq!(c.dns, json!({}));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        let c = conf(r#","master":"eth1","mode":"vepa","mtu":1400,"socket":"/tmp/s","ipam":{"type":"host-local"}"#)
+            .unwrap();
+        assert_eq!(
+            (c.master.as_deref(), c.mode, c.mtu, c.ipam.as_deref()),
+            (Some("eth1"), Mode::Vepa, Some(1400), Some("host-local"))
+        );
+        assert_eq!(c.master().unwrap(), "eth1");
+        assert_eq!(c.socket, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn errors_have_the_spec_codes() {
+        for (stdin, want) in [
+            ("{", code::DECODE),
+            (r#"{"cniVersion":"1.0.0"}"#, code::DECODE),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mtu":"big"}"#,
+                code::DECODE,
+            ),
+            (
+                r#"{"cniVersion":"0.2.0","name":"n"}"#,
+                code::INCOMPATIBLE_VERSION,
+            ),
+            (
+                r#"{"cniVersion":"2.0.0","name":"n"}"#,
+                code::INCOMPATIBLE_VERSION,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"x"}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mac":"01:00:5e"}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"zz"}}"#,
+                code::INVALID_CONFIG,
+            ),
+        ] {
+            let e = NetConf::parse(stdin.as_bytes()).unwrap_err();
+            assert_eq!(e.code, want, "{stdin}: {e}");
+        }
+    }
+
+    #[test]
+    fn mac_precedence_runtime_then_args_then_conf() {
+        let env = |args: &str| Env {
+            args: Some(args.to_string()),
+            ..Env::default()
+        };
+        let c = conf(r#","mac":"02:00:00:00:00:01""#).unwrap();
+        assert_eq!(c.port_mac(&Env::default()).unwrap(), c.mac);
+        let m2: MacAddr = "02:00:00:00:00:02".parse().unwrap();
+        let with_args = env("IgnoreUnknown=1;K8S_POD_NAME=p;MAC=02:00:00:00:00:02");
+        assert_eq!(c.port_mac(&with_args).unwrap(), Some(m2));
+        let c = conf(r#","mac":"02:00:00:00:00:01","runtimeConfig":{"mac":"02:00:00:00:00:03"}"#)
+            .unwrap();
+        assert_eq!(
+            c.port_mac(&with_args).unwrap(),
+            Some("02:00:00:00:00:03".parse().unwrap())
+        );
+        assert_eq!(
+            c.port_mac(&env("MAC=nope")).unwrap_err().code,
+            code::INVALID_ENV
+        );
+        assert_eq!(
+            c.port_mac(&env("novalue")).unwrap_err().code,
+            code::INVALID_ENV
+        );
+    }
+
+    #[test]
+    fn missing_variables_are_listed_together() {
+        let env = Env {
+            ifname: Some("eth0".into()),
+            ..Env::default()
+        };
+        let e = env
+            .require(["CNI_CONTAINERID", "CNI_IFNAME", "CNI_NETNS"])
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(e.msg.ends_with("CNI_CONTAINERID, CNI_NETNS"), "{e}");
+        assert_eq!(env.require(["CNI_IFNAME"]).unwrap(), ["eth0"]);
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(at_least("0.10.0", "0.4.0") && at_least("1.1.0", "1.1.0"));
+        assert!(!at_least("0.3.1", "0.4.0"));
+        assert_eq!(parse_version("1.0"), None);
+        assert_eq!(parse_version("1.0.0.0"), None);
+        assert_eq!(version_of(br#"{"cniVersion":"0.4.0","x":"#), None);
+        assert_eq!(
+            version_of(br#"{"cniVersion":"0.4.0"}"#).as_deref(),
+            Some("0.4.0")
+        );
+    }
+
+    #[test]
+    fn results_are_shaped_per_version() {
+        let ipam = json!({
+            "cniVersion": "1.0.0",
+            "ips": [{"address": "192.0.2.10/24", "gateway": "192.0.2.254"},
+                    {"address": "2001:db8::a/64", "version": "6"}],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["192.0.2.1"]}
+        });
+        let iface = Interface {
+            name: "eth0".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            sandbox: "/run/netns/x".into(),
+        };
+        let dns = json!({"search": ["example.test"]});
+        let old = result("0.4.0", &iface, Some(&ipam), &dns);
+        assert_eq!(
+            old,
+            json!({
+                "cniVersion": "0.4.0",
+                "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/x"}],
+                "ips": [{"version": "4", "interface": 0, "address": "192.0.2.10/24", "gateway": "192.0.2.254"},
+                        {"version": "6", "interface": 0, "address": "2001:db8::a/64"}],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dns": {"search": ["example.test"]}
+            })
+        );
+        let new = result("1.1.0", &iface, Some(&ipam), &dns);
+        assert!(
+            new["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|ip| ip.get("version").is_none())
+        );
+        assert_eq!(new["cniVersion"], "1.1.0");
+        let l2 = result("1.0.0", &iface, None, &json!({}));
+        assert_eq!(l2.as_object().unwrap().len(), 3, "no ips or routes: {l2}");
+        let (ips, routes) = ips_and_routes(&ipam).unwrap();
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[1].prefix_len, 64);
+        assert_eq!(routes[0].prefix_len, 0);
+        assert!(ips_and_routes(&json!({"ips": [{"address": "192.0.2.1"}]})).is_err());
+        assert!(ips_and_routes(&json!({"ips": [{"address": "192.0.2.1/33"}]})).is_err());
+    }
+}

@@ -134,3 +134,41 @@ fn error_text(version: &str, e: &CniError) -> String {
     j["cniVersion"] = serde_json::Value::String(version.to_string());
     serde_json::to_string_pretty(&j).expect("JSON serialises")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_are_stable_valid_interface_names() {
+        let a = port_name("0123456789abcdef0123456789abcdef", "eth0");
+        assert_eq!(a, port_name("0123456789abcdef0123456789abcdef", "eth0"));
+        assert_ne!(a, port_name("0123456789abcdef0123456789abcdef", "net1"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("cni") && a.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn owner_labels_belong_to_one_network() {
+        let l = owner_label("net", "ctr-1", "eth0");
+        assert_eq!(parse_owner(&l, "net"), Some(("ctr-1", "eth0")));
+        assert_eq!(parse_owner(&l, "ne"), None);
+        assert_eq!(parse_owner(&l, "net-b"), None);
+        assert_eq!(parse_owner("someone-else", "net"), None);
+    }
+
+    #[test]
+    fn failures_print_an_error_object() {
+        let env = conf::Env {
+            command: Some("ADD".into()),
+            ..conf::Env::default()
+        };
+        let (out, ok) = run(&env, br#"{"cniVersion":"0.4.0","name":"n"}"#);
+        assert!(!ok);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["code"], code::INVALID_ENV);
+        let (out, ok) = run(&conf::Env::default(), b"");
+        assert!(!ok && out.contains("CNI_COMMAND"), "{out}");
+    }
+}
