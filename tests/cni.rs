@@ -697,3 +697,81 @@ fn bad_input_gets_cni_errors() {
         assert!(v["cniVersion"].is_string(), "{v}");
     }
 }
+
+#[test]
+fn engine_ports_named_apart_from_their_devices() {
+    // What the plugin relies on, through `umacvlan run --port`: a namespace given by path,
+    // and a device name (`ifname=`) that is not the port's.
+    let topo = topology("cnin", 2);
+    let socket = topo.socket();
+    let run = |ports: &[String]| {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            topo.host.name(),
+            ENGINE,
+            "run",
+            "--parent",
+            "p0",
+        ])
+        .arg("--control")
+        .arg(&socket);
+        for p in ports {
+            cmd.args(["--port", p]);
+        }
+        cmd
+    };
+    let (k0, k1) = (topo.kid(0), topo.kid(1));
+    let same = [
+        format!("name=a,netns={k0},ifname=eth0"),
+        format!("name=b,netns=/run/netns/{k0},ifname=eth0"),
+    ];
+    let o = run(&same).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("ports a and b both want the device name eth0"),
+        "{err}"
+    );
+
+    let ports = [
+        format!("name=web-a,netns=/run/netns/{k0},ifname=eth0,mode=bridge"),
+        format!("name=web-b,netns={k1},ifname=eth0"),
+    ];
+    let child = run(&ports)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let engine = Engine {
+        child,
+        socket: socket.clone(),
+        host: topo.host.name().to_string(),
+    };
+    wait_until("both devices", || {
+        devices(k0) == ["eth0"] && devices(k1) == ["eth0"]
+    });
+    let shown = engine.ports();
+    let names: Vec<(&str, &str, &str)> = shown
+        .iter()
+        .map(|p| {
+            let u = &p["umacvlan"];
+            (
+                p["ifname"].as_str().unwrap(),
+                u["ifname"].as_str().unwrap(),
+                u["netns"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let p0 = format!("/run/netns/{k0}");
+    assert_eq!(
+        names,
+        [("web-a", "eth0", p0.as_str()), ("web-b", "eth0", k1)]
+    );
+    for (ns, addr) in [(k0, "192.0.2.1/24"), (k1, "192.0.2.2/24")] {
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+    }
+    assert!(pings(k0, "192.0.2.2") && pings(k1, "192.0.2.254"));
+}

@@ -36,6 +36,12 @@ pub enum PlanError {
         device: String,
         place: String,
     },
+    #[error("ports {first} and {second} both want the device name {device} in one namespace")]
+    DeviceTwice {
+        first: String,
+        second: String,
+        device: String,
+    },
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
@@ -162,7 +168,7 @@ impl PlanError {
             | PlanError::ParentNotEthernet { .. }
             | PlanError::ParentWireless(_) => ErrorKind::Busy,
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
-            PlanError::NameInUse { .. } => ErrorKind::Exists,
+            PlanError::NameInUse { .. } | PlanError::DeviceTwice { .. } => ErrorKind::Exists,
             PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),
             PlanError::Netlink(_) => ErrorKind::Internal,
@@ -199,10 +205,23 @@ pub fn plan(
     }
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
-    let mut ports = Vec::with_capacity(specs.len());
+    let mut ports: Vec<PlannedPort> = Vec::with_capacity(specs.len());
     for (text, spec) in specs {
         spec.config_only(text)?;
         let netns = check_port_place(&mut nl, spec)?;
+        // Two ports of this command line may not take one device name in one namespace
+        // (however each names it: `ip netns` name or path).
+        let inode = |ns: &Option<Netns>| ns.as_ref().map(Netns::inode).transpose();
+        let here = inode(&netns)?;
+        for other in &ports {
+            if other.spec.device() == spec.device() && inode(&other.netns)? == here {
+                return Err(PlanError::DeviceTwice {
+                    first: other.spec.name.clone(),
+                    second: spec.name.clone(),
+                    device: spec.device().to_string(),
+                });
+            }
+        }
         let config = spec.to_config(parent);
         ports.push(PlannedPort {
             spec: spec.clone(),
