@@ -33,10 +33,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortFlags, PortTable};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::net::Netlink;
-use crate::spec::{PortKind, PortSpec};
+use crate::spec::PortKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,7 +157,8 @@ impl Config {
         let mut names = BTreeSet::new();
         for p in raw.ports {
             let port = convert(&src, p)?;
-            port_spec(&port.spec)
+            port.spec
+                .port_spec()
                 .check_kind(&port.spec.name)
                 .map_err(|e| src.error(Some(port.name_at.clone()), format!("ports: {e}")))?;
             if !names.insert(port.spec.name.clone()) {
@@ -214,7 +215,7 @@ impl Config {
                 .iter()
                 .map(|p| PortConfig {
                     up: true,
-                    ..port_spec(&p.spec).to_config(parent)
+                    ..p.spec.port_spec().to_config(parent)
                 })
                 .collect();
             if let Err(e) = PortTable::build(pconfig, configs) {
@@ -259,27 +260,6 @@ impl Config {
             }
         }
         self.check_tables(&src, Some(&parents))
-    }
-}
-
-/// The `--port` form of a configured port or a `link add` request.
-pub fn port_spec(l: &LinkSpec) -> PortSpec {
-    PortSpec {
-        name: l.name.clone(),
-        mode: l.mode.unwrap_or(Mode::Bridge),
-        netns: l.netns.clone(),
-        mac: l.address,
-        mtu: l.mtu,
-        flags: PortFlags {
-            nopromisc: l.nopromisc,
-            nodst: l.nodst,
-        },
-        bcqueuelen: l.bcqueuelen,
-        sources: l.macaddr.iter().copied().collect(),
-        state: Default::default(),
-        kind: l.kind,
-        path: l.path.clone(),
-        trust_guest_mac: l.trust_guest_mac,
     }
 }
 
@@ -341,6 +321,8 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             address,
             mtu: p.mtu.map(Spanned::into_inner),
             netns: p.netns.map(Spanned::into_inner),
+            ifname: None,
+            owner: None,
             nopromisc,
             nodst,
             bcqueuelen: p.bcqueuelen,

@@ -10,11 +10,13 @@
 //! * [`engine`]: the worker loop that moves frames and counts them.
 //! * [`control`]: the control socket: protocol, server, client.
 //! * [`trace`]: one frame's decision explained, as JSON and text.
+//! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
 //! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -3,7 +3,13 @@
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
 //!       [,kind=tap|attach|stream][,path=SOCKET][,trust_guest_mac]
+//!       [,ifname=DEV]
 //! ```
+//!
+//! `netns` is a name from `ip netns add` or an absolute path to a namespace file
+//! (`/proc/PID/ns/net`, `/var/run/netns/X`: what CNI passes). `ifname` is the device's name in
+//! its namespace when it must differ from the port's name (the port's name is unique in the
+//! engine; CNI names every container's device `eth0`).
 //!
 //! `name=N,mode=M[,netns=NS][,mac=MAC][,mtu=N]` is a stable contract: other tools drive the
 //! engine with it. Keys may be added, never removed or changed. `trace` also accepts the keys
@@ -29,6 +35,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "kind",
     "path",
     "trust_guest_mac",
+    "ifname",
 ];
 /// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
 /// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
@@ -127,6 +134,8 @@ pub struct PortSpec {
     pub path: Option<std::path::PathBuf>,
     /// A VM port may send from any source MAC (no `mac_spoof` check).
     pub trust_guest_mac: bool,
+    /// The device's name in its namespace; `None`: the port's name.
+    pub ifname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +195,7 @@ impl FromStr for PortSpec {
             kind: PortKind::Tap,
             path: None,
             trust_guest_mac: false,
+            ifname: None,
         };
         for item in spec.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = match item.split_once('=') {
@@ -243,6 +253,7 @@ impl FromStr for PortSpec {
                         .map_err(|source| SpecError::Mode { spec: s(), source })?
                 }
                 "netns" => out.netns = Some(value.to_string()),
+                "ifname" => out.ifname = Some(value.to_string()),
                 "mac" => out.mac = Some(mac(value)?),
                 "mtu" => out.mtu = Some(num(value)?),
                 "bcqueuelen" => out.bcqueuelen = Some(num(value)?),
@@ -316,6 +327,11 @@ impl PortSpec {
             spec: spec.into(),
             message: message.into(),
         })
+    }
+
+    /// The device's name in its namespace: `ifname`, else the port's name.
+    pub fn device(&self) -> &str {
+        self.ifname.as_deref().unwrap_or(&self.name)
     }
 
     /// Refuses the trace-only state keys (for `run`).
@@ -464,6 +480,17 @@ mod tests {
         assert_eq!(p.mac, Some("02:00:00:00:00:01".parse().unwrap()));
         assert_eq!(p.mtu, Some(1400));
         assert!(p.config_only("x").is_ok());
+        assert_eq!(p.device(), "c1");
+    }
+
+    #[test]
+    fn a_namespace_path_and_a_device_name_apart_from_the_port_name() {
+        let p = parse("name=cni0a1b2c3d4e5f,netns=/proc/1/ns/net,ifname=eth0").unwrap();
+        assert_eq!(p.netns.as_deref(), Some("/proc/1/ns/net"));
+        assert_eq!(p.device(), "eth0");
+        assert_eq!(p.name, "cni0a1b2c3d4e5f");
+        let e = parse("name=c1,ifname=").unwrap_err();
+        assert!(e.contains("ifname needs a value"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ fn view(name: &str, mode: Mode) -> LinkView {
         mtu: 1500,
         parent: "eth0".into(),
         netns: Some("ns1".into()),
+        ifname: None,
+        owner: None,
         up: true,
         lower_up: true,
         forwarding: true,

@@ -348,6 +348,8 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             address: p.mac,
             mtu: p.mtu,
             netns: p.netns,
+            ifname: p.ifname,
+            owner: None,
             nopromisc: p.flags.nopromisc,
             nodst: p.flags.nodst,
             bcqueuelen: p.bcqueuelen,
@@ -663,6 +665,12 @@ pub fn links_text(links: &[LinkView], o: &ShowOptions) -> String {
         if let Some(ns) = &l.netns {
             let _ = write!(s, " netns {ns}");
         }
+        if let Some(dev) = &l.ifname {
+            let _ = write!(s, " ifname {dev}");
+        }
+        if let Some(owner) = &l.owner {
+            let _ = write!(s, " owner {owner}");
+        }
         if o.details {
             let _ = write!(
                 s,
@@ -733,6 +741,11 @@ pub fn link_json(l: &LinkView, o: &ShowOptions) -> Value {
     }
     let mut extra = Map::new();
     extra.insert("netns".into(), json!(l.netns));
+    for (key, v) in [("ifname", &l.ifname), ("owner", &l.owner)] {
+        if let Some(v) = v {
+            extra.insert(key.into(), json!(v));
+        }
+    }
     extra.insert("forwarding".into(), json!(l.forwarding));
     extra.insert("kind".into(), json!(l.kind));
     if let Some(p) = &l.path {

@@ -41,6 +41,8 @@ fn view(name: &str) -> LinkView {
         mtu: 1500,
         parent: "eth0".into(),
         netns: None,
+        ifname: None,
+        owner: None,
         up: true,
         lower_up: true,
         forwarding: true,

@@ -95,12 +95,17 @@ struct PortEntry {
     parent: String,
     /// As configured; the live state is applied on top when tables are built.
     config: PortConfig,
-    /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
+    /// The namespace's name (`ip netns`) or path and an open handle; `None`: the engine's
+    /// namespace.
     netns: Option<(String, Netns)>,
     /// What the port's workers read and write: one queue of its TAP per worker, or (attach,
     /// stream) one device that worker 0 reads and every worker writes.
     devs: Vec<Arc<PortDev>>,
     counters: Sharded<PortCounters>,
+    /// The device's name in its namespace, when it differs from the port's.
+    ifname: Option<String>,
+    /// Who created the port (`LinkSpec::owner`).
+    owner: Option<String>,
     live: Option<LiveState>,
     kind: PortKind,
     path: Option<PathBuf>,
@@ -189,7 +194,7 @@ impl Daemon {
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
         for p in plan.ports {
-            d.create(&parent, p)?;
+            d.create(&parent, p, None)?;
         }
         Ok(d)
     }
@@ -354,7 +359,8 @@ impl Daemon {
             .iter()
             .find(|e| e.key == key)
             .ok_or_else(|| err(ErrorKind::NoSuchLink, "the port is gone"))?;
-        let (name, ifindex) = (e.config.name.clone(), e.live.as_ref().map(|l| l.ifindex));
+        let name = e.ifname.clone().unwrap_or_else(|| e.config.name.clone());
+        let ifindex = e.live.as_ref().map(|l| l.ifindex);
         let mut nl_there;
         let nl = match &e.netns {
             Some((_, ns)) => {
@@ -392,7 +398,12 @@ impl Daemon {
     }
 
     /// Creates a checked port's device, adds it to its parent and starts following it.
-    fn create(&mut self, parent: &str, p: PlannedPort) -> anyhow::Result<()> {
+    fn create(
+        &mut self,
+        parent: &str,
+        p: PlannedPort,
+        owner: Option<String>,
+    ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
         let key = self.next_key;
         self.next_key += 1;
@@ -412,7 +423,7 @@ impl Daemon {
         .with_context(|| format!("creating port {name}"))?;
         if p.spec.kind != PortKind::Stream {
             let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
-            self.watchers.port(ns, key, name)?;
+            self.watchers.port(ns, key, p.spec.device())?;
         }
         let netns = p.spec.netns.clone().zip(p.netns);
         self.ports.push(PortEntry {
@@ -422,6 +433,8 @@ impl Daemon {
             netns,
             devs: devs.into_iter().map(Arc::new).collect(),
             counters: Sharded::new(self.opts.workers),
+            ifname: p.spec.ifname,
+            owner,
             live: None,
             kind: p.spec.kind,
             path: p.spec.path,
@@ -810,7 +823,7 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = crate::config::port_spec(&l);
+        let spec = l.port_spec();
         spec.check_kind(&l.name)
             .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let mut config = spec.to_config(&parent);
@@ -844,6 +857,7 @@ impl Daemon {
                 config,
                 netns,
             },
+            l.owner.clone(),
         )
         .map_err(internal)?;
         tracing::info!(port = %l.name, %parent, "port added");
@@ -1081,6 +1095,8 @@ impl Daemon {
             mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
             netns: e.netns.as_ref().map(|(n, _)| n.clone()),
+            ifname: e.ifname.clone(),
+            owner: e.owner.clone(),
             up: stream.is_some() || live.is_some_and(|l| l.up),
             lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
             forwarding: in_table.is_some_and(|p| p.is_up()),
@@ -1222,7 +1238,8 @@ impl Daemon {
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
     let fixed = |s: &LinkSpec| {
         let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
-        (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst, vm)
+        let place = (s.parent.clone(), s.netns.clone(), s.ifname.clone());
+        (place, s.nopromisc, s.nodst, vm)
     };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
@@ -1379,7 +1396,7 @@ fn create_tap(
 ) -> anyhow::Result<Vec<Tap>> {
     let name = match p.netns {
         Some(_) => temp_name(key),
-        None => p.spec.name.clone(),
+        None => p.spec.device().to_string(),
     };
     let queues = Tap::create_queues(&name, workers)?;
     let tap = &queues[0];
@@ -1395,7 +1412,7 @@ fn create_tap(
         let moved = there
             .link_by_name(&name)?
             .with_context(|| format!("TAP {name} is not in {ns} after the move"))?;
-        there.set_name(moved.index, &p.spec.name)?;
+        there.set_name(moved.index, p.spec.device())?;
     }
     Ok(queues)
 }

@@ -30,8 +30,18 @@ pub enum PlanError {
         #[source]
         source: crate::net::Error,
     },
-    #[error("port {port}: an interface named {port} already exists in {place}")]
-    NameInUse { port: String, place: String },
+    #[error("port {port}: an interface named {device} already exists in {place}")]
+    NameInUse {
+        port: String,
+        device: String,
+        place: String,
+    },
+    #[error("ports {first} and {second} both want the device name {device} in one namespace")]
+    DeviceTwice {
+        first: String,
+        second: String,
+        device: String,
+    },
     #[error(
         "port {port}: kind=attach needs an existing interface named {port} in {place} (the VM's TAP: start the VM first)"
     )]
@@ -142,8 +152,8 @@ pub fn check_port_place(
             source,
         })?;
     let taken = match &netns {
-        Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
-        None => nl.link_by_name(&spec.name)?,
+        Some(ns) => Netlink::open_in(ns)?.link_by_name(spec.device())?,
+        None => nl.link_by_name(spec.device())?,
     };
     let place = || {
         netns
@@ -162,6 +172,7 @@ pub fn check_port_place(
         (PortKind::Attach, Some(_)) | (_, None) => Ok(netns),
         (_, Some(_)) => Err(PlanError::NameInUse {
             port,
+            device: spec.device().to_string(),
             place: place(),
         }),
     }
@@ -186,7 +197,7 @@ impl PlanError {
             | PlanError::ParentNotEthernet { .. }
             | PlanError::ParentWireless(_) => ErrorKind::Busy,
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
-            PlanError::NameInUse { .. } => ErrorKind::Exists,
+            PlanError::NameInUse { .. } | PlanError::DeviceTwice { .. } => ErrorKind::Exists,
             PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
             PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
             PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
@@ -227,7 +238,7 @@ pub fn plan(
     }
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
-    let mut ports = Vec::with_capacity(specs.len());
+    let mut ports: Vec<PlannedPort> = Vec::with_capacity(specs.len());
     for (i, (text, spec)) in specs.iter().enumerate() {
         spec.config_only(text)?;
         if let Some(path) = &spec.path
@@ -243,6 +254,23 @@ pub fn plan(
             ));
         }
         let netns = check_port_place(&mut nl, spec, parent)?;
+        // Two ports of this command line may not take one device name in one namespace
+        // (however each names it: `ip netns` name or path). Attached netdevs are someone
+        // else's and stream ports have none.
+        let inode = |ns: &Option<Netns>| ns.as_ref().map(Netns::inode).transpose();
+        let here = inode(&netns)?;
+        for other in ports.iter().filter(|o| o.spec.kind == PortKind::Tap) {
+            if spec.kind == PortKind::Tap
+                && other.spec.device() == spec.device()
+                && inode(&other.netns)? == here
+            {
+                return Err(PlanError::DeviceTwice {
+                    first: other.spec.name.clone(),
+                    second: spec.name.clone(),
+                    device: spec.device().to_string(),
+                });
+            }
+        }
         let config = spec.to_config(parent);
         ports.push(PlannedPort {
             spec: spec.clone(),

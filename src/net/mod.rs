@@ -24,7 +24,9 @@ pub mod testutil;
 pub use error::{Error, Result};
 pub use mcast::link_multicast;
 pub use monitor::{LinkEvent, LinkMonitor};
-pub use netlink::{IfFlags, LinkInfo, MacvlanInfo, MacvlanSpec, Netlink, OperState, is_wireless};
+pub use netlink::{
+    IfFlags, LinkInfo, MacvlanInfo, MacvlanSpec, Netlink, OperState, Route, is_wireless,
+};
 pub use netns::{Netns, in_netns};
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -30,6 +30,9 @@ use netlink_packet_route::link::{
     LinkProtoInfoBridge, MacVlanFlags, MacVlanMacAddressMode, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::error::{Error, Result};
@@ -72,6 +75,8 @@ const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 const NLMSG_HDRLEN: usize = 16;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 /// `IFLA_BRPORT_MODE` (hairpin) inside `IFLA_PROTINFO` for AF_BRIDGE.
 const IFLA_BRPORT_MODE: u16 = 4;
 
@@ -408,20 +413,32 @@ impl Netlink {
 
     /// Every device in the socket's namespace.
     pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
-        let op = || "list devices".to_string();
+        self.dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            RTM_NEWLINK,
+            parse_link,
+            || "list devices".to_string(),
+        )
+    }
+
+    /// A dump request: every message of type `ty` parsed with `parse`, the whole dump retried
+    /// when the kernel marks it interrupted.
+    fn dump<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        ty: u16,
+        parse: impl Fn(&[u8]) -> std::result::Result<T, String>,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<T>> {
         for _ in 0..DUMP_RETRIES {
             let mut out = Vec::new();
             let interrupted = self
-                .transact(
-                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                    NLM_F_DUMP,
-                    |ty, payload| {
-                        if ty == RTM_NEWLINK {
-                            out.push(parse_link(payload).map_err(Failure::Protocol)?);
-                        }
-                        Ok(())
-                    },
-                )
+                .transact(msg.clone(), NLM_F_DUMP, |t, payload| {
+                    if t == ty {
+                        out.push(parse(payload).map_err(Failure::Protocol)?);
+                    }
+                    Ok(())
+                })
                 .map_err(|f| f.into_error(op()))?;
             if !interrupted {
                 return Ok(out);
@@ -640,17 +657,25 @@ impl Netlink {
 
     // ---- addresses and neighbours (the lab) ---------------------------------------------------
 
-    /// Add an IPv4 address (`ip addr add ADDR/PREFIX brd + dev X`): RTM_NEWADDR with `IFA_LOCAL`
-    /// and `IFA_ADDRESS` set to `addr` and `IFA_BROADCAST` to the subnet's broadcast address (none
-    /// for /31 and /32). Fails with `EEXIST` if the device already has it.
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    /// Add an address (`ip addr add ADDR/PREFIX [brd +] dev X`): RTM_NEWADDR with `IFA_LOCAL`
+    /// and `IFA_ADDRESS` set to `addr` and, for IPv4, `IFA_BROADCAST` to the subnet's broadcast
+    /// address (none for /31 and /32). Fails with `EEXIST` if the device already has it.
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: impl Into<IpAddr>,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let addr = addr.into();
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family_of(addr);
         msg.header.prefix_len = prefix_len;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Address(addr.into()));
-        if let Some(brd) = broadcast_of(addr, prefix_len) {
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        if let IpAddr::V4(v4) = addr
+            && let Some(brd) = broadcast_of(v4, prefix_len)
+        {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
         let r = self.transact(
@@ -661,6 +686,81 @@ impl Netlink {
         self.finish(r, index, |who| {
             format!("add address {addr}/{prefix_len} to {who}")
         })
+    }
+
+    /// The addresses of device `index`, both families (`ip addr show dev X`).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        let all = self.dump(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            RTM_NEWADDR,
+            |payload| {
+                let m = AddressMessage::parse(payload)
+                    .map_err(|e| format!("bad address message: {e}"))?;
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                Ok((m.header.index, addr, m.header.prefix_len))
+            },
+            || format!("list the addresses of ifindex {index}"),
+        )?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(i, a, p)| a.filter(|_| i == index).map(|a| (a, p)))
+            .collect())
+    }
+
+    /// Add a route in the main table (`ip route prepend DST/PREFIX [via GW] dev X`): scope link
+    /// without a gateway, universe with one. Without NLM_F_EXCL, as upstream CNI's
+    /// `RouteAddEcmp`: a route to the same destination through another device (a second
+    /// interface in the same subnet) is added beside it instead of failing with EEXIST.
+    pub fn add_route(&mut self, route: &Route) -> Result<()> {
+        let mut msg = RouteMessage::default();
+        let h = &mut msg.header;
+        h.address_family = family_of(route.dst);
+        h.destination_prefix_length = route.prefix_len;
+        h.table = RouteHeader::RT_TABLE_MAIN;
+        h.protocol = RouteProtocol::Boot;
+        h.scope = match route.gateway {
+            Some(_) => RouteScope::Universe,
+            None => RouteScope::Link,
+        };
+        h.kind = RouteType::Unicast;
+        if route.prefix_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route.dst.into()));
+        }
+        if let Some(gw) = route.gateway {
+            msg.attributes.push(RouteAttribute::Gateway(gw.into()));
+        }
+        msg.attributes.push(RouteAttribute::Oif(route.oif));
+        let r = self.transact(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE,
+            |_, _| Ok(()),
+        );
+        self.finish(r, route.oif, |who| format!("add route {route} on {who}"))
+    }
+
+    /// Every route of the main table, both families (`ip route show`, `ip -6 route show`).
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        let all = self.dump(
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+            RTM_NEWROUTE,
+            |payload| {
+                let m =
+                    RouteMessage::parse(payload).map_err(|e| format!("bad route message: {e}"))?;
+                Ok(parse_route(&m))
+            },
+            || "list routes".to_string(),
+        )?;
+        Ok(all.into_iter().flatten().collect())
     }
 
     /// Forget the IPv4 neighbour (ARP) entry for `addr` on the device (`ip neigh del ADDR dev
@@ -857,6 +957,65 @@ impl Netlink {
             }
         }
     }
+}
+
+/// A route as umacvlan sets and reads them: destination, gateway, output device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix_len)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        Ok(())
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// A main-table unicast route with one output device; `None` for any other kind.
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let h = &m.header;
+    let unspecified = match h.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let mut route = Route {
+        dst: unspecified,
+        prefix_len: h.destination_prefix_length,
+        gateway: None,
+        oif: 0,
+    };
+    let mut table = u32::from(h.table);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => route.dst = ip(d)?,
+            RouteAttribute::Gateway(g) => route.gateway = ip(g),
+            RouteAttribute::Oif(i) => route.oif = *i,
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && h.kind == RouteType::Unicast)
+        .then_some(route)
 }
 
 /// The broadcast address of `addr`'s subnet, as `ip addr add ... brd +` computes it; `None` for
