@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
 use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use serde_json::Value;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
@@ -59,6 +57,23 @@ fn vm(tag: &str, kids: usize) -> Vm {
 }
 
 impl Vm {
+    fn log(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.log", self.topo.host.name()))
+    }
+}
+
+impl Drop for Vm {
+    /// The engine's log is shown when the test failed, and removed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            eprintln!("the engine's log:\n{log}");
+        }
+        let _ = std::fs::remove_file(self.log());
+    }
+}
+
+impl Vm {
     /// `umacvlan ARGS` in the host namespace, with this lab's control socket (killed after
     /// 20 s: a `run` that should have refused its input must not hang the test).
     fn umacvlan(&self, args: &[&str]) -> Output {
@@ -81,7 +96,7 @@ impl Vm {
         let child = c
             .env("UMACVLAN_CONTROL", self.topo.socket())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(self.log()).unwrap())
             .spawn()
             .unwrap();
         self.engine = Some(Proc(child));
@@ -186,7 +201,14 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
         "nothing created"
     );
 
-    common::disable_ipv6(&guest);
+    ip(&[
+        "netns",
+        "exec",
+        &guest,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+    ]);
     guest_link(&host, &guest, GUEST);
     l.start(&[
         &format!("name=c0,mode=bridge,netns={c0}"),
@@ -221,9 +243,17 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     tagged.extend_from_slice(&mac_bytes(GUEST));
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64, 0x88, 0xb5]);
     tagged.resize(64, 0x5a);
-    let guest_sock = common::PacketSocket::open(&guest, "eth0", common::ETH_P_ALL);
+    // Sent on the guest's end with a zero vnet header, as a guest's NIC would.
+    let mut with_vnet = vec![0u8; umacvlan::vnet::VNET_HDR_LEN];
+    with_vnet.extend_from_slice(&tagged);
+    let guest_ns = &l.topo.kids[1];
+    let sock = umacvlan::net::in_netns(guest_ns, || {
+        let index = nix::net::if_::if_nametoindex("eth0").unwrap();
+        umacvlan::sys::TxSocket::open(index).unwrap()
+    })
+    .unwrap();
     wait_until("the follower to see the tagged frame", || {
-        guest_sock.send(&tagged).unwrap();
+        sock.send(&with_vnet).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         follow.0.try_wait().unwrap().is_some()
     });
