@@ -341,6 +341,24 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     assert!(try_ip(&["-n", &host, "link", "show", "vm1"]).is_ok());
 }
 
+#[test]
+fn attach_to_a_netdev_in_another_namespace() {
+    let mut l = vm("vn", 2);
+    let (hv, guest) = (l.topo.kid(0).to_string(), l.topo.kid(1).to_string());
+    // The hypervisor's netdev lives in its own namespace; the engine attaches to it there.
+    ip(&[
+        "-n", &hv, "link", "add", "vmn", "type", "veth", "peer", "name", "eth0", "netns", &guest,
+    ]);
+    ip(&["-n", &guest, "link", "set", "eth0", "address", GUEST, "up"]);
+    ip(&["-n", &guest, "addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    l.start(&[&format!("name=vmn,kind=attach,netns={hv},mac={GUEST}")]);
+    wait_until("vmn forwarding", || l.port("vmn")["forwarding"] == true);
+    assert!(
+        pings(&guest, "192.0.2.254"),
+        "guest -> wire through a netdev in {hv}"
+    );
+}
+
 /// A stream peer speaking QEMU's framing, as a guest with [`GUEST`] and 192.0.2.20.
 struct Peer(UnixStream);
 
