@@ -641,6 +641,42 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
     );
 }
 
+#[test]
+fn a_real_qemu_tap_attached_by_name_carries_ping() {
+    let mut l = vm("vt", 1);
+    let (host, guest) = (l.topo.host.name().to_string(), l.topo.kid(0).to_string());
+    // QEMU (no guest) opens two TAPs in the engine's namespace and joins them with a hub: `vmt`
+    // is the VM's netdev the engine attaches to, `gt0` (moved into the guest namespace) is
+    // where the "guest" sits.
+    let qemu = Command::new("ip")
+        .args(["netns", "exec", &host, "qemu-system-x86_64"])
+        .args(["-machine", "none", "-nodefaults", "-nographic"])
+        .args(["-monitor", "none", "-serial", "none"])
+        .args(["-netdev", "tap,id=t0,ifname=vmt,script=no,downscript=no"])
+        .args(["-netdev", "hubport,id=h0,hubid=0,netdev=t0"])
+        .args(["-netdev", "tap,id=t1,ifname=gt0,script=no,downscript=no"])
+        .args(["-netdev", "hubport,id=h1,hubid=0,netdev=t1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let _qemu = Proc(qemu);
+    wait_until("QEMU's taps", || {
+        try_ip(&["-n", &host, "link", "show", "gt0"]).is_ok()
+    });
+    ip(&["-n", &host, "link", "set", "gt0", "netns", &guest]);
+    ip(&["-n", &guest, "link", "set", "gt0", "address", GUEST, "up"]);
+    ip(&["-n", &guest, "addr", "add", "192.0.2.40/24", "dev", "gt0"]);
+    l.start(&[&format!("name=vmt,kind=attach,mac={GUEST}")]);
+    wait_until("vmt forwarding", || l.port("vmt")["forwarding"] == true);
+    assert!(
+        pings(&guest, "192.0.2.254"),
+        "through QEMU's TAP and the engine"
+    );
+    let wire = l.topo.wire.name().to_string();
+    assert!(pings(&wire, "192.0.2.40"), "and back");
+}
+
 /// Bytes an iperf3 client in `client` sent to the server in `server` (at `addr`) in one second.
 fn tcp_bytes(server: &str, client: &str, addr: &str) -> u64 {
     let srv = Command::new("ip")
