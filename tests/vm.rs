@@ -590,23 +590,12 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
     let ns = l.topo.kid(0).to_string();
     // QEMU with no guest: a hub joins its stream netdev (connected to the engine) and its tap
     // netdev (a TAP in the test namespace, whose kernel side stands in for the guest).
-    let qemu = Command::new("ip")
-        .args(["netns", "exec", &ns, "qemu-system-x86_64"])
-        .args(["-machine", "none", "-nodefaults", "-nographic"])
-        .args(["-monitor", "none", "-serial", "none"])
-        .arg("-netdev")
-        .arg(format!(
-            "stream,id=s0,server=off,addr.type=unix,addr.path={}",
-            path.display()
-        ))
-        .args(["-netdev", "hubport,id=h0,hubid=0,netdev=s0"])
-        .args(["-netdev", "tap,id=t0,ifname=qt0,script=no,downscript=no"])
-        .args(["-netdev", "hubport,id=h1,hubid=0,netdev=t0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let _qemu = Proc(qemu);
+    let stream = format!(
+        "stream,server=off,addr.type=unix,addr.path={}",
+        path.display()
+    );
+    let tap = "tap,ifname=qt0,script=no,downscript=no";
+    let _qemu = qemu_hub(&ns, &[&stream, tap]);
     wait_until("QEMU's tap", || {
         try_ip(&["-n", &ns, "link", "show", "qt0"]).is_ok()
     });
@@ -648,19 +637,13 @@ fn a_real_qemu_tap_attached_by_name_carries_ping() {
     // QEMU (no guest) opens two TAPs in the engine's namespace and joins them with a hub: `vmt`
     // is the VM's netdev the engine attaches to, `gt0` (moved into the guest namespace) is
     // where the "guest" sits.
-    let qemu = Command::new("ip")
-        .args(["netns", "exec", &host, "qemu-system-x86_64"])
-        .args(["-machine", "none", "-nodefaults", "-nographic"])
-        .args(["-monitor", "none", "-serial", "none"])
-        .args(["-netdev", "tap,id=t0,ifname=vmt,script=no,downscript=no"])
-        .args(["-netdev", "hubport,id=h0,hubid=0,netdev=t0"])
-        .args(["-netdev", "tap,id=t1,ifname=gt0,script=no,downscript=no"])
-        .args(["-netdev", "hubport,id=h1,hubid=0,netdev=t1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let _qemu = Proc(qemu);
+    let _qemu = qemu_hub(
+        &host,
+        &[
+            "tap,ifname=vmt,script=no,downscript=no",
+            "tap,ifname=gt0,script=no,downscript=no",
+        ],
+    );
     wait_until("QEMU's taps", || {
         try_ip(&["-n", &host, "link", "show", "gt0"]).is_ok()
     });
@@ -675,6 +658,26 @@ fn a_real_qemu_tap_attached_by_name_carries_ping() {
     );
     let wire = l.topo.wire.name().to_string();
     assert!(pings(&wire, "192.0.2.40"), "and back");
+}
+
+/// QEMU without a guest (`-machine none`) in namespace `ns`: the `-netdev` values given (their
+/// ids are added) joined by hub 0, so QEMU relays every frame between them.
+fn qemu_hub(ns: &str, netdevs: &[&str]) -> Proc {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "qemu-system-x86_64"])
+        .args(["-machine", "none", "-nodefaults", "-nographic"])
+        .args(["-monitor", "none", "-serial", "none"]);
+    for (i, n) in netdevs.iter().enumerate() {
+        c.arg("-netdev").arg(format!("{n},id=n{i}"));
+        c.arg("-netdev")
+            .arg(format!("hubport,id=h{i},hubid=0,netdev=n{i}"));
+    }
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    Proc(child)
 }
 
 /// Bytes an iperf3 client in `client` sent to the server in `server` (at `addr`) in one second.
