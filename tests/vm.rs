@@ -70,6 +70,9 @@ impl Drop for Vm {
             eprintln!("the engine's log:\n{log}");
         }
         let _ = std::fs::remove_file(self.log());
+        // A killed engine leaves its control socket behind.
+        drop(self.engine.take());
+        let _ = std::fs::remove_file(self.topo.socket());
     }
 }
 
