@@ -631,6 +631,8 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
         bytes / packets > 1514,
         "super-frames reached the port (and were cut for QEMU): {s}"
     );
+    l.engine.take().unwrap().terminate();
+    assert!(!path.exists(), "socket file removed on exit");
 }
 
 #[test]
