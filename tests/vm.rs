@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-// The raw-socket helpers only (the parity harness is unused here).
-#[allow(unused_imports, unused_macros)]
-mod common;
-
 use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use serde_json::Value;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
@@ -61,6 +57,26 @@ fn vm(tag: &str, kids: usize) -> Vm {
 }
 
 impl Vm {
+    fn log(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.log", self.topo.host.name()))
+    }
+}
+
+impl Drop for Vm {
+    /// The engine's log is shown when the test failed, and removed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            eprintln!("the engine's log:\n{log}");
+        }
+        let _ = std::fs::remove_file(self.log());
+        // A killed engine leaves its control socket behind.
+        drop(self.engine.take());
+        let _ = std::fs::remove_file(self.topo.socket());
+    }
+}
+
+impl Vm {
     /// `umacvlan ARGS` in the host namespace, with this lab's control socket (killed after
     /// 20 s: a `run` that should have refused its input must not hang the test).
     fn umacvlan(&self, args: &[&str]) -> Output {
@@ -83,7 +99,7 @@ impl Vm {
         let child = c
             .env("UMACVLAN_CONTROL", self.topo.socket())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(self.log()).unwrap())
             .spawn()
             .unwrap();
         self.engine = Some(Proc(child));
@@ -188,7 +204,14 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
         "nothing created"
     );
 
-    common::disable_ipv6(&guest);
+    ip(&[
+        "netns",
+        "exec",
+        &guest,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+    ]);
     guest_link(&host, &guest, GUEST);
     l.start(&[
         &format!("name=c0,mode=bridge,netns={c0}"),
@@ -223,9 +246,17 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     tagged.extend_from_slice(&mac_bytes(GUEST));
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64, 0x88, 0xb5]);
     tagged.resize(64, 0x5a);
-    let guest_sock = common::PacketSocket::open(&guest, "eth0", common::ETH_P_ALL);
+    // Sent on the guest's end with a zero vnet header, as a guest's NIC would.
+    let mut with_vnet = vec![0u8; umacvlan::vnet::VNET_HDR_LEN];
+    with_vnet.extend_from_slice(&tagged);
+    let guest_ns = &l.topo.kids[1];
+    let sock = umacvlan::net::in_netns(guest_ns, || {
+        let index = nix::net::if_::if_nametoindex("eth0").unwrap();
+        umacvlan::sys::TxSocket::open(index).unwrap()
+    })
+    .unwrap();
     wait_until("the follower to see the tagged frame", || {
-        guest_sock.send(&tagged).unwrap();
+        sock.send(&with_vnet).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         follow.0.try_wait().unwrap().is_some()
     });
@@ -311,6 +342,24 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     // The netdev is not the engine's: it survives the engine.
     l.engine.take().unwrap().terminate();
     assert!(try_ip(&["-n", &host, "link", "show", "vm1"]).is_ok());
+}
+
+#[test]
+fn attach_to_a_netdev_in_another_namespace() {
+    let mut l = vm("vn", 2);
+    let (hv, guest) = (l.topo.kid(0).to_string(), l.topo.kid(1).to_string());
+    // The hypervisor's netdev lives in its own namespace; the engine attaches to it there.
+    ip(&[
+        "-n", &hv, "link", "add", "vmn", "type", "veth", "peer", "name", "eth0", "netns", &guest,
+    ]);
+    ip(&["-n", &guest, "link", "set", "eth0", "address", GUEST, "up"]);
+    ip(&["-n", &guest, "addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    l.start(&[&format!("name=vmn,kind=attach,netns={hv},mac={GUEST}")]);
+    wait_until("vmn forwarding", || l.port("vmn")["forwarding"] == true);
+    assert!(
+        pings(&guest, "192.0.2.254"),
+        "guest -> wire through a netdev in {hv}"
+    );
 }
 
 /// A stream peer speaking QEMU's framing, as a guest with [`GUEST`] and 192.0.2.20.
@@ -544,23 +593,12 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
     let ns = l.topo.kid(0).to_string();
     // QEMU with no guest: a hub joins its stream netdev (connected to the engine) and its tap
     // netdev (a TAP in the test namespace, whose kernel side stands in for the guest).
-    let qemu = Command::new("ip")
-        .args(["netns", "exec", &ns, "qemu-system-x86_64"])
-        .args(["-machine", "none", "-nodefaults", "-nographic"])
-        .args(["-monitor", "none", "-serial", "none"])
-        .arg("-netdev")
-        .arg(format!(
-            "stream,id=s0,server=off,addr.type=unix,addr.path={}",
-            path.display()
-        ))
-        .args(["-netdev", "hubport,id=h0,hubid=0,netdev=s0"])
-        .args(["-netdev", "tap,id=t0,ifname=qt0,script=no,downscript=no"])
-        .args(["-netdev", "hubport,id=h1,hubid=0,netdev=t0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let _qemu = Proc(qemu);
+    let stream = format!(
+        "stream,server=off,addr.type=unix,addr.path={}",
+        path.display()
+    );
+    let tap = "tap,ifname=qt0,script=no,downscript=no";
+    let _qemu = qemu_hub(&ns, &[&stream, tap]);
     wait_until("QEMU's tap", || {
         try_ip(&["-n", &ns, "link", "show", "qt0"]).is_ok()
     });
@@ -593,6 +631,58 @@ fn a_real_qemu_relays_a_stream_port_to_its_tap_and_ping_crosses() {
         bytes / packets > 1514,
         "super-frames reached the port (and were cut for QEMU): {s}"
     );
+    l.engine.take().unwrap().terminate();
+    assert!(!path.exists(), "socket file removed on exit");
+}
+
+#[test]
+fn a_real_qemu_tap_attached_by_name_carries_ping() {
+    let mut l = vm("vt", 1);
+    let (host, guest) = (l.topo.host.name().to_string(), l.topo.kid(0).to_string());
+    // QEMU (no guest) opens two TAPs in the engine's namespace and joins them with a hub: `vmt`
+    // is the VM's netdev the engine attaches to, `gt0` (moved into the guest namespace) is
+    // where the "guest" sits.
+    let _qemu = qemu_hub(
+        &host,
+        &[
+            "tap,ifname=vmt,script=no,downscript=no",
+            "tap,ifname=gt0,script=no,downscript=no",
+        ],
+    );
+    wait_until("QEMU's taps", || {
+        try_ip(&["-n", &host, "link", "show", "gt0"]).is_ok()
+    });
+    ip(&["-n", &host, "link", "set", "gt0", "netns", &guest]);
+    ip(&["-n", &guest, "link", "set", "gt0", "address", GUEST, "up"]);
+    ip(&["-n", &guest, "addr", "add", "192.0.2.40/24", "dev", "gt0"]);
+    l.start(&[&format!("name=vmt,kind=attach,mac={GUEST}")]);
+    wait_until("vmt forwarding", || l.port("vmt")["forwarding"] == true);
+    assert!(
+        pings(&guest, "192.0.2.254"),
+        "through QEMU's TAP and the engine"
+    );
+    let wire = l.topo.wire.name().to_string();
+    assert!(pings(&wire, "192.0.2.40"), "and back");
+}
+
+/// QEMU without a guest (`-machine none`) in namespace `ns`: the `-netdev` values given (their
+/// ids are added) joined by hub 0, so QEMU relays every frame between them.
+fn qemu_hub(ns: &str, netdevs: &[&str]) -> Proc {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "qemu-system-x86_64"])
+        .args(["-machine", "none", "-nodefaults", "-nographic"])
+        .args(["-monitor", "none", "-serial", "none"]);
+    for (i, n) in netdevs.iter().enumerate() {
+        c.arg("-netdev").arg(format!("{n},id=n{i}"));
+        c.arg("-netdev")
+            .arg(format!("hubport,id=h{i},hubid=0,netdev=n{i}"));
+    }
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    Proc(child)
 }
 
 /// Bytes an iperf3 client in `client` sent to the server in `server` (at `addr`) in one second.

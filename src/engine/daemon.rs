@@ -18,6 +18,7 @@
 //! for it without a peer is a `no_peer` drop). Both keep their guest MAC from the configuration.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +50,6 @@ use crate::sys::attach::PacketPort;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
-use std::path::PathBuf;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
 /// under bursts (perf-facts.md §3).
@@ -1233,8 +1233,9 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace, flags and kind, path and trust of a VM port; not to or from passthru). A setting dropped from the file goes back to
-/// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
+/// namespace and flags, same kind, path and `trust_guest_mac`; not to or from passthru). A
+/// setting dropped from the file goes back to its default: the parent's MTU, the derived MAC,
+/// bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
     let fixed = |s: &LinkSpec| {
         let vm = (s.kind, s.path.clone(), s.trust_guest_mac);

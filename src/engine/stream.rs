@@ -444,10 +444,20 @@ mod tests {
 
     const BUF: usize = VNET_HDR_LEN + MAX_FRAME;
 
-    fn port(tag: &str) -> (StreamPort, PathBuf) {
+    /// A directory of the test's own, removed on drop (after the port, declared before it).
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A port listening in a fresh directory (created by `listen`).
+    fn port(tag: &str) -> (StreamPort, PathBuf, Dir) {
         let dir = std::env::temp_dir().join(format!("umv-stream-{}-{tag}", std::process::id()));
         let path = dir.join("p.sock");
-        (StreamPort::listen("vm", &path).unwrap(), path)
+        (StreamPort::listen("vm", &path).unwrap(), path, Dir(dir))
     }
 
     fn framed(f: &[u8]) -> Vec<u8> {
@@ -469,7 +479,7 @@ mod tests {
 
     #[test]
     fn frames_cross_both_ways_in_pieces_and_whole() {
-        let (p, _path) = port("both");
+        let (p, _path, _dir) = port("both");
         let mut peer = UnixStream::connect(p.path()).unwrap();
         let mut buf = vec![0u8; BUF];
         let f = [7u8; 60];
@@ -497,7 +507,7 @@ mod tests {
 
     #[test]
     fn no_peer_means_not_connected_and_a_new_peer_replaces_only_a_gone_one() {
-        let (p, _path) = port("reconnect");
+        let (p, _path, _dir) = port("reconnect");
         let out = [IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(&[1; 60])];
         let e = p.write_frame(&out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotConnected);
@@ -526,7 +536,7 @@ mod tests {
 
     #[test]
     fn bad_lengths_are_refused_and_counted_never_a_panic() {
-        let (p, _path) = port("bad");
+        let (p, _path, _dir) = port("bad");
         let mut buf = vec![0u8; BUF];
         let mut peer = UnixStream::connect(p.path()).unwrap();
         // Length 0: an empty frame, handed on as the runt it is; the stream stays in step.
@@ -557,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_live_socket_is_refused_a_stale_one_replaced_and_the_file_removed() {
-        let (p, path) = port("stale");
+        let (p, path, _dir) = port("stale");
         let e = StreamPort::listen("other", &path).unwrap_err();
         assert!(matches!(e, StreamError::InUse { .. }), "{e}");
         drop(p);

@@ -184,11 +184,12 @@ impl PacketPort {
                 && h.cmsg_type == PACKET_AUXDATA
                 && h.cmsg_len >= want
             {
-                // SAFETY: the kernel wrote a whole `tpacket_auxdata` after this header (its
+                // SAFETY: `c` is a complete header inside `control` (see above): CMSG_DATA only
+                // computes the address just after it.
+                let data = unsafe { libc::CMSG_DATA(c) }.cast::<libc::tpacket_auxdata>();
+                // SAFETY: the kernel wrote a whole `tpacket_auxdata` at `data` (the header's
                 // length was checked just above); it may be unaligned, hence read_unaligned.
-                let aux: libc::tpacket_auxdata = unsafe {
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>())
-                };
+                let aux = unsafe { std::ptr::read_unaligned(data) };
                 tag = vlan_of(aux.tp_status, aux.tp_vlan_tci, aux.tp_vlan_tpid);
             }
             // SAFETY: as for CMSG_FIRSTHDR above; `c` is a header inside `msg`'s control buffer.
