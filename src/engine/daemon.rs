@@ -810,6 +810,7 @@ impl Daemon {
         if !self.ports.iter().any(|p| p.parent == e.parent) {
             self.close_parent(&e.parent);
         }
+        close_tap(e.tap, name);
         tracing::info!(port = name, "port deleted");
         Ok(())
     }
@@ -1202,6 +1203,30 @@ fn apply_live(c: &PortConfig, live: Option<&LiveState>, parent_mtu: u32) -> Port
     p.groups = l.groups.clone();
     p
 }
+
+/// Closes a removed port's TAP once its worker has let go of it (it does so when it takes the new
+/// port set, between two batches), waiting up to [`TAP_RELEASE_TIMEOUT`]. The kernel deletes a
+/// non-persistent TAP in `close()`, so when `link del` answers the name is free again, as after
+/// `ip link del` (the churn soak re-adds the same name 0.4 s later).
+fn close_tap(mut tap: Arc<Tap>, name: &str) {
+    let deadline = std::time::Instant::now() + TAP_RELEASE_TIMEOUT;
+    loop {
+        match Arc::try_unwrap(tap) {
+            Ok(t) => return drop(t),
+            Err(t) if std::time::Instant::now() < deadline => {
+                tap = t;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => {
+                tracing::warn!(port = name, "the worker still holds the TAP: it goes when released");
+                return;
+            }
+        }
+    }
+}
+
+/// How long `link del` waits for the worker to release a TAP.
+const TAP_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A temporary name for a TAP on its way to another namespace, unique on this machine.
 fn temp_name(key: u64) -> String {
