@@ -262,7 +262,11 @@ impl Daemon {
             tracing::info!(%parent, from = old, to = mtu, "parent MTU changed");
         }
         (run.config.mtu, run.link.mtu) = (mtu, mtu);
-        let now = |e: &PortEntry| e.live.as_ref().map_or(e.config.mtu.unwrap_or(old), |l| l.mtu);
+        let now = |e: &PortEntry| {
+            e.live
+                .as_ref()
+                .map_or(e.config.mtu.unwrap_or(old), |l| l.mtu)
+        };
         let above: Vec<u64> = self
             .ports
             .iter()
@@ -1218,7 +1222,10 @@ fn close_tap(mut tap: Arc<Tap>, name: &str) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(_) => {
-                tracing::warn!(port = name, "the worker still holds the TAP: it goes when released");
+                tracing::warn!(
+                    port = name,
+                    "the worker still holds the TAP: it goes when released"
+                );
                 return;
             }
         }
