@@ -72,10 +72,6 @@ fn config(t: &Topo, alt: bool) -> String {
     s
 }
 
-fn sigkill(e: Engine) {
-    e.kill9();
-}
-
 /// No TAP of ours in the host or any child namespace (the kernel deletes a non-persistent TAP
 /// when the dead engine's fds close).
 fn assert_no_taps(t: &Topo, i: usize, what: &str) {
@@ -165,15 +161,15 @@ fn sigkill_at_random_points_leaves_nothing_and_the_restart_forwards() {
         match phase {
             0 => {
                 // A fresh engine killed somewhere in its start: ring, TAPs, moves, socket.
-                sigkill(e);
+                e.kill9();
                 let fresh = t.start(&args, &[]);
                 std::thread::sleep(rng.delay(60));
-                sigkill(fresh);
+                fresh.kill9();
             }
             1 => {
                 let flood = Flood::start(&t);
                 std::thread::sleep(rng.delay(100));
-                sigkill(e);
+                e.kill9();
                 drop(flood);
             }
             _ => {
@@ -185,7 +181,7 @@ fn sigkill_at_random_points_leaves_nothing_and_the_restart_forwards() {
                 )
                 .unwrap();
                 std::thread::sleep(rng.delay(30));
-                sigkill(e);
+                e.kill9();
             }
         }
         assert_no_taps(&t, i, what);

@@ -913,6 +913,7 @@ impl Daemon {
         if !self.ports.iter().any(|p| p.parent == e.parent) {
             self.close_parent(&e.parent);
         }
+        close_devs(e.devs, name);
         tracing::info!(port = name, "port deleted");
         Ok(())
     }
@@ -1381,6 +1382,36 @@ fn attach(nl: &mut Netlink, name: &str, ns: Option<&Netns>) -> anyhow::Result<Pa
         None => open()?,
     })
 }
+
+/// Closes a removed port's devices once its workers have let go of them (each does so when it
+/// takes the new port set, between two batches), waiting up to [`TAP_RELEASE_TIMEOUT`]. The
+/// kernel deletes a non-persistent TAP when its last queue closes, so when `link del` answers
+/// the name is free again, as after `ip link del` (the churn soak re-adds the same name 0.4 s
+/// later).
+fn close_devs(devs: Vec<Arc<PortDev>>, name: &str) {
+    let deadline = std::time::Instant::now() + TAP_RELEASE_TIMEOUT;
+    for mut dev in devs {
+        loop {
+            match Arc::try_unwrap(dev) {
+                Ok(d) => break drop(d),
+                Err(d) if std::time::Instant::now() < deadline => {
+                    dev = d;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        port = name,
+                        "a worker still holds the port's device: it goes when released"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long `link del` waits for the workers to release a port's devices.
+const TAP_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A temporary name for a TAP on its way to another namespace, unique on this machine.
 fn temp_name(key: u64) -> String {

@@ -464,15 +464,18 @@ fn check(
         format!("{balanced} ingresses balance: in = forwarded + dropped"),
         balanced >= 3,
     );
-    // Shown, not checked: in these runs the kernel's PACKET_STATISTICS counted about 140
-    // frames fewer than the engine took from the ring (and each of those reached its receiver),
-    // whatever the length of the run; see README.
+    // Shown, not checked: in short runs the kernel's PACKET_STATISTICS counted up to about 140
+    // frames fewer than the engine took from the ring (each of which reached its receiver);
+    // see README.
     let parent_rx = numbers(report, "accounting of p0:").and_then(|n| n.first().copied());
     if let (Some(rx), Some([packets, drops, ..])) = (
         parent_rx,
         numbers(report, "ring of p0 (kernel):").as_deref(),
     ) {
-        println!("info ring: the kernel counted {packets} + {drops} dropped, the engine took {rx}");
+        println!(
+            "info ring: the kernel counted {packets} frames ({drops} of them dropped because the \
+             ring was full), the engine took {rx}"
+        );
     }
     let dropped = numbers(report, "accounting of p0:").and_then(|n| n.last().copied());
     let by_reason: u64 = report
