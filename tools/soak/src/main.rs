@@ -373,14 +373,8 @@ fn churn(t: &Topology, socket: &Path, step: usize, churned: &mut Churned) {
             name: name.clone(),
             parent: Some("p0".into()),
             mode: Some(modes[(round / 6) % modes.len()]),
-            address: None,
-            mtu: None,
             netns: Some(ns.to_string()),
-            nopromisc: false,
-            nodst: false,
-            bcqueuelen: None,
-            bclim: None,
-            macaddr: Vec::new(),
+            ..LinkSpec::default()
         }),
         1 => {
             churned.requests += 1;
