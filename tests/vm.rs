@@ -277,6 +277,17 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     assert_eq!(seen["len"], 64, "{seen}");
     assert_eq!(seen["to_wire"], true, "{seen}");
 
+    // Another port's MAC is no better: with c0's, the guest reaches nobody either.
+    let c0_mac = l.port("c0")["address"].as_str().unwrap().to_string();
+    let before = l.drops("vm1", "mac_spoof");
+    ip(&["-n", &guest, "neigh", "flush", "all"]);
+    ip(&["-n", &guest, "link", "set", "eth0", "address", &c0_mac]);
+    assert!(
+        !pings(&guest, "192.0.2.1"),
+        "a guest with c0's MAC reached c0"
+    );
+    assert!(l.drops("vm1", "mac_spoof") > before, "no mac_spoof counted");
+
     // The guest takes another MAC: its frames are mac_spoof drops and reach nobody (the wire
     // never learns the spoofed address from its ARP requests).
     ip(&["-n", &wire, "neigh", "flush", "all"]);
