@@ -129,7 +129,7 @@ impl Call<'_> {
             owner: Some(owner_label(&self.conf.name, container, ifname)),
             nopromisc: false,
             nodst: false,
-            bcqueuelen: None,
+            bcqueuelen: self.conf.bcqueuelen,
             bclim: None,
             macaddr: Vec::new(),
         };
@@ -152,8 +152,7 @@ impl Call<'_> {
         let done = self.after_port(&iface);
         if done.is_err() {
             // Undo: the port (its device leaves the container with it).
-            let del = Request::LinkDel(LinkName { name: port.clone() });
-            if let Err(e) = request(self.socket(), del).map_err(|e| e.to_string()) {
+            if let Err(e) = self.delete_port(&port, Some(netns), ifname) {
                 tracing::warn!("rollback: deleting port {port}: {e}");
             }
         }
@@ -202,11 +201,18 @@ impl Call<'_> {
         if let Some(ipam) = self.ipam() {
             ipam.exec("DEL", &[])?;
         }
+        let port = port_name(container, ifname);
+        self.delete_port(&port, self.env.netns.as_deref(), ifname)
+    }
+
+    /// Deletes the engine's port `port` (success if there is no such port or no engine) and
+    /// waits until its device `ifname` has left `netns`.
+    fn delete_port(&self, port: &str, netns: Option<&str>, ifname: &str) -> Result<(), CniError> {
         let del = Request::LinkDel(LinkName {
-            name: port_name(container, ifname),
+            name: port.to_string(),
         });
         match request(self.socket(), del) {
-            Ok(_) => Ok(()),
+            Ok(_) => netns.map_or(Ok(()), |ns| setup::wait_gone(ns, ifname)),
             Err(e) if already_gone(&e) => Ok(()),
             Err(e) => Err(engine_err(e)),
         }
@@ -321,7 +327,7 @@ impl Call<'_> {
             {
                 continue;
             }
-            if let Err(e) = self.collect(&l.name, container, ifname) {
+            if let Err(e) = self.collect(l, container, ifname) {
                 failures.push(format!("{} ({container}/{ifname}): {e}", l.name));
             }
         }
@@ -335,18 +341,12 @@ impl Call<'_> {
     }
 
     /// GC of one stale attachment: its IPAM lease, then its port.
-    fn collect(&self, port: &str, container: &str, ifname: &str) -> Result<(), CniError> {
+    fn collect(&self, port: &LinkView, container: &str, ifname: &str) -> Result<(), CniError> {
         if let Some(ipam) = self.ipam() {
             let names = [("CNI_CONTAINERID", container), ("CNI_IFNAME", ifname)];
             ipam.exec("DEL", &names)?;
         }
-        let del = Request::LinkDel(LinkName {
-            name: port.to_string(),
-        });
-        match request(self.socket(), del) {
-            Ok(_) => Ok(()),
-            Err(e) if already_gone(&e) => Ok(()),
-            Err(e) => Err(engine_err(e)),
-        }
+        let device = port.ifname.as_deref().unwrap_or(&port.name);
+        self.delete_port(&port.name, port.netns.as_deref(), device)
     }
 }
