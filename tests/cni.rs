@@ -499,6 +499,9 @@ fn status_and_gc_with_1_1_0() {
     assert_eq!(engine.ports().len(), 4);
     assert_eq!(leases(&data.0, &network).len(), 3);
 
+    // GC without the list of valid attachments is refused (it would remove everything).
+    assert_eq!(code_of(&cni(PLUGIN, host, "GC", &conf, None, &[])), 7);
+    assert_eq!(engine.ports().len(), 4);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr0", "ifname": "eth0"}]);
     succeed(PLUGIN, host, "GC", &gc, None);

@@ -133,17 +133,12 @@ impl Call<'_> {
             bclim: None,
             macaddr: Vec::new(),
         };
-        let view = match request(self.socket(), Request::LinkAdd(spec)) {
-            Ok(Reply::Links { links }) if links.len() == 1 => links.into_iter().next(),
-            Ok(other) => {
-                return Err(CniError::new(
-                    code::ENGINE,
-                    format!("the engine answered link-add with {other:?}"),
-                ));
-            }
-            Err(e) => return Err(engine_err(e)),
-        }
-        .expect("one link");
+        let view = self
+            .links(Request::LinkAdd(spec))
+            .map_err(engine_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CniError::new(code::ENGINE, "the engine added no port"))?;
         let iface = Interface {
             name: ifname.to_string(),
             mac: view.address,
@@ -218,18 +213,25 @@ impl Call<'_> {
         }
     }
 
+    /// Sends `r` (link-add or link-show) and returns the ports of the answer.
+    fn links(&self, r: Request) -> Result<Vec<LinkView>, ClientError> {
+        match request(self.socket(), r)? {
+            Reply::Links { links } => Ok(links),
+            other => Err(ClientError::Protocol {
+                path: self.socket().to_path_buf(),
+                message: format!("{other:?} where ports were expected"),
+            }),
+        }
+    }
+
     /// The engine's view of one port, `None` if it has no such port.
     fn port(&self, name: &str) -> Result<Option<LinkView>, CniError> {
         let show = Request::LinkShow(LinkFilter {
             name: Some(name.to_string()),
         });
-        match request(self.socket(), show) {
-            Ok(Reply::Links { links }) => Ok(links.into_iter().next()),
+        match self.links(show) {
+            Ok(links) => Ok(links.into_iter().next()),
             Err(ClientError::Daemon(d)) if d.kind == ErrorKind::NoSuchLink => Ok(None),
-            Ok(other) => Err(CniError::new(
-                code::ENGINE,
-                format!("the engine answered link-show with {other:?}"),
-            )),
             Err(e) => Err(engine_err(e)),
         }
     }
@@ -299,17 +301,17 @@ impl Call<'_> {
     }
 
     fn gc(&self) -> Result<(), CniError> {
-        let valid = self.conf.valid_attachments.clone().unwrap_or_default();
-        let links = match request(self.socket(), Request::LinkShow(LinkFilter::default())) {
-            Ok(Reply::Links { links }) => links,
+        // Without the list every port of the network would look stale: refuse.
+        let valid = self.conf.valid_attachments.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "GC: required cni.dev/valid-attachments missing",
+            )
+        })?;
+        let links = match self.links(Request::LinkShow(LinkFilter::default())) {
+            Ok(links) => links,
             // No engine: its ports are gone with it; nothing to collect.
             Err(ClientError::NotListening { .. }) => return Ok(()),
-            Ok(other) => {
-                return Err(CniError::new(
-                    code::ENGINE,
-                    format!("the engine answered link-show with {other:?}"),
-                ));
-            }
             Err(e) => return Err(engine_err(e)),
         };
         let mut failures = Vec::new();
