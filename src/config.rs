@@ -11,6 +11,7 @@
 //! parent = "eth0"
 //! mode = "bridge"                            # default bridge
 //! netns = "web1"                             # default: the engine's namespace
+//! ifname = "eth1"                            # the device's name there; default: name
 //! mac = "02:00:00:00:00:01"                  # default: stable, derived
 //! mtu = 1500
 //! flags = ["nodst"]                          # nopromisc, nodst
@@ -61,6 +62,7 @@ struct RawPort {
     parent: Spanned<String>,
     mode: Option<Spanned<String>>,
     netns: Option<Spanned<String>>,
+    ifname: Option<String>,
     mac: Option<Spanned<String>>,
     mtu: Option<Spanned<u32>>,
     #[serde(default)]
@@ -321,7 +323,7 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             address,
             mtu: p.mtu.map(Spanned::into_inner),
             netns: p.netns.map(Spanned::into_inner),
-            ifname: None,
+            ifname: p.ifname,
             owner: None,
             nopromisc,
             nodst,
@@ -378,6 +380,7 @@ name = "c1"
 parent = "eth0"
 mode = "vepa"
 netns = "web1"
+ifname = "eth1"
 mac = "02:00:00:00:00:01"
 mtu = 1400
 
@@ -399,6 +402,7 @@ macaddr = ["02:00:00:00:00:99"]
         assert_eq!(c.control.as_deref(), Some(Path::new("/tmp/u.sock")));
         assert_eq!(c.bclim.get("eth0"), Some(&2));
         assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].spec.ifname.as_deref(), Some("eth1"));
         let s = &c.ports[1].spec;
         assert!(s.nodst && s.mode == Some(Mode::Source) && s.macaddr.len() == 1);
     }

@@ -78,9 +78,11 @@ enum LinkCommand {
 ///       [bclim N] [macaddr MAC [MAC ...]] [kind tap|attach|stream] [path SOCKET]
 ///       [trust_guest_mac]
 ///   umacvlan link add name=N[,parent=P][,mode=M][,netns=NS][,mac=MAC][,mtu=N]
-///       [,flag=nopromisc|nodst][,bcqueuelen=N][,bclim=N][,source=MAC+MAC..]
+///       [,flag=nopromisc|nodst][,bcqueuelen=N][,bclim=N][,source=MAC+MAC..][,ifname=DEV]
 ///       [,kind=tap|attach|stream][,path=SOCKET][,trust_guest_mac]
 ///
+/// NS is a name from `ip netns add` or a path (/proc/PID/ns/net); ifname=DEV names the device
+/// in its namespace when it is not NAME (many containers each want an eth0).
 /// MODE is private, vepa, bridge (the default here, as in Docker and CNI), passthru
 /// (or passthrough) or source. Without parent, the engine uses the default route's interface.
 /// Without address, the port gets a stable MAC derived from the parent's and the port's names.

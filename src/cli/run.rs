@@ -19,8 +19,9 @@ use crate::sys::ring::{RingConfig, RingVersion};
 
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
 ///
-/// Each --port becomes a TAP named N (non-persistent: it vanishes when the engine exits or
-/// dies), in the namespace NS (a name from `ip netns add`) or in the engine's own namespace, with
+/// Each --port becomes a TAP named N, or DEV with ifname=DEV (non-persistent: it vanishes when
+/// the engine exits or dies), in the namespace NS (a name from `ip netns add`, or a path such as
+/// /proc/PID/ns/net) or in the engine's own namespace, with
 /// the given MAC (default: stable, derived from the parent's and the port's names; passthru takes
 /// the parent's), admin-down like a fresh `ip link add ... type macvlan`. Bring it up where it
 /// lives (`ip -n NS link set N up`) and the engine starts forwarding to it.
@@ -50,7 +51,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "P", requires = "ports")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
-    /// [,bcqueuelen=N][,source=MAC+MAC..][,kind=tap|attach|stream][,path=SOCKET]
+    /// [,bcqueuelen=N][,source=MAC+MAC..][,ifname=DEV][,kind=tap|attach|stream][,path=SOCKET]
     /// [,trust_guest_mac]. Repeat for more ports.
     #[arg(long = "port", value_name = "SPEC")]
     ports: Vec<String>,

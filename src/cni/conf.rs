@@ -123,6 +123,11 @@ pub struct RawConf {
     #[serde(default)]
     pub mac: Option<String>,
     #[serde(default)]
+    pub bcqueuelen: Option<u32>,
+    /// Upstream's nested setups (the master inside the container): not supported.
+    #[serde(rename = "linkInContainer", default)]
+    pub link_in_container: bool,
+    #[serde(default)]
     pub ipam: Option<IpamConf>,
     #[serde(default)]
     pub dns: Option<Value>,
@@ -149,6 +154,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     /// The top-level `mac`.
     pub mac: Option<MacAddr>,
+    /// The port's broadcast queue length (`bcqueuelen`, as upstream).
+    pub bcqueuelen: Option<u32>,
     /// `runtimeConfig.mac`.
     pub runtime_mac: Option<MacAddr>,
     /// `ipam.type`; `None`: layer 2 only (the link is just brought up).
@@ -193,6 +200,12 @@ impl NetConf {
             return Err(incompatible(&raw.cni_version));
         }
         let invalid = |m: String| CniError::new(code::INVALID_CONFIG, m);
+        if raw.link_in_container {
+            return Err(invalid(
+                "linkInContainer is not supported: the engine's parents are in its own namespace"
+                    .into(),
+            ));
+        }
         let mode = match raw.mode.as_deref() {
             None | Some("") => Mode::Bridge,
             Some(m) => m.parse().map_err(|e| invalid(format!("mode: {e}")))?,
@@ -207,6 +220,7 @@ impl NetConf {
         Ok(NetConf {
             mac: mac("mac", &raw.mac)?,
             runtime_mac: mac("runtimeConfig.mac", &raw.runtime_config.mac)?,
+            bcqueuelen: raw.bcqueuelen,
             version: raw.cni_version,
             name: raw.name,
             master: raw.master.filter(|m| !m.is_empty()),
@@ -382,7 +396,7 @@ mod tests {
         assert_eq!(c.ipam, None, "ipam {{}}: layer 2 only");
         assert_eq!(c.dns, json!({}));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
-        let c = conf(r#","master":"eth1","mode":"vepa","mtu":1400,"socket":"/tmp/s","ipam":{"type":"host-local"}"#)
+        let c = conf(r#","master":"eth1","mode":"vepa","mtu":1400,"socket":"/tmp/s","ipam":{"type":"host-local"},"bcqueuelen":0"#)
             .unwrap();
         assert_eq!(
             (c.master.as_deref(), c.mode, c.mtu, c.ipam.as_deref()),
@@ -390,6 +404,7 @@ mod tests {
         );
         assert_eq!(c.master().unwrap(), "eth1");
         assert_eq!(c.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(c.bcqueuelen, Some(0));
     }
 
     #[test]
@@ -411,6 +426,10 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","mode":"x"}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","linkInContainer":true}"#,
                 code::INVALID_CONFIG,
             ),
             (

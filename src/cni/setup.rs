@@ -29,23 +29,60 @@ fn find_link(nl: &mut Netlink, ifname: &str, netns: &str) -> Result<LinkInfo, Cn
         .ok_or_else(|| CniError::new(code::SETUP, format!("no device {ifname} in {netns}")))
 }
 
-/// Sets `net.ipv4.conf.IFNAME.arp_notify=1` (a gratuitous ARP when the link comes up, so
-/// neighbours learn the new MAC at once) and, where IPv6 is on, `net.ipv6.conf.IFNAME.
-/// ndisc_notify=1`, in `ns` (`/proc/sys/net` follows the thread's namespace).
-fn notify_sysctls(ns: &Netns, ifname: &str) -> Result<(), CniError> {
-    let write = |path: String| std::fs::write(&path, "1").map_err(|e| (path, e));
-    let (v4, v6) = in_netns(ns, || {
-        (
-            write(format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify")),
-            write(format!("/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify")),
-        )
+/// One sysctl under `/proc/sys/net` to set, and whether failing to set it is an error.
+struct Sysctl {
+    path: String,
+    value: &'static str,
+    required: bool,
+}
+
+/// Sets `sysctls` in `ns` (`/proc/sys/net` follows the thread's namespace).
+fn set_sysctls(ns: &Netns, sysctls: &[Sysctl]) -> Result<(), CniError> {
+    let results = in_netns(ns, || {
+        sysctls
+            .iter()
+            .map(|s| std::fs::write(format!("/proc/sys/net/{}", s.path), s.value))
+            .collect::<Vec<_>>()
     })
     .map_err(setup_err)?;
-    v4.map_err(|(p, e)| CniError::new(code::SETUP, format!("set {p}: {e}")))?;
-    if let Err((p, e)) = v6 {
-        tracing::debug!("{p}: {e} (IPv6 off in the container)");
+    for (s, r) in sysctls.iter().zip(results) {
+        match r {
+            Err(e) if s.required => {
+                return Err(CniError::new(
+                    code::SETUP,
+                    format!("set net/{} to {}: {e}", s.path, s.value),
+                ));
+            }
+            Err(e) => tracing::debug!("net/{}: {e} (IPv6 off in the container)", s.path),
+            Ok(()) => {}
+        }
     }
     Ok(())
+}
+
+/// What upstream sets: `arp_notify=1` (a gratuitous ARP when the link comes up, so neighbours
+/// learn the new MAC at once) and, where IPv6 is on, `ndisc_notify=1`; with an IPv6 address,
+/// IPv6 switched on for `lo` and the device and `keep_addr_on_down=1`.
+fn sysctls_for(ifname: &str, ips: &[IpConf]) -> Vec<Sysctl> {
+    let set = |path: String, value, required| Sysctl {
+        path,
+        value,
+        required,
+    };
+    let mut out = vec![
+        set(format!("ipv4/conf/{ifname}/arp_notify"), "1", true),
+        set(format!("ipv6/conf/{ifname}/ndisc_notify"), "1", false),
+    ];
+    if ips.iter().any(|ip| ip.address.is_ipv6()) {
+        out.push(set("ipv6/conf/lo/disable_ipv6".into(), "0", true));
+        out.push(set(format!("ipv6/conf/{ifname}/disable_ipv6"), "0", true));
+        out.push(set(
+            format!("ipv6/conf/{ifname}/keep_addr_on_down"),
+            "1",
+            true,
+        ));
+    }
+    out
 }
 
 /// Brings the device up and, given an IPAM result, sets the notify sysctls, adds the
@@ -62,7 +99,7 @@ pub fn configure(
     let Some((ips, routes)) = ipam else {
         return nl.set_up(link.index, true).map_err(setup_err);
     };
-    notify_sysctls(&ns, ifname)?;
+    set_sysctls(&ns, &sysctls_for(ifname, ips))?;
     for ip in ips {
         nl.add_address(link.index, ip.address, ip.prefix_len)
             .map_err(setup_err)?;
@@ -81,6 +118,30 @@ pub fn configure(
             oif: link.index,
         })
         .map_err(setup_err)?;
+    }
+    Ok(())
+}
+
+/// How long DEL, GC and a rolled-back ADD wait for a deleted port's device to leave the
+/// container (the engine closes the TAP a moment after it answers).
+const GONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until no device `ifname` is left in namespace `netns` (a name or path), so that the
+/// same name can be used again at once. A namespace that no longer exists counts as done.
+pub fn wait_gone(netns: &str, ifname: &str) -> Result<(), CniError> {
+    let Ok(ns) = Netns::open(netns) else {
+        return Ok(());
+    };
+    let mut nl = Netlink::open_in(&ns).map_err(setup_err)?;
+    let deadline = std::time::Instant::now() + GONE_TIMEOUT;
+    while nl.link_by_name(ifname).map_err(setup_err)?.is_some() {
+        if std::time::Instant::now() > deadline {
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                format!("the deleted port's device {ifname} is still in {netns}"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
 }

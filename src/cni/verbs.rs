@@ -127,19 +127,15 @@ impl Call<'_> {
             netns: Some(netns.to_string()),
             ifname: Some(ifname.to_string()),
             owner: Some(owner_label(&self.conf.name, container, ifname)),
+            bcqueuelen: self.conf.bcqueuelen,
             ..LinkSpec::default()
         };
-        let view = match request(self.socket(), Request::LinkAdd(spec)) {
-            Ok(Reply::Links { links }) if links.len() == 1 => links.into_iter().next(),
-            Ok(other) => {
-                return Err(CniError::new(
-                    code::ENGINE,
-                    format!("the engine answered link-add with {other:?}"),
-                ));
-            }
-            Err(e) => return Err(engine_err(e)),
-        }
-        .expect("one link");
+        let view = self
+            .links(Request::LinkAdd(spec))
+            .map_err(engine_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CniError::new(code::ENGINE, "the engine added no port"))?;
         let iface = Interface {
             name: ifname.to_string(),
             mac: view.address,
@@ -148,8 +144,7 @@ impl Call<'_> {
         let done = self.after_port(&iface);
         if done.is_err() {
             // Undo: the port (its device leaves the container with it).
-            let del = Request::LinkDel(LinkName { name: port.clone() });
-            if let Err(e) = request(self.socket(), del).map_err(|e| e.to_string()) {
+            if let Err(e) = self.delete_port(&port, Some(netns), ifname) {
                 tracing::warn!("rollback: deleting port {port}: {e}");
             }
         }
@@ -198,13 +193,31 @@ impl Call<'_> {
         if let Some(ipam) = self.ipam() {
             ipam.exec("DEL", &[])?;
         }
+        let port = port_name(container, ifname);
+        self.delete_port(&port, self.env.netns.as_deref(), ifname)
+    }
+
+    /// Deletes the engine's port `port` (success if there is no such port or no engine) and
+    /// waits until its device `ifname` has left `netns`.
+    fn delete_port(&self, port: &str, netns: Option<&str>, ifname: &str) -> Result<(), CniError> {
         let del = Request::LinkDel(LinkName {
-            name: port_name(container, ifname),
+            name: port.to_string(),
         });
         match request(self.socket(), del) {
-            Ok(_) => Ok(()),
+            Ok(_) => netns.map_or(Ok(()), |ns| setup::wait_gone(ns, ifname)),
             Err(e) if already_gone(&e) => Ok(()),
             Err(e) => Err(engine_err(e)),
+        }
+    }
+
+    /// Sends `r` (link-add or link-show) and returns the ports of the answer.
+    fn links(&self, r: Request) -> Result<Vec<LinkView>, ClientError> {
+        match request(self.socket(), r)? {
+            Reply::Links { links } => Ok(links),
+            other => Err(ClientError::Protocol {
+                path: self.socket().to_path_buf(),
+                message: format!("{other:?} where ports were expected"),
+            }),
         }
     }
 
@@ -213,13 +226,9 @@ impl Call<'_> {
         let show = Request::LinkShow(LinkFilter {
             name: Some(name.to_string()),
         });
-        match request(self.socket(), show) {
-            Ok(Reply::Links { links }) => Ok(links.into_iter().next()),
+        match self.links(show) {
+            Ok(links) => Ok(links.into_iter().next()),
             Err(ClientError::Daemon(d)) if d.kind == ErrorKind::NoSuchLink => Ok(None),
-            Ok(other) => Err(CniError::new(
-                code::ENGINE,
-                format!("the engine answered link-show with {other:?}"),
-            )),
             Err(e) => Err(engine_err(e)),
         }
     }
@@ -289,17 +298,17 @@ impl Call<'_> {
     }
 
     fn gc(&self) -> Result<(), CniError> {
-        let valid = self.conf.valid_attachments.clone().unwrap_or_default();
-        let links = match request(self.socket(), Request::LinkShow(LinkFilter::default())) {
-            Ok(Reply::Links { links }) => links,
+        // Without the list every port of the network would look stale: refuse.
+        let valid = self.conf.valid_attachments.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "GC: required cni.dev/valid-attachments missing",
+            )
+        })?;
+        let links = match self.links(Request::LinkShow(LinkFilter::default())) {
+            Ok(links) => links,
             // No engine: its ports are gone with it; nothing to collect.
             Err(ClientError::NotListening { .. }) => return Ok(()),
-            Ok(other) => {
-                return Err(CniError::new(
-                    code::ENGINE,
-                    format!("the engine answered link-show with {other:?}"),
-                ));
-            }
             Err(e) => return Err(engine_err(e)),
         };
         let mut failures = Vec::new();
@@ -317,7 +326,7 @@ impl Call<'_> {
             {
                 continue;
             }
-            if let Err(e) = self.collect(&l.name, container, ifname) {
+            if let Err(e) = self.collect(l, container, ifname) {
                 failures.push(format!("{} ({container}/{ifname}): {e}", l.name));
             }
         }
@@ -331,18 +340,12 @@ impl Call<'_> {
     }
 
     /// GC of one stale attachment: its IPAM lease, then its port.
-    fn collect(&self, port: &str, container: &str, ifname: &str) -> Result<(), CniError> {
+    fn collect(&self, port: &LinkView, container: &str, ifname: &str) -> Result<(), CniError> {
         if let Some(ipam) = self.ipam() {
             let names = [("CNI_CONTAINERID", container), ("CNI_IFNAME", ifname)];
             ipam.exec("DEL", &names)?;
         }
-        let del = Request::LinkDel(LinkName {
-            name: port.to_string(),
-        });
-        match request(self.socket(), del) {
-            Ok(_) => Ok(()),
-            Err(e) if already_gone(&e) => Ok(()),
-            Err(e) => Err(engine_err(e)),
-        }
+        let device = port.ifname.as_deref().unwrap_or(&port.name);
+        self.delete_port(&port.name, port.netns.as_deref(), device)
     }
 }
