@@ -30,9 +30,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortFlags, PortTable};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
-use crate::net::Netlink;
+use crate::net::{Cidr, Netlink};
 use crate::spec::PortSpec;
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +65,11 @@ struct RawPort {
     bcqueuelen: Option<u32>,
     #[serde(default)]
     macaddr: Vec<Spanned<String>>,
+    kind: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
 }
 
 /// A configuration that parsed and passed every check that needs no machine.
@@ -204,7 +209,7 @@ impl Config {
                 .iter()
                 .map(|p| PortConfig {
                     up: true,
-                    ..port_spec(&p.spec).to_config(parent)
+                    ..PortSpec::from(&p.spec).to_config(parent)
                 })
                 .collect();
             if let Err(e) = PortTable::build(pconfig, configs) {
@@ -252,24 +257,6 @@ impl Config {
     }
 }
 
-/// The `--port` form of a configured port (for its table checks and its derived MAC).
-fn port_spec(l: &LinkSpec) -> PortSpec {
-    PortSpec {
-        name: l.name.clone(),
-        mode: l.mode.unwrap_or(Mode::Bridge),
-        netns: l.netns.clone(),
-        mac: l.address,
-        mtu: l.mtu,
-        flags: PortFlags {
-            nopromisc: l.nopromisc,
-            nodst: l.nodst,
-        },
-        bcqueuelen: l.bcqueuelen,
-        sources: l.macaddr.iter().copied().collect(),
-        state: Default::default(),
-    }
-}
-
 fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
     let mode = match &p.mode {
         None => None,
@@ -303,13 +290,35 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             }
         }
     }
+    let cidrs = |v: &[Spanned<String>], key: &str| {
+        v.iter()
+            .map(|c| {
+                c.get_ref()
+                    .parse::<Cidr>()
+                    .map_err(|e| src.error(Some(c.span()), format!("{key}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (addresses, routes) = (
+        cidrs(&p.addresses, "ports.addresses")?,
+        cidrs(&p.routes, "ports.routes")?,
+    );
+    let kind = match &p.kind {
+        None => None,
+        Some(k) => Some(
+            k.get_ref()
+                .parse()
+                .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
+        ),
+    };
     if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
         return Err(src.error(
             Some(m.span()),
             format!("ports.mtu: {} is below {MIN_MTU}", m.get_ref()),
         ));
     }
-    Ok(ConfigPort {
+    let kind_at = p.kind.as_ref().map_or(p.name.span(), Spanned::span);
+    let port = ConfigPort {
         name_at: p.name.span(),
         mtu_at: p.mtu.as_ref().map(Spanned::span),
         netns_at: p.netns.as_ref().map(Spanned::span),
@@ -326,8 +335,15 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             bcqueuelen: p.bcqueuelen,
             bclim: None,
             macaddr,
+            kind,
+            addresses,
+            routes,
         },
-    })
+    };
+    PortSpec::from(&port.spec)
+        .check_kind()
+        .map_err(|e| src.error(Some(kind_at), format!("ports.kind: {e}")))?;
+    Ok(port)
 }
 
 /// What a reload must do to go from `old` to `new`.
@@ -396,6 +412,12 @@ macaddr = ["02:00:00:00:00:99"]
         assert_eq!(c.ports.len(), 2);
         let s = &c.ports[1].spec;
         assert!(s.nodst && s.mode == Some(Mode::Source) && s.macaddr.len() == 1);
+        let host = "[[ports]]\nname = \"shim0\"\nparent = \"eth0\"\nkind = \"host\"\naddresses = [\"192.0.2.100/32\"]\nroutes = [\"192.0.2.0/24\"]\n";
+        let c = Config::parse("h.toml", host).unwrap();
+        let s = &c.ports[0].spec;
+        assert_eq!(s.kind, Some(crate::spec::PortKind::Host));
+        assert_eq!(s.addresses, vec!["192.0.2.100/32".parse().unwrap()]);
+        assert_eq!(s.routes, vec!["192.0.2.0/24".parse().unwrap()]);
     }
 
     #[test]
@@ -435,6 +457,14 @@ macaddr = ["02:00:00:00:00:99"]
                 "passthru port t must be the parent's only port",
             ),
             ("[[ports]]\nname = \"c1\"\n", "missing field `parent`"),
+            (
+                "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nnetns = \"x\"\n",
+                "u.toml:4:8: ports.kind: a host port stays in the engine's namespace",
+            ),
+            (
+                "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nroutes = [\"10.0.0.0/33\"]\n",
+                "u.toml:5:11: ports.routes: \"10.0.0.0/33\": the prefix length must be 0..=32",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text);

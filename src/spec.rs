@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
+//!       [,kind=tap|host][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
 //! ```
 //!
 //! `name=N,mode=M[,netns=NS][,mac=MAC][,mtu=N]` is a stable contract: other tools drive the
@@ -12,8 +13,59 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
+use crate::control::proto::LinkSpec;
 use crate::forward::{Mode, ModeParseError, PortConfig, PortFlags};
 use crate::mac::{MacAddr, MacParseError};
+use crate::net::Cidr;
+use crate::net::cidr::CidrError;
+
+/// What a port is: a TAP the engine moves where `netns` says (the default), or a host port, a
+/// TAP left in the engine's own namespace with addresses and routes, so that the host reaches
+/// its bridge-mode siblings (which the kernel's macvlan never lets it do through the parent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    #[default]
+    Tap,
+    Host,
+}
+
+impl PortKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Host => "host",
+        }
+    }
+}
+
+impl FromStr for PortKind {
+    type Err = KindError;
+    fn from_str(s: &str) -> Result<PortKind, KindError> {
+        match s {
+            "tap" => Ok(PortKind::Tap),
+            "host" => Ok(PortKind::Host),
+            _ => Err(KindError::Unknown(s.to_string())),
+        }
+    }
+}
+
+/// A port kind that does not fit the rest of the port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    #[error("unknown kind {0:?}; kinds are tap (the default) and host")]
+    Unknown(String),
+    #[error("a host port stays in the engine's namespace: it takes no netns")]
+    HostNetns,
+    #[error(
+        "a host port is a bridge-mode port (mode bridge): only bridge siblings are reached locally, not {0}"
+    )]
+    HostMode(Mode),
+    #[error("addresses and routes are for host ports (kind host); set a tap port's where it lives")]
+    NotHost,
+    #[error("route {route} has host bits set: the network is {}", route.network())]
+    RouteHostBits { route: Cidr },
+}
 
 /// The keys every `--port` accepts.
 pub const CONFIG_KEYS: &[&str] = &[
@@ -25,6 +77,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "flag",
     "bcqueuelen",
     "source",
+    "kind",
+    "address",
+    "route",
 ];
 /// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
 /// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
@@ -60,6 +115,10 @@ pub struct PortSpec {
     pub bcqueuelen: Option<u32>,
     pub sources: BTreeSet<MacAddr>,
     pub state: PortState,
+    pub kind: PortKind,
+    /// A host port's IP addresses and the networks routed through it.
+    pub addresses: Vec<Cidr>,
+    pub routes: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +151,10 @@ pub enum SpecError {
         flag
     )]
     Flag { spec: String, flag: String },
+    #[error("--port {spec:?}: {source}")]
+    Cidr { spec: String, source: CidrError },
+    #[error("--port {spec:?}: {source}")]
+    Kind { spec: String, source: KindError },
     #[error(
         "--port {spec:?}: {key} describes live port state; `run` reads it from the TAP (it is for `trace` only)"
     )]
@@ -114,6 +177,9 @@ impl FromStr for PortSpec {
             bcqueuelen: None,
             sources: BTreeSet::new(),
             state: PortState::default(),
+            kind: PortKind::Tap,
+            addresses: Vec::new(),
+            routes: Vec::new(),
         };
         for item in spec.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = match item.split_once('=') {
@@ -156,6 +222,12 @@ impl FromStr for PortSpec {
                     .map_err(|source| SpecError::Mac { spec: s(), source })
             };
             let macs = |v: &str| v.split('+').map(mac).collect::<Result<BTreeSet<_>, _>>();
+            let cidrs = |v: &str| {
+                v.split('+')
+                    .map(|c| c.parse::<Cidr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| SpecError::Cidr { spec: s(), source })
+            };
             let num = |v: &str| {
                 v.parse::<u32>().map_err(|_| SpecError::Number {
                     spec: s(),
@@ -185,6 +257,13 @@ impl FromStr for PortSpec {
                     }
                 },
                 "source" => out.sources = macs(value)?,
+                "kind" => {
+                    out.kind = value
+                        .parse()
+                        .map_err(|source| SpecError::Kind { spec: s(), source })?
+                }
+                "address" => out.addresses = cidrs(value)?,
+                "route" => out.routes = cidrs(value)?,
                 "join" => out.state.groups = macs(value)?,
                 "down" => out.state.down = true,
                 "promisc" => out.state.promisc = true,
@@ -200,6 +279,8 @@ impl FromStr for PortSpec {
         if out.name.is_empty() {
             return Err(SpecError::MissingName { spec: s() });
         }
+        out.check_kind()
+            .map_err(|source| SpecError::Kind { spec: s(), source })?;
         Ok(out)
     }
 }
@@ -210,7 +291,49 @@ pub fn derived_mac(parent: &str, port: &str) -> MacAddr {
     MacAddr::derived(format!("umacvlan/{parent}/{port}").as_bytes())
 }
 
+impl From<&LinkSpec> for PortSpec {
+    /// The `--port` form of a `link add` request or a configured port.
+    fn from(l: &LinkSpec) -> PortSpec {
+        PortSpec {
+            name: l.name.clone(),
+            mode: l.mode.unwrap_or(Mode::Bridge),
+            netns: l.netns.clone(),
+            mac: l.address,
+            mtu: l.mtu,
+            flags: PortFlags {
+                nopromisc: l.nopromisc,
+                nodst: l.nodst,
+            },
+            bcqueuelen: l.bcqueuelen,
+            sources: l.macaddr.iter().copied().collect(),
+            state: PortState::default(),
+            kind: l.kind.unwrap_or_default(),
+            addresses: l.addresses.clone(),
+            routes: l.routes.clone(),
+        }
+    }
+}
+
 impl PortSpec {
+    /// The rules of the port's kind: a host port is a bridge port in the engine's namespace;
+    /// addresses and routes belong to host ports; a route is a network.
+    pub fn check_kind(&self) -> Result<(), KindError> {
+        match self.kind {
+            PortKind::Host if self.netns.is_some() => return Err(KindError::HostNetns),
+            PortKind::Host if self.mode != Mode::Bridge => {
+                return Err(KindError::HostMode(self.mode));
+            }
+            PortKind::Tap if !self.addresses.is_empty() || !self.routes.is_empty() => {
+                return Err(KindError::NotHost);
+            }
+            _ => {}
+        }
+        match self.routes.iter().find(|r| !r.is_network()) {
+            Some(&route) => Err(KindError::RouteHostBits { route }),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses the trace-only state keys (for `run`).
     pub fn config_only(&self, spec: &str) -> Result<(), SpecError> {
         let st = &self.state;
@@ -335,6 +458,8 @@ fn with_spec(e: SpecError, whole: &str) -> SpecError {
         SpecError::Number { key, value, .. } => SpecError::Number { spec, key, value },
         SpecError::Flag { flag, .. } => SpecError::Flag { spec, flag },
         SpecError::StateKey { key, .. } => SpecError::StateKey { spec, key },
+        SpecError::Cidr { source, .. } => SpecError::Cidr { spec, source },
+        SpecError::Kind { source, .. } => SpecError::Kind { spec, source },
     }
 }
 
@@ -401,6 +526,58 @@ mod tests {
             ("parent=eth0", "\"parent=eth0\": name=N is required"),
         ] {
             let e = bad.parse::<LinkPortSpec>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        let p = parse(
+            "name=shim0,kind=host,address=192.0.2.100/32+2001:db8::64/128,route=192.0.2.0/24",
+        )
+        .unwrap();
+        assert_eq!(p.kind, PortKind::Host);
+        assert_eq!(p.mode, Mode::Bridge);
+        assert_eq!(
+            p.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["192.0.2.100/32", "2001:db8::64/128"]
+        );
+        assert_eq!(p.routes, vec!["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(parse("name=c1,kind=tap").unwrap().kind, PortKind::Tap);
+        for (bad, want) in [
+            (
+                "name=s,kind=vm",
+                "unknown kind \"vm\"; kinds are tap (the default) and host",
+            ),
+            (
+                "name=s,kind=host,netns=ns1",
+                "a host port stays in the engine's namespace",
+            ),
+            (
+                "name=s,kind=host,mode=vepa",
+                "a host port is a bridge-mode port",
+            ),
+            (
+                "name=s,address=192.0.2.1/24",
+                "addresses and routes are for host ports",
+            ),
+            (
+                "name=s,route=192.0.2.0/24",
+                "addresses and routes are for host ports",
+            ),
+            (
+                "name=s,kind=host,route=192.0.2.1/24",
+                "the network is 192.0.2.0/24",
+            ),
+            (
+                "name=s,kind=host,address=192.0.2.1",
+                "is not ADDRESS/PREFIX",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::forward::Mode;
 use crate::mac::MacAddr;
+use crate::net::Cidr;
+use crate::spec::PortKind;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -155,7 +157,7 @@ pub struct LinkFilter {
 }
 
 /// A new port: `ip link add NAME link PARENT type macvlan ...` in umacvlan's words.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     pub name: String,
@@ -185,6 +187,15 @@ pub struct LinkSpec {
     /// Source mode: the remote source MACs.
     #[serde(default)]
     pub macaddr: Vec<MacAddr>,
+    /// `None`: tap. A host port stays in the engine's namespace with `addresses` and `routes`.
+    #[serde(default)]
+    pub kind: Option<PortKind>,
+    /// A host port's IP addresses (`address` is the MAC, as in `ip link`).
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+    /// Networks routed through a host port.
+    #[serde(default)]
+    pub routes: Vec<Cidr>,
 }
 
 /// `umacvlan link set NAME ...`: only the fields given change.

@@ -35,7 +35,7 @@ use crate::control::proto::{
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::spec::{PortSpec, derived_mac};
+use crate::spec::{PortKind, PortSpec, derived_mac};
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
@@ -69,6 +69,7 @@ struct PortEntry {
     tap: Arc<Tap>,
     counters: Arc<PortCounters>,
     live: Option<LiveState>,
+    kind: PortKind,
 }
 
 /// The engine.
@@ -279,7 +280,9 @@ impl Daemon {
         let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
         self.watchers.port(ns, key, &p.spec.name)?;
         let netns = p.spec.netns.clone().zip(p.netns);
+        let kind = p.spec.kind;
         self.ports.push(PortEntry {
+            kind,
             key,
             parent: parent.to_string(),
             config: p.config,
@@ -648,20 +651,9 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = PortSpec {
-            name: l.name.clone(),
-            mode: l.mode.unwrap_or(Mode::Bridge),
-            netns: l.netns.clone(),
-            mac: l.address,
-            mtu: l.mtu,
-            flags: crate::forward::PortFlags {
-                nopromisc: l.nopromisc,
-                nodst: l.nodst,
-            },
-            bcqueuelen: l.bcqueuelen,
-            sources: l.macaddr.iter().copied().collect(),
-            state: Default::default(),
-        };
+        let spec = PortSpec::from(&l);
+        spec.check_kind()
+            .map_err(|e| err(ErrorKind::InvalidArgument, format!("port {}: {e}", l.name)))?;
         let mut config = spec.to_config(&parent);
         config.up = false;
         if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
@@ -762,6 +754,10 @@ impl Daemon {
         let (key, parent, old_mode) = (e.key, e.parent.clone(), e.config.mode);
         let pconfig = self.parents[&parent].config.clone();
         let new_mode = c.mode.unwrap_or(old_mode);
+        if e.kind == PortKind::Host && new_mode != Mode::Bridge {
+            let e = crate::spec::KindError::HostMode(new_mode);
+            return Err(err(ErrorKind::InvalidArgument, format!("{}: {e}", c.name)));
+        }
         if (new_mode == Mode::Passthru) != (old_mode == Mode::Passthru) {
             return Err(err(
                 ErrorKind::InvalidArgument,
@@ -1062,10 +1058,23 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace and flags; not to or from passthru). A setting dropped from the file goes back to
+/// namespace, flags, kind, addresses and routes; not to or from passthru). A setting dropped from the file goes back to
 /// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
-    let fixed = |s: &LinkSpec| (s.parent.clone(), s.netns.clone(), s.nopromisc, s.nodst);
+    let fixed = |s: &LinkSpec| {
+        let host = (
+            s.kind.unwrap_or_default(),
+            s.addresses.clone(),
+            s.routes.clone(),
+        );
+        (
+            s.parent.clone(),
+            s.netns.clone(),
+            s.nopromisc,
+            s.nodst,
+            host,
+        )
+    };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
         return None;
@@ -1166,6 +1175,16 @@ fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> a
     nl.set_mac(link.index, p.config.mac)?;
     nl.set_mtu(link.index, p.config.mtu.unwrap_or(parent_mtu))?;
     nl.set_txqlen(link.index, TAP_TXQLEN)?;
+    if p.spec.kind == PortKind::Host {
+        // Up first: the kernel refuses a route through a device that is down.
+        nl.set_up(link.index, true)?;
+        for a in &p.spec.addresses {
+            nl.add_address(link.index, a.addr, a.prefix_len)?;
+        }
+        for r in &p.spec.routes {
+            nl.add_route(link.index, *r)?;
+        }
+    }
     if let Some(ns) = &p.netns {
         nl.set_netns(link.index, ns)?;
         let mut there = Netlink::open_in(ns)?;

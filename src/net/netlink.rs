@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -32,6 +32,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use super::cidr::Cidr;
 use super::error::{Error, Result};
 use super::netns::{Netns, in_netns};
 use crate::mac::MacAddr;
@@ -640,17 +641,25 @@ impl Netlink {
 
     // ---- addresses and neighbours (the lab) ---------------------------------------------------
 
-    /// Add an IPv4 address (`ip addr add ADDR/PREFIX brd + dev X`): RTM_NEWADDR with `IFA_LOCAL`
-    /// and `IFA_ADDRESS` set to `addr` and `IFA_BROADCAST` to the subnet's broadcast address (none
-    /// for /31 and /32). Fails with `EEXIST` if the device already has it.
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    /// Add an address (`ip addr add ADDR/PREFIX brd + dev X`): RTM_NEWADDR with `IFA_LOCAL` and
+    /// `IFA_ADDRESS` set to `addr` and, for IPv4, `IFA_BROADCAST` to the subnet's broadcast
+    /// address (none for /31 and /32). Fails with `EEXIST` if the device already has it.
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: impl Into<IpAddr>,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let addr = addr.into();
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family_of(addr);
         msg.header.prefix_len = prefix_len;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Address(addr.into()));
-        if let Some(brd) = broadcast_of(addr, prefix_len) {
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        if let IpAddr::V4(v4) = addr
+            && let Some(brd) = broadcast_of(v4, prefix_len)
+        {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
         let r = self.transact(
@@ -661,6 +670,32 @@ impl Netlink {
         self.finish(r, index, |who| {
             format!("add address {addr}/{prefix_len} to {who}")
         })
+    }
+
+    /// Add a route to the network `dest` through the device, in the main table (`ip route add
+    /// DEST dev X`: scope link, protocol boot). `dest` must have no host bits set. Fails with
+    /// `EEXIST` if the route exists.
+    pub fn add_route(&mut self, index: u32, dest: Cidr) -> Result<()> {
+        use netlink_packet_route::route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+            RouteType,
+        };
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family_of(dest.addr);
+        msg.header.destination_prefix_length = dest.prefix_len;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Link;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dest.addr)));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        let r = self.transact(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            |_, _| Ok(()),
+        );
+        self.finish(r, index, |who| format!("add route {dest} dev {who}"))
     }
 
     /// Forget the IPv4 neighbour (ARP) entry for `addr` on the device (`ip neigh del ADDR dev
@@ -856,6 +891,13 @@ impl Netlink {
                 }
             }
         }
+    }
+}
+
+fn family_of(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
