@@ -9,6 +9,7 @@
 //! * [`engine`]: the worker loop that moves frames and counts them.
 //! * [`control`]: the control socket: protocol, server, client.
 //! * [`trace`]: one frame's decision explained, as JSON and text.
+//! * [`service`]: running under systemd (sd_notify, the watchdog's health rule).
 //! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
 #![deny(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod lab;
 pub mod mac;
 pub mod metrics;
 pub mod net;
+pub mod service;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -14,6 +14,7 @@ use crate::control::{Call, ServeOptions, serve_into};
 use crate::engine::daemon::Daemon;
 use crate::engine::plan::{ParentOptions, plan};
 use crate::metrics::MetricsServer;
+use crate::service::Service;
 use crate::spec::PortSpec;
 use crate::sys::ring::{RingConfig, RingVersion};
 
@@ -160,6 +161,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     ring.validate()
         .map_err(|e| Failure::usage(anyhow::anyhow!("--ring-block-size/--ring-blocks: {e}")))?;
+    let service = Service::from_env().map_err(|e| {
+        Failure::usage(anyhow::anyhow!("NOTIFY_SOCKET: cannot notify systemd: {e}"))
+    })?;
     let mut socket = a.control.clone();
     let checked = match (&a.config, &a.parent) {
         (Some(path), _) => {
@@ -216,6 +220,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         Checked::Empty => Daemon::new(ring)?,
     };
     daemon.exit_on_parent_loss = a.exit_on_parent_loss;
+    daemon.service = service;
     if let Some(m) = &metrics {
         tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr()), "serving metrics");
     }
@@ -223,6 +228,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         Some(s) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
         None => tracing::info!("umacvlan: ready (no control socket)"),
     }
+    // The rings are open and every configured port exists: tell systemd (Type=notify).
+    daemon.notify_ready();
     let result = loop {
         match daemon.run_until(&signals, Some(&calls)) {
             Ok(Some(Signalled::Reload)) => match daemon.reload() {
@@ -235,6 +242,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             Err(e) => break Err(e),
         }
     };
+    if let Some(s) = &daemon.service {
+        s.stopping();
+    }
     // Requests still queued are dropped unanswered: their callers see a closed reply channel
     // at once instead of waiting for a timeout.
     drop(calls);

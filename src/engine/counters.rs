@@ -130,6 +130,9 @@ pub struct ParentCounters {
     pub ring_packets: Counter,
     pub ring_drops: Counter,
     pub ring_freezes: Counter,
+    /// Bumped by the worker on every loop iteration (at least every 100 ms): the watchdog's
+    /// sign of progress.
+    pub heartbeat: Counter,
 }
 
 #[cfg(test)]

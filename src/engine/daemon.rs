@@ -35,6 +35,7 @@ use crate::control::proto::{
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
+use crate::service::Service;
 use crate::spec::{PortKind, PortSpec, derived_mac};
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
@@ -90,6 +91,8 @@ pub struct Daemon {
     pub exit_on_parent_loss: bool,
     /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
     observers: Arc<Observers>,
+    /// systemd's notification socket and watchdog, when run by systemd (Type=notify).
+    pub service: Option<Service>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -121,6 +124,7 @@ impl Daemon {
             ring,
             exit_on_parent_loss: false,
             observers: Arc::default(),
+            service: None,
         })
     }
 
@@ -309,20 +313,29 @@ impl Daemon {
     ) -> anyhow::Result<Option<T>> {
         let never = crossbeam_channel::never();
         let mut calls = calls.unwrap_or(&never);
+        let ticks = self
+            .service
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, Service::ticks);
         loop {
             select! {
                 recv(stop) -> v => return Ok(v.ok()),
                 recv(calls) -> call => match call {
                     Ok(call) => {
                         self.call(call);
+                        self.report_status();
                     }
                     // Every caller is gone: stop looking (a closed channel is always ready).
                     Err(_) => calls = &never,
                 },
                 recv(self.events) -> ev => match ev {
-                    Ok(ev) => self.on_event(ev)?,
+                    Ok(ev) => {
+                        self.on_event(ev)?;
+                        self.report_status();
+                    }
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
+                recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
                     let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerHandle::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
@@ -330,6 +343,51 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// One line for systemd's STATUS=: how many ports, forwarding, and parents.
+    pub fn status_text(&self) -> String {
+        let forwarding = self
+            .parents
+            .values()
+            .map(|r| r.table.ports().iter().filter(|p| p.is_up()).count())
+            .sum::<usize>();
+        let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{} ({forwarding} forwarding) on {}",
+            plural(self.ports.len(), "port"),
+            plural(self.parents.len(), "parent")
+        )
+    }
+
+    /// Tells systemd the engine is ready (READY=1 and STATUS=), when run by it.
+    pub fn notify_ready(&mut self) {
+        let status = self.status_text();
+        if let Some(s) = &mut self.service {
+            s.ready(status);
+        }
+    }
+
+    fn report_status(&mut self) {
+        let status = self.status_text();
+        if let Some(s) = &mut self.service {
+            s.status(status);
+        }
+    }
+
+    /// A watchdog tick: ping systemd only while every worker makes progress.
+    fn watchdog(&mut self) {
+        let workers: Vec<(String, bool, u64)> = self
+            .parents
+            .iter()
+            .filter_map(|(name, run)| {
+                let w = run.worker.as_ref()?;
+                Some((name.clone(), !w.is_finished(), run.counters.heartbeat.get()))
+            })
+            .collect();
+        if let Some(s) = &mut self.service {
+            s.check(&workers);
         }
     }
 
@@ -514,7 +572,12 @@ impl Daemon {
         let file = path.display().to_string();
         let new = Config::parse(&file, &text).map_err(bad)?;
         new.check_machine(&file, &text).map_err(bad)?;
-        let report = self.apply(new)?;
+        if let Some(s) = &self.service {
+            s.reloading();
+        }
+        let report = self.apply(new);
+        self.notify_ready();
+        let report = report?;
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
     }

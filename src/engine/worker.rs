@@ -230,6 +230,7 @@ impl Worker {
         let mut batch = WireBatch::new(WIRE_BATCH);
         let mut last_stats = Instant::now();
         loop {
+            self.counters.heartbeat.add(1);
             let n = match poller.epoll.wait(&mut events, EpollTimeout::from(100u16)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
