@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
+//! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -39,6 +40,7 @@ use crate::spec::PortSpec;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     control: Option<PathBuf>,
+    control_group: Option<String>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -76,6 +78,8 @@ struct RawPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub control: Option<PathBuf>,
+    /// Members of this group may use the control socket too (`run --control-group`).
+    pub control_group: Option<String>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -169,6 +173,7 @@ impl Config {
         }
         let config = Config {
             control: raw.control,
+            control_group: raw.control_group,
             bclim: raw
                 .parents
                 .into_iter()

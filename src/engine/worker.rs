@@ -212,6 +212,7 @@ impl Worker {
     }
 
     fn run(mut self, commands: &Receiver<Command>, wake: &EventFd) -> io::Result<()> {
+        crate::sys::caps::settle()?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             self.ring.as_fd(),

@@ -7,10 +7,12 @@
 //!   never receives (§8 "Wire TX").
 //! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
 //!   vanishes when its fd closes (§8 "Children").
+//! * [`caps`]: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
 //!
 //! Every fd is an [`OwnedFd`] (or a `File`); every `unsafe` block names the invariant it relies on
 //! in a `// SAFETY:` comment. The helpers below are the few raw calls the three files share.
 
+pub mod caps;
 pub mod ring;
 pub mod tap;
 pub mod tx;
