@@ -26,7 +26,7 @@ pub use tx::{TxError, TxSocket};
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 
@@ -40,6 +40,15 @@ fn packet_socket(protocol: Option<SockProtocol>) -> io::Result<OwnedFd> {
         protocol,
     )
     .map_err(io::Error::from)
+}
+
+/// What `umacvlan doctor` asks of the kernel: an `AF_PACKET` socket (protocol 0: it receives
+/// nothing and touches no interface) opens, and takes `PACKET_VERSION = TPACKET_V3`. The first
+/// error says which step failed (`"af_packet"` or `"tpacket_v3"`).
+pub fn probe_packet() -> Result<(), (&'static str, io::Error)> {
+    let fd = packet_socket(None).map_err(|e| ("af_packet", e))?;
+    let v3 = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+    set_packet_opt(fd.as_fd(), libc::PACKET_VERSION, &v3).map_err(|e| ("tpacket_v3", e))
 }
 
 /// `setsockopt(fd, SOL_PACKET, name, value, sizeof *value)`.
