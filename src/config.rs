@@ -17,6 +17,9 @@
 //! flags = ["nodst"]                          # nopromisc, nodst
 //! bcqueuelen = 1000
 //! macaddr = ["02:00:00:00:00:99"]            # source mode
+//! kind = "tap"                               # tap (default), attach, stream
+//! path = "/run/umacvlan/vm2.sock"            # kind = "stream" only
+//! trust_guest_mac = false                    # VM ports (attach, stream) only
 //! ```
 //!
 //! [`Config::parse`] checks the syntax, the schema (unknown keys are errors) and every rule that
@@ -34,7 +37,7 @@ use crate::control::proto::LinkSpec;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::net::{Cidr, Netlink};
-use crate::spec::PortSpec;
+use crate::spec::PortKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +75,9 @@ struct RawPort {
     addresses: Vec<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<String>>,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    trust_guest_mac: bool,
 }
 
 /// A configuration that parsed and passed every check that needs no machine.
@@ -159,6 +165,10 @@ impl Config {
         let mut names = BTreeSet::new();
         for p in raw.ports {
             let port = convert(&src, p)?;
+            port.spec
+                .port_spec()
+                .check_kind(&port.spec.name)
+                .map_err(|e| src.error(Some(port.name_at.clone()), format!("ports: {e}")))?;
             if !names.insert(port.spec.name.clone()) {
                 let at = Some(port.name_at.clone());
                 return Err(src.error(
@@ -214,7 +224,7 @@ impl Config {
                 .iter()
                 .map(|p| PortConfig {
                     up: true,
-                    ..PortSpec::from(&p.spec).to_config(parent)
+                    ..p.spec.port_spec().to_config(parent)
                 })
                 .collect();
             if let Err(e) = PortTable::build(pconfig, configs) {
@@ -309,12 +319,11 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
         cidrs(&p.routes, "ports.routes")?,
     );
     let kind = match &p.kind {
-        None => None,
-        Some(k) => Some(
-            k.get_ref()
-                .parse()
-                .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
-        ),
+        None => PortKind::Tap,
+        Some(k) => k
+            .get_ref()
+            .parse()
+            .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
     };
     if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
         return Err(src.error(
@@ -322,8 +331,7 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             format!("ports.mtu: {} is below {MIN_MTU}", m.get_ref()),
         ));
     }
-    let kind_at = p.kind.as_ref().map_or(p.name.span(), Spanned::span);
-    let port = ConfigPort {
+    Ok(ConfigPort {
         name_at: p.name.span(),
         mtu_at: p.mtu.as_ref().map(Spanned::span),
         netns_at: p.netns.as_ref().map(Spanned::span),
@@ -335,6 +343,8 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             address,
             mtu: p.mtu.map(Spanned::into_inner),
             netns: p.netns.map(Spanned::into_inner),
+            ifname: None,
+            owner: None,
             nopromisc,
             nodst,
             bcqueuelen: p.bcqueuelen,
@@ -343,12 +353,10 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             kind,
             addresses,
             routes,
+            path: p.path,
+            trust_guest_mac: p.trust_guest_mac,
         },
-    };
-    PortSpec::from(&port.spec)
-        .check_kind()
-        .map_err(|e| src.error(Some(kind_at), format!("ports.kind: {e}")))?;
-    Ok(port)
+    })
 }
 
 /// What a reload must do to go from `old` to `new`.
@@ -420,7 +428,7 @@ macaddr = ["02:00:00:00:00:99"]
         let host = "[[ports]]\nname = \"shim0\"\nparent = \"eth0\"\nkind = \"host\"\naddresses = [\"192.0.2.100/32\"]\nroutes = [\"192.0.2.0/24\"]\n";
         let c = Config::parse("h.toml", host).unwrap();
         let s = &c.ports[0].spec;
-        assert_eq!(s.kind, Some(crate::spec::PortKind::Host));
+        assert_eq!(s.kind, PortKind::Host);
         assert_eq!(s.addresses, vec!["192.0.2.100/32".parse().unwrap()]);
         assert_eq!(s.routes, vec!["192.0.2.0/24".parse().unwrap()]);
     }
@@ -464,7 +472,7 @@ macaddr = ["02:00:00:00:00:99"]
             ("[[ports]]\nname = \"c1\"\n", "missing field `parent`"),
             (
                 "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nnetns = \"x\"\n",
-                "u.toml:4:8: ports.kind: a host port stays in the engine's namespace",
+                "u.toml:2:8: ports: --port \"h\": a host port stays in the engine's namespace",
             ),
             (
                 "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nroutes = [\"10.0.0.0/33\"]\n",
@@ -475,6 +483,44 @@ macaddr = ["02:00:00:00:00:99"]
             let e = err(text);
             assert!(e.contains(want), "{text:?}\nwant {want:?}\ngot  {e}");
         }
+    }
+
+    #[test]
+    fn vm_ports_and_their_keys() {
+        let vm = "[[ports]]\nname = \"vm2\"\nparent = \"eth0\"\nkind = \"stream\"\n\
+                  path = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n";
+        let c = Config::parse("u.toml", vm).unwrap();
+        let s = &c.ports[0].spec;
+        assert_eq!(s.kind, PortKind::Stream);
+        assert_eq!(s.path.as_deref(), Some(Path::new("/run/umacvlan/vm2.sock")));
+        assert!(s.trust_guest_mac);
+        for (bad, want) in [
+            (
+                vm.replace("kind = \"stream\"", "kind = \"vm\""),
+                "u.toml:4:8: ports.kind: unknown kind",
+            ),
+            (
+                vm.replace("path = \"/run/umacvlan/vm2.sock\"\n", ""),
+                "u.toml:2:8: ports: --port \"vm2\": kind=stream needs path=",
+            ),
+            (
+                vm.replace("kind = \"stream\"", "kind = \"tap\""),
+                "path= is for kind=stream only",
+            ),
+        ] {
+            let e = Config::parse("u.toml", &bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // Changing a port's kind re-creates it (no in-place change).
+        let tap = Config::parse(
+            "a",
+            &vm.replace(
+                "kind = \"stream\"\npath = \"/run/umacvlan/vm2.sock\"\ntrust_guest_mac = true\n",
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(diff(&tap, &c).changed.len(), 1);
     }
 
     #[test]

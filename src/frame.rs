@@ -1,9 +1,10 @@
 //! `FrameMeta`: a checked, zero-copy view of one Ethernet frame, holding exactly what `decide()`
 //! needs (destination, source, VLAN tags, ethertype, length, GSO).
 //!
-//! The one constructor, [`FrameMeta::parse`], checks the length; after it no accessor can panic
-//! or fail. A frame that is too short for an Ethernet header ("runt") or longer than the
-//! configured maximum ("oversize") never becomes a `FrameMeta`: it is a [`FrameError`], which
+//! The one constructor, [`FrameMeta::parse`], checks the length and the outer VLAN tag; after it
+//! no accessor can panic or fail. A frame that is too short for an Ethernet header ("runt"),
+//! longer than the configured maximum ("oversize"), or whose outer tag is cut short or carries
+//! the reserved VID 4095 ("bad VLAN") never becomes a `FrameMeta`: it is a [`FrameError`], which
 //! the engine counts as a drop with its own reason.
 //!
 //! VLAN tags come two ways: inline in the bytes (what a TAP read gives), or out of band (what an
@@ -56,7 +57,14 @@ pub enum FrameError {
     Runt(usize),
     #[error("oversize frame: {len} bytes, the maximum is {max}")]
     Oversize { len: usize, max: usize },
+    /// The outer 802.1Q/802.1ad tag ends past the frame, or has VID 4095, which IEEE 802.1Q
+    /// reserves and says shall not be transmitted in a tag.
+    #[error("bad VLAN tag: {0}")]
+    BadVlan(&'static str),
 }
+
+/// The VID IEEE 802.1Q reserves (Table 9-2): never valid in a tag on the wire.
+pub const VID_RESERVED: u16 = 0x0fff;
 
 /// A checked view of one frame. Cheap to copy; borrows the frame bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,11 +90,21 @@ impl<'a> FrameMeta<'a> {
         if len > max_len {
             return Err(FrameError::Oversize { len, max: max_len });
         }
-        Ok(FrameMeta {
+        let meta = FrameMeta {
             bytes,
             oob_vlan,
             gso: false,
-        })
+        };
+        let inline_tpid = meta
+            .u16_at(12)
+            .filter(|t| *t == ETH_P_8021Q || *t == ETH_P_8021AD);
+        if oob_vlan.is_none() && inline_tpid.is_some() && bytes.len() < ETH_HLEN + VLAN_HLEN {
+            return Err(FrameError::BadVlan("the tag is cut short"));
+        }
+        if meta.outer_vlan().is_some_and(|t| t.vid() == VID_RESERVED) {
+            return Err(FrameError::BadVlan("VID 4095 is reserved"));
+        }
+        Ok(meta)
     }
 
     /// Marks the frame as a GSO super-frame (its virtio-net header has a GSO type). The kernel's
@@ -196,6 +214,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_short_tag_and_vid_4095_are_bad_vlans() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let short = frame(mac, mac, &[0x81, 0x00, 0x00]);
+        let err = FrameMeta::parse(&short, None, 1518);
+        assert_eq!(err, Err(FrameError::BadVlan("the tag is cut short")));
+        let qinq_short = frame(mac, mac, &[0x88, 0xa8]);
+        assert!(matches!(
+            FrameMeta::parse(&qinq_short, None, 1518),
+            Err(FrameError::BadVlan(_))
+        ));
+        let reserved = frame(mac, mac, &[0x81, 0x00, 0x0f, 0xff, 0x08, 0x00]);
+        let want = Err(FrameError::BadVlan("VID 4095 is reserved"));
+        assert_eq!(FrameMeta::parse(&reserved, None, 1518), want);
+        let plain = frame(mac, mac, &[0x08, 0x00]);
+        let oob = Some(VlanTag::dot1q(VID_RESERVED));
+        assert_eq!(FrameMeta::parse(&plain, oob, 1518), want);
+        // Priority bits set, VID 4094: a valid tag.
+        let ok = frame(mac, mac, &[0x81, 0x00, 0xef, 0xfe, 0x08, 0x00]);
+        assert_eq!(
+            FrameMeta::parse(&ok, None, 1518).unwrap().outer_vlan(),
+            Some(VlanTag {
+                tpid: ETH_P_8021Q,
+                tci: 0xeffe
+            })
+        );
+        // With the outer tag out of band, an inline tag is the inner one: not checked here.
+        let inner = frame(mac, mac, &[0x81, 0x00]);
+        assert!(FrameMeta::parse(&inner, Some(VlanTag::dot1q(5)), 1518).is_ok());
+    }
+
+    #[test]
     fn runt_and_oversize_are_errors() {
         assert_eq!(
             FrameMeta::parse(&[0; 13], None, 1518),
@@ -275,14 +324,13 @@ mod tests {
     }
 
     #[test]
-    fn tag_at_the_very_end_does_not_panic() {
+    fn tag_at_the_very_end_is_a_bad_vlan() {
         // 14 bytes whose ethertype says "tag follows", but nothing follows.
         let b = frame([1; 6], [2; 6], &[0x81, 0x00]);
-        let m = FrameMeta::parse(&b, None, 1518).unwrap();
-        assert_eq!(m.outer_vlan(), None);
-        assert_eq!(m.inner_vlan(), None);
-        // The ethertype is what the header says; the tag itself is not there to read.
-        assert_eq!(m.ethertype(), Some(ETH_P_8021Q));
+        assert!(matches!(
+            FrameMeta::parse(&b, None, 1518),
+            Err(FrameError::BadVlan(_))
+        ));
     }
 
     #[test]

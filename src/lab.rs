@@ -544,7 +544,7 @@ impl EngineThread {
                     nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
                         .context("entering the lab's host namespace")?;
                     let plan = plan(PARENT, ParentOptions::default(), &specs)?;
-                    Daemon::start(plan, crate::sys::ring::RingConfig::DEFAULT)
+                    Daemon::start(plan, crate::engine::daemon::EngineOptions::default())
                 })();
                 let mut engine = match started {
                     Ok(e) => e,

@@ -3,6 +3,7 @@
 //! * [`mac`], [`frame`]: vocabulary — MAC addresses and a checked view of one frame.
 //! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
 //! * [`sys`]: the only `unsafe` code — TPACKET_V3 ring, TX socket, TAP devices.
+//! * [`offload`]: checksum and TCP segmentation in software, for ports without a vnet header.
 //! * [`vnet`]: the `virtio_net_hdr` that rides in front of every frame on the ring, TX socket
 //!   and TAPs.
 //! * [`net`]: rtnetlink and network-namespace helpers.
@@ -10,11 +11,13 @@
 //! * [`control`]: the control socket: protocol, server, client.
 //! * [`trace`]: one frame's decision explained, as JSON and text.
 //! * [`service`]: running under systemd (sd_notify, the watchdog's health rule).
+//! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
 //! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod engine;
@@ -26,6 +29,7 @@ pub mod lab;
 pub mod mac;
 pub mod metrics;
 pub mod net;
+pub mod offload;
 pub mod service;
 pub mod spec;
 #[allow(unsafe_code)]

@@ -2,8 +2,14 @@
 //!
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
-//!       [,kind=tap|host][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
+//!       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
+//!       [,ifname=DEV][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
 //! ```
+//!
+//! `netns` is a name from `ip netns add` or an absolute path to a namespace file
+//! (`/proc/PID/ns/net`, `/var/run/netns/X`: what CNI passes). `ifname` is the device's name in
+//! its namespace when it must differ from the port's name (the port's name is unique in the
+//! engine; CNI names every container's device `eth0`).
 //!
 //! `name=N,mode=M[,netns=NS][,mac=MAC][,mtu=N]` is a stable contract: other tools drive the
 //! engine with it. Keys may be added, never removed or changed. `trace` also accepts the keys
@@ -13,59 +19,14 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use crate::control::proto::LinkSpec;
 use crate::forward::{Mode, ModeParseError, PortConfig, PortFlags};
 use crate::mac::{MacAddr, MacParseError};
 use crate::net::Cidr;
 use crate::net::cidr::CidrError;
 
-/// What a port is: a TAP the engine moves where `netns` says (the default), or a host port, a
-/// TAP left in the engine's own namespace with addresses and routes, so that the host reaches
-/// its bridge-mode siblings (which the kernel's macvlan never lets it do through the parent).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortKind {
-    #[default]
-    Tap,
-    Host,
-}
-
-impl PortKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            PortKind::Tap => "tap",
-            PortKind::Host => "host",
-        }
-    }
-}
-
-impl FromStr for PortKind {
-    type Err = KindError;
-    fn from_str(s: &str) -> Result<PortKind, KindError> {
-        match s {
-            "tap" => Ok(PortKind::Tap),
-            "host" => Ok(PortKind::Host),
-            _ => Err(KindError::Unknown(s.to_string())),
-        }
-    }
-}
-
-/// A port kind that does not fit the rest of the port.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KindError {
-    #[error("unknown kind {0:?}; kinds are tap (the default) and host")]
-    Unknown(String),
-    #[error("a host port stays in the engine's namespace: it takes no netns")]
-    HostNetns,
-    #[error(
-        "a host port is a bridge-mode port (mode bridge): only bridge siblings are reached locally, not {0}"
-    )]
-    HostMode(Mode),
-    #[error("addresses and routes are for host ports (kind host); set a tap port's where it lives")]
-    NotHost,
-    #[error("route {route} has host bits set: the network is {}", route.network())]
-    RouteHostBits { route: Cidr },
-}
+/// Why a host port refuses any mode but bridge (also `link set`'s answer).
+pub const HOST_MODE: &str =
+    "a host port is a bridge-mode port (mode bridge): only bridge siblings are reached locally";
 
 /// The keys every `--port` accepts.
 pub const CONFIG_KEYS: &[&str] = &[
@@ -80,6 +41,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "kind",
     "address",
     "route",
+    "path",
+    "trust_guest_mac",
+    "ifname",
 ];
 /// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
 /// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
@@ -102,6 +66,74 @@ impl PortState {
     }
 }
 
+/// What a port is: a TAP the engine creates (containers), a host port, or a VM's connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PortKind {
+    /// A TAP the engine creates and owns (the default).
+    #[default]
+    Tap,
+    /// A host port: a bridge-mode TAP left in the engine's own namespace with addresses and
+    /// routes, so that the host reaches its bridge-mode siblings (which the kernel's macvlan
+    /// never lets it do through the parent).
+    Host,
+    /// An existing netdev someone else owns (a hypervisor's TAP), reached with a packet socket.
+    Attach,
+    /// A Unix socket with QEMU's stream framing (`-netdev stream`).
+    Stream,
+}
+
+impl PortKind {
+    pub const ALL: [PortKind; 4] = [
+        PortKind::Tap,
+        PortKind::Host,
+        PortKind::Attach,
+        PortKind::Stream,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Host => "host",
+            PortKind::Attach => "attach",
+            PortKind::Stream => "stream",
+        }
+    }
+
+    /// A VM's port: its guest MAC is pinned unless `trust_guest_mac`.
+    pub const fn is_vm(self) -> bool {
+        !matches!(self, PortKind::Tap | PortKind::Host)
+    }
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PortKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PortKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown kind {s:?}: expected one of tap, host, attach, stream"))
+    }
+}
+
+impl serde::Serialize for PortKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PortKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One parsed `--port` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
@@ -119,6 +151,12 @@ pub struct PortSpec {
     /// A host port's IP addresses and the networks routed through it.
     pub addresses: Vec<Cidr>,
     pub routes: Vec<Cidr>,
+    /// A stream port's socket.
+    pub path: Option<std::path::PathBuf>,
+    /// A VM port may send from any source MAC (no `mac_spoof` check).
+    pub trust_guest_mac: bool,
+    /// The device's name in its namespace; `None`: the port's name.
+    pub ifname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,12 +191,12 @@ pub enum SpecError {
     Flag { spec: String, flag: String },
     #[error("--port {spec:?}: {source}")]
     Cidr { spec: String, source: CidrError },
-    #[error("--port {spec:?}: {source}")]
-    Kind { spec: String, source: KindError },
     #[error(
         "--port {spec:?}: {key} describes live port state; `run` reads it from the TAP (it is for `trace` only)"
     )]
     StateKey { spec: String, key: String },
+    #[error("--port {spec:?}: {message}")]
+    Kind { spec: String, message: String },
 }
 
 impl FromStr for PortSpec {
@@ -180,6 +218,9 @@ impl FromStr for PortSpec {
             kind: PortKind::Tap,
             addresses: Vec::new(),
             routes: Vec::new(),
+            path: None,
+            trust_guest_mac: false,
+            ifname: None,
         };
         for item in spec.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = match item.split_once('=') {
@@ -194,7 +235,7 @@ impl FromStr for PortSpec {
                 });
             }
             seen.push(key);
-            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti");
+            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti" | "trust_guest_mac");
             let value = match (value, is_flag_key) {
                 (Some(_), true) => {
                     return Err(SpecError::UnexpectedValue {
@@ -243,6 +284,7 @@ impl FromStr for PortSpec {
                         .map_err(|source| SpecError::Mode { spec: s(), source })?
                 }
                 "netns" => out.netns = Some(value.to_string()),
+                "ifname" => out.ifname = Some(value.to_string()),
                 "mac" => out.mac = Some(mac(value)?),
                 "mtu" => out.mtu = Some(num(value)?),
                 "bcqueuelen" => out.bcqueuelen = Some(num(value)?),
@@ -260,10 +302,12 @@ impl FromStr for PortSpec {
                 "kind" => {
                     out.kind = value
                         .parse()
-                        .map_err(|source| SpecError::Kind { spec: s(), source })?
+                        .map_err(|message| SpecError::Kind { spec: s(), message })?
                 }
                 "address" => out.addresses = cidrs(value)?,
                 "route" => out.routes = cidrs(value)?,
+                "path" => out.path = Some(value.into()),
+                "trust_guest_mac" => out.trust_guest_mac = true,
                 "join" => out.state.groups = macs(value)?,
                 "down" => out.state.down = true,
                 "promisc" => out.state.promisc = true,
@@ -279,8 +323,7 @@ impl FromStr for PortSpec {
         if out.name.is_empty() {
             return Err(SpecError::MissingName { spec: s() });
         }
-        out.check_kind()
-            .map_err(|source| SpecError::Kind { spec: s(), source })?;
+        out.check_kind(spec)?;
         Ok(out)
     }
 }
@@ -291,47 +334,58 @@ pub fn derived_mac(parent: &str, port: &str) -> MacAddr {
     MacAddr::derived(format!("umacvlan/{parent}/{port}").as_bytes())
 }
 
-impl From<&LinkSpec> for PortSpec {
-    /// The `--port` form of a `link add` request or a configured port.
-    fn from(l: &LinkSpec) -> PortSpec {
-        PortSpec {
-            name: l.name.clone(),
-            mode: l.mode.unwrap_or(Mode::Bridge),
-            netns: l.netns.clone(),
-            mac: l.address,
-            mtu: l.mtu,
-            flags: PortFlags {
-                nopromisc: l.nopromisc,
-                nodst: l.nodst,
-            },
-            bcqueuelen: l.bcqueuelen,
-            sources: l.macaddr.iter().copied().collect(),
-            state: PortState::default(),
-            kind: l.kind.unwrap_or_default(),
-            addresses: l.addresses.clone(),
-            routes: l.routes.clone(),
-        }
-    }
-}
-
 impl PortSpec {
-    /// The rules of the port's kind: a host port is a bridge port in the engine's namespace;
-    /// addresses and routes belong to host ports; a route is a network.
-    pub fn check_kind(&self) -> Result<(), KindError> {
-        match self.kind {
-            PortKind::Host if self.netns.is_some() => return Err(KindError::HostNetns),
-            PortKind::Host if self.mode != Mode::Bridge => {
-                return Err(KindError::HostMode(self.mode));
+    /// The keys that go with the port's kind: a stream port needs `path=` and has no namespace
+    /// (nor netdev); `path=` is for stream ports only, `trust_guest_mac` for VM ports only.
+    pub fn check_kind(&self, spec: &str) -> Result<(), SpecError> {
+        let message = match self.kind {
+            PortKind::Stream if self.path.is_none() => {
+                "kind=stream needs path=SOCKET (the Unix socket QEMU connects to)"
             }
-            PortKind::Tap if !self.addresses.is_empty() || !self.routes.is_empty() => {
-                return Err(KindError::NotHost);
+            PortKind::Stream if self.netns.is_some() => {
+                "a stream port is a Unix socket, not a netdev: it has no netns"
             }
-            _ => {}
-        }
-        match self.routes.iter().find(|r| !r.is_network()) {
-            Some(&route) => Err(KindError::RouteHostBits { route }),
-            None => Ok(()),
-        }
+            PortKind::Stream if self.path.as_ref().is_some_and(|p| p.is_relative()) => {
+                "path= must be absolute"
+            }
+            PortKind::Tap | PortKind::Attach if self.path.is_some() => {
+                "path= is for kind=stream only"
+            }
+            PortKind::Tap | PortKind::Host if self.trust_guest_mac => {
+                "trust_guest_mac is for VM ports only (kind=attach or kind=stream)"
+            }
+            PortKind::Host if self.netns.is_some() => {
+                "a host port stays in the engine's namespace: it takes no netns"
+            }
+            PortKind::Host if self.mode != Mode::Bridge => HOST_MODE,
+            PortKind::Host if self.path.is_some() || self.ifname.is_some() => {
+                "a host port is a TAP the engine creates: no path= or ifname="
+            }
+            k if k != PortKind::Host && (!self.addresses.is_empty() || !self.routes.is_empty()) => {
+                "addresses and routes are for host ports (kind=host); set a tap port's where it lives"
+            }
+            _ => match self.routes.iter().find(|r| !r.is_network()) {
+                Some(r) => {
+                    return Err(SpecError::Kind {
+                        spec: spec.into(),
+                        message: format!(
+                            "route {r} has host bits set: the network is {}",
+                            r.network()
+                        ),
+                    });
+                }
+                None => return Ok(()),
+            },
+        };
+        Err(SpecError::Kind {
+            spec: spec.into(),
+            message: message.into(),
+        })
+    }
+
+    /// The device's name in its namespace: `ifname`, else the port's name.
+    pub fn device(&self) -> &str {
+        self.ifname.as_deref().unwrap_or(&self.name)
     }
 
     /// Refuses the trace-only state keys (for `run`).
@@ -373,6 +427,7 @@ impl PortSpec {
         c.promisc = self.state.promisc;
         c.allmulti = self.state.allmulti;
         c.groups = self.state.groups.clone();
+        c.pinned_mac = self.kind.is_vm() && !self.trust_guest_mac;
         c
     }
 }
@@ -459,7 +514,7 @@ fn with_spec(e: SpecError, whole: &str) -> SpecError {
         SpecError::Flag { flag, .. } => SpecError::Flag { spec, flag },
         SpecError::StateKey { key, .. } => SpecError::StateKey { spec, key },
         SpecError::Cidr { source, .. } => SpecError::Cidr { spec, source },
-        SpecError::Kind { source, .. } => SpecError::Kind { spec, source },
+        SpecError::Kind { message, .. } => SpecError::Kind { spec, message },
     }
 }
 
@@ -480,6 +535,17 @@ mod tests {
         assert_eq!(p.mac, Some("02:00:00:00:00:01".parse().unwrap()));
         assert_eq!(p.mtu, Some(1400));
         assert!(p.config_only("x").is_ok());
+        assert_eq!(p.device(), "c1");
+    }
+
+    #[test]
+    fn a_namespace_path_and_a_device_name_apart_from_the_port_name() {
+        let p = parse("name=cni0a1b2c3d4e5f,netns=/proc/1/ns/net,ifname=eth0").unwrap();
+        assert_eq!(p.netns.as_deref(), Some("/proc/1/ns/net"));
+        assert_eq!(p.device(), "eth0");
+        assert_eq!(p.name, "cni0a1b2c3d4e5f");
+        let e = parse("name=c1,ifname=").unwrap_err();
+        assert!(e.contains("ifname needs a value"), "{e}");
     }
 
     #[test]
@@ -550,7 +616,7 @@ mod tests {
         for (bad, want) in [
             (
                 "name=s,kind=vm",
-                "unknown kind \"vm\"; kinds are tap (the default) and host",
+                "unknown kind \"vm\": expected one of tap, host, attach, stream",
             ),
             (
                 "name=s,kind=host,netns=ns1",
@@ -576,6 +642,36 @@ mod tests {
                 "name=s,kind=host,address=192.0.2.1",
                 "is not ADDRESS/PREFIX",
             ),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vm_kinds_their_keys_and_the_pinned_mac() {
+        let tap = parse("name=c1,mode=bridge").unwrap();
+        assert_eq!(tap.kind, PortKind::Tap);
+        assert!(!tap.to_config("p0").pinned_mac);
+        let a = parse("name=vm1,kind=attach,mode=bridge,mac=02:00:00:00:00:07").unwrap();
+        assert_eq!(a.kind, PortKind::Attach);
+        assert!(a.to_config("p0").pinned_mac, "a VM's guest MAC is pinned");
+        let s = parse("name=vm2,kind=stream,path=/run/umacvlan/vm2.sock,trust_guest_mac").unwrap();
+        assert_eq!(s.kind, PortKind::Stream);
+        assert_eq!(
+            s.path.as_deref(),
+            Some(std::path::Path::new("/run/umacvlan/vm2.sock"))
+        );
+        assert!(s.trust_guest_mac && !s.to_config("p0").pinned_mac);
+        for (bad, want) in [
+            ("name=v,kind=vm", "unknown kind \"vm\""),
+            ("name=v,kind=stream", "needs path=SOCKET"),
+            ("name=v,kind=stream,path=/x,netns=n", "has no netns"),
+            ("name=v,kind=stream,path=rel.sock", "must be absolute"),
+            ("name=v,path=/x", "for kind=stream only"),
+            ("name=v,kind=attach,path=/x", "for kind=stream only"),
+            ("name=v,trust_guest_mac", "for VM ports only"),
+            ("name=v,kind=attach,trust_guest_mac=yes", "takes no value"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::control::proto::{ControlError, ErrorKind, TraceRequest};
 use crate::forward::{DEFAULT_MAX_FRAME, DropReason, Ingress, Outcome, PortTable, Verdict, decide};
-use crate::frame::{FrameError, FrameMeta, VlanTag};
+use crate::frame::{FrameMeta, VlanTag};
 use crate::mac::MacAddr;
 
 /// The frame `trace` describes.
@@ -91,10 +91,7 @@ pub fn trace_json(table: &PortTable, from: &str, frame: &TraceFrame) -> Result<V
             verdict_json(table, from, frame, &v)
         }
         Err(e) => {
-            let reason = match e {
-                FrameError::Runt(_) => DropReason::Runt,
-                FrameError::Oversize { .. } => DropReason::Oversize,
-            };
+            let reason = DropReason::from(e);
             json!({"from": from, "dropped": reason.name(), "error": e.to_string()})
         }
     })

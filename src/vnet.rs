@@ -109,6 +109,20 @@ impl VnetHdr {
         self.gso_type & !GSO_ECN != GSO_NONE
     }
 
+    /// Whether the header is one the kernel would accept for a frame of `frame_len` bytes
+    /// (`virtio_net_hdr_to_skb`): a known GSO type with a segment size, and checksum offsets
+    /// inside the frame. The kernel only ever hands the engine valid ones; anything else is
+    /// refused, never forwarded with a guessed meaning.
+    pub fn is_valid_for(&self, frame_len: usize) -> bool {
+        let known = matches!(
+            self.gso_type & !GSO_ECN,
+            GSO_NONE | GSO_TCPV4 | GSO_UDP | GSO_TCPV6 | GSO_UDP_L4
+        );
+        let sized = !self.is_gso() || self.gso_size > 0;
+        let csum = usize::from(self.csum_start) + usize::from(self.csum_offset) + 2;
+        known && sized && (!self.needs_csum() || csum <= frame_len)
+    }
+
     /// True when the checksum is still to be computed (`CHECKSUM_PARTIAL`).
     pub const fn needs_csum(&self) -> bool {
         self.flags & F_NEEDS_CSUM != 0
@@ -137,6 +151,42 @@ impl VnetHdr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_headers_the_kernel_accepts_are_valid() {
+        let tcp = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert!(tcp.is_valid_for(3000));
+        assert!(VnetHdr::NONE.is_valid_for(14));
+        let cases = [
+            ("unknown GSO type", VnetHdr { gso_type: 2, ..tcp }),
+            ("GSO without a segment size", VnetHdr { gso_size: 0, ..tcp }),
+            (
+                "checksum past the frame",
+                VnetHdr {
+                    csum_start: 2990,
+                    ..tcp
+                },
+            ),
+        ];
+        for (what, h) in cases {
+            assert!(!h.is_valid_for(3000), "{what}");
+        }
+        // Checksum offsets only matter when a checksum is to be computed.
+        assert!(
+            VnetHdr {
+                flags: 0,
+                ..cases[2].1
+            }
+            .is_valid_for(3000)
+        );
+    }
 
     #[test]
     fn len_matches_the_kernel_struct() {

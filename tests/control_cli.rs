@@ -49,6 +49,8 @@ fn view(name: &str, mode: Mode) -> LinkView {
         mtu: 1500,
         parent: "eth0".into(),
         netns: Some("ns1".into()),
+        ifname: None,
+        owner: None,
         up: true,
         lower_up: true,
         forwarding: true,
@@ -66,6 +68,9 @@ fn view(name: &str, mode: Mode) -> LinkView {
             rx_bytes: 300,
             ..LinkStats::default()
         },
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

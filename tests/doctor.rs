@@ -85,7 +85,10 @@ fn doctor_on_a_veth_parent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the control socket", || t.socket().exists());
+    // The ports exist once the parent's ring is open (the socket is served before that).
+    wait_until("the engine's ports", || {
+        try_ip(&["-n", t.kid(1), "link", "show", "c1"]).is_ok()
+    });
     let (f, status) = findings(&t);
     let _ = engine.kill();
     let _ = engine.wait();

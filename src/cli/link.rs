@@ -67,17 +67,20 @@ enum LinkCommand {
     Show(ShowArgs),
 }
 
-/// Add a port: a TAP the engine owns, admin-down like a fresh `ip link add`.
+/// Add a port: a TAP the engine owns, admin-down like a fresh `ip link add`; or a VM's port
+/// (`kind attach`: an existing netdev such as a hypervisor's TAP; `kind stream`: a Unix socket
+/// for QEMU's `-netdev stream`), whose guest MAC is pinned unless `trust_guest_mac`.
 ///
 /// Grammar (ip link's words and order; `link P` = `parent P`, `type macvlan` is accepted):
 ///
 ///   umacvlan link add [name] NAME [parent P] [type macvlan] [mode MODE [nopromisc|nodst]]
 ///       [address MAC] [mtu N] [netns NS] [flag nopromisc|nodst|null] [bcqueuelen N]
-///       [bclim N] [macaddr MAC [MAC ...]]
-///       [kind host [ipaddr CIDR [CIDR ...]] [route CIDR [CIDR ...]]]
+///       [bclim N] [macaddr MAC [MAC ...]] [kind tap|host|attach|stream] [path SOCKET]
+///       [trust_guest_mac] [ipaddr CIDR [CIDR ...]] [route CIDR [CIDR ...]]
 ///   umacvlan link add name=N[,parent=P][,mode=M][,netns=NS][,mac=MAC][,mtu=N]
 ///       [,flag=nopromisc|nodst][,bcqueuelen=N][,bclim=N][,source=MAC+MAC..]
-///       [,kind=tap|host][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
+///       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
+///       [,address=CIDR+CIDR..][,route=CIDR+CIDR..]
 ///
 /// MODE is private, vepa, bridge (the default here, as in Docker and CNI), passthru
 /// (or passthrough) or source. Without parent, the engine uses the default route's interface.
@@ -96,6 +99,8 @@ enum LinkCommand {
 ///   umacvlan link add c2 link eth0 type macvlan mode vepa address 02:00:00:00:00:02
 ///   umacvlan link add s1 parent eth0 mode source nodst macaddr 02:00:00:00:00:09 02:00:00:00:00:0a
 ///   umacvlan link add name=c3,parent=eth0,mode=private,netns=ns3
+///   umacvlan link add vm1 parent eth0 kind attach address 52:54:00:12:34:56
+///   umacvlan link add vm2 parent eth0 kind stream path /run/umacvlan/vm2.sock
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 struct AddArgs {
@@ -358,12 +363,16 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             address: p.mac,
             mtu: p.mtu,
             netns: p.netns,
+            ifname: p.ifname,
+            owner: None,
             nopromisc: p.flags.nopromisc,
             nodst: p.flags.nodst,
             bcqueuelen: p.bcqueuelen,
             bclim: l.bclim,
             macaddr: p.sources.into_iter().collect(),
-            kind: Some(p.kind),
+            kind: p.kind,
+            path: p.path,
+            trust_guest_mac: p.trust_guest_mac,
             addresses: p.addresses,
             routes: p.routes,
         });
@@ -411,7 +420,14 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             "bcqueuelen" => s.bcqueuelen = Some(parse_num(word, w.value(word, "N")?)?),
             "bclim" => s.bclim = Some(parse_num(word, w.value(word, "N")?)?),
             "macaddr" => s.macaddr.extend(macs(&mut w, word)?),
-            "kind" => s.kind = Some(w.value(word, "tap|host")?.parse()?),
+            "kind" => {
+                s.kind = w
+                    .value(word, "tap|host|attach|stream")?
+                    .parse()
+                    .map_err(|e: String| anyhow!(e))?
+            }
+            "path" => s.path = Some(w.value(word, "SOCKET")?.into()),
+            "trust_guest_mac" => s.trust_guest_mac = true,
             "ipaddr" => s.addresses.extend(values::<crate::net::Cidr>(
                 &mut w,
                 word,
@@ -573,6 +589,15 @@ fn macvlan_words(l: &LinkView) -> String {
             let _ = write!(s, " {m}");
         }
     }
+    if l.kind.is_vm() {
+        let _ = write!(s, " kind {}", l.kind);
+        if let Some(p) = &l.path {
+            let _ = write!(s, " path {}", p.display());
+        }
+        if l.trust_guest_mac {
+            s.push_str(" trust_guest_mac");
+        }
+    }
     s
 }
 
@@ -667,6 +692,12 @@ pub fn links_text(links: &[LinkView], o: &ShowOptions) -> String {
         if let Some(ns) = &l.netns {
             let _ = write!(s, " netns {ns}");
         }
+        if let Some(dev) = &l.ifname {
+            let _ = write!(s, " ifname {dev}");
+        }
+        if let Some(owner) = &l.owner {
+            let _ = write!(s, " owner {owner}");
+        }
         if o.details {
             let _ = write!(
                 s,
@@ -737,7 +768,19 @@ pub fn link_json(l: &LinkView, o: &ShowOptions) -> Value {
     }
     let mut extra = Map::new();
     extra.insert("netns".into(), json!(l.netns));
+    for (key, v) in [("ifname", &l.ifname), ("owner", &l.owner)] {
+        if let Some(v) = v {
+            extra.insert(key.into(), json!(v));
+        }
+    }
     extra.insert("forwarding".into(), json!(l.forwarding));
+    extra.insert("kind".into(), json!(l.kind));
+    if let Some(p) = &l.path {
+        extra.insert("path".into(), json!(p));
+    }
+    if l.kind.is_vm() {
+        extra.insert("trust_guest_mac".into(), json!(l.trust_guest_mac));
+    }
     if o.stats > 0 {
         let st = &l.stats;
         let mut rx = json!({

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::control::proto;
 use crate::control::{Call, ServeOptions, serve_into};
-use crate::engine::daemon::Daemon;
+use crate::engine::daemon::{Daemon, EngineOptions};
 use crate::engine::plan::{ParentOptions, plan};
 use crate::metrics::MetricsServer;
 use crate::service::Service;
@@ -27,6 +27,11 @@ use crate::sys::ring::{RingConfig, RingVersion};
 /// the parent's), admin-down like a fresh `ip link add ... type macvlan`. Bring it up where it
 /// lives (`ip -n NS link set N up`) and the engine starts forwarding to it.
 ///
+/// A VM's port: `kind=attach` uses the existing netdev N (the TAP a hypervisor opened; it must
+/// exist, and is never deleted), `kind=stream,path=SOCKET` listens for QEMU's `-netdev stream`.
+/// Their guest MAC (`mac=`) is pinned: other sources are dropped as mac_spoof unless
+/// `trust_guest_mac`.
+///
 /// The mode defaults to bridge, like Docker, CNI and netavark (`ip link add` defaults to vepa).
 /// With --config FILE the ports come from a TOML file instead (see `umacvlan config check`);
 /// SIGHUP re-reads it and applies only the difference. With neither, the engine starts empty
@@ -39,6 +44,7 @@ use crate::sys::ring::{RingConfig, RingVersion};
 ///   ip netns add ns1
 ///   umacvlan run --parent eth0 --port name=c1,mode=bridge,netns=ns1
 ///   ip -n ns1 link set c1 up      # in another shell
+///   umacvlan run --parent eth0 --port name=vm2,kind=stream,path=/run/umacvlan/vm2.sock
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
@@ -46,7 +52,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "P", requires = "ports")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
-    /// [,bcqueuelen=N][,source=MAC+MAC..]. Repeat for more ports.
+    /// [,bcqueuelen=N][,source=MAC+MAC..][,kind=tap|attach|stream][,path=SOCKET]
+    /// [,trust_guest_mac]. Repeat for more ports.
     #[arg(long = "port", value_name = "SPEC")]
     ports: Vec<String>,
     /// bclim: a multicast group joined by more than N up ports (and broadcast) goes through the
@@ -93,7 +100,18 @@ pub struct RunArgs {
     /// when an interface of that name appears again, they forward through it again.
     #[arg(long)]
     exit_on_parent_loss: bool,
+    /// Forwarding threads per parent, each pinned to its own CPU, with its own receive ring (a
+    /// PACKET_FANOUT hash group: a flow always meets the same thread, so it stays in order) and
+    /// its own queue of every TAP (IFF_MULTI_QUEUE). Ring memory grows with it. The default, 1,
+    /// is what measured best on 2-CPU machines (README, "Performance").
+    #[arg(long, value_name = "N", env = "UMACVLAN_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
+    workers: u16,
 }
+
+/// The most workers per parent: a TAP has at most 256 queues (the kernel's MAX_TAP_QUEUES); 64
+/// leaves room and is more CPUs than any parent needs.
+const MAX_WORKERS: i64 = 64;
 
 /// What a signal asks of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,10 +287,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     // Only the servers hold senders now: with neither, the daemon sees a closed channel.
     drop(calls_tx);
+    let opts = EngineOptions {
+        ring,
+        workers: usize::from(a.workers),
+    };
     let mut daemon = match checked {
-        Checked::Config(path, config) => Daemon::from_config(&path, config, ring)?,
-        Checked::Ports(plan) => Daemon::start(*plan, ring)?,
-        Checked::Empty => Daemon::new(ring)?,
+        Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,
+        Checked::Ports(plan) => Daemon::start(*plan, opts)?,
+        Checked::Empty => Daemon::new(opts)?,
     };
     daemon.exit_on_parent_loss = a.exit_on_parent_loss;
     daemon.service = service;

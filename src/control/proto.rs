@@ -7,6 +7,7 @@
 //! another `version` with `unsupported-version` and the version it speaks.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -172,9 +173,18 @@ pub struct LinkSpec {
     pub address: Option<MacAddr>,
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// A name from `ip netns add`; `None`: the engine's namespace.
+    /// A name from `ip netns add`, or an absolute path to a namespace file (`/proc/PID/ns/net`,
+    /// `/var/run/netns/X`); `None`: the engine's namespace.
     #[serde(default)]
     pub netns: Option<String>,
+    /// The device's name in its namespace; `None`: `name`. Lets many ports (named uniquely in
+    /// the engine) all be `eth0` in their containers, as CNI wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Who created the port, an opaque label the engine keeps and shows (`link show`); the CNI
+    /// plugin writes `cni:NETWORK/CONTAINERID/IFNAME` and finds its ports by it (GC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     #[serde(default)]
     pub nopromisc: bool,
     #[serde(default)]
@@ -187,15 +197,48 @@ pub struct LinkSpec {
     /// Source mode: the remote source MACs.
     #[serde(default)]
     pub macaddr: Vec<MacAddr>,
-    /// `None`: tap. A host port stays in the engine's namespace with `addresses` and `routes`.
+    /// `tap` (default), `attach` (an existing netdev, e.g. a VM's TAP) or `stream` (a Unix
+    /// socket with QEMU's stream framing).
     #[serde(default)]
-    pub kind: Option<PortKind>,
+    pub kind: PortKind,
+    /// A stream port's socket path.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A VM port may send from any source MAC (no `mac_spoof` check).
+    #[serde(default)]
+    pub trust_guest_mac: bool,
     /// A host port's IP addresses (`address` is the MAC, as in `ip link`).
     #[serde(default)]
     pub addresses: Vec<Cidr>,
     /// Networks routed through a host port.
     #[serde(default)]
     pub routes: Vec<Cidr>,
+}
+
+impl LinkSpec {
+    /// The `--port` form of the request (for the table checks and the derived MAC).
+    pub fn port_spec(&self) -> crate::spec::PortSpec {
+        crate::spec::PortSpec {
+            name: self.name.clone(),
+            mode: self.mode.unwrap_or(Mode::Bridge),
+            netns: self.netns.clone(),
+            mac: self.address,
+            mtu: self.mtu,
+            flags: crate::forward::PortFlags {
+                nopromisc: self.nopromisc,
+                nodst: self.nodst,
+            },
+            bcqueuelen: self.bcqueuelen,
+            sources: self.macaddr.iter().copied().collect(),
+            state: Default::default(),
+            ifname: self.ifname.clone(),
+            kind: self.kind,
+            path: self.path.clone(),
+            trust_guest_mac: self.trust_guest_mac,
+            addresses: self.addresses.clone(),
+            routes: self.routes.clone(),
+        }
+    }
 }
 
 /// `umacvlan link set NAME ...`: only the fields given change.
@@ -355,6 +398,12 @@ pub struct LinkView {
     pub mtu: u32,
     pub parent: String,
     pub netns: Option<String>,
+    /// The device's name in its namespace when it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Who created the port ([`LinkSpec::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Admin up (the TAP's IFF_UP).
     pub up: bool,
     /// Carrier (IFF_LOWER_UP).
@@ -371,6 +420,13 @@ pub struct LinkView {
     pub bclim: i32,
     pub macaddr: Vec<MacAddr>,
     pub stats: LinkStats,
+    #[serde(default)]
+    pub kind: PortKind,
+    /// A stream port's socket; whether a peer is connected is `lower_up`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub trust_guest_mac: bool,
 }
 
 /// Counters from the port's side, as `ip -s link` shows them.

@@ -41,6 +41,8 @@ fn view(name: &str) -> LinkView {
         mtu: 1500,
         parent: "eth0".into(),
         netns: None,
+        ifname: None,
+        owner: None,
         up: true,
         lower_up: true,
         forwarding: true,
@@ -54,6 +56,9 @@ fn view(name: &str) -> LinkView {
         bclim: 1,
         macaddr: vec![],
         stats: LinkStats::default(),
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

@@ -3,7 +3,11 @@
 //! One worker thread writes them, any thread reads them. Each counter is an `AtomicU64` written
 //! with a plain load + store (single writer, so no locked read-modify-write on the hot path) and
 //! read with `Relaxed`. Counters only grow; reading never resets them.
+//!
+//! With several workers per parent every port and parent has one copy per worker
+//! ([`Sharded`]); readers add the copies up ([`Sharded::total`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::forward::DropReason;
@@ -21,6 +25,63 @@ impl Counter {
 
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+}
+
+/// Counters that can be added up across workers' copies.
+pub trait Absorb: Default {
+    /// Adds `other`'s current values to `self` (a reader's private total).
+    fn absorb(&self, other: &Self);
+}
+
+impl Absorb for Counter {
+    fn absorb(&self, other: &Counter) {
+        self.add(other.get());
+    }
+}
+
+impl Absorb for Flow {
+    fn absorb(&self, other: &Flow) {
+        self.packets.absorb(&other.packets);
+        self.bytes.absorb(&other.bytes);
+    }
+}
+
+impl Absorb for Drops {
+    fn absorb(&self, other: &Drops) {
+        for (a, b) in self.0.iter().zip(&other.0) {
+            a.absorb(b);
+        }
+    }
+}
+
+/// One copy of a set of counters per worker, each written by its worker alone.
+#[derive(Debug)]
+pub struct Sharded<T>(Box<[Arc<T>]>);
+
+impl<T: Absorb> Sharded<T> {
+    /// `n` zeroed copies (at least one).
+    pub fn new(n: usize) -> Sharded<T> {
+        Sharded((0..n.max(1)).map(|_| Arc::default()).collect())
+    }
+
+    /// Worker `i`'s copy.
+    pub fn shard(&self, i: usize) -> &Arc<T> {
+        &self.0[i]
+    }
+
+    /// Every worker's copy, in worker order.
+    pub fn shards(&self) -> &[Arc<T>] {
+        &self.0
+    }
+
+    /// The sum of every worker's copy, as of now.
+    pub fn total(&self) -> T {
+        let t = T::default();
+        for s in self.0.iter() {
+            t.absorb(s);
+        }
+        t
     }
 }
 
@@ -84,7 +145,9 @@ impl PortCounters {
 
     /// Copies for this port that could not be written (its `rx` drops).
     pub fn rx_dropped(&self) -> u64 {
-        self.drops.get(DropReason::TapQueueFull) + self.drops.get(DropReason::TapWriteFailed)
+        self.drops.get(DropReason::TapQueueFull)
+            + self.drops.get(DropReason::TapWriteFailed)
+            + self.drops.get(DropReason::NoPeer)
     }
 
     /// Frames this port sent that went nowhere (its `tx` drops).
@@ -107,8 +170,19 @@ pub struct PortCounters {
     pub tx_forwarded: Counter,
     pub tx_dropped_frames: Counter,
     /// By reason: frames the port sent that reached nothing, and copies for it that could not be
-    /// written (`tap_queue_full`, `tap_write_failed`).
+    /// written (`tap_queue_full`, `tap_write_failed`, `no_peer`).
     pub drops: Drops,
+}
+
+impl Absorb for PortCounters {
+    fn absorb(&self, o: &PortCounters) {
+        self.rx.absorb(&o.rx);
+        self.rx_multicast.absorb(&o.rx_multicast);
+        self.tx.absorb(&o.tx);
+        self.tx_forwarded.absorb(&o.tx_forwarded);
+        self.tx_dropped_frames.absorb(&o.tx_dropped_frames);
+        self.drops.absorb(&o.drops);
+    }
 }
 
 /// The parent's counters: `rx` from the ring, `tx` to the wire.
@@ -135,6 +209,19 @@ pub struct ParentCounters {
     pub heartbeat: Counter,
 }
 
+impl Absorb for ParentCounters {
+    fn absorb(&self, o: &ParentCounters) {
+        self.rx.absorb(&o.rx);
+        self.rx_forwarded.absorb(&o.rx_forwarded);
+        self.rx_dropped_frames.absorb(&o.rx_dropped_frames);
+        self.tx.absorb(&o.tx);
+        self.drops.absorb(&o.drops);
+        self.ring_packets.absorb(&o.ring_packets);
+        self.ring_drops.absorb(&o.ring_drops);
+        self.ring_freezes.absorb(&o.ring_freezes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +240,51 @@ mod tests {
         assert_eq!(port.drops.nonzero(), vec![(DropReason::Mtu, 1)]);
         assert_eq!(parent.drops.get(DropReason::Runt), 2);
         assert_eq!(parent.drops.total(), 2);
+    }
+
+    #[test]
+    fn shards_add_up_field_by_field() {
+        let ports: Sharded<PortCounters> = Sharded::new(3);
+        ports.shard(0).rx.count(10);
+        ports.shard(2).rx.count(5);
+        ports.shard(1).tx.count(7);
+        ports.shard(1).tx_forwarded.add(1);
+        ports.shard(2).drops.count(DropReason::Mtu);
+        ports.shard(0).drops.count(DropReason::Mtu);
+        ports.shard(0).rx_multicast.add(4);
+        ports.shard(2).tx_dropped_frames.add(2);
+        let t = ports.total();
+        assert_eq!((t.rx.packets.get(), t.rx.bytes.get()), (2, 15));
+        assert_eq!((t.tx.packets.get(), t.tx.bytes.get()), (1, 7));
+        assert_eq!(t.tx_forwarded.get(), 1);
+        assert_eq!(t.tx_dropped_frames.get(), 2);
+        assert_eq!(t.rx_multicast.get(), 4);
+        assert_eq!(t.drops.nonzero(), vec![(DropReason::Mtu, 2)]);
+
+        let parents: Sharded<ParentCounters> = Sharded::new(2);
+        parents.shard(0).ring_packets.add(3);
+        parents.shard(1).ring_packets.add(4);
+        parents.shard(1).ring_drops.add(1);
+        parents.shard(0).ring_freezes.add(2);
+        parents.shard(1).rx_forwarded.add(6);
+        parents.shard(0).rx_dropped_frames.add(1);
+        parents.shard(0).rx.count(1);
+        parents.shard(1).tx.count(9);
+        parents.shard(1).drops.count(DropReason::Runt);
+        let t = parents.total();
+        assert_eq!(t.ring_packets.get(), 7);
+        assert_eq!(t.ring_drops.get(), 1);
+        assert_eq!(t.ring_freezes.get(), 2);
+        assert_eq!(t.rx_forwarded.get(), 6);
+        assert_eq!(t.rx_dropped_frames.get(), 1);
+        assert_eq!((t.rx.packets.get(), t.tx.bytes.get()), (1, 9));
+        assert_eq!(t.drops.get(DropReason::Runt), 1);
+        // A sum is a snapshot: later counts do not change it.
+        parents.shard(0).ring_packets.add(1);
+        assert_eq!(t.ring_packets.get(), 7);
+        assert!(
+            Sharded::<Counter>::new(0).total().get() == 0,
+            "at least one shard"
+        );
     }
 }

@@ -1,14 +1,21 @@
 //! The running engine: its parents and ports, changed while it forwards.
 //!
-//! Each parent has a worker (ring, TX socket, TAPs); every port belongs to one parent. Adding,
-//! removing or changing a port builds a new table for its parent and swaps it into that worker
-//! together with the new port set ([`PortSet`]): the forwarding path never takes a lock, and no
-//! other port loses or reorders a frame.
+//! Each parent has one or more workers (ring, TX socket, a queue of every TAP); every port belongs
+//! to one parent. With several workers the parent's rings form a fanout group and every TAP has
+//! one queue per worker, so a flow always meets the same worker (see [`EngineOptions::workers`]).
+//! Adding, removing or changing a port builds a new table for its parent and swaps it into its
+//! workers together with the new port sets ([`PortSet`]): the forwarding path never takes a lock,
+//! and no other port loses or reorders a frame.
 //!
 //! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
 //! threads. Requests follow the kernel's control-plane rules (macvlan-semantics.md §8).
+//!
+//! A VM's port is not a TAP of ours ([`PortDev`]): `attach` opens a packet socket on a netdev
+//! someone else owns (brought up, never deleted; followed by the watchers, and re-bound when a
+//! netdev of that name comes back), `stream` listens on a Unix socket (always in the table; a copy
+//! for it without a peer is a `no_peer` drop). Both keep their guest MAC from the configuration.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,14 +24,16 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
-use super::counters::{ParentCounters, PortCounters};
+use super::counters::{ParentCounters, PortCounters, Sharded};
+use super::dev::PortDev;
 use super::observe::{Filter, ObserverCache, Observers};
 use super::plan::{
     ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
     default_route_interface, table_error_kind,
 };
+use super::stream::StreamPort;
 use super::watch::{Event, LiveState, Watchers};
-use super::worker::{Command, PortHandle, PortSet, Worker, WorkerHandle};
+use super::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::config::{Config, diff};
 use crate::control::Call;
 use crate::control::proto::{
@@ -36,23 +45,45 @@ use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableEr
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
 use crate::service::Service;
-use crate::spec::{PortKind, PortSpec, derived_mac};
+use crate::spec::{HOST_MODE, PortKind, derived_mac};
+use crate::sys::attach::PacketPort;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
+use std::path::PathBuf;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
 /// under bursts (perf-facts.md §3).
 pub const TAP_TXQLEN: u32 = 10_000;
 
-/// One parent and its worker.
+/// How the engine runs every parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The geometry of every parent's receive ring (one ring per worker).
+    pub ring: RingConfig,
+    /// Worker threads per parent (at least 1). More than one: the parent's rings form a
+    /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
+    /// workers are pinned to distinct CPUs.
+    pub workers: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            ring: RingConfig::DEFAULT,
+            workers: 1,
+        }
+    }
+}
+
+/// One parent and its workers.
 #[derive(Debug)]
 struct ParentRun {
     link: LinkInfo,
     config: ParentConfig,
     /// `None` while the parent is gone (deleted); its ports wait, down, for it to come back.
-    worker: Option<WorkerHandle>,
-    counters: Arc<ParentCounters>,
+    worker: Option<WorkerGroup>,
+    counters: Sharded<ParentCounters>,
     table: Arc<PortTable>,
     /// Port keys, aligned with `table`.
     keys: Vec<u64>,
@@ -65,12 +96,21 @@ struct PortEntry {
     parent: String,
     /// As configured; the live state is applied on top when tables are built.
     config: PortConfig,
-    /// The namespace's name (`ip netns`) and an open handle; `None`: the engine's namespace.
+    /// The namespace's name (`ip netns`) or path and an open handle; `None`: the engine's
+    /// namespace.
     netns: Option<(String, Netns)>,
-    tap: Arc<Tap>,
-    counters: Arc<PortCounters>,
+    /// What the port's workers read and write: one queue of its TAP per worker, or (attach,
+    /// stream) one device that worker 0 reads and every worker writes.
+    devs: Vec<Arc<PortDev>>,
+    counters: Sharded<PortCounters>,
+    /// The device's name in its namespace, when it differs from the port's.
+    ifname: Option<String>,
+    /// Who created the port (`LinkSpec::owner`).
+    owner: Option<String>,
     live: Option<LiveState>,
     kind: PortKind,
+    path: Option<PathBuf>,
+    trust_guest_mac: bool,
 }
 
 /// The engine.
@@ -85,8 +125,8 @@ pub struct Daemon {
     events: Receiver<Event>,
     /// The configuration file and what was last applied from it (`run --config`).
     config: Option<(std::path::PathBuf, Config)>,
-    /// The geometry of every parent's receive ring.
-    ring: RingConfig,
+    /// Ring geometry and workers of every parent.
+    opts: EngineOptions,
     /// Stop the whole engine when a parent disappears (default: its ports wait for it).
     pub exit_on_parent_loss: bool,
     /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
@@ -108,9 +148,9 @@ fn internal(e: impl std::fmt::Display) -> ControlError {
 }
 
 impl Daemon {
-    /// An engine with no ports yet, in the calling thread's namespace; each parent's receive
-    /// ring gets the geometry `ring`.
-    pub fn new(ring: RingConfig) -> anyhow::Result<Daemon> {
+    /// An engine with no ports yet, in the calling thread's namespace; every parent runs as
+    /// `opts` says.
+    pub fn new(opts: EngineOptions) -> anyhow::Result<Daemon> {
         let (tx, events) = crossbeam_channel::unbounded();
         Ok(Daemon {
             nl: Netlink::open()?,
@@ -121,7 +161,10 @@ impl Daemon {
             watchers: Watchers::new(tx),
             events,
             config: None,
-            ring,
+            opts: EngineOptions {
+                workers: opts.workers.max(1),
+                ..opts
+            },
             exit_on_parent_loss: false,
             observers: Arc::default(),
             service: None,
@@ -133,9 +176,9 @@ impl Daemon {
     pub fn from_config(
         path: &std::path::Path,
         config: Config,
-        ring: RingConfig,
+        opts: EngineOptions,
     ) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new(ring)?;
+        let mut d = Daemon::new(opts)?;
         d.config = Some((
             path.to_path_buf(),
             Config {
@@ -150,30 +193,31 @@ impl Daemon {
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
     /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
-    pub fn start(plan: Plan, ring: RingConfig) -> anyhow::Result<Daemon> {
-        let mut d = Daemon::new(ring)?;
+    pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
+        let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
         for p in plan.ports {
-            d.create(&parent, p)?;
+            d.create(&parent, p, None)?;
         }
         Ok(d)
     }
 
-    /// Starts the worker of a parent that has none yet.
+    /// Starts the workers of a parent that has none yet.
     fn ensure_parent(&mut self, link: LinkInfo, config: ParentConfig) -> anyhow::Result<()> {
         if self.parents.contains_key(&link.name) {
             return Ok(());
         }
         let table = Arc::new(PortTable::build(config.clone(), Vec::new())?);
-        let counters = Arc::new(ParentCounters::default());
-        let set = PortSet {
-            table: Arc::clone(&table),
-            ports: Arc::from(Vec::new()),
-        };
-        let worker = self.spawn_worker(&link, set, &counters)?;
-        self.watchers
-            .parent(&self.own_ns, &link.name, link.flags.lower_up)?;
+        let counters = Sharded::new(self.opts.workers);
+        let sets = (0..self.opts.workers)
+            .map(|_| PortSet {
+                table: Arc::clone(&table),
+                ports: Arc::from(Vec::new()),
+            })
+            .collect();
+        let worker = self.spawn_workers(&link, sets, &counters)?;
+        self.watchers.parent(&self.own_ns, &link)?;
         let name = link.name.clone();
         let run = ParentRun {
             link,
@@ -187,31 +231,42 @@ impl Daemon {
         Ok(())
     }
 
-    /// Opens the parent's ring and send socket and starts its worker on `set`.
-    fn spawn_worker(
+    /// Opens the parent's rings (a fanout group with several workers) and send sockets and
+    /// starts worker `i` on `sets[i]`, pinned to CPU `i` when there are several.
+    fn spawn_workers(
         &self,
         link: &LinkInfo,
-        set: PortSet,
-        counters: &Arc<ParentCounters>,
-    ) -> anyhow::Result<WorkerHandle> {
-        let ring = RxRing::open(link.index, self.ring)
+        sets: Vec<PortSet>,
+        counters: &Sharded<ParentCounters>,
+    ) -> anyhow::Result<WorkerGroup> {
+        let n = self.opts.workers;
+        let rings = RxRing::open_fanout(link.index, self.opts.ring, n)
             .with_context(|| format!("opening the receive ring on {}", link.name))?;
-        let wire = TxSocket::open(link.index)
-            .with_context(|| format!("opening the send socket on {}", link.name))?;
-        let worker = Worker {
-            ring,
-            wire,
-            set,
-            counters: Arc::clone(counters),
-            carrier: link.flags.lower_up,
-            observers: Arc::clone(&self.observers),
-            observer_cache: ObserverCache::default(),
+        let cores = if n > 1 {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut workers = Vec::with_capacity(n);
+        for (i, (ring, set)) in rings.into_iter().zip(sets).enumerate() {
+            let wire = TxSocket::open(link.index)
+                .with_context(|| format!("opening the send socket on {}", link.name))?;
+            let worker = Worker {
+                ring,
+                wire,
+                set,
+                counters: Arc::clone(counters.shard(i)),
+                carrier: link.flags.lower_up,
+                observers: Arc::clone(&self.observers),
+                observer_cache: ObserverCache::default(),
+            };
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
         }
-        .spawn()?;
-        let (blocks, block) = (self.ring.block_nr, self.ring.block_size);
+        let (blocks, block) = (self.opts.ring.block_nr, self.opts.ring.block_size);
         let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
-        tracing::info!(parent = %link.name, "parent opened; receive ring {blocks} x {block} bytes = {mib:.1} MiB");
-        Ok(worker)
+        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with a receive ring of {blocks} x {block} bytes = {mib:.1} MiB");
+        Ok(WorkerGroup::new(workers))
     }
 
     /// The parent disappeared: its worker stops, its ports lose carrier and wait, and every
@@ -227,7 +282,7 @@ impl Daemon {
             tracing::warn!(%parent, "its worker failed: {e}");
         }
         for e in self.ports.iter().filter(|e| e.parent == parent) {
-            if let Err(err) = e.tap.set_carrier(false) {
+            if let Err(err) = e.devs[0].set_carrier(false) {
                 tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
             }
         }
@@ -245,55 +300,149 @@ impl Daemon {
         };
         let (link, mut config) = check_parent(&mut self.nl, parent, opts)?;
         config.bc_cutoff = run.config.bc_cutoff;
-        let (set, counters) = (self.port_set(parent), Arc::clone(&run.counters));
-        let worker = self.spawn_worker(&link, set, &counters)?;
-        worker.send(Command::SetCarrier(carrier));
+        let sets = self.port_sets(parent, &run.table);
+        let worker = self.spawn_workers(&link, sets, &run.counters)?;
+        worker.send_each(|_| Command::SetCarrier(carrier));
+        let mtu = link.mtu;
         let run = self.parents.get_mut(parent).expect("checked above");
         (run.link, run.config, run.worker) = (link, config, Some(worker));
-        self.rebuild(parent);
+        self.parent_mtu(parent, mtu);
         tracing::info!(%parent, "parent is back: forwarding again");
         Ok(())
     }
 
-    /// The parent's current table and ports, as its worker should hold them.
-    fn port_set(&self, parent: &str) -> PortSet {
-        let run = &self.parents[parent];
-        let ports = self
+    /// The parent's MTU is now `mtu`: as the kernel does on NETDEV_CHANGEMTU
+    /// (`macvlan_device_event`), every port above it is lowered to it, and ports below stay
+    /// where they are when it rises. Also the new bound for `link set mtu`.
+    fn parent_mtu(&mut self, parent: &str, mtu: u32) {
+        let Some(run) = self.parents.get_mut(parent) else {
+            return;
+        };
+        let old = run.config.mtu;
+        if old != mtu {
+            tracing::info!(%parent, from = old, to = mtu, "parent MTU changed");
+        }
+        (run.config.mtu, run.link.mtu) = (mtu, mtu);
+        let now = |e: &PortEntry| {
+            e.live
+                .as_ref()
+                .map_or(e.config.mtu.unwrap_or(old), |l| l.mtu)
+        };
+        let above: Vec<u64> = self
             .ports
             .iter()
-            .filter(|e| e.parent == parent)
-            .map(|e| PortHandle {
-                key: e.key,
-                tap: Arc::clone(&e.tap),
-                counters: Arc::clone(&e.counters),
-            })
+            .filter(|e| e.parent == parent && now(e) > mtu)
+            .map(|e| e.key)
             .collect();
-        PortSet {
-            table: Arc::clone(&run.table),
-            ports,
+        for key in above {
+            let e = self
+                .ports
+                .iter_mut()
+                .find(|e| e.key == key)
+                .expect("listed");
+            if e.config.mtu > Some(mtu) {
+                e.config.mtu = Some(mtu);
+            }
+            let name = e.config.name.clone();
+            match self.on_port_link(key, |nl, index| nl.set_mtu(index, mtu)) {
+                Ok(()) => tracing::info!(port = %name, mtu, "port MTU lowered to the parent's"),
+                Err(e) => tracing::warn!(port = %name, "lowering the MTU failed: {}", e.message),
+            }
         }
+        self.rebuild(parent);
     }
 
-    /// Creates a checked port's TAP, adds it to its parent and starts following it.
-    fn create(&mut self, parent: &str, p: PlannedPort) -> anyhow::Result<()> {
+    /// Runs `f` with a netlink socket in port `key`'s namespace and its TAP's ifindex.
+    fn on_port_link<T>(
+        &mut self,
+        key: u64,
+        f: impl FnOnce(&mut Netlink, u32) -> crate::net::Result<T>,
+    ) -> Result<T, ControlError> {
+        let e = self
+            .ports
+            .iter()
+            .find(|e| e.key == key)
+            .ok_or_else(|| err(ErrorKind::NoSuchLink, "the port is gone"))?;
+        let name = e.ifname.clone().unwrap_or_else(|| e.config.name.clone());
+        let ifindex = e.live.as_ref().map(|l| l.ifindex);
+        let mut nl_there;
+        let nl = match &e.netns {
+            Some((_, ns)) => {
+                nl_there = Netlink::open_in(ns).map_err(internal)?;
+                &mut nl_there
+            }
+            None => &mut self.nl,
+        };
+        let index = match ifindex {
+            Some(i) => i,
+            None => {
+                nl.link_by_name(&name)
+                    .map_err(internal)?
+                    .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{name} vanished")))?
+                    .index
+            }
+        };
+        f(nl, index).map_err(internal)
+    }
+
+    /// `table` with the parent's ports, as each of its workers should hold them: worker `i`
+    /// gets queue `i` of every TAP and copy `i` of every port's counters.
+    fn port_sets(&self, parent: &str, table: &Arc<PortTable>) -> Vec<PortSet> {
+        (0..self.opts.workers)
+            .map(|i| PortSet {
+                table: Arc::clone(table),
+                ports: self
+                    .ports
+                    .iter()
+                    .filter(|e| e.parent == parent)
+                    .map(|e| e.handle(i))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Creates a checked port's device, adds it to its parent and starts following it.
+    fn create(
+        &mut self,
+        parent: &str,
+        p: PlannedPort,
+        owner: Option<String>,
+    ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
         let key = self.next_key;
         self.next_key += 1;
-        let tap = create_tap(&mut self.nl, key, &p, mtu)
-            .with_context(|| format!("creating port {}", p.spec.name))?;
-        let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
-        self.watchers.port(ns, key, &p.spec.name)?;
+        let name = &p.spec.name;
+        let workers = self.opts.workers;
+        let devs = match (&p.spec.kind, &p.spec.path) {
+            (PortKind::Tap | PortKind::Host, _) => create_tap(&mut self.nl, key, &p, mtu, workers)
+                .map(|queues| queues.into_iter().map(PortDev::Tap).collect()),
+            (PortKind::Attach, _) => {
+                attach(&mut self.nl, name, p.netns.as_ref()).map(|a| vec![PortDev::Attach(a)])
+            }
+            (PortKind::Stream, Some(path)) => StreamPort::listen(name, path)
+                .map(|s| vec![PortDev::Stream(s)])
+                .map_err(Into::into),
+            (PortKind::Stream, None) => Err(anyhow::anyhow!("a stream port needs path=")),
+        }
+        .with_context(|| format!("creating port {name}"))?;
+        if p.spec.kind != PortKind::Stream {
+            let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
+            self.watchers.port(ns, key, p.spec.device())?;
+        }
         let netns = p.spec.netns.clone().zip(p.netns);
-        let kind = p.spec.kind;
         self.ports.push(PortEntry {
-            kind,
             key,
             parent: parent.to_string(),
             config: p.config,
             netns,
-            tap: Arc::new(tap),
-            counters: Arc::default(),
+            devs: devs.into_iter().map(Arc::new).collect(),
+            counters: Sharded::new(self.opts.workers),
+            ifname: p.spec.ifname,
+            owner,
             live: None,
+            kind: p.spec.kind,
+            path: p.spec.path,
+            trust_guest_mac: p.spec.trust_guest_mac,
         });
         self.rebuild(parent);
         Ok(())
@@ -337,7 +486,7 @@ impl Daemon {
                 },
                 recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
-                    let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerHandle::is_finished);
+                    let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");
                     }
@@ -378,14 +527,18 @@ impl Daemon {
 
     /// A watchdog tick: ping systemd only while every worker makes progress.
     fn watchdog(&mut self) {
-        let workers: Vec<(String, bool, u64)> = self
-            .parents
-            .iter()
-            .filter_map(|(name, run)| {
-                let w = run.worker.as_ref()?;
-                Some((name.clone(), !w.is_finished(), run.counters.heartbeat.get()))
-            })
-            .collect();
+        let workers: Vec<(String, bool, u64)> =
+            self.parents
+                .iter()
+                .filter_map(|(name, run)| {
+                    let w = run.worker.as_ref()?;
+                    let alive = !w.is_finished();
+                    Some(run.counters.shards().iter().enumerate().map(move |(i, c)| {
+                        (format!("{name} worker {i}"), alive, c.heartbeat.get())
+                    }))
+                })
+                .flatten()
+                .collect();
         if let Some(s) = &mut self.service {
             s.check(&workers);
         }
@@ -394,6 +547,7 @@ impl Daemon {
     fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
         match ev {
             Event::Port { key, state } => {
+                self.reattach(key, state.as_ref());
                 if let Some(e) = self.ports.iter_mut().find(|e| e.key == key) {
                     e.live = state;
                     let parent = e.parent.clone();
@@ -404,10 +558,11 @@ impl Daemon {
                 if let Some(run) = self.parents.get(&parent) {
                     tracing::info!(%parent, carrier = on, "parent carrier changed");
                     if let Some(w) = &run.worker {
-                        w.send(Command::SetCarrier(on));
+                        w.send_each(|_| Command::SetCarrier(on));
                     }
                 }
             }
+            Event::ParentMtu { parent, mtu } => self.parent_mtu(&parent, mtu),
             Event::ParentGone { parent } => self.parent_gone(&parent)?,
             Event::ParentBack { parent, carrier } => {
                 if let Err(e) = self.parent_back(&parent, carrier) {
@@ -416,6 +571,27 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// An attached netdev that appeared again under its name (the VM restarted and its
+    /// hypervisor made a new TAP): the port's socket is bound to it and it is brought up.
+    fn reattach(&mut self, key: u64, state: Option<&LiveState>) {
+        let Some(e) = self.ports.iter().find(|e| e.key == key) else {
+            return;
+        };
+        let (PortDev::Attach(a), Some(l)) = (&*e.devs[0], state) else {
+            return;
+        };
+        if a.ifindex() == l.ifindex {
+            return;
+        }
+        let ns = e.netns.as_ref().map(|(_, ns)| ns);
+        let again = bring_up_attached(&mut self.nl, a.name(), ns)
+            .and_then(|index| a.rebind(index).map_err(Into::into));
+        match again {
+            Ok(_) => tracing::info!(port = a.name(), ifindex = l.ifindex, "attached again"),
+            Err(err) => tracing::warn!(port = a.name(), "attaching again failed: {err:#}"),
+        }
     }
 
     /// Answers one call: streams for `follow`, one response otherwise.
@@ -714,9 +890,9 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = PortSpec::from(&l);
-        spec.check_kind()
-            .map_err(|e| err(ErrorKind::InvalidArgument, format!("port {}: {e}", l.name)))?;
+        let spec = l.port_spec();
+        spec.check_kind(&l.name)
+            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let mut config = spec.to_config(&parent);
         config.up = false;
         if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
@@ -727,7 +903,15 @@ impl Daemon {
         configs.push(config.clone());
         PortTable::build(pconfig.clone(), configs)
             .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
-        let netns = check_port_place(&mut self.nl, &spec).map_err(plan_err)?;
+        // A path one of our ports listens on: refused before any probe connects to it.
+        if let Some(path) = &spec.path
+            && let Some(e) = self.ports.iter().find(|e| e.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            let same = PlanError::SamePath(e.config.name.clone(), spec.name.clone(), path);
+            return Err(plan_err(same));
+        }
+        let netns = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
         self.ensure_parent(link, pconfig.clone())
             .map_err(internal)?;
         if let Some(run) = self.parents.get_mut(&parent) {
@@ -740,6 +924,7 @@ impl Daemon {
                 config,
                 netns,
             },
+            l.owner.clone(),
         )
         .map_err(internal)?;
         tracing::info!(port = %l.name, %parent, "port added");
@@ -804,7 +989,7 @@ impl Daemon {
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{e:#}");
             }
-            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
+            if let Some(Err(e)) = run.worker.map(WorkerGroup::stop) {
                 tracing::warn!(parent = name, "the worker failed: {e}");
             }
             tracing::info!(parent = name, "parent closed (no ports left)");
@@ -818,8 +1003,10 @@ impl Daemon {
         let pconfig = self.parents[&parent].config.clone();
         let new_mode = c.mode.unwrap_or(old_mode);
         if e.kind == PortKind::Host && new_mode != Mode::Bridge {
-            let e = crate::spec::KindError::HostMode(new_mode);
-            return Err(err(ErrorKind::InvalidArgument, format!("{}: {e}", c.name)));
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("{}: {HOST_MODE}, not {new_mode}", c.name),
+            ));
         }
         if (new_mode == Mode::Passthru) != (old_mode == Mode::Passthru) {
             return Err(err(
@@ -869,33 +1056,18 @@ impl Daemon {
                 ));
             }
         }
-        // Checked: apply. The device itself first (MAC, MTU), then the configuration.
-        let e = self.entry(&c.name)?;
-        if c.address.is_some() || c.mtu.is_some() {
-            let ifindex = e.live.as_ref().map(|l| l.ifindex);
-            let mut nl_there;
-            let nl = match &e.netns {
-                Some((_, ns)) => {
-                    nl_there = Netlink::open_in(ns).map_err(internal)?;
-                    &mut nl_there
+        // Checked: apply. The device itself first (MAC, MTU), then the configuration. A VM
+        // port's MAC is the guest's and its netdev (if any) is not ours: configuration only.
+        if (c.address.is_some() || c.mtu.is_some()) && !self.entry(&c.name)?.kind.is_vm() {
+            self.on_port_link(key, |nl, index| {
+                if let Some(mac) = c.address {
+                    nl.set_mac(index, mac)?;
                 }
-                None => &mut self.nl,
-            };
-            let index = match ifindex {
-                Some(i) => i,
-                None => {
-                    nl.link_by_name(&c.name)
-                        .map_err(internal)?
-                        .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("{} vanished", c.name)))?
-                        .index
+                if let Some(mtu) = c.mtu {
+                    nl.set_mtu(index, mtu)?;
                 }
-            };
-            if let Some(mac) = c.address {
-                nl.set_mac(index, mac).map_err(internal)?;
-            }
-            if let Some(mtu) = c.mtu {
-                nl.set_mtu(index, mtu).map_err(internal)?;
-            }
+                Ok(())
+            })?;
         }
         let e = self
             .ports
@@ -950,7 +1122,7 @@ impl Daemon {
             .parents
             .iter()
             .map(|(name, run)| {
-                let c = &run.counters;
+                let c = &run.counters.total();
                 ParentView {
                     name: name.clone(),
                     rx_packets: c.rx.packets.get(),
@@ -984,7 +1156,11 @@ impl Daemon {
         let id = run.keys.iter().position(|k| *k == e.key);
         let in_table = id.map(|i| run.table.port(crate::forward::PortId(i as u16)));
         let live = e.live.as_ref();
-        let c = &e.counters;
+        let c = &e.counters.total();
+        let stream = match &*e.devs[0] {
+            PortDev::Stream(s) => Some(s.connected()),
+            _ => None,
+        };
         Ok(LinkView {
             name: e.config.name.clone(),
             ifindex: live.map(|l| l.ifindex),
@@ -992,8 +1168,10 @@ impl Daemon {
             mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
             netns: e.netns.as_ref().map(|(n, _)| n.clone()),
-            up: live.is_some_and(|l| l.up),
-            lower_up: live.is_some_and(|l| l.lower_up),
+            ifname: e.ifname.clone(),
+            owner: e.owner.clone(),
+            up: stream.is_some() || live.is_some_and(|l| l.up),
+            lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
             forwarding: in_table.is_some_and(|p| p.is_up()),
             promisc: live.is_some_and(|l| l.promisc),
             allmulti: live.is_some_and(|l| l.allmulti),
@@ -1019,6 +1197,9 @@ impl Daemon {
                     .map(|(r, n)| (r.name().to_string(), n))
                     .collect(),
             },
+            kind: e.kind,
+            path: e.path.clone(),
+            trust_guest_mac: e.trust_guest_mac,
         })
     }
 
@@ -1027,7 +1208,7 @@ impl Daemon {
         self.ports
             .iter()
             .filter(|e| e.parent == parent)
-            .map(|e| apply_live(&e.config, e.live.as_ref(), parent_mtu))
+            .map(|e| apply_live(&e.config, e.kind, e.live.as_ref(), parent_mtu))
             .collect()
     }
 
@@ -1060,16 +1241,14 @@ impl Daemon {
                 }
             }
         };
-        let entries: Vec<&PortEntry> = self.ports.iter().filter(|e| e.parent == parent).collect();
-        let ports: Arc<[PortHandle]> = entries
+        let table = Arc::new(table);
+        let sets = self.port_sets(parent, &table);
+        let keys: Vec<u64> = self
+            .ports
             .iter()
-            .map(|e| PortHandle {
-                key: e.key,
-                tap: Arc::clone(&e.tap),
-                counters: Arc::clone(&e.counters),
-            })
+            .filter(|e| e.parent == parent)
+            .map(|e| e.key)
             .collect();
-        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
         let run = self.parents.get_mut(parent).expect("checked above");
         for (p, key) in table.ports().iter().zip(&keys) {
             let was = run
@@ -1081,25 +1260,29 @@ impl Daemon {
                 tracing::info!(port = p.name(), up = p.is_up(), mac = %p.mac(), "port state changed");
             }
         }
-        let table = Arc::new(table);
-        run.table = Arc::clone(&table);
+        run.table = table;
         run.keys = keys;
         if let Some(w) = &run.worker {
-            w.send(Command::SetPorts(PortSet { table, ports }));
+            let mut sets = sets.into_iter();
+            w.send_each(|_| Command::SetPorts(sets.next().expect("one set per worker")));
         }
     }
 
     /// Every port's and parent's counters, as `run` prints them on exit.
     pub fn counters_text(&self) -> String {
+        let port_totals: Vec<_> = self.ports.iter().map(|e| e.counters.total()).collect();
+        let parent_totals: Vec<_> = self.parents.values().map(|r| r.counters.total()).collect();
         let ports: Vec<_> = self
             .ports
             .iter()
-            .map(|e| (e.config.name.as_str(), e.config.mode, &*e.counters))
+            .zip(&port_totals)
+            .map(|(e, c)| (e.config.name.as_str(), e.config.mode, c))
             .collect();
         let parents: Vec<_> = self
             .parents
-            .iter()
-            .map(|(n, r)| (n.as_str(), &*r.counters))
+            .keys()
+            .zip(&parent_totals)
+            .map(|(n, c)| (n.as_str(), c))
             .collect();
         crate::cli::report::counters_text(&ports, &parents)
     }
@@ -1107,13 +1290,15 @@ impl Daemon {
     /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
     /// ring. Returns the final counters as text.
     pub fn shutdown(mut self) -> anyhow::Result<String> {
-        let text = self.counters_text();
+        // Workers first: each drains its ring and folds the kernel's ring counters in as it stops,
+        // so the text below is final.
         let mut failed = Vec::new();
-        for (name, run) in std::mem::take(&mut self.parents) {
-            if let Some(Err(e)) = run.worker.map(WorkerHandle::stop) {
+        for (name, run) in &mut self.parents {
+            if let Some(Err(e)) = run.worker.take().map(WorkerGroup::stop) {
                 failed.push(format!("the worker of {name} failed: {e}"));
             }
         }
+        let text = self.counters_text();
         self.watchers.stop();
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
         Ok(text)
@@ -1121,22 +1306,15 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace, flags, kind, addresses and routes; not to or from passthru). A setting dropped from the file goes back to
-/// its default: the parent's MTU, the derived MAC, bcqueuelen 1000.
+/// namespace, flags and kind, path and trust of a VM port, addresses and routes of a host port;
+/// not to or from passthru). A setting dropped from the file goes back to its default: the
+/// parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
     let fixed = |s: &LinkSpec| {
-        let host = (
-            s.kind.unwrap_or_default(),
-            s.addresses.clone(),
-            s.routes.clone(),
-        );
-        (
-            s.parent.clone(),
-            s.netns.clone(),
-            s.nopromisc,
-            s.nodst,
-            host,
-        )
+        let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
+        let host = (s.addresses.clone(), s.routes.clone());
+        let place = (s.parent.clone(), s.netns.clone(), s.ifname.clone());
+        (place, s.nopromisc, s.nodst, vm, host)
     };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
@@ -1196,29 +1374,86 @@ fn observed_frame(o: &super::observe::Observation, snaplen: usize) -> ObservedFr
     }
 }
 
-/// The MAC a port has now: the TAP's, once seen, else the configured one.
+impl PortEntry {
+    /// The port as its parent's worker holds it.
+    /// The port as worker `i` holds it: its own TAP queue, or the shared device (read by worker
+    /// 0 only), and its own copy of the counters.
+    fn handle(&self, i: usize) -> PortHandle {
+        PortHandle {
+            key: self.key,
+            dev: Arc::clone(&self.devs[i % self.devs.len()]),
+            reads: i < self.devs.len(),
+            counters: Arc::clone(self.counters.shard(i)),
+        }
+    }
+}
+
+/// The MAC a port has now: the TAP's, once seen, else the configured one; a VM port's is always
+/// the configured guest MAC (its netdev's own MAC is the host side's).
 fn effective_mac(e: &PortEntry) -> MacAddr {
     match (&e.live, e.config.mode) {
-        (Some(l), m) if m != Mode::Passthru => l.mac,
+        (Some(l), m) if m != Mode::Passthru && !e.kind.is_vm() => l.mac,
         _ => e.config.mac,
     }
 }
 
-fn apply_live(c: &PortConfig, live: Option<&LiveState>, parent_mtu: u32) -> PortConfig {
+/// The port as the table should see it: its configuration with its netdev's live state on top.
+/// A VM port keeps its guest MAC and takes every group (the guest filters, as behind a
+/// macvtap); a stream port, which has no netdev, is always up.
+fn apply_live(
+    c: &PortConfig,
+    kind: PortKind,
+    live: Option<&LiveState>,
+    parent_mtu: u32,
+) -> PortConfig {
     let mut p = c.clone();
+    p.allmulti = kind.is_vm();
+    if kind == PortKind::Stream {
+        p.up = true;
+        return p;
+    }
     let Some(l) = live else {
         p.up = false;
         return p;
     };
     p.up = l.up;
-    if p.mode != Mode::Passthru {
+    if p.mode != Mode::Passthru && !kind.is_vm() {
         p.mac = l.mac;
     }
     p.mtu = Some(l.mtu.clamp(MIN_MTU, parent_mtu));
     p.promisc = l.promisc;
-    p.allmulti = l.allmulti;
+    p.allmulti |= l.allmulti;
     p.groups = l.groups.clone();
     p
+}
+
+/// Brings up the netdev `name` (in `ns`, else the engine's namespace) that someone else owns;
+/// returns its ifindex.
+fn bring_up_attached(nl: &mut Netlink, name: &str, ns: Option<&Netns>) -> anyhow::Result<u32> {
+    let mut there;
+    let nl = match ns {
+        Some(ns) => {
+            there = Netlink::open_in(ns)?;
+            &mut there
+        }
+        None => nl,
+    };
+    let link = nl
+        .link_by_name(name)?
+        .with_context(|| format!("no interface named {name} to attach to"))?;
+    nl.set_up(link.index, true)?;
+    Ok(link.index)
+}
+
+/// Brings up the netdev `name` someone else owns and opens a packet socket on it (in its
+/// namespace: the socket binds there).
+fn attach(nl: &mut Netlink, name: &str, ns: Option<&Netns>) -> anyhow::Result<PacketPort> {
+    let index = bring_up_attached(nl, name, ns)?;
+    let open = || PacketPort::open(name, index);
+    Ok(match ns {
+        Some(ns) => crate::net::in_netns(ns, open)??,
+        None => open()?,
+    })
 }
 
 /// A temporary name for a TAP on its way to another namespace, unique on this machine.
@@ -1226,12 +1461,20 @@ fn temp_name(key: u64) -> String {
     format!("umv{}p{key}", std::process::id() % 100_000)
 }
 
-fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> anyhow::Result<Tap> {
+/// Creates a port's TAP with one queue per worker, sets it up and moves it to its namespace.
+fn create_tap(
+    nl: &mut Netlink,
+    key: u64,
+    p: &PlannedPort,
+    parent_mtu: u32,
+    workers: usize,
+) -> anyhow::Result<Vec<Tap>> {
     let name = match p.netns {
         Some(_) => temp_name(key),
-        None => p.spec.name.clone(),
+        None => p.spec.device().to_string(),
     };
-    let tap = Tap::create(&name)?;
+    let queues = Tap::create_queues(&name, workers)?;
+    let tap = &queues[0];
     let link = nl
         .link_by_name(tap.name())?
         .with_context(|| format!("TAP {} vanished after creation", tap.name()))?;
@@ -1245,7 +1488,12 @@ fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> a
             nl.add_address(link.index, a.addr, a.prefix_len)?;
         }
         for r in &p.spec.routes {
-            nl.add_route(link.index, *r)?;
+            nl.add_route(&crate::net::netlink::Route {
+                dst: r.addr,
+                prefix_len: r.prefix_len,
+                gateway: None,
+                oif: link.index,
+            })?;
         }
     }
     if let Some(ns) = &p.netns {
@@ -1254,7 +1502,7 @@ fn create_tap(nl: &mut Netlink, key: u64, p: &PlannedPort, parent_mtu: u32) -> a
         let moved = there
             .link_by_name(&name)?
             .with_context(|| format!("TAP {name} is not in {ns} after the move"))?;
-        there.set_name(moved.index, &p.spec.name)?;
+        there.set_name(moved.index, p.spec.device())?;
     }
-    Ok(tap)
+    Ok(queues)
 }

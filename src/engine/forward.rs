@@ -19,13 +19,15 @@ use std::sync::Arc;
 
 use super::counters::{ParentCounters, PortCounters};
 use super::observe::{self, Seen, Sink};
-use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide};
-use crate::frame::{ETH_HLEN, FrameError, FrameMeta, VlanTag};
+use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
+use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
+use crate::sys::ring::Frames;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.
 pub trait PortIo {
-    /// Writes one frame (virtio-net header first) into the port's TAP.
+    /// Writes one frame (virtio-net header first) to the port's device (TAP, attached netdev or
+    /// stream peer).
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
     fn counters(&self) -> &PortCounters;
 }
@@ -41,16 +43,25 @@ pub struct ParentFrame<'a> {
     pub vlan: Option<VlanTag>,
 }
 
-fn frame_error(e: FrameError) -> DropReason {
-    match e {
-        FrameError::Runt(_) => DropReason::Runt,
-        FrameError::Oversize { .. } => DropReason::Oversize,
-    }
+/// Checks a frame and its virtio-net header (both sides: ring and TAP) before any decision.
+fn check_frame<'a>(
+    hdr: &[u8],
+    data: &'a [u8],
+    vlan: Option<VlanTag>,
+    max_frame: usize,
+) -> Result<(VnetHdr, FrameMeta<'a>), DropReason> {
+    let meta = FrameMeta::parse(data, vlan, max_frame).map_err(DropReason::from)?;
+    let vnet = VnetHdr::parse(hdr)
+        .filter(|v| v.is_valid_for(data.len()))
+        .ok_or(DropReason::BadVnetHeader)?;
+    Ok((vnet, meta.with_gso(vnet.is_gso())))
 }
 
 fn write_error(e: &io::Error) -> DropReason {
     match e.kind() {
         io::ErrorKind::WouldBlock => DropReason::TapQueueFull,
+        // A stream port without a peer.
+        io::ErrorKind::NotConnected => DropReason::NoPeer,
         _ => DropReason::TapWriteFailed,
     }
 }
@@ -147,6 +158,25 @@ pub fn from_parent<P: PortIo>(
     from_parent_observed(table, pc, ports, f, None);
 }
 
+/// Every frame of one ring block, in order, as the worker forwards them (`obs` as in
+/// [`from_parent_observed`]).
+pub fn from_parent_block<P: PortIo>(
+    table: &PortTable,
+    pc: &ParentCounters,
+    ports: &[P],
+    frames: Frames<'_>,
+    obs: Option<&Observe<'_>>,
+) {
+    for f in frames {
+        let pf = ParentFrame {
+            with_vnet: f.with_vnet(),
+            wire_len: f.wire_len(),
+            vlan: f.vlan(),
+        };
+        from_parent_observed(table, pc, ports, &pf, obs);
+    }
+}
+
 /// [`from_parent`], telling `obs` (when someone follows) what happened.
 pub fn from_parent_observed<P: PortIo>(
     table: &PortTable,
@@ -166,12 +196,12 @@ pub fn from_parent_observed<P: PortIo>(
         refused(obs, None, data, f.wire_len, DropReason::Truncated);
         return;
     }
-    let vnet = VnetHdr::parse(hdr).unwrap_or_default();
-    let meta = match FrameMeta::parse(data, f.vlan, table.parent().max_frame) {
-        Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => {
-            pc.dropped(frame_error(e));
-            refused(obs, None, data, f.wire_len, frame_error(e));
+    let checked = check_frame(hdr, data, f.vlan, table.parent().max_frame);
+    let (vnet, meta) = match checked {
+        Ok(ok) => ok,
+        Err(r) => {
+            pc.dropped(r);
+            refused(obs, None, data, f.wire_len, r);
             return;
         }
     };
@@ -241,6 +271,23 @@ pub fn from_parent_observed<P: PortIo>(
     }
 }
 
+/// A frame port `id` sent that its device refused before it was whole (a stream peer's bad
+/// length, or a frame cut short by its disconnect): `len` bytes were read; counted as sent and
+/// dropped with `reason`.
+pub fn port_refused<P: PortIo>(
+    table: &PortTable,
+    ports: &[P],
+    id: PortId,
+    len: usize,
+    reason: DropReason,
+    obs: Option<&Observe<'_>>,
+) {
+    let c = ports[id.index()].counters();
+    c.tx.count(len);
+    c.dropped(reason);
+    refused(obs, Some(table.port(id).name()), &[], len, reason);
+}
+
 /// Whether a port's frame must also be sent on the parent, and what the send decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToWire {
@@ -279,15 +326,30 @@ pub fn from_port_observed<P: PortIo>(
         return ToWire::No;
     };
     c.tx.count(data.len());
-    let vnet = VnetHdr::parse(hdr).unwrap_or_default();
-    let meta = match FrameMeta::parse(data, None, table.parent().max_frame) {
-        Ok(m) => m.with_gso(vnet.is_gso()),
-        Err(e) => {
-            c.dropped(frame_error(e));
-            refused(obs, name(), data, data.len(), frame_error(e));
+    // A port's non-GSO frame cannot be longer than the parent's MTU allows (the kernel bounds a
+    // macvlan child's MTU by its lower's; a TAP's MTU can be raised past it in its namespace).
+    let parent = table.parent();
+    let port_max = parent.mtu as usize + ETH_HLEN + VLAN_HLEN;
+    let checked = check_frame(hdr, data, None, parent.max_frame).and_then(|(vnet, meta)| {
+        if !vnet.is_gso() && meta.len() > port_max {
+            Err(DropReason::Oversize)
+        } else {
+            Ok((vnet, meta))
+        }
+    });
+    let meta = match checked {
+        Ok((_, meta)) => meta,
+        Err(r) => {
+            c.dropped(r);
+            refused(obs, name(), data, data.len(), r);
             return ToWire::No;
         }
     };
+    if spoofed(table, id, &meta) {
+        c.dropped(DropReason::MacSpoof);
+        refused(obs, name(), data, data.len(), DropReason::MacSpoof);
+        return ToWire::No;
+    }
     let v = decide(table, Ingress::Port(id), &meta);
     let iov = [IoSlice::new(buf)];
     let group = meta.dst().is_group();
@@ -494,6 +556,51 @@ mod tests {
     }
 
     #[test]
+    fn hostile_frames_are_counted_drops_from_both_sides() {
+        let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge]);
+        let mut bad_vnet = with_vnet(mac(1), mac(9), 60);
+        bad_vnet[1] = 0x7f; // no such GSO type
+        let mut cut_tag = with_vnet(mac(1), mac(9), 16);
+        cut_tag[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x81, 0x00]);
+        let mut vid4095 = with_vnet(mac(1), mac(9), 64);
+        vid4095[VNET_HDR_LEN + 12..VNET_HDR_LEN + 16].copy_from_slice(&[0x81, 0x00, 0x0f, 0xff]);
+        for b in [&bad_vnet, &cut_tag, &vid4095] {
+            from_parent(&t, &c, &ports, &pf(b));
+            assert_eq!(from_port(&t, &ports, PortId(0), b), ToWire::No);
+        }
+        let reserved = Some(VlanTag::dot1q(0x0fff));
+        let plain = with_vnet(mac(1), mac(9), 60);
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                vlan: reserved,
+                ..pf(&plain)
+            },
+        );
+        // Longer than the parent's MTU (1500) + 18 from a port: oversize, unless it is GSO.
+        let long = with_vnet(mac(1), mac(0), 1519);
+        assert_eq!(from_port(&t, &ports, PortId(0), &long), ToWire::No);
+        let mut gso = long.clone();
+        gso[1] = crate::vnet::GSO_TCPV4;
+        gso[4..6].copy_from_slice(&1448u16.to_ne_bytes());
+        assert_eq!(from_port(&t, &ports, PortId(0), &gso), ToWire::No);
+        assert_eq!(
+            ports[1].got.borrow().len(),
+            1,
+            "only the GSO frame reached c1"
+        );
+        let (p, s) = (&c.drops, &ports[0].counters.drops);
+        assert_eq!(p.get(DropReason::BadVnetHeader), 1);
+        assert_eq!(p.get(DropReason::BadVlan), 3);
+        assert_eq!(s.get(DropReason::BadVnetHeader), 1);
+        assert_eq!(s.get(DropReason::BadVlan), 2);
+        assert_eq!(s.get(DropReason::Oversize), 1);
+        assert_eq!(ports[0].counters.tx.packets.get(), 5);
+    }
+
+    #[test]
     fn bridge_broadcast_goes_to_siblings_and_wire() {
         let (t, c, ports) = setup(&[Mode::Bridge, Mode::Bridge, Mode::Vepa]);
         let b = with_vnet(MacAddr::BROADCAST, mac(0), 60);
@@ -567,6 +674,44 @@ mod tests {
         // write; unknown and runt went nowhere.
         assert_eq!(c.rx_forwarded.get(), 2);
         assert_eq!(c.drops.total(), c.rx_dropped_frames.get());
+    }
+
+    #[test]
+    fn a_spoofed_source_from_a_pinned_port_is_dropped_before_deciding() {
+        let parent = ParentConfig::new("p0", mac(100), 1500);
+        let mut vm = PortConfig::new("vm", Mode::Bridge, mac(0));
+        vm.pinned_mac = true;
+        let t = PortTable::build(
+            parent,
+            vec![vm, PortConfig::new("c1", Mode::Bridge, mac(1))],
+        )
+        .unwrap();
+        let ports = [Fake::default(), Fake::default()];
+        let spoofed = with_vnet(mac(1), mac(7), 60);
+        assert_eq!(from_port(&t, &ports, PortId(0), &spoofed), ToWire::No);
+        assert!(ports[1].got.borrow().is_empty(), "not delivered");
+        assert_eq!(ports[0].counters.drops.get(DropReason::MacSpoof), 1);
+        let own = with_vnet(mac(1), mac(0), 60);
+        assert_eq!(from_port(&t, &ports, PortId(0), &own), ToWire::No);
+        assert_eq!(ports[1].got.borrow().len(), 1, "its own MAC goes through");
+        let s = &ports[0].counters;
+        assert_eq!(
+            (
+                s.tx.packets.get(),
+                s.tx_forwarded.get(),
+                s.tx_dropped_frames.get()
+            ),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_copy_for_a_peerless_stream_port_is_a_no_peer_drop() {
+        let e = io::Error::from(io::ErrorKind::NotConnected);
+        assert_eq!(write_error(&e), DropReason::NoPeer);
+        let c = PortCounters::default();
+        c.drops.count(write_error(&e));
+        assert_eq!((c.rx_dropped(), c.tx_dropped()), (1, 0));
     }
 
     #[test]

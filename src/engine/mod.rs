@@ -6,8 +6,10 @@
 
 pub mod counters;
 pub mod daemon;
+pub mod dev;
 pub mod forward;
 pub mod observe;
 pub mod plan;
+pub mod stream;
 pub mod watch;
 pub mod worker;

@@ -5,7 +5,7 @@
 use crate::control::proto::ErrorKind;
 use crate::forward::{ParentConfig, PortConfig, PortTable, TableError};
 use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
-use crate::spec::PortSpec;
+use crate::spec::{PortKind, PortSpec};
 
 const ARPHRD_ETHER: u16 = 1;
 
@@ -30,8 +30,28 @@ pub enum PlanError {
         #[source]
         source: crate::net::Error,
     },
-    #[error("port {port}: an interface named {port} already exists in {place}")]
-    NameInUse { port: String, place: String },
+    #[error("port {port}: an interface named {device} already exists in {place}")]
+    NameInUse {
+        port: String,
+        device: String,
+        place: String,
+    },
+    #[error("ports {first} and {second} both want the device name {device} in one namespace")]
+    DeviceTwice {
+        first: String,
+        second: String,
+        device: String,
+    },
+    #[error(
+        "port {port}: kind=attach needs an existing interface named {port} in {place} (the VM's TAP: start the VM first)"
+    )]
+    NoSuchNetdev { port: String, place: String },
+    #[error("port {0}: kind=attach cannot attach to the parent itself")]
+    AttachToParent(String),
+    #[error("{0}")]
+    Stream(#[from] super::stream::StreamError),
+    #[error("ports {0} and {1} cannot both listen on {2}")]
+    SamePath(String, String, String),
     #[error("{0}")]
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
@@ -111,8 +131,17 @@ pub fn check_parent(
     Ok((link, config))
 }
 
-/// Opens the port's namespace and checks that its name is free there.
-pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netns>, PlanError> {
+/// Opens the port's namespace and checks that its name is free there (a TAP), that the netdev to
+/// attach to exists there (`attach`), or that the socket path can be listened on (`stream`).
+pub fn check_port_place(
+    nl: &mut Netlink,
+    spec: &PortSpec,
+    parent: &str,
+) -> Result<Option<Netns>, PlanError> {
+    if let (PortKind::Stream, Some(path)) = (spec.kind, &spec.path) {
+        super::stream::check_path(&spec.name, path)?;
+        return Ok(None);
+    }
     let netns = spec
         .netns
         .as_deref()
@@ -123,19 +152,30 @@ pub fn check_port_place(nl: &mut Netlink, spec: &PortSpec) -> Result<Option<Netn
             source,
         })?;
     let taken = match &netns {
-        Some(ns) => Netlink::open_in(ns)?.link_by_name(&spec.name)?,
-        None => nl.link_by_name(&spec.name)?,
+        Some(ns) => Netlink::open_in(ns)?.link_by_name(spec.device())?,
+        None => nl.link_by_name(spec.device())?,
     };
-    if taken.is_some() {
-        let place = netns
+    let place = || {
+        netns
             .as_ref()
-            .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"));
-        return Err(PlanError::NameInUse {
-            port: spec.name.clone(),
-            place,
-        });
+            .map_or("this namespace".to_string(), |ns| format!("namespace {ns}"))
+    };
+    let port = spec.name.clone();
+    match (spec.kind, taken) {
+        (PortKind::Attach, None) => Err(PlanError::NoSuchNetdev {
+            port,
+            place: place(),
+        }),
+        (PortKind::Attach, Some(_)) if netns.is_none() && spec.name == parent => {
+            Err(PlanError::AttachToParent(port))
+        }
+        (PortKind::Attach, Some(_)) | (_, None) => Ok(netns),
+        (_, Some(_)) => Err(PlanError::NameInUse {
+            port,
+            device: spec.device().to_string(),
+            place: place(),
+        }),
     }
-    Ok(netns)
 }
 
 /// The interface of the IPv4 default route in the calling thread's namespace (what CNI and
@@ -157,7 +197,11 @@ impl PlanError {
             | PlanError::ParentNotEthernet { .. }
             | PlanError::ParentWireless(_) => ErrorKind::Busy,
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
-            PlanError::NameInUse { .. } => ErrorKind::Exists,
+            PlanError::NameInUse { .. } | PlanError::DeviceTwice { .. } => ErrorKind::Exists,
+            PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
+            PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
+            PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
+            PlanError::Stream(_) => ErrorKind::InvalidArgument,
             PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),
             PlanError::Netlink(_) => ErrorKind::Internal,
@@ -194,10 +238,39 @@ pub fn plan(
     }
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
-    let mut ports = Vec::with_capacity(specs.len());
-    for (text, spec) in specs {
+    let mut ports: Vec<PlannedPort> = Vec::with_capacity(specs.len());
+    for (i, (text, spec)) in specs.iter().enumerate() {
         spec.config_only(text)?;
-        let netns = check_port_place(&mut nl, spec)?;
+        if let Some(path) = &spec.path
+            && let Some((_, other)) = specs[..i]
+                .iter()
+                .find(|(_, s)| s.path.as_ref() == Some(path))
+        {
+            let path = path.display().to_string();
+            return Err(PlanError::SamePath(
+                other.name.clone(),
+                spec.name.clone(),
+                path,
+            ));
+        }
+        let netns = check_port_place(&mut nl, spec, parent)?;
+        // Two ports of this command line may not take one device name in one namespace
+        // (however each names it: `ip netns` name or path). Attached netdevs are someone
+        // else's and stream ports have none.
+        let inode = |ns: &Option<Netns>| ns.as_ref().map(Netns::inode).transpose();
+        let here = inode(&netns)?;
+        for other in ports.iter().filter(|o| o.spec.kind == PortKind::Tap) {
+            if spec.kind == PortKind::Tap
+                && other.spec.device() == spec.device()
+                && inode(&other.netns)? == here
+            {
+                return Err(PlanError::DeviceTwice {
+                    first: other.spec.name.clone(),
+                    second: spec.name.clone(),
+                    device: spec.device().to_string(),
+                });
+            }
+        }
         let config = spec.to_config(parent);
         ports.push(PlannedPort {
             spec: spec.clone(),

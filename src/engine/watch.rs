@@ -5,7 +5,7 @@
 //! RTNLGRP_LINK there (up/down, MAC, MTU, promisc, allmulti, carrier) and reads the exact
 //! link-layer multicast list from `/proc/thread-self/net/dev_mcast` every [`MCAST_POLL`] (joins
 //! made with `ip maddr` produce no netlink event). The watcher of the engine's own namespace also
-//! follows the parents' carrier. Changes go to the daemon as [`Event`]s.
+//! follows the parents' carrier and MTU. Changes go to the daemon as [`Event`]s.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
@@ -52,6 +52,11 @@ pub enum Event {
         parent: String,
         on: bool,
     },
+    /// The parent's MTU changed (`ip link set P mtu N`).
+    ParentMtu {
+        parent: String,
+        mtu: u32,
+    },
     ParentGone {
         parent: String,
     },
@@ -71,10 +76,12 @@ enum WatchCmd {
     Forget {
         key: u64,
     },
-    /// Follow a parent's carrier; `carrier` is what the worker was given.
+    /// Follow a parent's carrier and MTU; `carrier` is what the worker was given, `mtu` what
+    /// the ports were sized by.
     Parent {
         name: String,
         carrier: bool,
+        mtu: u32,
     },
     ForgetParent {
         name: String,
@@ -138,10 +145,14 @@ impl Watchers {
         self.send(ns, WatchCmd::Forget { key })
     }
 
-    /// Follows the carrier of parent `name` in `ns` (the engine's namespace).
-    pub fn parent(&mut self, ns: &Netns, name: &str, carrier: bool) -> anyhow::Result<()> {
-        let name = name.to_string();
-        self.send(ns, WatchCmd::Parent { name, carrier })
+    /// Follows the carrier and MTU of parent `link` in `ns` (the engine's namespace).
+    pub fn parent(&mut self, ns: &Netns, link: &LinkInfo) -> anyhow::Result<()> {
+        let cmd = WatchCmd::Parent {
+            name: link.name.clone(),
+            carrier: link.flags.lower_up,
+            mtu: link.mtu,
+        };
+        self.send(ns, cmd)
     }
 
     pub fn forget_parent(&mut self, ns: &Netns, name: &str) -> anyhow::Result<()> {
@@ -170,9 +181,11 @@ struct WatchedPort {
 struct WatchedParent {
     name: String,
     carrier: bool,
+    mtu: u32,
     /// Read the parent once: a change before the monitor opened would otherwise go unseen.
     fresh: bool,
-    seen: Option<Option<bool>>,
+    /// The last (carrier, MTU) seen in an event; `Some(None)`: it was removed.
+    seen: Option<Option<(bool, u32)>>,
     /// The parent disappeared and has not come back yet.
     gone: bool,
 }
@@ -203,9 +216,10 @@ fn watch(
                     });
                 }
                 WatchCmd::Forget { key } => ports.retain(|p| p.key != key),
-                WatchCmd::Parent { name, carrier } => parents.push(WatchedParent {
+                WatchCmd::Parent { name, carrier, mtu } => parents.push(WatchedParent {
                     name,
                     carrier,
+                    mtu,
                     fresh: true,
                     seen: None,
                     gone: false,
@@ -220,7 +234,7 @@ fn watch(
             match ev {
                 LinkEvent::Changed(l) => {
                     if let Some(p) = parents.iter_mut().find(|p| p.name == l.name) {
-                        p.seen = Some(Some(l.flags.lower_up));
+                        p.seen = Some(Some((l.flags.lower_up, l.mtu)));
                     }
                     if let Some(p) = ports.iter_mut().find(|p| p.name == l.name) {
                         p.link = Some(l);
@@ -245,34 +259,7 @@ fn watch(
             }
         }
         for p in &mut parents {
-            let now = match p.seen.take() {
-                Some(s) => s,
-                None if p.fresh => nl.link_by_name(&p.name)?.map(|l| l.flags.lower_up),
-                None if p.gone => None,
-                None => Some(p.carrier),
-            };
-            p.fresh = false;
-            let parent = p.name.clone();
-            let event = match (now, p.gone) {
-                (None, false) => {
-                    p.gone = true;
-                    Some(Event::ParentGone { parent })
-                }
-                (Some(on), true) => {
-                    p.gone = false;
-                    p.carrier = on;
-                    Some(Event::ParentBack {
-                        parent,
-                        carrier: on,
-                    })
-                }
-                (Some(on), false) if on != p.carrier => {
-                    p.carrier = on;
-                    Some(Event::Carrier { parent, on })
-                }
-                _ => None,
-            };
-            if let Some(ev) = event {
+            for ev in parent_events(p, &mut nl)? {
                 let _ = tx.send(ev);
             }
         }
@@ -299,6 +286,47 @@ fn watch(
         }
     }
     Ok(())
+}
+
+/// What changed about a watched parent since the last look: gone, back, carrier, MTU.
+fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<Event>> {
+    let now = match p.seen.take() {
+        Some(s) => s,
+        None if p.fresh => nl.link_by_name(&p.name)?.map(|l| (l.flags.lower_up, l.mtu)),
+        None if p.gone => None,
+        None => Some((p.carrier, p.mtu)),
+    };
+    p.fresh = false;
+    let parent = p.name.clone();
+    let mut events = Vec::new();
+    match (now, p.gone) {
+        (None, false) => {
+            p.gone = true;
+            events.push(Event::ParentGone { parent });
+        }
+        (Some((on, mtu)), true) => {
+            (p.gone, p.carrier, p.mtu) = (false, on, mtu);
+            events.push(Event::ParentBack {
+                parent,
+                carrier: on,
+            });
+        }
+        (Some((on, mtu)), false) => {
+            if mtu != p.mtu {
+                p.mtu = mtu;
+                events.push(Event::ParentMtu {
+                    parent: parent.clone(),
+                    mtu,
+                });
+            }
+            if on != p.carrier {
+                p.carrier = on;
+                events.push(Event::Carrier { parent, on });
+            }
+        }
+        (None, true) => {}
+    }
+    Ok(events)
 }
 
 fn live_state(l: &LinkInfo, groups: &[DevMcastEntry]) -> Option<LiveState> {

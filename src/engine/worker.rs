@@ -1,4 +1,5 @@
-//! The worker thread: epoll over the parent's ring, every port's TAP and a wake-up eventfd.
+//! The worker thread: epoll over the parent's ring, every port's device (TAP, attached netdev,
+//! stream socket) and a wake-up eventfd.
 //!
 //! It owns the I/O objects (ring, TX socket, TAPs) and the current table. The control plane talks
 //! to it only through [`Command`]s on a channel, followed by a write to the eventfd, so the
@@ -17,11 +18,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::counters::{ParentCounters, PortCounters};
-use super::forward::{self, Observe, ParentFrame, PortIo, ToWire};
+use super::dev::{PortDev, Recv};
+use super::forward::{self, Observe, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::RxRing;
-use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
 
 /// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
@@ -29,13 +30,16 @@ use crate::sys::tx::TxSocket;
 #[derive(Debug)]
 pub struct PortHandle {
     pub key: u64,
-    pub tap: Arc<Tap>,
+    pub dev: Arc<PortDev>,
+    /// Whether this worker reads the device (its own TAP queue; a shared device is read by
+    /// worker 0 only, and written by all).
+    pub reads: bool,
     pub counters: Arc<PortCounters>,
 }
 
 impl PortIo for PortHandle {
     fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.tap.write_vectored(iov)
+        self.dev.write_frame(iov)
     }
 
     fn counters(&self) -> &PortCounters {
@@ -64,7 +68,7 @@ pub enum Command {
 /// Frames read from one TAP before the worker looks at the others (fairness).
 const TAP_BUDGET: usize = 64;
 /// How often the kernel's ring statistics are folded into the counters.
-const STATS_EVERY: Duration = Duration::from_millis(500);
+const STATS_EVERY: Duration = Duration::from_millis(100);
 /// A TAP read holds a 64 KiB GSO frame, its virtio-net header and an inline VLAN tag.
 const READ_BUF: usize = 65_536 + 10 + 4 + 64;
 /// Frames sent to the wire with one `sendmmsg`.
@@ -123,6 +127,41 @@ impl WireBatch {
     }
 }
 
+/// The control plane's end of a parent's workers: one per ring of its fanout group, each with its
+/// own queue of every TAP and its own copy of the counters.
+#[derive(Debug)]
+pub struct WorkerGroup(Vec<WorkerHandle>);
+
+impl WorkerGroup {
+    pub fn new(workers: Vec<WorkerHandle>) -> WorkerGroup {
+        WorkerGroup(workers)
+    }
+
+    /// Sends worker `i` the command `c(i)`.
+    pub fn send_each(&self, mut c: impl FnMut(usize) -> Command) {
+        for (i, w) in self.0.iter().enumerate() {
+            w.send(c(i));
+        }
+    }
+
+    /// Stops every worker; the first failure is returned, after all have stopped.
+    pub fn stop(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for w in self.0 {
+            let r = w.stop();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// True when any worker has stopped by itself (it failed).
+    pub fn is_finished(&self) -> bool {
+        self.0.iter().any(WorkerHandle::is_finished)
+    }
+}
+
 /// The control plane's end of a running worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -177,12 +216,18 @@ struct Poller {
 impl Poller {
     /// Registers the ports new in `set`, forgets those gone, and maps keys to positions.
     fn follow(&mut self, old: &[PortHandle], set: &[PortHandle]) -> io::Result<()> {
-        for p in old.iter().filter(|p| !set.iter().any(|n| n.key == p.key)) {
-            self.epoll.delete(p.tap.as_fd())?;
+        for p in old
+            .iter()
+            .filter(|p| p.reads && !set.iter().any(|n| n.key == p.key))
+        {
+            self.epoll.delete(p.dev.as_fd())?;
         }
-        for p in set.iter().filter(|p| !self.ids.contains_key(&p.key)) {
+        for p in set
+            .iter()
+            .filter(|p| p.reads && !self.ids.contains_key(&p.key))
+        {
             let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP0 + p.key);
-            self.epoll.add(p.tap.as_fd(), ev)?;
+            self.epoll.add(p.dev.as_fd(), ev)?;
         }
         self.ids = set
             .iter()
@@ -194,16 +239,26 @@ impl Poller {
 }
 
 impl Worker {
-    /// Starts the worker on its own thread.
-    pub fn spawn(self) -> io::Result<WorkerHandle> {
+    /// Starts the worker on its own thread, named after its parent and index, pinned to `core`
+    /// when given.
+    pub fn spawn(
+        self,
+        name: String,
+        core: Option<core_affinity::CoreId>,
+    ) -> io::Result<WorkerHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let w = Arc::clone(&wake);
-        let thread = std::thread::Builder::new()
-            .name("umacvlan-worker".into())
-            .spawn(move || self.run(&rx, &w))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(c) = core
+                && !core_affinity::set_for_current(c)
+            {
+                tracing::warn!("pinning the worker to CPU {} failed", c.id);
+            }
+            self.run(&rx, &w)
+        })?;
         Ok(WorkerHandle {
             commands: tx,
             wake,
@@ -240,7 +295,12 @@ impl Worker {
             let mut woken = false;
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_RING => self.drain_ring(),
+                    TOKEN_RING => {
+                        if ev.events().contains(EpollFlags::EPOLLERR) {
+                            self.take_ring_error();
+                        }
+                        self.drain_ring();
+                    }
                     TOKEN_WAKE => woken = true,
                     t => {
                         if let Some(id) = poller.ids.get(&(t - TOKEN_TAP0)) {
@@ -285,14 +345,14 @@ impl Worker {
                         .iter()
                         .filter(|p| !self.set.ports.iter().any(|o| o.key == p.key))
                     {
-                        self.set_carrier(&p.tap);
+                        self.set_carrier(&p.dev);
                     }
                     self.set = set;
                 }
                 Command::SetCarrier(on) => {
                     self.carrier = on;
                     for p in self.set.ports.iter() {
-                        self.set_carrier(&p.tap);
+                        self.set_carrier(&p.dev);
                     }
                 }
                 Command::Stop => return Ok(false),
@@ -301,9 +361,9 @@ impl Worker {
         Ok(true)
     }
 
-    fn set_carrier(&self, tap: &Tap) {
-        if let Err(e) = tap.set_carrier(self.carrier) {
-            tracing::warn!(port = tap.name(), "setting carrier failed: {e}");
+    fn set_carrier(&self, dev: &PortDev) {
+        if let Err(e) = dev.set_carrier(self.carrier) {
+            tracing::warn!(port = dev.name(), "setting carrier failed: {e}");
         }
     }
 
@@ -322,20 +382,19 @@ impl Worker {
                 sinks,
                 parent: &set.table.parent().name,
             });
-            for f in block.frames() {
-                let pf = ParentFrame {
-                    with_vnet: f.with_vnet(),
-                    wire_len: f.wire_len(),
-                    vlan: f.vlan(),
-                };
-                forward::from_parent_observed(&set.table, counters, &set.ports, &pf, obs.as_ref());
-            }
+            forward::from_parent_block(
+                &set.table,
+                counters,
+                &set.ports,
+                block.frames(),
+                obs.as_ref(),
+            );
         }
     }
 
     fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
         let ports = &self.set.ports;
-        let tap = &ports[id.index()].tap;
+        let dev = &ports[id.index()].dev;
         // One relaxed load per TAP batch when nobody follows.
         let obs = self
             .observers
@@ -346,11 +405,16 @@ impl Worker {
             });
         for _ in 0..TAP_BUDGET {
             let slot = &mut batch.slots[batch.queued.len()];
-            let n = match tap.read(slot) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let n = match dev.recv(slot) {
+                Ok(Recv::Frame(n)) => n,
+                Ok(Recv::Empty) => return,
+                Ok(Recv::Refused { len, reason }) => {
+                    let t = &self.set.table;
+                    forward::port_refused(t, ports, id, len, reason, obs.as_ref());
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(port = tap.name(), "TAP read failed: {e}");
+                    tracing::warn!(port = dev.name(), "reading the port failed: {e}");
                     return;
                 }
             };
@@ -362,6 +426,23 @@ impl Worker {
                     batch.flush(&self.wire, &self.counters, ports);
                 }
             }
+        }
+    }
+
+    /// The parent went down: the kernel unhooks the ring and sets its socket error
+    /// (`packet_notifier`, NETDEV_DOWN → ENETDOWN), and re-hooks it by itself on NETDEV_UP.
+    /// Reading `SO_ERROR` clears the error, or epoll would report it again at once (a busy loop
+    /// for as long as the parent stays down).
+    fn take_ring_error(&self) {
+        use nix::sys::socket::{getsockopt, sockopt::SocketError};
+        match getsockopt(&self.ring.as_fd(), SocketError) {
+            Ok(0) => {}
+            Ok(e) => tracing::info!(
+                parent = %self.set.table.parent().name,
+                "the receive ring reports: {}",
+                nix::errno::Errno::from_raw(e).desc()
+            ),
+            Err(e) => tracing::warn!("reading the ring's socket error failed: {e}"),
         }
     }
 

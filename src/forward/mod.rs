@@ -42,6 +42,15 @@ pub fn decide<'t>(table: &'t PortTable, ingress: Ingress, frame: &FrameMeta<'_>)
     }
 }
 
+/// Whether port `id` sends `frame` from a source MAC other than its pinned guest MAC (a VM port
+/// without `trust_guest_mac`; libvirt's no-mac-spoofing). Such a frame is dropped as `mac_spoof`
+/// before [`decide`] sees it; the kernel's macvtap has no such check, so `decide` stays the
+/// kernel's rules alone.
+pub fn spoofed(table: &PortTable, id: PortId, frame: &FrameMeta<'_>) -> bool {
+    let p = table.port(id);
+    p.config.pinned_mac && frame.src() != p.mac()
+}
+
 const NONE: &[crate::forward::PortId] = &[];
 
 fn verdict(rule: Rule) -> Verdict<'static> {

@@ -172,6 +172,9 @@ pub struct PortConfig {
     pub bcqueuelen: u32,
     /// Source mode: the remote source MACs (`macaddr add`).
     pub sources: BTreeSet<MacAddr>,
+    /// A VM port's guest MAC is pinned: frames it sends from another source are dropped
+    /// (`mac_spoof`, see [`spoofed`](super::spoofed)). Never set on TAP ports.
+    pub pinned_mac: bool,
 }
 
 impl PortConfig {
@@ -189,6 +192,7 @@ impl PortConfig {
             groups: BTreeSet::new(),
             bcqueuelen: DEFAULT_BC_QUEUE_LEN,
             sources: BTreeSet::new(),
+            pinned_mac: false,
         }
     }
 }

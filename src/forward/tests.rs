@@ -1080,6 +1080,45 @@ fn table_refuses_bad_configurations_naming_the_ports() {
 }
 
 #[test]
+fn a_pinned_guest_mac_refuses_other_sources_only_when_pinned() {
+    let vm = mac_of("vm");
+    let mut pinned = PortConfig::new("vm", Mode::Bridge, vm);
+    pinned.pinned_mac = true;
+    let trusting = PortConfig::new("trusting", Mode::Bridge, mac_of("trusting"));
+    let t = build(vec![pinned, trusting]).unwrap();
+    let frame = |src: MacAddr| {
+        let mut b = vec![0u8; 60];
+        b[..6].copy_from_slice(&MacAddr::BROADCAST.0);
+        b[6..12].copy_from_slice(&src.0);
+        b
+    };
+    let rows = [
+        ("pinned port, its own MAC", PortId(0), vm, false),
+        ("pinned port, another MAC", PortId(0), mac_of("other"), true),
+        (
+            "pinned port, a sibling's MAC",
+            PortId(0),
+            mac_of("trusting"),
+            true,
+        ),
+        (
+            "unpinned port, another MAC",
+            PortId(1),
+            mac_of("other"),
+            false,
+        ),
+    ];
+    for (name, id, src, want) in rows {
+        let b = frame(src);
+        let f = FrameMeta::parse(&b, None, 1514).unwrap();
+        assert_eq!(spoofed(&t, id, &f), want, "{name}");
+        // decide() is unchanged by the pin: the check is separate.
+        let v = decide(&t, Ingress::Port(id), &f);
+        assert!(v.to_wire, "{name}: decide still floods to the wire");
+    }
+}
+
+#[test]
 fn table_allows_a_duplicate_mac_on_a_down_port() {
     // The kernel checks at open: a down port may hold an up port's MAC (§8).
     let mut down = PortConfig::new("b", V, mac_of("a"));

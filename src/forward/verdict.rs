@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frame::{ETH_HLEN, VLAN_HLEN};
+use crate::frame::{ETH_HLEN, FrameError, VLAN_HLEN};
 use crate::mac::MacAddr;
 
 use super::table::{ModeMask, PortId, PortTable};
@@ -15,6 +15,8 @@ pub enum DropReason {
     Runt,
     Oversize,
     Truncated,
+    BadVlan,
+    BadVnetHeader,
     UnknownDestination,
     SourcePortDestination,
     MulticastNotJoined,
@@ -29,13 +31,28 @@ pub enum DropReason {
     TapQueueFull,
     TapWriteFailed,
     WireSendFailed,
+    MacSpoof,
+    NoPeer,
+}
+
+/// Bytes that are not a frame `decide()` may look at are dropped for the parse error's reason.
+impl From<FrameError> for DropReason {
+    fn from(e: FrameError) -> DropReason {
+        match e {
+            FrameError::Runt(_) => DropReason::Runt,
+            FrameError::Oversize { .. } => DropReason::Oversize,
+            FrameError::BadVlan(_) => DropReason::BadVlan,
+        }
+    }
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::Truncated,
+        DropReason::BadVlan,
+        DropReason::BadVnetHeader,
         DropReason::UnknownDestination,
         DropReason::SourcePortDestination,
         DropReason::MulticastNotJoined,
@@ -50,6 +67,8 @@ impl DropReason {
         DropReason::TapQueueFull,
         DropReason::TapWriteFailed,
         DropReason::WireSendFailed,
+        DropReason::MacSpoof,
+        DropReason::NoPeer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -57,6 +76,8 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::Oversize => "oversize",
             DropReason::Truncated => "truncated",
+            DropReason::BadVlan => "bad_vlan",
+            DropReason::BadVnetHeader => "bad_vnet_header",
             DropReason::UnknownDestination => "unknown_destination",
             DropReason::SourcePortDestination => "source_port_destination",
             DropReason::MulticastNotJoined => "multicast_not_joined",
@@ -71,6 +92,8 @@ impl DropReason {
             DropReason::TapQueueFull => "tap_queue_full",
             DropReason::TapWriteFailed => "tap_write_failed",
             DropReason::WireSendFailed => "wire_send_failed",
+            DropReason::MacSpoof => "mac_spoof",
+            DropReason::NoPeer => "no_peer",
         }
     }
 
@@ -78,8 +101,14 @@ impl DropReason {
     pub const fn meaning(self) -> &'static str {
         match self {
             DropReason::Runt => "shorter than an Ethernet header (14 bytes)",
-            DropReason::Oversize => "longer than the largest frame the engine accepts",
+            DropReason::Oversize => {
+                "longer than the largest frame the engine accepts (from a port: a non-GSO frame longer than the parent's MTU + 18)"
+            }
             DropReason::Truncated => "the parent's ring slot held less than the whole frame",
+            DropReason::BadVlan => "the outer VLAN tag is cut short or has the reserved VID 4095",
+            DropReason::BadVnetHeader => {
+                "the virtio-net header is inconsistent (unknown GSO type, GSO without a segment size, checksum offsets past the frame)"
+            }
             DropReason::UnknownDestination => {
                 "unicast to a MAC that no up port owns: only the parent's own stack gets it"
             }
@@ -104,6 +133,10 @@ impl DropReason {
             DropReason::TapQueueFull => "the port's TAP would block (its queue is full)",
             DropReason::TapWriteFailed => "writing to the port's TAP failed",
             DropReason::WireSendFailed => "sending on the parent failed",
+            DropReason::MacSpoof => {
+                "a VM port sent a frame whose source is not its pinned guest MAC (trust_guest_mac is off)"
+            }
+            DropReason::NoPeer => "the stream port has no peer connected: its copy is lost",
         }
     }
 

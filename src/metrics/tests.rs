@@ -18,6 +18,8 @@ fn port(name: &str, mode: Mode, forwarding: bool, stats: LinkStats) -> LinkView 
         mtu: 1500,
         parent: "p0".into(),
         netns: Some("ns".into()),
+        ifname: None,
+        owner: None,
         up: forwarding,
         lower_up: true,
         forwarding,
@@ -31,6 +33,9 @@ fn port(name: &str, mode: Mode, forwarding: bool, stats: LinkStats) -> LinkView 
         bclim: 1,
         macaddr: Vec::new(),
         stats,
+        kind: Default::default(),
+        path: None,
+        trust_guest_mac: false,
     }
 }
 

@@ -26,7 +26,9 @@ pub use cidr::Cidr;
 pub use error::{Error, Result};
 pub use mcast::link_multicast;
 pub use monitor::{LinkEvent, LinkMonitor};
-pub use netlink::{IfFlags, LinkInfo, MacvlanInfo, MacvlanSpec, Netlink, OperState, is_wireless};
+pub use netlink::{
+    IfFlags, LinkInfo, MacvlanInfo, MacvlanSpec, Netlink, OperState, Route, is_wireless,
+};
 pub use netns::{Netns, in_netns};
 
 #[cfg(test)]

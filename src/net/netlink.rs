@@ -30,9 +30,11 @@ use netlink_packet_route::link::{
     LinkProtoInfoBridge, MacVlanFlags, MacVlanMacAddressMode, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use super::cidr::Cidr;
 use super::error::{Error, Result};
 use super::netns::{Netns, in_netns};
 use crate::mac::MacAddr;
@@ -73,6 +75,8 @@ const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 const NLMSG_HDRLEN: usize = 16;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 /// `IFLA_BRPORT_MODE` (hairpin) inside `IFLA_PROTINFO` for AF_BRIDGE.
 const IFLA_BRPORT_MODE: u16 = 4;
 
@@ -409,20 +413,32 @@ impl Netlink {
 
     /// Every device in the socket's namespace.
     pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
-        let op = || "list devices".to_string();
+        self.dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            RTM_NEWLINK,
+            parse_link,
+            || "list devices".to_string(),
+        )
+    }
+
+    /// A dump request: every message of type `ty` parsed with `parse`, the whole dump retried
+    /// when the kernel marks it interrupted.
+    fn dump<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        ty: u16,
+        parse: impl Fn(&[u8]) -> std::result::Result<T, String>,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<T>> {
         for _ in 0..DUMP_RETRIES {
             let mut out = Vec::new();
             let interrupted = self
-                .transact(
-                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                    NLM_F_DUMP,
-                    |ty, payload| {
-                        if ty == RTM_NEWLINK {
-                            out.push(parse_link(payload).map_err(Failure::Protocol)?);
-                        }
-                        Ok(())
-                    },
-                )
+                .transact(msg.clone(), NLM_F_DUMP, |t, payload| {
+                    if t == ty {
+                        out.push(parse(payload).map_err(Failure::Protocol)?);
+                    }
+                    Ok(())
+                })
                 .map_err(|f| f.into_error(op()))?;
             if !interrupted {
                 return Ok(out);
@@ -641,8 +657,8 @@ impl Netlink {
 
     // ---- addresses and neighbours (the lab) ---------------------------------------------------
 
-    /// Add an address (`ip addr add ADDR/PREFIX brd + dev X`): RTM_NEWADDR with `IFA_LOCAL` and
-    /// `IFA_ADDRESS` set to `addr` and, for IPv4, `IFA_BROADCAST` to the subnet's broadcast
+    /// Add an address (`ip addr add ADDR/PREFIX [brd +] dev X`): RTM_NEWADDR with `IFA_LOCAL`
+    /// and `IFA_ADDRESS` set to `addr` and, for IPv4, `IFA_BROADCAST` to the subnet's broadcast
     /// address (none for /31 and /32). Fails with `EEXIST` if the device already has it.
     pub fn add_address(
         &mut self,
@@ -672,30 +688,79 @@ impl Netlink {
         })
     }
 
-    /// Add a route to the network `dest` through the device, in the main table (`ip route add
-    /// DEST dev X`: scope link, protocol boot). `dest` must have no host bits set. Fails with
-    /// `EEXIST` if the route exists.
-    pub fn add_route(&mut self, index: u32, dest: Cidr) -> Result<()> {
-        use netlink_packet_route::route::{
-            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-            RouteType,
-        };
+    /// The addresses of device `index`, both families (`ip addr show dev X`).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        let all = self.dump(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            RTM_NEWADDR,
+            |payload| {
+                let m = AddressMessage::parse(payload)
+                    .map_err(|e| format!("bad address message: {e}"))?;
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                Ok((m.header.index, addr, m.header.prefix_len))
+            },
+            || format!("list the addresses of ifindex {index}"),
+        )?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(i, a, p)| a.filter(|_| i == index).map(|a| (a, p)))
+            .collect())
+    }
+
+    /// Add a route in the main table (`ip route prepend DST/PREFIX [via GW] dev X`): scope link
+    /// without a gateway, universe with one. Without NLM_F_EXCL, as upstream CNI's
+    /// `RouteAddEcmp`: a route to the same destination through another device (a second
+    /// interface in the same subnet) is added beside it instead of failing with EEXIST.
+    pub fn add_route(&mut self, route: &Route) -> Result<()> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = family_of(dest.addr);
-        msg.header.destination_prefix_length = dest.prefix_len;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Boot;
-        msg.header.scope = RouteScope::Link;
-        msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::from(dest.addr)));
-        msg.attributes.push(RouteAttribute::Oif(index));
+        let h = &mut msg.header;
+        h.address_family = family_of(route.dst);
+        h.destination_prefix_length = route.prefix_len;
+        h.table = RouteHeader::RT_TABLE_MAIN;
+        h.protocol = RouteProtocol::Boot;
+        h.scope = match route.gateway {
+            Some(_) => RouteScope::Universe,
+            None => RouteScope::Link,
+        };
+        h.kind = RouteType::Unicast;
+        if route.prefix_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route.dst.into()));
+        }
+        if let Some(gw) = route.gateway {
+            msg.attributes.push(RouteAttribute::Gateway(gw.into()));
+        }
+        msg.attributes.push(RouteAttribute::Oif(route.oif));
         let r = self.transact(
             RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_ACK | NLM_F_CREATE,
             |_, _| Ok(()),
         );
-        self.finish(r, index, |who| format!("add route {dest} dev {who}"))
+        self.finish(r, route.oif, |who| format!("add route {route} on {who}"))
+    }
+
+    /// Every route of the main table, both families (`ip route show`, `ip -6 route show`).
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        let all = self.dump(
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+            RTM_NEWROUTE,
+            |payload| {
+                let m =
+                    RouteMessage::parse(payload).map_err(|e| format!("bad route message: {e}"))?;
+                Ok(parse_route(&m))
+            },
+            || "list routes".to_string(),
+        )?;
+        Ok(all.into_iter().flatten().collect())
     }
 
     /// Forget the IPv4 neighbour (ARP) entry for `addr` on the device (`ip neigh del ADDR dev
@@ -894,11 +959,63 @@ impl Netlink {
     }
 }
 
-fn family_of(addr: IpAddr) -> AddressFamily {
-    match addr {
+/// A route as umacvlan sets and reads them: destination, gateway, output device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix_len)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        Ok(())
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
+
+/// A main-table unicast route with one output device; `None` for any other kind.
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let h = &m.header;
+    let unspecified = match h.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let mut route = Route {
+        dst: unspecified,
+        prefix_len: h.destination_prefix_length,
+        gateway: None,
+        oif: 0,
+    };
+    let mut table = u32::from(h.table);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => route.dst = ip(d)?,
+            RouteAttribute::Gateway(g) => route.gateway = ip(g),
+            RouteAttribute::Oif(i) => route.oif = *i,
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && h.kind == RouteType::Unicast)
+        .then_some(route)
 }
 
 /// The broadcast address of `addr`'s subnet, as `ip addr add ... brd +` computes it; `None` for

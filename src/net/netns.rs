@@ -40,9 +40,14 @@ impl Netns {
         })
     }
 
-    /// The namespace `ip netns add NAME` created (`/run/netns/NAME`).
+    /// The namespace `ip netns add NAME` created (`/run/netns/NAME`), or, for a `name` that
+    /// starts with `/`, the namespace file at that path (`/proc/PID/ns/net`,
+    /// `/var/run/netns/X`: what container runtimes pass to CNI plugins).
     pub fn open(name: &str) -> Result<Netns> {
-        let path = netns_path(name)?;
+        let path = match name.strip_prefix('/') {
+            Some(_) => PathBuf::from(name),
+            None => netns_path(name)?,
+        };
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -296,6 +301,20 @@ mod tests {
         let e = Netns::open(&name).unwrap_err();
         assert!(matches!(e, Error::NoSuchNetns { .. }), "{e:?}");
         assert!(e.to_string().contains(&name), "{e}");
+    }
+
+    #[test]
+    fn open_takes_a_path_and_checks_it_is_a_namespace() {
+        let ns = Netns::open("/proc/self/ns/net").unwrap();
+        assert_eq!(
+            ns.inode().unwrap(),
+            Netns::current().unwrap().inode().unwrap()
+        );
+        let e = Netns::open("/proc/self/status").unwrap_err();
+        assert!(e.to_string().contains("not a network namespace"), "{e}");
+        let gone = format!("/run/netns/umv-{}-no-such", std::process::id());
+        let e = Netns::open(&gone).unwrap_err();
+        assert!(matches!(e, Error::NoSuchNetns { .. }), "{e:?}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The only module with `unsafe`: the parent's TPACKET_V3 ring and TX socket, and TAP devices.
+//! The only module with `unsafe`: the parent's TPACKET_V3 ring and TX socket, TAP devices, and
+//! attached netdevs.
 //!
 //! * [`ring`]: [`RxRing`], the parent's receive path: a promiscuous `AF_PACKET` socket with a
 //!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
@@ -8,10 +9,13 @@
 //! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
 //!   vanishes when its fd closes (§8 "Children").
 //! * [`caps`]: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
+//! * [`attach`]: [`PacketPort`], a netdev someone else owns (a VM's TAP) used as a port through
+//!   an `AF_PACKET` socket bound to it.
 //!
 //! Every fd is an [`OwnedFd`] (or a `File`); every `unsafe` block names the invariant it relies on
 //! in a `// SAFETY:` comment. The helpers below are the few raw calls the three files share.
 
+pub mod attach;
 pub mod caps;
 pub mod ring;
 pub mod tap;
@@ -20,15 +24,20 @@ pub mod tx;
 #[cfg(test)]
 mod testns;
 
-pub use ring::{Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing};
+pub use attach::{AttachError, PacketPort};
+pub use ring::{
+    Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, fake_v3_block, frames_in,
+};
 pub use tap::{Tap, TapError};
 pub use tx::{TxError, TxSocket};
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, sendmsg, socket,
+};
 
 /// Opens a raw, close-on-exec, non-blocking `AF_PACKET` socket. `Some(EthAll)` receives every
 /// protocol once bound; `None` is protocol 0, which registers no receive hook at all.
@@ -72,6 +81,34 @@ fn set_packet_opt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> 
     }
 }
 
+/// `getsockopt(fd, SOL_PACKET, name, value, &len)`: fills `value` and returns the length the
+/// kernel wrote.
+fn get_packet_opt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<libc::socklen_t> {
+    let mut len = libc::socklen_t::try_from(size_of::<T>()).map_err(io::Error::other)?;
+    // SAFETY: `value` and `len` are live exclusive references; `len` holds `size_of::<T>()`, so
+    // the kernel writes at most that many bytes through the pointer and updates `len`. `T: Copy`
+    // has no drop glue or invariants the kernel's bytes could break for the plain C structs
+    // and integers this is used with. `fd` is borrowed, so it stays open.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            name,
+            (value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(len)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Binds a packet socket to `ifindex` with `protocol` (host order; 0 means "transmit only").
 fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex).map_err(io::Error::other)?;
@@ -99,6 +136,40 @@ fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The outermost VLAN tag a packet socket reports out of band (`tp_status`, `tp_vlan_tci`,
+/// `tp_vlan_tpid` of a ring slot or of `PACKET_AUXDATA`): the kernel removed it from the bytes.
+/// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
+fn vlan_of(status: u32, tci: u16, tpid: u16) -> Option<crate::frame::VlanTag> {
+    if status & libc::TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+        tpid
+    } else {
+        crate::frame::ETH_P_8021Q
+    };
+    Some(crate::frame::VlanTag { tpid, tci })
+}
+
+/// Sends one message gathered from `iov` on a packet socket; a short send is an error (a packet
+/// socket sends all or nothing, so it would mean a kernel change). Returns the length.
+fn send_whole(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    let n = sendmsg::<()>(fd.as_raw_fd(), iov, &[], MsgFlags::empty(), None)?;
+    let want = iov.iter().map(|s| s.len()).sum();
+    check_len(n, want).map(|()| n)
+}
+
+fn check_len(sent: usize, want: usize) -> io::Result<()> {
+    if sent == want {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("packet socket sent {sent} of {want} bytes"),
+        ))
     }
 }
 

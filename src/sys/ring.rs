@@ -25,17 +25,16 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::SockProtocol;
 
-use crate::frame::{ETH_P_8021Q, VlanTag};
+use crate::frame::VlanTag;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
 
-use super::{bind_packet, packet_socket, set_packet_opt};
+use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
 
 /// `sizeof(struct tpacket_block_desc)`; also the kernel's `offset_to_first_pkt` when
 /// `tp_sizeof_priv` is 0. Frames never start before it.
@@ -264,6 +263,12 @@ pub enum RingError {
         #[source]
         source: io::Error,
     },
+    #[error("ring for ifindex {ifindex}: joining the PACKET_FANOUT group failed")]
+    Fanout {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Counters from `PACKET_STATISTICS` (`struct tpacket_stats_v3`).
@@ -300,6 +305,12 @@ unsafe impl Send for RxRing {}
 impl RxRing {
     /// Opens the ring on `ifindex` with the steps listed in the module docs.
     pub fn open(ifindex: u32, config: RingConfig) -> Result<RxRing, RingError> {
+        RxRing::open_with(ifindex, config, true)
+    }
+
+    /// [`RxRing::open`]; `promisc` false skips the promiscuous membership (a fanout group
+    /// needs one, as the kernel's macvlan raises the parent's promiscuity once).
+    fn open_with(ifindex: u32, config: RingConfig, promisc: bool) -> Result<RxRing, RingError> {
         config
             .validate()
             .map_err(|reason| RingError::InvalidConfig {
@@ -391,6 +402,9 @@ impl RxRing {
 
         bind_packet(ring.fd.as_fd(), ifindex, libc::ETH_P_ALL as u16)
             .map_err(|source| RingError::Bind { ifindex, source })?;
+        if !promisc {
+            return Ok(ring);
+        }
         let mreq = libc::packet_mreq {
             mr_ifindex: libc::c_int::try_from(ifindex).map_err(|e| RingError::Promisc {
                 ifindex,
@@ -469,27 +483,45 @@ impl RxRing {
             tp_drops: 0,
             tp_freeze_q_cnt: 0,
         };
-        let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats_v3>())
-            .map_err(io::Error::other)?;
-        // SAFETY: `st` and `len` are live locals; `len` holds the size of `st`, so the kernel
-        // writes at most that many bytes into it and updates `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats_v3).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        get_packet_opt(self.fd.as_fd(), libc::PACKET_STATISTICS, &mut st)?;
         Ok(RingStats {
             packets: st.tp_packets,
             drops: st.tp_drops,
             freeze_q_cnt: st.tp_freeze_q_cnt,
         })
+    }
+
+    /// Opens `n` rings on `ifindex` that share the parent's frames: with `n > 1` they form one
+    /// `PACKET_FANOUT` group in HASH mode, so every frame reaches exactly one ring, and both
+    /// directions of a flow always the same one (`__skb_get_hash_symmetric`): a flow stays in
+    /// order. Only the first ring makes the parent promiscuous. The group id is picked by the kernel (`FLAG_UNIQUEID`), so it cannot collide with
+    /// another engine's group; `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a
+    /// fanout member loses (perf-facts.md §4). `n == 1` is a plain [`RxRing::open`].
+    pub fn open_fanout(
+        ifindex: u32,
+        config: RingConfig,
+        n: usize,
+    ) -> Result<Vec<RxRing>, RingError> {
+        let first = RxRing::open(ifindex, config)?;
+        if n <= 1 {
+            return Ok(vec![first]);
+        }
+        let fanout_error = |source| RingError::Fanout { ifindex, source };
+        let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+        // id 0 with UNIQUEID: the kernel assigns a free id, which the group's getsockopt returns
+        // in its low 16 bits.
+        let arg = (mode | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+        set_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+        let mut joined: libc::c_uint = 0;
+        get_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &mut joined).map_err(fanout_error)?;
+        let arg = (mode << 16) | (joined & 0xffff);
+        let mut rings = vec![first];
+        for _ in 1..n {
+            let ring = RxRing::open_with(ifindex, config, false)?;
+            set_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+            rings.push(ring);
+        }
+        Ok(rings)
     }
 }
 
@@ -606,6 +638,63 @@ impl Drop for Block<'_> {
         let status = unsafe { status_word(self.base, status_offset(self.version)) };
         // Release: our reads of this block happen before the kernel may refill it.
         status.store(libc::TP_STATUS_KERNEL, Ordering::Release);
+    }
+}
+
+/// Where [`fake_v3_block`] puts each frame's Ethernet header, from the frame header's start (the
+/// kernel's `tp_mac` for a ring with a vnet header: room for the headers, 16-aligned, + 10).
+const FAKE_MAC: usize = 92;
+
+/// A TPACKET_V3 block in ordinary memory, laid out as the kernel fills one: `frames` are each a
+/// virtio-net header followed by a frame, whole (snaplen = length) and untagged. With
+/// [`frames_in`] it runs everything downstream of the ring (benchmarks, tests) without a socket.
+/// Returns `None` when the frames do not fit in `block_size` bytes.
+pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; block_size];
+    let put_u32 =
+        |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let first = 48usize;
+    let mut off = first;
+    for (i, f) in frames.iter().enumerate() {
+        let len = f.len().checked_sub(VNET_HDR_LEN)?;
+        let end = off + FAKE_MAC + len;
+        let next = (end + 15) & !15;
+        if end > block_size {
+            return None;
+        }
+        let last = i + 1 == frames.len();
+        put_u32(
+            &mut b,
+            off + TP_NEXT_OFFSET_OFF,
+            if last { 0 } else { (next - off) as u32 },
+        );
+        put_u32(&mut b, off + TP_SNAPLEN_OFF, len as u32);
+        put_u32(&mut b, off + TP_LEN_OFF, len as u32);
+        put_u32(&mut b, off + TP_STATUS_OFF, libc::TP_STATUS_USER);
+        b[off + TP_MAC_OFF..off + TP_MAC_OFF + 2].copy_from_slice(&(FAKE_MAC as u16).to_ne_bytes());
+        b[off + FAKE_MAC - VNET_HDR_LEN..end].copy_from_slice(f);
+        off = next;
+    }
+    put_u32(&mut b, BLOCK_STATUS_OFF, libc::TP_STATUS_USER);
+    put_u32(&mut b, NUM_PKTS_OFF, u32::try_from(frames.len()).ok()?);
+    put_u32(&mut b, FIRST_PKT_OFF, first as u32);
+    Some(b)
+}
+
+/// The frames of a TPACKET_V3 block held in ordinary memory (a copy of a ring block, or
+/// [`fake_v3_block`]'s): the same checked walk as [`Block::frames`].
+pub fn frames_in(block: &[u8]) -> Frames<'_> {
+    let skip = BLOCK_STATUS_OFF + 4;
+    let view = BlockView {
+        bytes: block.get(skip..).unwrap_or_default(),
+        skip,
+    };
+    Frames {
+        view,
+        next: view.u32_at(FIRST_PKT_OFF).unwrap_or(0) as usize,
+        remaining: view.u32_at(NUM_PKTS_OFF).unwrap_or(0),
+        version: RingVersion::V3,
+        status: libc::TP_STATUS_USER,
     }
 }
 
@@ -788,19 +877,8 @@ impl<'b> RingFrame<'b> {
     /// The outermost VLAN tag, which the kernel removed from the bytes before the ring saw them.
     /// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
     pub fn vlan(&self) -> Option<VlanTag> {
-        if self.status & libc::TP_STATUS_VLAN_VALID == 0 {
-            return None;
-        }
-        let tpid = if self.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-            self.vlan_tpid
-        } else {
-            ETH_P_8021Q
-        };
-        Some(VlanTag {
-            tpid,
-            // The kernel stores the 16-bit TCI in a 32-bit field.
-            tci: (self.vlan_tci & 0xffff) as u16,
-        })
+        // The kernel stores the 16-bit TCI in a 32-bit field.
+        super::vlan_of(self.status, (self.vlan_tci & 0xffff) as u16, self.vlan_tpid)
     }
 
     /// `tp_status` (`TP_STATUS_*` bits).
@@ -999,23 +1077,32 @@ mod tests {
             let mut b = b.to_vec();
             put_u32(&mut b, NUM_PKTS_OFF, num);
             put_u32(&mut b, FIRST_PKT_OFF, first);
-            let it = Frames {
-                view: BlockView {
-                    bytes: &b[BLOCK_STATUS_OFF + 4..],
-                    skip: BLOCK_STATUS_OFF + 4,
-                },
-                next: first as usize,
-                remaining: num,
-                version: RingVersion::V3,
-                status: libc::TP_STATUS_USER,
-            };
-            it.map(|f| {
-                assert_eq!(f.vnet()[0], 1);
-                assert_eq!(f.with_vnet().len(), f.frame().len() + VNET_HDR_LEN);
-                assert_eq!(f.pkt_type(), 3);
-                (f.frame().to_vec(), f.truncated(), f.vlan())
-            })
-            .collect()
+            frames_in(&b)
+                .map(|f| {
+                    assert_eq!(f.vnet()[0], 1);
+                    assert_eq!(f.with_vnet().len(), f.frame().len() + VNET_HDR_LEN);
+                    assert_eq!(f.pkt_type(), 3);
+                    (f.frame().to_vec(), f.truncated(), f.vlan())
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_fake_block_walks_back_into_its_frames() {
+            let frames: Vec<Vec<u8>> = (0..40u8)
+                .map(|i| {
+                    (0..VNET_HDR_LEN + 60 + usize::from(i))
+                        .map(|j| j as u8 ^ i)
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let b = fake_v3_block(&refs, 4 * BS).expect("40 small frames fit in 16 KiB");
+            let got: Vec<Vec<u8>> = frames_in(&b).map(|f| f.with_vnet().to_vec()).collect();
+            assert_eq!(got, frames);
+            assert!(frames_in(&b).all(|f| !f.truncated() && f.vlan().is_none()));
+            assert_eq!(fake_v3_block(&refs, 1024), None, "too many for 1 KiB");
+            assert_eq!(frames_in(&[]).count(), 0);
         }
 
         #[test]
@@ -1079,7 +1166,7 @@ mod tests {
         use std::io::IoSlice;
         use std::time::Duration;
 
-        use super::super::super::testns::{NetNs, collect, ifindex, udp_frame};
+        use super::super::super::testns::{NetNs, collect, ifindex, udp_flow_frame, udp_frame};
         use super::super::super::{RingError, TxSocket};
         use super::*;
         use crate::vnet::{F_NEEDS_CSUM, VnetHdr};
@@ -1202,6 +1289,69 @@ mod tests {
                     second.packets < first.packets,
                     "not cleared: {first:?} then {second:?}"
                 );
+            });
+        }
+
+        #[test]
+        fn a_fanout_group_splits_by_flow_and_ignores_outgoing() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.run(|| {
+                let mut rings =
+                    RxRing::open_fanout(ifindex("va"), RingConfig::DEFAULT, 2).expect("fanout");
+                assert_eq!(rings.len(), 2);
+                let tx_a = TxSocket::open(ifindex("va")).expect("tx on va");
+                let tx_b = TxSocket::open(ifindex("vb")).expect("tx on vb");
+                let none = VnetHdr::NONE.to_bytes();
+                const FLOWS: u16 = 32;
+                const PER_FLOW: u16 = 4;
+                for i in 0..FLOWS * PER_FLOW {
+                    let f = udp_flow_frame(i % FLOWS, format!("umv-fan-{}", i % FLOWS).as_bytes());
+                    tx_b.send(&[&none[..], &f].concat()).expect("send b");
+                }
+                tx_a.send(&[&none[..], &udp_frame(None, b"umv-out-a")].concat())
+                    .expect("send a");
+                let total = usize::from(FLOWS * PER_FLOW);
+                let mut seen: Vec<Vec<_>> = vec![Vec::new(), Vec::new()];
+                let deadline = std::time::Instant::now() + WAIT;
+                while seen.iter().map(Vec::len).sum::<usize>() < total
+                    && std::time::Instant::now() < deadline
+                {
+                    for (ring, got) in rings.iter_mut().zip(&mut seen) {
+                        let more = collect(ring, Duration::from_millis(20), |_| false);
+                        got.extend(more.into_iter().filter(|f| f.ours()));
+                    }
+                }
+                let flow_of = |f: &super::super::super::testns::Seen| f.frame[34..36].to_vec();
+                let flows: Vec<std::collections::BTreeSet<Vec<u8>>> = seen
+                    .iter()
+                    .map(|s| s.iter().map(flow_of).collect())
+                    .collect();
+                assert_eq!(
+                    seen[0].len() + seen[1].len(),
+                    total,
+                    "every frame reaches exactly one member"
+                );
+                assert!(
+                    flows[0].is_disjoint(&flows[1]),
+                    "a flow was split across members: {flows:?}"
+                );
+                assert!(
+                    !flows[0].is_empty() && !flows[1].is_empty(),
+                    "32 flows all hashed to one member: {flows:?}"
+                );
+                assert!(
+                    !seen.iter().flatten().any(|f| f.has_marker(b"umv-out-a")),
+                    "FLAG_IGNORE_OUTGOING failed: a member saw va's own TX"
+                );
+                // Each member's flows arrive in order.
+                for s in &seen {
+                    for flow in 0..FLOWS {
+                        let marker = format!("umv-fan-{flow}");
+                        let n = s.iter().filter(|f| f.has_marker(marker.as_bytes())).count();
+                        assert!(n == 0 || n == usize::from(PER_FLOW), "flow {flow}: {n}");
+                    }
+                }
             });
         }
 

@@ -4,7 +4,8 @@
 //! * The name is checked (the kernel's `dev_valid_name` rules, plus no `%d` templates) before any
 //!   syscall.
 //! * `/dev/net/tun` is opened `O_RDWR | O_CLOEXEC | O_NONBLOCK`.
-//! * `TUNSETIFF` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL`. `IFF_TUN_EXCL` makes the
+//! * `TUNSETIFF` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL` (and `IFF_MULTI_QUEUE`
+//!   with several workers: one fd, a queue, per worker; see [`Tap::create_queues`]). `IFF_TUN_EXCL` makes the
 //!   kernel refuse (`EBUSY`) *any* existing device of that name, instead of attaching to an
 //!   existing persistent TAP or failing with a vague `EINVAL` for a non-TUN device; both surface
 //!   as [`TapError::NameInUse`]. `TUNSETPERSIST` is never issued: the device disappears when
@@ -116,11 +117,68 @@ pub struct Tap {
 impl Tap {
     /// Creates the TAP `name` in the calling thread's network namespace. See the module docs.
     pub fn create(name: &str) -> Result<Tap, TapError> {
-        let owned = || name.to_owned();
+        let mut queues = Tap::create_queues(name, 1)?;
+        Ok(queues.remove(0))
+    }
+
+    /// Creates the TAP `name` with `n` queues, one fd each (`n` > 1: `IFF_MULTI_QUEUE`, so each
+    /// worker thread reads and writes its own queue; the kernel picks the queue of a frame the
+    /// child sends by its flow hash, so a flow stays on one queue and in order). The device
+    /// exists while any of the returned values does. `n` 0 is taken as 1.
+    pub fn create_queues(name: &str, n: usize) -> Result<Vec<Tap>, TapError> {
         validate_name(name).map_err(|reason| TapError::InvalidName {
-            name: owned(),
+            name: name.to_owned(),
             reason,
         })?;
+        let multi = if n > 1 { libc::IFF_MULTI_QUEUE } else { 0 };
+        // IFF_TUN_EXCL on the first queue only: the others attach to the device it created (its
+        // name as the kernel returned it).
+        let first = Tap::open_queue(name, TAP_FLAGS | multi)?;
+        let attach = (TAP_FLAGS & !libc::IFF_TUN_EXCL) | multi;
+        let mut queues = Vec::with_capacity(n.max(1));
+        for _ in 1..n {
+            queues.push(Tap::open_queue(&first.name, attach)?);
+        }
+        queues.insert(0, first);
+        // The header size and the offloads belong to the device: set once, through any queue.
+        let tap = &queues[0];
+        let hdr_sz: libc::c_int = crate::vnet::VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_sz` is a live local.
+        let rc = unsafe {
+            libc::ioctl(
+                tap.file.as_raw_fd(),
+                libc::TUNSETVNETHDRSZ,
+                &hdr_sz as *const libc::c_int,
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::VnetHdrSize {
+                name: tap.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of TUN_F_* bits),
+        // not as a pointer: no memory is accessed.
+        let rc = unsafe {
+            libc::ioctl(
+                tap.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(TAP_OFFLOADS),
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::Offload {
+                name: tap.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(queues)
+    }
+
+    /// Opens `/dev/net/tun` and binds it to the device `name` with `flags` (`TUNSETIFF`),
+    /// creating the device or, without `IFF_TUN_EXCL`, attaching one more queue to it.
+    fn open_queue(name: &str, flags: libc::c_int) -> Result<Tap, TapError> {
+        let owned = || name.to_owned();
         // std always adds O_CLOEXEC.
         let file = OpenOptions::new()
             .read(true)
@@ -134,7 +192,7 @@ impl Tap {
 
         let mut ifr = IfReqFlags {
             name: [0; IFNAMSIZ],
-            flags: TAP_FLAGS as libc::c_short,
+            flags: flags as libc::c_short,
             _pad: [0; 22],
         };
         ifr.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -163,39 +221,7 @@ impl Tap {
         }
         let len = ifr.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
         let name = String::from_utf8_lossy(&ifr.name[..len]).into_owned();
-        let tap = Tap { file, name };
-
-        let hdr_sz: libc::c_int = crate::vnet::VNET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_sz` is a live local.
-        let rc = unsafe {
-            libc::ioctl(
-                tap.file.as_raw_fd(),
-                libc::TUNSETVNETHDRSZ,
-                &hdr_sz as *const libc::c_int,
-            )
-        };
-        if rc < 0 {
-            return Err(TapError::VnetHdrSize {
-                name: tap.name,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of TUN_F_* bits),
-        // not as a pointer: no memory is accessed.
-        let rc = unsafe {
-            libc::ioctl(
-                tap.file.as_raw_fd(),
-                libc::TUNSETOFFLOAD,
-                libc::c_ulong::from(TAP_OFFLOADS),
-            )
-        };
-        if rc < 0 {
-            return Err(TapError::Offload {
-                name: tap.name,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(tap)
+        Ok(Tap { file, name })
     }
 
     /// The device name the kernel gave the TAP.
@@ -309,7 +335,9 @@ mod tests {
 
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-        use super::super::super::testns::{NetNs, SRC_MAC, collect, ifindex, udp_frame};
+        use super::super::super::testns::{
+            NetNs, SRC_MAC, collect, ifindex, udp_flow_frame, udp_frame,
+        };
         use super::super::super::{RingConfig, RxRing, TxSocket};
         use super::*;
         use crate::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
@@ -416,6 +444,64 @@ mod tests {
                     seen.iter()
                         .any(|f| f.has_marker(b"umv-gathered") && f.frame == g)
                 );
+            });
+        }
+
+        #[test]
+        fn a_multi_queue_tap_spreads_flows_over_its_queues() {
+            let ns = NetNs::new();
+            ns.run(|| {
+                let queues = Tap::create_queues("umvmq", 2).expect("create");
+                assert_eq!(queues.len(), 2);
+                assert!(queues.iter().all(|q| q.name() == "umvmq"));
+                let detail = ns.ip_output(&["-d", "link", "show", "dev", "umvmq"]);
+                assert!(detail.contains("multi_queue"), "{detail}");
+                ns.ip(&["link", "set", "dev", "umvmq", "up"]);
+                // Child → engine: 32 flows sent on the netdev; each lands whole on one queue.
+                let tx = TxSocket::open(ifindex("umvmq")).expect("tx on the TAP");
+                let none = VnetHdr::NONE.to_bytes();
+                const FLOWS: u16 = 32;
+                for flow in 0..FLOWS {
+                    for _ in 0..2 {
+                        let f = udp_flow_frame(flow, b"umv-mq");
+                        tx.send(&[&none[..], &f].concat()).expect("send");
+                    }
+                }
+                let mut flows = vec![std::collections::BTreeMap::new(); 2];
+                let deadline = Instant::now() + WAIT;
+                let mut buf = vec![0u8; 65536 + VNET_HDR_LEN + 4];
+                while flows.iter().map(|m| m.values().sum::<u32>()).sum::<u32>()
+                    < u32::from(FLOWS) * 2
+                {
+                    assert!(Instant::now() < deadline, "frames missing: {flows:?}");
+                    for (q, seen) in queues.iter().zip(&mut flows) {
+                        while let Ok(n) = q.read(&mut buf) {
+                            let f = &buf[VNET_HDR_LEN..n];
+                            if f.get(6..12) == Some(&SRC_MAC[..]) && f.ends_with(b"umv-mq") {
+                                *seen.entry(f[34..36].to_vec()).or_insert(0u32) += 1;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(
+                    flows[0].keys().all(|k| !flows[1].contains_key(k)),
+                    "a flow was split across queues: {flows:?}"
+                );
+                assert!(
+                    !flows[0].is_empty() && !flows[1].is_empty(),
+                    "32 flows all on one queue: {flows:?}"
+                );
+                // The device lives while any queue does.
+                let mut queues = queues;
+                queues.pop();
+                assert!(nix::net::if_::if_nametoindex("umvmq").is_ok());
+                drop(queues);
+                let deadline = Instant::now() + WAIT;
+                while nix::net::if_::if_nametoindex("umvmq").is_ok() {
+                    assert!(Instant::now() < deadline, "the TAP outlived its queues");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             });
         }
 

@@ -154,6 +154,14 @@ pub(crate) fn udp_frame(vlan: Option<VlanTag>, marker: &[u8]) -> Vec<u8> {
     f
 }
 
+/// [`udp_frame`] of flow `flow`: the UDP source port is 4000 + `flow`, so frames of different
+/// flows hash apart (fanout, multi-queue TAPs).
+pub(crate) fn udp_flow_frame(flow: u16, marker: &[u8]) -> Vec<u8> {
+    let mut f = udp_frame(None, marker);
+    f[34..36].copy_from_slice(&(4000 + flow).to_be_bytes());
+    f
+}
+
 /// One frame copied out of a ring.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Seen {

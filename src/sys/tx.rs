@@ -12,9 +12,9 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{MsgFlags, send, sendmsg};
+use nix::sys::socket::{MsgFlags, send};
 
-use super::{bind_packet, packet_socket, set_packet_opt};
+use super::{bind_packet, check_len, packet_socket, send_whole, set_packet_opt};
 
 /// Why a [`TxSocket`] could not be set up; one variant per step.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +75,7 @@ impl TxSocket {
 
     /// Sends one frame gathered from `iov` (vnet header, MACs, VLAN tag, rest, for instance).
     pub fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        let n = sendmsg::<()>(self.fd.as_raw_fd(), iov, &[], MsgFlags::empty(), None)?;
-        check_len(n, iov.iter().map(|s| s.len()).sum())
+        send_whole(self.fd.as_fd(), iov).map(drop)
     }
 
     /// Sends several frames (each vnet header + frame) with one `sendmmsg`. Returns how many were
@@ -118,17 +117,6 @@ impl TxSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(usize::try_from(rc).unwrap_or(0))
-    }
-}
-
-fn check_len(sent: usize, want: usize) -> io::Result<()> {
-    if sent == want {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("packet socket sent {sent} of {want} bytes"),
-        ))
     }
 }
 

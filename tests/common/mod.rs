@@ -11,6 +11,7 @@
 //! never passes silently (STYLE.md §9).
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod engine;
 pub mod parity;
 
 use std::collections::BTreeSet;
@@ -292,6 +293,24 @@ impl PacketSocket {
 
     pub fn ifindex(&self) -> i32 {
         self.ifindex
+    }
+
+    /// Turns on `PACKET_VNET_HDR`: from now on every frame sent starts with a 10-byte
+    /// `struct virtio_net_hdr`, which the kernel checks and turns into the skb's GSO and
+    /// checksum state (`virtio_net_hdr_to_skb`).
+    pub fn set_vnet_hdr(&self) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        check(rc, "PACKET_VNET_HDR")
     }
 
     pub fn ifname(&self) -> &str {

@@ -404,7 +404,7 @@ pub fn expected(table: &PortTable, hairpin: bool, probe: &Probe) -> Seen {
 }
 
 /// Sends every probe and collects, per nonce, what each observer saw.
-fn observe(topo: &Topology, probes: &[(u64, Probe)]) -> BTreeMap<u64, Seen> {
+pub fn observe(topo: &Topology, probes: &[(u64, Probe)]) -> BTreeMap<u64, Seen> {
     let n = topo.children.len();
     let mut seen: BTreeMap<u64, Seen> = probes.iter().map(|(k, _)| (*k, Seen::new(n))).collect();
     let collect = |seen: &mut BTreeMap<u64, Seen>| {

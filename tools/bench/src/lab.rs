@@ -225,6 +225,20 @@ pub struct Lab {
     rundir: Option<PathBuf>,
     /// The engine's stdout (counters) captured at stop, for umacvlan.
     pub engine_report: Option<String>,
+    /// Children beyond c1 and c2 (kernel and umacvlan arms): `x3`, `x4`, ... in bridge mode, up,
+    /// in the host namespace; they carry no traffic, they only fill the port table.
+    pub extra_ports: usize,
+    /// umacvlan: from spawning the engine until every port existed.
+    pub startup: Option<Duration>,
+}
+
+/// An engine's memory, from /proc: resident total, anonymous, and the part that is ring memory
+/// (the mappings of its packet sockets), in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub ring_kib: u64,
 }
 
 fn add_ns(names: &mut Vec<String>, name: String) -> Result<Netns> {
@@ -314,7 +328,7 @@ fn run_ok(mut c: Command) -> Result<String> {
 impl Lab {
     /// Build the lab for `arm`. On error, whatever was created is removed (the partial `Lab`
     /// is dropped).
-    pub fn build(arm: Arm, umacvlan: &Path) -> Result<Lab> {
+    pub fn build(arm: Arm, umacvlan: &Path, extra_ports: usize) -> Result<Lab> {
         let prefix = format!("{PREFIX}{}-{}", std::process::id(), arm.name());
         // Namespaces first, each recorded in `guard` before anything can fail, so that a failed
         // build removes them.
@@ -337,6 +351,8 @@ impl Lab {
             wire_mac: MacAddr([0; 6]),
             rundir: None,
             engine_report: None,
+            extra_ports,
+            startup: None,
         };
         if arm != Arm::Vde {
             lab.wire_up()?;
@@ -380,7 +396,63 @@ impl Lab {
             spec.netns = Some(ns);
             nl.add_macvlan(&spec)?;
         }
+        for name in self.extra_names() {
+            nl.add_macvlan(&MacvlanSpec::new(&name, eth0, MACVLAN_MODE_BRIDGE))?;
+        }
+        self.extras_up()
+    }
+
+    /// The extra children's names: x3, x4, ...
+    fn extra_names(&self) -> Vec<String> {
+        (0..self.extra_ports)
+            .map(|i| format!("x{}", i + 3))
+            .collect()
+    }
+
+    /// Brings every extra child up (both arms create them down).
+    fn extras_up(&self) -> Result<()> {
+        let mut nl = nl_in(&self.host)?;
+        for name in self.extra_names() {
+            let i = index_of(&mut nl, &name)?;
+            nl.set_up(i, true)?;
+        }
         Ok(())
+    }
+
+    /// The engine's memory now (umacvlan arm).
+    pub fn engine_memory(&self) -> Result<Memory> {
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.what == "umacvlan run")
+            .context("no engine in this lab")?;
+        let dir = format!("/proc/{}", p.child.id());
+        let status = std::fs::read_to_string(format!("{dir}/status"))?;
+        let field = |k: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        // Each mapping's header line names its file; the packet rings' are "socket:[inode]".
+        let smaps = std::fs::read_to_string(format!("{dir}/smaps"))?;
+        let mut ring_kib = 0;
+        let mut in_ring = false;
+        for line in smaps.lines() {
+            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["Rss:", kib, "kB"] if in_ring => ring_kib += kib.parse::<u64>().unwrap_or(0),
+                [range, ..] if range.contains('-') && !range.ends_with(':') => {
+                    in_ring = line.contains("socket:");
+                }
+                _ => {}
+            }
+        }
+        Ok(Memory {
+            rss_kib: field("VmRSS:"),
+            anon_kib: field("RssAnon:"),
+            ring_kib,
+        })
     }
 
     fn umacvlan(&mut self, bin: &Path) -> Result<()> {
@@ -399,6 +471,10 @@ impl Lab {
                 ),
             ]);
         }
+        for name in self.extra_names() {
+            c.args(["--port".to_string(), format!("name={name},mode=bridge")]);
+        }
+        let started = Instant::now();
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -410,16 +486,21 @@ impl Lab {
             child,
             log: Some(log),
         });
-        for (name, ns) in [("c1", &self.c1), ("c2", &self.c2)] {
+        let extras = self.extra_names();
+        let mut waits: Vec<(&str, &Netns)> = vec![("c1", &self.c1), ("c2", &self.c2)];
+        // The engine creates ports in order: the last one existing means all do.
+        waits.extend(extras.last().map(|l| (l.as_str(), &self.host)));
+        for (name, ns) in waits {
             let p = self.procs.last_mut().expect("just pushed");
-            wait_for_link(ns, name, Duration::from_secs(10), || {
+            wait_for_link(ns, name, Duration::from_secs(60), || {
                 if let Ok(Some(st)) = p.child.try_wait() {
                     bail!("umacvlan run exited ({st}): {}", p.log_text().trim());
                 }
                 Ok(())
             })?;
         }
-        Ok(())
+        self.startup = Some(started.elapsed());
+        self.extras_up()
     }
 
     /// ovsdb-server + ovs-vswitchd inside the host namespace, a `datapath_type=netdev` bridge

@@ -59,6 +59,11 @@ struct Args {
     /// TCP generator: iperf3 (default when installed) or own.
     #[arg(long)]
     tcp: Option<String>,
+    /// Children per parent in the kernel and umacvlan labs (at least 2: c1 and c2 carry the
+    /// traffic; the others, up and idle in the host namespace, fill the port table). With more
+    /// than 2 the umacvlan arm also reports its start time and memory.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(2..=4094))]
+    ports: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,6 +230,8 @@ struct Plan {
     rtt_count: u32,
     iperf3: bool,
     umacvlan: PathBuf,
+    /// Idle children beyond c1 and c2.
+    extra_ports: usize,
 }
 
 fn plan(a: &Args) -> Result<Plan> {
@@ -289,6 +296,7 @@ fn plan(a: &Args) -> Result<Plan> {
             .max(10),
         iperf3,
         umacvlan,
+        extra_ports: usize::from(a.ports) - 2,
     })
 }
 
@@ -308,7 +316,11 @@ fn run(a: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
         eprintln!("umacvlan-bench: building the {} lab", arm.name());
-        match Lab::build(arm, &p.umacvlan) {
+        let extra = match arm {
+            Arm::Kernel | Arm::Umacvlan => p.extra_ports,
+            Arm::Ovs | Arm::Vde => 0,
+        };
+        match Lab::build(arm, &p.umacvlan, extra) {
             Ok(l) => labs.push(l),
             Err(e) if arm == Arm::Kernel || arm == Arm::Umacvlan => {
                 return Err(e.context(format!("building the {} lab", arm.name())));
@@ -321,6 +333,11 @@ fn run(a: Args) -> Result<ExitCode> {
     }
     let mut samples: Samples = BTreeMap::new();
     let mut extra: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let scale = scale_report(&labs, p.extra_ports)?;
+    if let Some((text, json)) = &scale {
+        eprint!("{text}");
+        extra.insert("scale".into(), json.clone());
+    }
     for rep in 0..p.reps {
         for group in ["pps", "tcp", "rtt"] {
             if !p.groups.iter().any(|g| g == group) {
@@ -382,8 +399,44 @@ fn run(a: Args) -> Result<ExitCode> {
         );
     } else {
         print!("{}", table(&p, &arms, &samples, &skipped));
+        if let Some((text, _)) = scale {
+            print!("{text}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With extra ports: how long the engine took to create them all and what it holds in memory,
+/// measured right after start (None with only c1 and c2).
+fn scale_report(labs: &[Lab], extra: usize) -> Result<Option<(String, serde_json::Value)>> {
+    let Some(lab) = labs.iter().find(|l| l.arm == Arm::Umacvlan) else {
+        return Ok(None);
+    };
+    let Some(start) = lab.startup.filter(|_| extra > 0) else {
+        return Ok(None);
+    };
+    let m = lab.engine_memory()?;
+    let ports = extra + 2;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let without_ring = m.rss_kib.saturating_sub(m.ring_kib);
+    let text = format!(
+        "\nscale: {ports} ports started in {:.2} s (goal <= 2 s for 1000); resident {:.1} MiB \
+         without the ring (goal <= 64 MiB for 1000 ports; {:.1} MiB anonymous), ring pages \
+         resident {:.1} MiB\n",
+        start.as_secs_f64(),
+        mib(without_ring),
+        mib(m.anon_kib),
+        mib(m.ring_kib),
+    );
+    let json = serde_json::json!({
+        "ports": ports,
+        "start_s": start.as_secs_f64(),
+        "rss_without_ring_kib": without_ring,
+        "rss_kib": m.rss_kib,
+        "anon_kib": m.anon_kib,
+        "ring_rss_kib": m.ring_kib,
+    });
+    Ok(Some((text, json)))
 }
 
 /// Run one test group on one arm; returns (metric id, value) pairs.

@@ -1,0 +1,119 @@
+//! Criterion benches for the engine's per-batch loop, without root: a TPACKET_V3 block built in
+//! memory ([`fake_v3_block`]) is forwarded with the worker's own code
+//! ([`forward::from_parent_block`]), counters included, into ports whose writes cost nothing.
+//! What remains is the engine's own cost per frame: the ring walk, parsing, `decide()`, the
+//! gathered-write setup and the counting. The TAP writes themselves (the kernel's part) are
+//! measured end to end by `tools/bench`.
+
+use std::hint::black_box;
+use std::io::{self, IoSlice};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use umacvlan::engine::counters::{ParentCounters, PortCounters};
+use umacvlan::engine::forward::{self, PortIo, ToWire};
+use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
+use umacvlan::mac::MacAddr;
+use umacvlan::sys::{fake_v3_block, frames_in};
+use umacvlan::vnet::VNET_HDR_LEN;
+
+/// A port whose writes succeed at once and go nowhere.
+#[derive(Default)]
+struct Sink(PortCounters);
+
+impl PortIo for Sink {
+    fn write_frame(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        Ok(iov.iter().map(|s| s.len()).sum())
+    }
+
+    fn counters(&self) -> &PortCounters {
+        &self.0
+    }
+}
+
+fn port_mac(i: usize) -> MacAddr {
+    let [_, _, a, b] = (i as u32).to_be_bytes();
+    MacAddr([2, 0, 0, 1, a, b])
+}
+
+fn table(n: usize, mode: Mode) -> PortTable {
+    let parent = ParentConfig::new("p0", MacAddr([2, 0, 0, 0, 0, 1]), 1500);
+    let ports = (0..n)
+        .map(|i| {
+            let mut p = PortConfig::new(format!("c{i}"), mode, port_mac(i));
+            p.up = true;
+            p
+        })
+        .collect();
+    PortTable::build(parent, ports).unwrap()
+}
+
+/// A 64-byte frame (60 + FCS on the wire) behind a zero virtio-net header.
+fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + 60];
+    f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst.0);
+    f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&src.0);
+    f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// Frames per block: what a 64 KiB block holds of 64-byte frames.
+const BATCH: usize = 256;
+const EXT: MacAddr = MacAddr([2, 0, 0, 0, 9, 9]);
+
+fn bench_ring_block(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring_block");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for n in [1usize, 64, 1024] {
+        let t = table(n, Mode::Bridge);
+        let ports: Vec<Sink> = (0..n).map(|_| Sink::default()).collect();
+        let pc = ParentCounters::default();
+        // Unicast to every port in turn (the common case), and broadcast to all of them.
+        let unicast: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(port_mac(i % n), EXT)).collect();
+        let cases = [
+            ("unicast", unicast),
+            ("broadcast", vec![frame(MacAddr::BROADCAST, EXT); BATCH]),
+        ];
+        for (name, frames) in &cases {
+            if *name == "broadcast" && n > 64 {
+                continue; // one copy per port: cost grows with n by design.
+            }
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let block = fake_v3_block(&refs, 64 * 1024).expect("a batch fits a 64 KiB block");
+            g.bench_with_input(BenchmarkId::new(*name, n), &block, |b, block| {
+                b.iter(|| {
+                    forward::from_parent_block(&t, &pc, &ports, frames_in(black_box(block)), None)
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_tap_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tap_batch");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, mode, dst) in [
+        ("bridge_to_port", Mode::Bridge, port_mac(1)),
+        ("vepa_to_wire", Mode::Vepa, port_mac(1)),
+        ("to_wire_unknown", Mode::Bridge, EXT),
+    ] {
+        let t = table(64, mode);
+        let ports: Vec<Sink> = (0..64).map(|_| Sink::default()).collect();
+        let f = frame(dst, port_mac(0));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut wire = 0;
+                for _ in 0..BATCH {
+                    if forward::from_port(&t, &ports, PortId(0), black_box(&f)) != ToWire::No {
+                        wire += 1;
+                    }
+                }
+                wire
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_ring_block, bench_tap_batch);
+criterion_main!(benches);
