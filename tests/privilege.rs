@@ -11,7 +11,8 @@ use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
-const SYS_ADMIN: u64 = 1 << 21;
+/// CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening /proc/PID/ns/net of another process).
+const SYS_ADMIN: u64 = (1 << 21) | (1 << 19);
 
 struct Engine(Child);
 

@@ -167,16 +167,20 @@ enum Checked {
 
 /// The capabilities `run` needs while it sets up, and those it keeps (see README, "Least
 /// privilege"): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings) always; CAP_SYS_ADMIN
-/// (setns) while ports may still be added into namespaces, i.e. unless `--no-control` without
+/// (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a CNI netns path)
+/// while ports may still be added into namespaces, i.e. unless `--no-control` without
 /// `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE for a
 /// metrics port below 1024.
 fn capabilities(a: &RunArgs) -> (CapSet, CapSet) {
     let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW]);
     let runtime_netns = !a.no_control || a.config.is_some();
-    let final_set = keep.with(caps::CAP_SYS_ADMIN, runtime_netns);
+    let final_set = keep
+        .with(caps::CAP_SYS_ADMIN, runtime_netns)
+        .with(caps::CAP_SYS_PTRACE, runtime_netns);
     let low_port = a.metrics_listen.is_some_and(|m| m.port() < 1024);
     let setup = final_set
         .with(caps::CAP_SYS_ADMIN, true)
+        .with(caps::CAP_SYS_PTRACE, true)
         .with(
             caps::CAP_CHOWN,
             a.control_group.is_some() || a.config.is_some(),

@@ -20,6 +20,7 @@ pub const CAP_SETPCAP: u8 = 8;
 pub const CAP_NET_BIND_SERVICE: u8 = 10;
 pub const CAP_NET_ADMIN: u8 = 12;
 pub const CAP_NET_RAW: u8 = 13;
+pub const CAP_SYS_PTRACE: u8 = 19;
 pub const CAP_SYS_ADMIN: u8 = 21;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets as two 32-bit halves.
