@@ -381,6 +381,7 @@ fn churn(t: &Topology, socket: &Path, step: usize, churned: &mut Churned) {
             bcqueuelen: None,
             bclim: None,
             macaddr: Vec::new(),
+            ..LinkSpec::default()
         }),
         1 => {
             churned.requests += 1;
