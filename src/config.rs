@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
+//! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -36,13 +37,14 @@ use toml::Spanned;
 use crate::control::proto::LinkSpec;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
-use crate::net::Netlink;
+use crate::net::{Cidr, Netlink};
 use crate::spec::PortKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     control: Option<PathBuf>,
+    control_group: Option<String>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -71,6 +73,10 @@ struct RawPort {
     #[serde(default)]
     macaddr: Vec<Spanned<String>>,
     kind: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
     path: Option<PathBuf>,
     #[serde(default)]
     trust_guest_mac: bool,
@@ -80,6 +86,8 @@ struct RawPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub control: Option<PathBuf>,
+    /// Members of this group may use the control socket too (`run --control-group`).
+    pub control_group: Option<String>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -177,6 +185,7 @@ impl Config {
         }
         let config = Config {
             control: raw.control,
+            control_group: raw.control_group,
             bclim: raw
                 .parents
                 .into_iter()
@@ -298,6 +307,19 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             }
         }
     }
+    let cidrs = |v: &[Spanned<String>], key: &str| {
+        v.iter()
+            .map(|c| {
+                c.get_ref()
+                    .parse::<Cidr>()
+                    .map_err(|e| src.error(Some(c.span()), format!("{key}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (addresses, routes) = (
+        cidrs(&p.addresses, "ports.addresses")?,
+        cidrs(&p.routes, "ports.routes")?,
+    );
     let kind = match &p.kind {
         None => PortKind::Tap,
         Some(k) => k
@@ -331,6 +353,8 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             bclim: None,
             macaddr,
             kind,
+            addresses,
+            routes,
             path: p.path,
             trust_guest_mac: p.trust_guest_mac,
         },
@@ -405,6 +429,12 @@ macaddr = ["02:00:00:00:00:99"]
         assert_eq!(c.ports[0].spec.ifname.as_deref(), Some("eth1"));
         let s = &c.ports[1].spec;
         assert!(s.nodst && s.mode == Some(Mode::Source) && s.macaddr.len() == 1);
+        let host = "[[ports]]\nname = \"shim0\"\nparent = \"eth0\"\nkind = \"host\"\naddresses = [\"192.0.2.100/32\"]\nroutes = [\"192.0.2.0/24\"]\n";
+        let c = Config::parse("h.toml", host).unwrap();
+        let s = &c.ports[0].spec;
+        assert_eq!(s.kind, PortKind::Host);
+        assert_eq!(s.addresses, vec!["192.0.2.100/32".parse().unwrap()]);
+        assert_eq!(s.routes, vec!["192.0.2.0/24".parse().unwrap()]);
     }
 
     #[test]
@@ -444,6 +474,14 @@ macaddr = ["02:00:00:00:00:99"]
                 "passthru port t must be the parent's only port",
             ),
             ("[[ports]]\nname = \"c1\"\n", "missing field `parent`"),
+            (
+                "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nnetns = \"x\"\n",
+                "u.toml:2:8: ports: --port \"h\": a host port stays in the engine's namespace",
+            ),
+            (
+                "[[ports]]\nname = \"h\"\nparent = \"eth0\"\nkind = \"host\"\nroutes = [\"10.0.0.0/33\"]\n",
+                "u.toml:5:11: ports.routes: \"10.0.0.0/33\": the prefix length must be 0..=32",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text);

@@ -10,6 +10,7 @@
 //! * [`engine`]: the worker loop that moves frames and counts them.
 //! * [`control`]: the control socket: protocol, server, client.
 //! * [`trace`]: one frame's decision explained, as JSON and text.
+//! * [`service`]: running under systemd (sd_notify, the watchdog's health rule).
 //! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
 //! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
@@ -29,6 +30,7 @@ pub mod mac;
 pub mod metrics;
 pub mod net;
 pub mod offload;
+pub mod service;
 pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;

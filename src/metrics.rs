@@ -298,6 +298,7 @@ impl MetricsServer {
             std::thread::Builder::new()
                 .name("umacvlan-metrics".into())
                 .spawn(move || {
+                    crate::sys::caps::settle_or_warn();
                     loop {
                         let accepted = listener.accept();
                         if stop.load(Ordering::SeqCst) {

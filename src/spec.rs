@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
-//!       [,kind=tap|attach|stream][,path=SOCKET][,trust_guest_mac]
-//!       [,ifname=DEV]
+//!       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
+//!       [,ifname=DEV][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
 //! ```
 //!
 //! `netns` is a name from `ip netns add` or an absolute path to a namespace file
@@ -21,6 +21,12 @@ use std::str::FromStr;
 
 use crate::forward::{Mode, ModeParseError, PortConfig, PortFlags};
 use crate::mac::{MacAddr, MacParseError};
+use crate::net::Cidr;
+use crate::net::cidr::CidrError;
+
+/// Why a host port refuses any mode but bridge (also `link set`'s answer).
+pub const HOST_MODE: &str =
+    "a host port is a bridge-mode port (mode bridge): only bridge siblings are reached locally";
 
 /// The keys every `--port` accepts.
 pub const CONFIG_KEYS: &[&str] = &[
@@ -33,6 +39,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "bcqueuelen",
     "source",
     "kind",
+    "address",
+    "route",
     "path",
     "trust_guest_mac",
     "ifname",
@@ -58,12 +66,16 @@ impl PortState {
     }
 }
 
-/// What a port is: a TAP the engine creates (containers), or a VM's connection.
+/// What a port is: a TAP the engine creates (containers), a host port, or a VM's connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PortKind {
     /// A TAP the engine creates and owns (the default).
     #[default]
     Tap,
+    /// A host port: a bridge-mode TAP left in the engine's own namespace with addresses and
+    /// routes, so that the host reaches its bridge-mode siblings (which the kernel's macvlan
+    /// never lets it do through the parent).
+    Host,
     /// An existing netdev someone else owns (a hypervisor's TAP), reached with a packet socket.
     Attach,
     /// A Unix socket with QEMU's stream framing (`-netdev stream`).
@@ -71,11 +83,17 @@ pub enum PortKind {
 }
 
 impl PortKind {
-    pub const ALL: [PortKind; 3] = [PortKind::Tap, PortKind::Attach, PortKind::Stream];
+    pub const ALL: [PortKind; 4] = [
+        PortKind::Tap,
+        PortKind::Host,
+        PortKind::Attach,
+        PortKind::Stream,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             PortKind::Tap => "tap",
+            PortKind::Host => "host",
             PortKind::Attach => "attach",
             PortKind::Stream => "stream",
         }
@@ -83,7 +101,7 @@ impl PortKind {
 
     /// A VM's port: its guest MAC is pinned unless `trust_guest_mac`.
     pub const fn is_vm(self) -> bool {
-        !matches!(self, PortKind::Tap)
+        !matches!(self, PortKind::Tap | PortKind::Host)
     }
 }
 
@@ -99,7 +117,7 @@ impl FromStr for PortKind {
         PortKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown kind {s:?}: expected one of tap, attach, stream"))
+            .ok_or_else(|| format!("unknown kind {s:?}: expected one of tap, host, attach, stream"))
     }
 }
 
@@ -130,6 +148,9 @@ pub struct PortSpec {
     pub sources: BTreeSet<MacAddr>,
     pub state: PortState,
     pub kind: PortKind,
+    /// A host port's IP addresses and the networks routed through it.
+    pub addresses: Vec<Cidr>,
+    pub routes: Vec<Cidr>,
     /// A stream port's socket.
     pub path: Option<std::path::PathBuf>,
     /// A VM port may send from any source MAC (no `mac_spoof` check).
@@ -168,6 +189,8 @@ pub enum SpecError {
         flag
     )]
     Flag { spec: String, flag: String },
+    #[error("--port {spec:?}: {source}")]
+    Cidr { spec: String, source: CidrError },
     #[error(
         "--port {spec:?}: {key} describes live port state; `run` reads it from the TAP (it is for `trace` only)"
     )]
@@ -193,6 +216,8 @@ impl FromStr for PortSpec {
             sources: BTreeSet::new(),
             state: PortState::default(),
             kind: PortKind::Tap,
+            addresses: Vec::new(),
+            routes: Vec::new(),
             path: None,
             trust_guest_mac: false,
             ifname: None,
@@ -238,6 +263,12 @@ impl FromStr for PortSpec {
                     .map_err(|source| SpecError::Mac { spec: s(), source })
             };
             let macs = |v: &str| v.split('+').map(mac).collect::<Result<BTreeSet<_>, _>>();
+            let cidrs = |v: &str| {
+                v.split('+')
+                    .map(|c| c.parse::<Cidr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| SpecError::Cidr { spec: s(), source })
+            };
             let num = |v: &str| {
                 v.parse::<u32>().map_err(|_| SpecError::Number {
                     spec: s(),
@@ -273,6 +304,8 @@ impl FromStr for PortSpec {
                         .parse()
                         .map_err(|message| SpecError::Kind { spec: s(), message })?
                 }
+                "address" => out.addresses = cidrs(value)?,
+                "route" => out.routes = cidrs(value)?,
                 "path" => out.path = Some(value.into()),
                 "trust_guest_mac" => out.trust_guest_mac = true,
                 "join" => out.state.groups = macs(value)?,
@@ -318,10 +351,31 @@ impl PortSpec {
             PortKind::Tap | PortKind::Attach if self.path.is_some() => {
                 "path= is for kind=stream only"
             }
-            PortKind::Tap if self.trust_guest_mac => {
+            PortKind::Tap | PortKind::Host if self.trust_guest_mac => {
                 "trust_guest_mac is for VM ports only (kind=attach or kind=stream)"
             }
-            _ => return Ok(()),
+            PortKind::Host if self.netns.is_some() => {
+                "a host port stays in the engine's namespace: it takes no netns"
+            }
+            PortKind::Host if self.mode != Mode::Bridge => HOST_MODE,
+            PortKind::Host if self.path.is_some() || self.ifname.is_some() => {
+                "a host port is a TAP the engine creates: no path= or ifname="
+            }
+            k if k != PortKind::Host && (!self.addresses.is_empty() || !self.routes.is_empty()) => {
+                "addresses and routes are for host ports (kind=host); set a tap port's where it lives"
+            }
+            _ => match self.routes.iter().find(|r| !r.is_network()) {
+                Some(r) => {
+                    return Err(SpecError::Kind {
+                        spec: spec.into(),
+                        message: format!(
+                            "route {r} has host bits set: the network is {}",
+                            r.network()
+                        ),
+                    });
+                }
+                None => return Ok(()),
+            },
         };
         Err(SpecError::Kind {
             spec: spec.into(),
@@ -459,6 +513,7 @@ fn with_spec(e: SpecError, whole: &str) -> SpecError {
         SpecError::Number { key, value, .. } => SpecError::Number { spec, key, value },
         SpecError::Flag { flag, .. } => SpecError::Flag { spec, flag },
         SpecError::StateKey { key, .. } => SpecError::StateKey { spec, key },
+        SpecError::Cidr { source, .. } => SpecError::Cidr { spec, source },
         SpecError::Kind { message, .. } => SpecError::Kind { spec, message },
     }
 }
@@ -537,6 +592,58 @@ mod tests {
             ("parent=eth0", "\"parent=eth0\": name=N is required"),
         ] {
             let e = bad.parse::<LinkPortSpec>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        let p = parse(
+            "name=shim0,kind=host,address=192.0.2.100/32+2001:db8::64/128,route=192.0.2.0/24",
+        )
+        .unwrap();
+        assert_eq!(p.kind, PortKind::Host);
+        assert_eq!(p.mode, Mode::Bridge);
+        assert_eq!(
+            p.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["192.0.2.100/32", "2001:db8::64/128"]
+        );
+        assert_eq!(p.routes, vec!["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(parse("name=c1,kind=tap").unwrap().kind, PortKind::Tap);
+        for (bad, want) in [
+            (
+                "name=s,kind=vm",
+                "unknown kind \"vm\": expected one of tap, host, attach, stream",
+            ),
+            (
+                "name=s,kind=host,netns=ns1",
+                "a host port stays in the engine's namespace",
+            ),
+            (
+                "name=s,kind=host,mode=vepa",
+                "a host port is a bridge-mode port",
+            ),
+            (
+                "name=s,address=192.0.2.1/24",
+                "addresses and routes are for host ports",
+            ),
+            (
+                "name=s,route=192.0.2.0/24",
+                "addresses and routes are for host ports",
+            ),
+            (
+                "name=s,kind=host,route=192.0.2.1/24",
+                "the network is 192.0.2.0/24",
+            ),
+            (
+                "name=s,kind=host,address=192.0.2.1",
+                "is not ADDRESS/PREFIX",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

@@ -82,8 +82,14 @@ impl Lab {
     }
 
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// `umacvlan run ARGS` in the host namespace; returns once the control socket exists.
+    fn start_with(&mut self, args: &[&str]) {
         let child = Command::new("ip")
             .args(["netns", "exec", self.host.name(), BIN, "run"])
+            .args(args)
             .env("UMACVLAN_CONTROL", &self.socket)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -299,4 +305,134 @@ fn every_link_command_through_the_cli() {
     ]);
     l.ok(&["link", "add", "d0", "netns", l.kid(3)]);
     assert_eq!(l.show(&["d0"])[0]["link"], "p0");
+}
+
+/// The host (the engine's namespace, with an address on the parent) cannot reach a bridge-mode
+/// child, exactly as with the kernel's macvlan; a host port (`link add ... kind host`) with an
+/// address and a route to the child makes it reachable, and deleting it takes that away again.
+#[test]
+fn a_host_port_lets_the_host_reach_its_children() {
+    let mut l = lab(1);
+    l.start();
+    let h = l.host.name().to_string();
+    ip(&["-n", &h, "addr", "add", "192.0.2.200/24", "dev", "p0"]);
+    let kid = format!("netns={}", l.kid(0));
+    l.ok(&["link", "add", "c0", "parent", "p0", "netns", l.kid(0)]);
+    l.up(0, "c0", "192.0.2.1/24");
+    assert!(pings(l.wire.name(), "192.0.2.1"), "the wire reaches c0");
+    assert!(
+        !pings(&h, "192.0.2.1"),
+        "the host reached its own macvlan child without a host port"
+    );
+    l.refused(
+        &[
+            "link", "add", "shim0", "parent", "p0", "kind", "host", "mode", "vepa",
+        ],
+        "a host port is a bridge-mode port",
+    );
+    l.refused(
+        &[
+            "link",
+            "add",
+            &format!("name=shim0,parent=p0,kind=host,{kid}"),
+        ],
+        "a host port stays in the engine's namespace",
+    );
+    l.refused(
+        &[
+            "link",
+            "add",
+            "shim0",
+            "parent",
+            "p0",
+            "ipaddr",
+            "192.0.2.100/32",
+        ],
+        "addresses and routes are for host ports",
+    );
+    assert!(try_ip(&["-n", &h, "link", "show", "shim0"]).is_err());
+    l.ok(&[
+        "link",
+        "add",
+        "shim0",
+        "parent",
+        "p0",
+        "kind",
+        "host",
+        "ipaddr",
+        "192.0.2.100/32",
+        "route",
+        "192.0.2.1/32",
+    ]);
+    let addrs = ip_json(&["-n", &h, "addr", "show", "dev", "shim0"]);
+    let shim = &addrs[0];
+    let flags = shim["flags"].as_array().unwrap();
+    assert!(flags.contains(&"UP".into()), "{shim}");
+    let local: Vec<&Value> = shim["addr_info"].as_array().unwrap().iter().collect();
+    assert!(
+        local
+            .iter()
+            .any(|a| a["local"] == "192.0.2.100" && a["prefixlen"] == 32),
+        "{shim}"
+    );
+    let routes = ip_json(&["-n", &h, "route", "show", "192.0.2.1/32"]);
+    assert_eq!(routes[0]["dev"], "shim0", "{routes}");
+    assert!(pings(&h, "192.0.2.1"), "the host reaches c0 through shim0");
+    let shown = l.show(&["shim0"]);
+    assert_eq!(shown[0]["umacvlan"]["forwarding"], true, "{shown}");
+    assert_eq!(shown[0]["umacvlan"]["netns"], Value::Null, "{shown}");
+    l.refused(&["link", "set", "shim0", "mode", "private"], "bridge-mode");
+    l.ok(&["link", "del", "shim0"]);
+    wait_until("shim0 to vanish", || {
+        try_ip(&["-n", &h, "link", "show", "shim0"]).is_err()
+    });
+    assert!(!pings(&h, "192.0.2.1"), "no host port, no way to c0");
+}
+
+/// `run --port name=...,kind=host,address=...,route=...`: the host port is up with its
+/// addresses and routes from the start, forwards to a sibling, and is gone with the engine.
+#[test]
+fn run_with_a_host_port_and_it_goes_with_the_engine() {
+    let mut l = lab(1);
+    let h = l.host.name().to_string();
+    let c0 = format!("name=c0,netns={}", l.kid(0));
+    l.start_with(&[
+        "--parent",
+        "p0",
+        "--port",
+        &c0,
+        "--port",
+        "name=shim0,kind=host,mode=bridge,address=192.0.2.100/32+198.51.100.1/24,route=192.0.2.0/28",
+    ]);
+    wait_until("shim0 to come up", || {
+        try_ip(&["-n", &h, "-j", "link", "show", "dev", "shim0"])
+            .is_ok_and(|j| j.contains("\"operstate\":\"UP\""))
+    });
+    let addrs = ip_json(&["-n", &h, "-4", "addr", "show", "dev", "shim0"]);
+    let mut got: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    got.sort();
+    assert_eq!(got, ["192.0.2.100/32", "198.51.100.1/24"]);
+    let routes = ip_json(&["-n", &h, "route", "show", "192.0.2.0/28"]);
+    assert_eq!(routes[0]["dev"], "shim0", "{routes}");
+    assert_eq!(routes[0]["scope"], "link", "{routes}");
+    l.up(0, "c0", "192.0.2.1/24");
+    assert!(pings(&h, "192.0.2.1"), "the host reaches c0 through shim0");
+    let mut engine = l.engine.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(engine.wait().unwrap().success());
+    assert!(try_ip(&["-n", &h, "link", "show", "shim0"]).is_err());
+    let left = ip(&["-n", &h, "route", "show", "192.0.2.0/28"]);
+    assert!(
+        left.trim().is_empty(),
+        "a route outlived its host port: {left}"
+    );
 }

@@ -75,11 +75,12 @@ enum LinkCommand {
 ///
 ///   umacvlan link add [name] NAME [parent P] [type macvlan] [mode MODE [nopromisc|nodst]]
 ///       [address MAC] [mtu N] [netns NS] [flag nopromisc|nodst|null] [bcqueuelen N]
-///       [bclim N] [macaddr MAC [MAC ...]] [kind tap|attach|stream] [path SOCKET]
-///       [trust_guest_mac]
+///       [bclim N] [macaddr MAC [MAC ...]] [kind tap|host|attach|stream] [path SOCKET]
+///       [trust_guest_mac] [ipaddr CIDR [CIDR ...]] [route CIDR [CIDR ...]]
 ///   umacvlan link add name=N[,parent=P][,mode=M][,netns=NS][,mac=MAC][,mtu=N]
 ///       [,flag=nopromisc|nodst][,bcqueuelen=N][,bclim=N][,source=MAC+MAC..][,ifname=DEV]
-///       [,kind=tap|attach|stream][,path=SOCKET][,trust_guest_mac]
+///       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
+///       [,address=CIDR+CIDR..][,route=CIDR+CIDR..]
 ///
 /// NS is a name from `ip netns add` or a path (/proc/PID/ns/net); ifname=DEV names the device
 /// in its namespace when it is not NAME (many containers each want an eth0).
@@ -88,9 +89,15 @@ enum LinkCommand {
 /// Without address, the port gets a stable MAC derived from the parent's and the port's names.
 /// With -j, prints the new port as `link show -j` would.
 ///
+/// kind host makes a host port: a bridge-mode port whose TAP stays in the engine's namespace,
+/// comes up with the given IP addresses (ipaddr; address stays the MAC, as in ip link) and
+/// routes (`ip route add CIDR dev NAME`), so the host reaches its bridge-mode children, which
+/// the kernel's macvlan never allows through the parent itself.
+///
 /// Examples:
 ///
 ///   umacvlan link add c1 parent eth0 mode bridge netns ns1
+///   umacvlan link add shim0 parent eth0 kind host ipaddr 192.0.2.100/32 route 192.0.2.0/24
 ///   umacvlan link add c2 link eth0 type macvlan mode vepa address 02:00:00:00:00:02
 ///   umacvlan link add s1 parent eth0 mode source nodst macaddr 02:00:00:00:00:09 02:00:00:00:00:0a
 ///   umacvlan link add name=c3,parent=eth0,mode=private,netns=ns3
@@ -298,20 +305,28 @@ fn parse_mode(v: &str) -> anyhow::Result<Mode> {
 
 const MODE_WORDS: &str = "private|vepa|bridge|passthru|source";
 
-/// MACs up to the next word that is not one.
-fn macs(w: &mut Words<'_>, key: &str) -> anyhow::Result<Vec<MacAddr>> {
+/// Values (MACs, CIDRs) up to the next word that is not one; `what` names one ("MAC address").
+fn values<T: std::str::FromStr>(
+    w: &mut Words<'_>,
+    key: &str,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
     let mut v = Vec::new();
-    while let Some(m) = w.peek().and_then(|s| s.parse::<MacAddr>().ok()) {
+    while let Some(m) = w.peek().and_then(|s| s.parse::<T>().ok()) {
         w.next();
         v.push(m);
     }
     if v.is_empty() {
         match w.peek() {
-            Some(bad) => bail!("{key} {bad:?}: not a MAC address"),
-            None => bail!("{key} needs at least one MAC address"),
+            Some(bad) => bail!("{key} {bad:?}: not a {what}"),
+            None => bail!("{key} needs at least one {what}"),
         }
     }
     Ok(v)
+}
+
+fn macs(w: &mut Words<'_>, key: &str) -> anyhow::Result<Vec<MacAddr>> {
+    values(w, key, "MAC address")
 }
 
 fn set_name<'a>(name: &mut Option<&'a str>, v: &'a str, cmd: &str) -> anyhow::Result<()> {
@@ -360,6 +375,8 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             kind: p.kind,
             path: p.path,
             trust_guest_mac: p.trust_guest_mac,
+            addresses: p.addresses,
+            routes: p.routes,
         });
     }
     let mut name = None;
@@ -407,12 +424,22 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             "macaddr" => s.macaddr.extend(macs(&mut w, word)?),
             "kind" => {
                 s.kind = w
-                    .value(word, "tap|attach|stream")?
+                    .value(word, "tap|host|attach|stream")?
                     .parse()
                     .map_err(|e: String| anyhow!(e))?
             }
             "path" => s.path = Some(w.value(word, "SOCKET")?.into()),
             "trust_guest_mac" => s.trust_guest_mac = true,
+            "ipaddr" => s.addresses.extend(values::<crate::net::Cidr>(
+                &mut w,
+                word,
+                "CIDR (ADDRESS/PREFIX)",
+            )?),
+            "route" => s.routes.extend(values::<crate::net::Cidr>(
+                &mut w,
+                word,
+                "CIDR (NETWORK/PREFIX)",
+            )?),
             other if other.contains('=') => bail!(
                 "{other:?}: the key=value form is one word by itself (name=c1,parent=eth0,...)"
             ),

@@ -3,6 +3,7 @@
 mod capture;
 mod config;
 mod docs;
+mod doctor;
 mod lab;
 pub mod link;
 pub mod report;
@@ -49,6 +50,7 @@ pub enum Command {
     Config(config::ConfigArgs),
     Reload(link::ReloadArgs),
     Stats(stats::StatsArgs),
+    Doctor(doctor::DoctorArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -137,5 +139,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Link(args) => link::run(args),
         Command::Reload(args) => link::reload(args),
         Command::Stats(args) => stats::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }

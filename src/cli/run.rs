@@ -14,7 +14,9 @@ use crate::control::{Call, ServeOptions, serve_into};
 use crate::engine::daemon::{Daemon, EngineOptions};
 use crate::engine::plan::{ParentOptions, plan};
 use crate::metrics::MetricsServer;
+use crate::service::Service;
 use crate::spec::PortSpec;
+use crate::sys::caps::{self, CapSet};
 use crate::sys::ring::{RingConfig, RingVersion};
 
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
@@ -67,9 +69,15 @@ pub struct RunArgs {
     /// Default: the config file's `control`, else /run/umacvlan/umacvlan.sock. Root only (0600).
     #[arg(long, value_name = "PATH", env = "UMACVLAN_CONTROL")]
     control: Option<PathBuf>,
-    /// Serve no control socket.
+    /// Serve no control socket. With a command-line port list (no --config) the engine then
+    /// also gives up CAP_SYS_ADMIN after start-up: nothing can ask it to enter a namespace again.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
+    /// Let members of GROUP (a name or a number) use the control socket too: the socket file
+    /// becomes root:GROUP, mode 0660 (default: root only, 0600). Default: the config file's
+    /// `control_group`.
+    #[arg(long, value_name = "GROUP", conflicts_with = "no_control")]
+    control_group: Option<String>,
     /// Receive ring kind: v3 hands over blocks (cheapest under load, but a lone frame waits up
     /// to the 1 ms block timer), v2 hands over every frame at once (lowest latency, one wake-up
     /// per frame).
@@ -127,6 +135,7 @@ pub fn signals(reload: bool) -> anyhow::Result<crossbeam_channel::Receiver<Signa
     std::thread::Builder::new()
         .name("umacvlan-signals".into())
         .spawn(move || {
+            crate::sys::caps::settle_or_warn();
             while let Ok(sig) = set.wait() {
                 let what = if sig == Signal::SIGHUP {
                     Signalled::Reload
@@ -157,8 +166,53 @@ enum Checked {
     Empty,
 }
 
+/// The capabilities `run` needs while it sets up, and those it keeps (see README, "Least
+/// privilege"): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings) always; CAP_SYS_ADMIN
+/// (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a CNI netns path)
+/// while ports may still be added into namespaces, i.e. unless `--no-control` without
+/// `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE for a
+/// metrics port below 1024.
+fn capabilities(a: &RunArgs) -> (CapSet, CapSet) {
+    let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW]);
+    let runtime_netns = !a.no_control || a.config.is_some();
+    let final_set = keep
+        .with(caps::CAP_SYS_ADMIN, runtime_netns)
+        .with(caps::CAP_SYS_PTRACE, runtime_netns);
+    let low_port = a.metrics_listen.is_some_and(|m| m.port() < 1024);
+    let setup = final_set
+        .with(caps::CAP_SYS_ADMIN, true)
+        .with(caps::CAP_SYS_PTRACE, true)
+        .with(
+            caps::CAP_CHOWN,
+            a.control_group.is_some() || a.config.is_some(),
+        )
+        .with(caps::CAP_NET_BIND_SERVICE, low_port);
+    (setup, final_set)
+}
+
+/// A group by name or number.
+fn group(g: &str) -> Result<nix::unistd::Gid, Failure> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid),
+        Ok(None) => Err(Failure::usage(anyhow::anyhow!(
+            "control group {g:?}: no such group"
+        ))),
+        Err(e) => Err(Failure::usage(anyhow::anyhow!(
+            "control group {g:?}: cannot look it up: {e}"
+        ))),
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
-    // First, before any thread exists (checks spawn some): every thread inherits the mask, so a
+    // Before any thread exists, so that every thread starts without the capabilities the
+    // engine never needs (capabilities are per thread).
+    let (setup_caps, final_caps) = capabilities(&a);
+    caps::restrict(setup_caps, final_caps)
+        .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+    // Then, still before any thread (checks spawn some): every thread inherits the mask, so a
     // signal can only be taken by the one thread that waits for it.
     let signals = signals(a.config.is_some())?;
     let base = match a.ring {
@@ -179,13 +233,18 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     ring.validate()
         .map_err(|e| Failure::usage(anyhow::anyhow!("--ring-block-size/--ring-blocks: {e}")))?;
+    let service = Service::from_env().map_err(|e| {
+        Failure::usage(anyhow::anyhow!("NOTIFY_SOCKET: cannot notify systemd: {e}"))
+    })?;
     let mut socket = a.control.clone();
+    let mut control_group = a.control_group.clone();
     let checked = match (&a.config, &a.parent) {
         (Some(path), _) => {
             let (file, text) = (path.display().to_string(), read(path)?);
             let config = Config::parse(&file, &text).map_err(Failure::usage)?;
             config.check_machine(&file, &text).map_err(Failure::usage)?;
             socket = socket.or_else(|| config.control.clone());
+            control_group = control_group.or_else(|| config.control_group.clone());
             Checked::Config(path.clone(), config)
         }
         (None, Some(parent)) => {
@@ -209,13 +268,17 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     };
     // Claim the control socket before creating anything: a second engine stops here.
     let socket = socket.unwrap_or_else(|| proto::DEFAULT_SOCKET.into());
+    let serve = ServeOptions {
+        allowed_group: control_group.as_deref().map(group).transpose()?,
+        ..ServeOptions::default()
+    };
     // One channel for every request the daemon serves: the control socket's and the metrics
     // server's calls arrive on the same receiver, one at a time, each with its own reply sender.
     let (calls_tx, calls) = crossbeam_channel::bounded::<Call>(16);
     let server = match a.no_control {
         true => None,
         false => Some(
-            serve_into(&socket, ServeOptions::default(), calls_tx.clone())
+            serve_into(&socket, serve, calls_tx.clone())
                 .map_err(|e| Failure::usage(anyhow::Error::from(e)))?,
         ),
     };
@@ -239,6 +302,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         Checked::Empty => Daemon::new(opts)?,
     };
     daemon.exit_on_parent_loss = a.exit_on_parent_loss;
+    daemon.service = service;
     if let Some(m) = &metrics {
         tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr()), "serving metrics");
     }
@@ -246,6 +310,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         Some(s) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
         None => tracing::info!("umacvlan: ready (no control socket)"),
     }
+    // Set up: this thread keeps only what it needs from now on (threads it spawns inherit that).
+    caps::settle().map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+    // The rings are open and every configured port exists: tell systemd (Type=notify).
+    daemon.notify_ready();
     let result = loop {
         match daemon.run_until(&signals, Some(&calls)) {
             Ok(Some(Signalled::Reload)) => match daemon.reload() {
@@ -258,6 +326,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             Err(e) => break Err(e),
         }
     };
+    if let Some(s) = &daemon.service {
+        s.stopping();
+    }
     // Requests still queued are dropped unanswered: their callers see a closed reply channel
     // at once instead of waiting for a timeout.
     drop(calls);

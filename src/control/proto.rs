@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::forward::Mode;
 use crate::mac::MacAddr;
+use crate::net::Cidr;
 use crate::spec::PortKind;
 
 /// The protocol version this build speaks.
@@ -206,6 +207,12 @@ pub struct LinkSpec {
     /// A VM port may send from any source MAC (no `mac_spoof` check).
     #[serde(default)]
     pub trust_guest_mac: bool,
+    /// A host port's IP addresses (`address` is the MAC, as in `ip link`).
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+    /// Networks routed through a host port.
+    #[serde(default)]
+    pub routes: Vec<Cidr>,
 }
 
 impl LinkSpec {
@@ -228,6 +235,8 @@ impl LinkSpec {
             kind: self.kind,
             path: self.path.clone(),
             trust_guest_mac: self.trust_guest_mac,
+            addresses: self.addresses.clone(),
+            routes: self.routes.clone(),
         }
     }
 }

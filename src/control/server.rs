@@ -204,7 +204,10 @@ pub fn serve_into(
         let conns = Arc::clone(&conns);
         std::thread::Builder::new()
             .name("umacvlan-control".into())
-            .spawn(move || accept_loop(&listener, &stop, &conns, &tx, &opts))
+            .spawn(move || {
+                crate::sys::caps::settle_or_warn();
+                accept_loop(&listener, &stop, &conns, &tx, &opts)
+            })
             .map_err(io_err("starting the accept thread for", path))?
     };
     Ok(ControlServer {

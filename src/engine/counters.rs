@@ -70,6 +70,11 @@ impl<T: Absorb> Sharded<T> {
         &self.0[i]
     }
 
+    /// Every worker's copy, in worker order.
+    pub fn shards(&self) -> &[Arc<T>] {
+        &self.0
+    }
+
     /// The sum of every worker's copy, as of now.
     pub fn total(&self) -> T {
         let t = T::default();
@@ -199,6 +204,9 @@ pub struct ParentCounters {
     pub ring_packets: Counter,
     pub ring_drops: Counter,
     pub ring_freezes: Counter,
+    /// Bumped by the worker on every loop iteration (at least every 100 ms): the watchdog's
+    /// sign of progress.
+    pub heartbeat: Counter,
 }
 
 impl Absorb for ParentCounters {

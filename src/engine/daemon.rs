@@ -45,7 +45,8 @@ use crate::control::proto::{
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::spec::{PortKind, derived_mac};
+use crate::service::Service;
+use crate::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::sys::attach::PacketPort;
 use crate::sys::ring::{RingConfig, RxRing};
 use crate::sys::tap::Tap;
@@ -130,6 +131,8 @@ pub struct Daemon {
     pub exit_on_parent_loss: bool,
     /// Followers of real frames (`trace --follow`, `capture`), shared with every worker.
     observers: Arc<Observers>,
+    /// systemd's notification socket and watchdog, when run by systemd (Type=notify).
+    pub service: Option<Service>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -164,6 +167,7 @@ impl Daemon {
             },
             exit_on_parent_loss: false,
             observers: Arc::default(),
+            service: None,
         })
     }
 
@@ -410,7 +414,7 @@ impl Daemon {
         let name = &p.spec.name;
         let workers = self.opts.workers;
         let devs = match (&p.spec.kind, &p.spec.path) {
-            (PortKind::Tap, _) => create_tap(&mut self.nl, key, &p, mtu, workers)
+            (PortKind::Tap | PortKind::Host, _) => create_tap(&mut self.nl, key, &p, mtu, workers)
                 .map(|queues| queues.into_iter().map(PortDev::Tap).collect()),
             (PortKind::Attach, _) => {
                 attach(&mut self.nl, name, p.netns.as_ref()).map(|a| vec![PortDev::Attach(a)])
@@ -458,20 +462,29 @@ impl Daemon {
     ) -> anyhow::Result<Option<T>> {
         let never = crossbeam_channel::never();
         let mut calls = calls.unwrap_or(&never);
+        let ticks = self
+            .service
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, Service::ticks);
         loop {
             select! {
                 recv(stop) -> v => return Ok(v.ok()),
                 recv(calls) -> call => match call {
                     Ok(call) => {
                         self.call(call);
+                        self.report_status();
                     }
                     // Every caller is gone: stop looking (a closed channel is always ready).
                     Err(_) => calls = &never,
                 },
                 recv(self.events) -> ev => match ev {
-                    Ok(ev) => self.on_event(ev)?,
+                    Ok(ev) => {
+                        self.on_event(ev)?;
+                        self.report_status();
+                    }
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
+                recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
                     let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
@@ -479,6 +492,55 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// One line for systemd's STATUS=: how many ports, forwarding, and parents.
+    pub fn status_text(&self) -> String {
+        let forwarding = self
+            .parents
+            .values()
+            .map(|r| r.table.ports().iter().filter(|p| p.is_up()).count())
+            .sum::<usize>();
+        let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{} ({forwarding} forwarding) on {}",
+            plural(self.ports.len(), "port"),
+            plural(self.parents.len(), "parent")
+        )
+    }
+
+    /// Tells systemd the engine is ready (READY=1 and STATUS=), when run by it.
+    pub fn notify_ready(&mut self) {
+        let status = self.status_text();
+        if let Some(s) = &mut self.service {
+            s.ready(status);
+        }
+    }
+
+    fn report_status(&mut self) {
+        let status = self.status_text();
+        if let Some(s) = &mut self.service {
+            s.status(status);
+        }
+    }
+
+    /// A watchdog tick: ping systemd only while every worker makes progress.
+    fn watchdog(&mut self) {
+        let workers: Vec<(String, bool, u64)> =
+            self.parents
+                .iter()
+                .filter_map(|(name, run)| {
+                    let w = run.worker.as_ref()?;
+                    let alive = !w.is_finished();
+                    Some(run.counters.shards().iter().enumerate().map(move |(i, c)| {
+                        (format!("{name} worker {i}"), alive, c.heartbeat.get())
+                    }))
+                })
+                .flatten()
+                .collect();
+        if let Some(s) = &mut self.service {
+            s.check(&workers);
         }
     }
 
@@ -686,7 +748,12 @@ impl Daemon {
         let file = path.display().to_string();
         let new = Config::parse(&file, &text).map_err(bad)?;
         new.check_machine(&file, &text).map_err(bad)?;
-        let report = self.apply(new)?;
+        if let Some(s) = &self.service {
+            s.reloading();
+        }
+        let report = self.apply(new);
+        self.notify_ready();
+        let report = report?;
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
     }
@@ -936,6 +1003,12 @@ impl Daemon {
         let (key, parent, old_mode) = (e.key, e.parent.clone(), e.config.mode);
         let pconfig = self.parents[&parent].config.clone();
         let new_mode = c.mode.unwrap_or(old_mode);
+        if e.kind == PortKind::Host && new_mode != Mode::Bridge {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("{}: {HOST_MODE}, not {new_mode}", c.name),
+            ));
+        }
         if (new_mode == Mode::Passthru) != (old_mode == Mode::Passthru) {
             return Err(err(
                 ErrorKind::InvalidArgument,
@@ -1234,14 +1307,15 @@ impl Daemon {
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,
-/// namespace and flags, same kind, path and `trust_guest_mac`; not to or from passthru). A
-/// setting dropped from the file goes back to its default: the parent's MTU, the derived MAC,
-/// bcqueuelen 1000.
+/// namespace, flags and kind, path and trust of a VM port, addresses and routes of a host port;
+/// not to or from passthru). A setting dropped from the file goes back to its default: the
+/// parent's MTU, the derived MAC, bcqueuelen 1000.
 fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChange> {
     let fixed = |s: &LinkSpec| {
         let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
+        let host = (s.addresses.clone(), s.routes.clone());
         let place = (s.parent.clone(), s.netns.clone(), s.ifname.clone());
-        (place, s.nopromisc, s.nodst, vm)
+        (place, s.nopromisc, s.nodst, vm, host)
     };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {
@@ -1438,6 +1512,21 @@ fn create_tap(
     nl.set_mac(link.index, p.config.mac)?;
     nl.set_mtu(link.index, p.config.mtu.unwrap_or(parent_mtu))?;
     nl.set_txqlen(link.index, TAP_TXQLEN)?;
+    if p.spec.kind == PortKind::Host {
+        // Up first: the kernel refuses a route through a device that is down.
+        nl.set_up(link.index, true)?;
+        for a in &p.spec.addresses {
+            nl.add_address(link.index, a.addr, a.prefix_len)?;
+        }
+        for r in &p.spec.routes {
+            nl.add_route(&crate::net::netlink::Route {
+                dst: r.addr,
+                prefix_len: r.prefix_len,
+                gateway: None,
+                oif: link.index,
+            })?;
+        }
+    }
     if let Some(ns) = &p.netns {
         nl.set_netns(link.index, ns)?;
         let mut there = Netlink::open_in(ns)?;

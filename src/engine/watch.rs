@@ -198,6 +198,7 @@ fn watch(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+    crate::sys::caps::settle().context("dropping capabilities")?;
     let mut monitor = LinkMonitor::open_current()?;
     let mut nl = Netlink::open()?;
     let mut ports: Vec<WatchedPort> = Vec::new();

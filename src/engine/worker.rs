@@ -267,6 +267,7 @@ impl Worker {
     }
 
     fn run(mut self, commands: &Receiver<Command>, wake: &EventFd) -> io::Result<()> {
+        crate::sys::caps::settle()?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             self.ring.as_fd(),
@@ -285,6 +286,7 @@ impl Worker {
         let mut batch = WireBatch::new(WIRE_BATCH);
         let mut last_stats = Instant::now();
         loop {
+            self.counters.heartbeat.add(1);
             let n = match poller.epoll.wait(&mut events, EpollTimeout::from(100u16)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,

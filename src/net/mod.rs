@@ -13,6 +13,7 @@
 //! spawns and then lets end, so no caller's thread ever changes namespace. Sockets and fds keep the
 //! namespace they were created in.
 
+pub mod cidr;
 mod error;
 pub mod mcast;
 pub mod monitor;
@@ -21,6 +22,7 @@ pub mod netns;
 #[doc(hidden)]
 pub mod testutil;
 
+pub use cidr::Cidr;
 pub use error::{Error, Result};
 pub use mcast::link_multicast;
 pub use monitor::{LinkEvent, LinkMonitor};

@@ -8,6 +8,7 @@
 //!   never receives (§8 "Wire TX").
 //! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
 //!   vanishes when its fd closes (§8 "Children").
+//! * [`caps`]: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
 //! * [`attach`]: [`PacketPort`], a netdev someone else owns (a VM's TAP) used as a port through
 //!   an `AF_PACKET` socket bound to it.
 //!
@@ -15,6 +16,7 @@
 //! in a `// SAFETY:` comment. The helpers below are the few raw calls the three files share.
 
 pub mod attach;
+pub mod caps;
 pub mod ring;
 pub mod tap;
 pub mod tx;
@@ -31,7 +33,7 @@ pub use tx::{TxError, TxSocket};
 
 use std::io::{self, IoSlice};
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, sendmsg, socket,
@@ -47,6 +49,15 @@ fn packet_socket(protocol: Option<SockProtocol>) -> io::Result<OwnedFd> {
         protocol,
     )
     .map_err(io::Error::from)
+}
+
+/// What `umacvlan doctor` asks of the kernel: an `AF_PACKET` socket (protocol 0: it receives
+/// nothing and touches no interface) opens, and takes `PACKET_VERSION = TPACKET_V3`. The first
+/// error says which step failed (`"af_packet"` or `"tpacket_v3"`).
+pub fn probe_packet() -> Result<(), (&'static str, io::Error)> {
+    let fd = packet_socket(None).map_err(|e| ("af_packet", e))?;
+    let v3 = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+    set_packet_opt(fd.as_fd(), libc::PACKET_VERSION, &v3).map_err(|e| ("tpacket_v3", e))
 }
 
 /// `setsockopt(fd, SOL_PACKET, name, value, sizeof *value)`.

@@ -78,6 +78,34 @@ fn add_in_ip_words() {
 }
 
 #[test]
+fn add_a_host_port() {
+    let s =
+        add("shim0 parent eth0 kind host ipaddr 192.0.2.100/32 2001:db8::1/64 route 192.0.2.0/24");
+    assert_eq!(s.kind, crate::spec::PortKind::Host);
+    let addrs: Vec<String> = s.addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["192.0.2.100/32", "2001:db8::1/64"]);
+    assert_eq!(s.routes, vec!["192.0.2.0/24".parse().unwrap()]);
+    let k = add("name=shim1,parent=eth0,kind=host,address=192.0.2.101/32,route=192.0.2.0/25");
+    assert_eq!(k.kind, crate::spec::PortKind::Host);
+    assert_eq!(k.routes, vec!["192.0.2.0/25".parse().unwrap()]);
+    for (w, want) in [
+        ("h kind vm", "unknown kind \"vm\""),
+        ("h kind host ipaddr", "ipaddr needs at least one CIDR"),
+        (
+            "h kind host route 192.0.2.0",
+            "route \"192.0.2.0\": not a CIDR",
+        ),
+        (
+            "name=h,kind=host,route=192.0.2.1/24",
+            "the network is 192.0.2.0/24",
+        ),
+    ] {
+        let e = add_err(w);
+        assert!(e.contains(want), "{w}: {e}");
+    }
+}
+
+#[test]
 fn add_in_key_value_form() {
     let s =
         add("name=c1,parent=eth0,mode=vepa,mac=02:00:00:00:00:01,bclim=2,source=02:00:00:00:00:09");
