@@ -98,14 +98,15 @@ fn flood(hairpin: bool) {
     let mut forbidden: BTreeMap<(usize, String), u32> = BTreeMap::new();
     let mut missing: BTreeMap<(usize, String), u32> = BTreeMap::new();
     let mut copies = vec![0u64; n];
-    let mut wire_differs = 0;
+    let (mut wire_extra, mut wire_missing) = (0u32, 0u32);
     for (nonce, probe) in &probes {
         let (got, want) = (&seen[nonce], expected(&table, hairpin, probe));
         let from = match probe.sender {
             Sender::Child(i) => i,
             _ => unreachable!("only children flood"),
         };
-        wire_differs += usize::from(got.wire != want.wire);
+        wire_extra += got.wire.saturating_sub(want.wire);
+        wire_missing += want.wire.saturating_sub(got.wire);
         let pairs = got.children.iter().zip(&want.children);
         for (i, (copy, (g, w))) in copies.iter_mut().zip(pairs).enumerate() {
             *copy += u64::from(*g);
@@ -127,8 +128,17 @@ fn flood(hairpin: bool) {
         "hairpin={hairpin}: allowed copies did not arrive: {missing:?}"
     );
     assert_eq!(
-        wire_differs, 0,
-        "hairpin={hairpin}: frames whose copy on the wire differs from the rules"
+        wire_extra, 0,
+        "hairpin={hairpin}: copies on the wire the rules do not allow"
+    );
+    // Every allowed wire copy reached the wire (the children behind the hairpin saw the
+    // reflections); the wire's own observer may fall behind on a loaded machine, and then the
+    // kernel counts what it could not hand it.
+    let observer_drops = topo.wire.kernel_drops();
+    assert!(
+        wire_missing <= observer_drops,
+        "hairpin={hairpin}: {wire_missing} allowed copies missing on the wire, and its observer \
+         dropped only {observer_drops}"
     );
     // The engine's counters: what it read from each flooder, and delivered to each port, are
     // exactly what was sent and what each namespace saw.

@@ -291,6 +291,29 @@ impl PacketSocket {
         })
     }
 
+    /// Frames the kernel dropped for this socket since it was opened (its receive buffer was
+    /// full): `PACKET_STATISTICS`' `tp_drops`, which reading clears, so call it once, at the end.
+    pub fn kernel_drops(&self) -> u32 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` and `len` are live locals and `len` is the size of `st`; the kernel writes
+        // at most that many bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut st).cast(),
+                &mut len,
+            )
+        };
+        check(rc, "PACKET_STATISTICS").expect("PACKET_STATISTICS");
+        st.tp_drops
+    }
+
     pub fn ifindex(&self) -> i32 {
         self.ifindex
     }
