@@ -134,7 +134,8 @@ fn ping_and_tcp_cross_the_engine_without_loss_or_truncation() {
 }
 
 /// The same with two workers: the parent's two rings share its frames by flow, every TAP has a
-/// queue per worker, and each worker is a thread of its own, pinned to its own CPU.
+/// queue per worker, and each worker is a thread of its own (pinned to its own CPU when the
+/// machine has CPUs to spare).
 #[test]
 fn two_workers_carry_ping_and_tcp_too() {
     ping_and_tcp("wk2", Some(2));
@@ -173,14 +174,31 @@ fn ping_and_tcp(tag: &str, workers: Option<usize>) {
         let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
         let want: Vec<String> = (0..n).map(|i| format!("umv-p0-{i}")).collect();
         assert_eq!(names, want, "{threads:?}");
+        // Pinned to one CPU each only with CPUs to spare; otherwise free to run anywhere.
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        if cpus >= n {
-            let mut sets: Vec<&str> = threads.iter().map(|(_, c)| c.as_str()).collect();
-            sets.dedup();
+        let mut sets: Vec<&str> = threads.iter().map(|(_, c)| c.as_str()).collect();
+        sets.dedup();
+        if cpus > n {
             assert_eq!(
                 sets.len(),
                 n,
                 "each worker pinned to its own CPU: {threads:?}"
+            );
+            assert!(
+                threads.iter().all(|(_, c)| c.parse::<usize>().is_ok()),
+                "{threads:?}"
+            );
+        } else {
+            // As free as this test process.
+            let own = std::fs::read_to_string("/proc/self/status").unwrap();
+            let all = own
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim();
+            assert!(
+                threads.iter().all(|(_, c)| c == all),
+                "not pinned: {threads:?}"
             );
         }
         for i in 0..2 {

@@ -101,7 +101,8 @@ pub struct RunArgs {
     /// when an interface of that name appears again, they forward through it again.
     #[arg(long)]
     exit_on_parent_loss: bool,
-    /// Forwarding threads per parent, each pinned to its own CPU, with its own receive ring (a
+    /// Forwarding threads per parent (pinned to a CPU each when the machine has more CPUs than
+    /// workers), each with its own receive ring (a
     /// PACKET_FANOUT hash group: a flow always meets the same thread, so it stays in order) and
     /// its own queue of every TAP (IFF_MULTI_QUEUE). Ring memory grows with it. The default, 1,
     /// is what measured best on 2-CPU machines (README, "Performance").

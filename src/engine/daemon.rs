@@ -63,7 +63,7 @@ pub struct EngineOptions {
     pub ring: RingConfig,
     /// Worker threads per parent (at least 1). More than one: the parent's rings form a
     /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
-    /// workers are pinned to distinct CPUs.
+    /// workers are pinned to distinct CPUs when the machine has more CPUs than workers.
     pub workers: usize,
 }
 
@@ -232,7 +232,8 @@ impl Daemon {
     }
 
     /// Opens the parent's rings (a fanout group with several workers) and send sockets and
-    /// starts worker `i` on `sets[i]`, pinned to CPU `i` when there are several.
+    /// starts worker `i` on `sets[i]`, pinned to CPU `i` when there are several and CPUs to
+    /// spare.
     fn spawn_workers(
         &self,
         link: &LinkInfo,
@@ -242,10 +243,12 @@ impl Daemon {
         let n = self.opts.workers;
         let rings = RxRing::open_fanout(link.index, self.opts.ring, n)
             .with_context(|| format!("opening the receive ring on {}", link.name))?;
-        let cores = if n > 1 {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
+        // Pinned only when CPUs are left over for everything else (the senders, the receiving
+        // stacks, softirqs): with a worker on every CPU, pinning kept the scheduler from moving
+        // a worker off a busy CPU, and pings were lost under load (README, "Several workers").
+        let cores = match core_affinity::get_core_ids() {
+            Some(cores) if n > 1 && cores.len() > n => cores,
+            _ => Vec::new(),
         };
         let mut workers = Vec::with_capacity(n);
         for (i, (ring, set)) in rings.into_iter().zip(sets).enumerate() {
