@@ -485,19 +485,7 @@ impl Namespaces {
     fn add(&mut self, name: String) -> anyhow::Result<Netns> {
         let ns = Netns::add(&name).with_context(|| format!("creating namespace {name}"))?;
         self.names.push(name);
-        // No IPv6 here: no link-local addresses, router solicitations or MLD reports to muddy
-        // the counters. `default` covers devices created or moved in later.
-        in_netns(&ns, || -> std::io::Result<()> {
-            for which in ["default", "all"] {
-                let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
-                match std::fs::write(&path, "1") {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    r => r?,
-                }
-            }
-            Ok(())
-        })?
-        .context("disabling IPv6")?;
+        crate::net::disable_ipv6(&ns).context("disabling IPv6")?;
         Ok(ns)
     }
 

@@ -29,7 +29,7 @@ pub use monitor::{LinkEvent, LinkMonitor};
 pub use netlink::{
     IfFlags, LinkInfo, MacvlanInfo, MacvlanSpec, Netlink, OperState, Route, is_wireless,
 };
-pub use netns::{Netns, in_netns};
+pub use netns::{Netns, disable_ipv6, in_netns};
 
 #[cfg(test)]
 mod tests;

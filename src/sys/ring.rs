@@ -651,8 +651,6 @@ const FAKE_MAC: usize = 92;
 /// Returns `None` when the frames do not fit in `block_size` bytes.
 pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
     let mut b = vec![0u8; block_size];
-    let put_u32 =
-        |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
     let first = 48usize;
     let mut off = first;
     for (i, f) in frames.iter().enumerate() {
@@ -671,7 +669,7 @@ pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
         put_u32(&mut b, off + TP_SNAPLEN_OFF, len as u32);
         put_u32(&mut b, off + TP_LEN_OFF, len as u32);
         put_u32(&mut b, off + TP_STATUS_OFF, libc::TP_STATUS_USER);
-        b[off + TP_MAC_OFF..off + TP_MAC_OFF + 2].copy_from_slice(&(FAKE_MAC as u16).to_ne_bytes());
+        put_u16(&mut b, off + TP_MAC_OFF, FAKE_MAC as u16);
         b[off + FAKE_MAC - VNET_HDR_LEN..end].copy_from_slice(f);
         off = next;
     }
@@ -679,6 +677,16 @@ pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
     put_u32(&mut b, NUM_PKTS_OFF, u32::try_from(frames.len()).ok()?);
     put_u32(&mut b, FIRST_PKT_OFF, first as u32);
     Some(b)
+}
+
+/// Writes a native-endian `u32` at `off` (building blocks in memory).
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// Writes a native-endian `u16` at `off`.
+fn put_u16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// The frames of a TPACKET_V3 block held in ordinary memory (a copy of a ring block, or
@@ -1050,13 +1058,6 @@ mod tests {
         use super::*;
 
         const BS: usize = 4096;
-
-        fn put_u32(b: &mut [u8], off: usize, v: u32) {
-            b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        }
-        fn put_u16(b: &mut [u8], off: usize, v: u16) {
-            b[off..off + 2].copy_from_slice(&v.to_ne_bytes());
-        }
 
         /// Writes a frame header at `off` with the vnet header and `payload` at `off + 92`.
         fn put_frame(b: &mut [u8], off: usize, next: u32, payload: &[u8], status: u32) {

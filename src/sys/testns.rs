@@ -42,11 +42,8 @@ impl NetNs {
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = NetNs { name };
         // No IPv6 autoconfiguration chatter on the devices we create.
-        ns.run(|| {
-            for f in ["all", "default"] {
-                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
-            }
-        });
+        ns.run(crate::net::netns::disable_ipv6_here)
+            .expect("disabling IPv6");
         ns
     }
 

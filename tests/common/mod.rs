@@ -173,12 +173,8 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// Turns IPv6 off in `ns` (all existing and future interfaces), so no DAD, RS or MLD frames
 /// and no 33:33:* groups appear on the ports.
 pub fn disable_ipv6(ns: &str) {
-    in_netns(ns, || {
-        for key in ["all", "default"] {
-            let p = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
-            std::fs::write(&p, "1").unwrap_or_else(|e| panic!("write {p}: {e}"));
-        }
-    });
+    in_netns(ns, umacvlan::net::netns::disable_ipv6_here)
+        .unwrap_or_else(|e| panic!("disabling IPv6 in {ns}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use umacvlan::mac::MacAddr;
-use umacvlan::net::{MacvlanSpec, Netlink, Netns, in_netns};
+use umacvlan::net::{MacvlanSpec, Netlink, Netns, disable_ipv6};
 
 pub const PREFIX: &str = "umvb-";
 pub const WIRE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -244,17 +244,7 @@ pub struct Memory {
 fn add_ns(names: &mut Vec<String>, name: String) -> Result<Netns> {
     let ns = Netns::add(&name).with_context(|| format!("creating namespace {name}"))?;
     names.push(name);
-    in_netns(&ns, || -> std::io::Result<()> {
-        for which in ["default", "all"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
-            match std::fs::write(&path, "1") {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                r => r?,
-            }
-        }
-        Ok(())
-    })?
-    .context("disabling IPv6")?;
+    disable_ipv6(&ns).context("disabling IPv6")?;
     let mut nl = nl_in(&ns)?;
     nl.set_up(1, true).context("bringing lo up")?;
     Ok(ns)

@@ -116,10 +116,7 @@ fn soak(args: &Args) -> Result<bool> {
         .chain([&t.host])
         .chain(t.kids.iter())
     {
-        in_netns(ns, || {
-            std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
-                .and_then(|()| std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"))
-        })??;
+        umacvlan::net::disable_ipv6(ns)?;
     }
     let mut engine = Engine::start(&t, &bin)?;
     let result = run_with_engine(args, &t, &mut engine);
