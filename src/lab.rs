@@ -1128,39 +1128,29 @@ mod tests {
         expect(&t, &nodes, hairpin)
     }
 
-    /// Rows and columns: wire, c1, c2, c3. "y" = reaches; else the failing leg's short name.
-    fn unicast_grid(e: &Expectation) -> Vec<Vec<&'static str>> {
-        e.unicast
-            .iter()
+    /// A sender-by-receiver matrix as short cells, "-" on the diagonal.
+    fn grid<T>(rows: &[Vec<T>], cell: impl Fn(&T) -> &'static str) -> Vec<Vec<&'static str>> {
+        rows.iter()
             .enumerate()
             .map(|(s, row)| {
                 row.iter()
                     .enumerate()
-                    .map(|(d, c)| match (s == d, c) {
-                        (true, _) => "-",
-                        (false, Ok(())) => "y",
-                        (false, Err(l)) => l.short(),
-                    })
+                    .map(|(d, c)| if s == d { "-" } else { cell(c) })
                     .collect()
             })
             .collect()
     }
 
+    /// Rows and columns: wire, c1, c2, c3. "y" = reaches; else the failing leg's short name.
+    fn unicast_grid(e: &Expectation) -> Vec<Vec<&'static str>> {
+        grid(&e.unicast, |c| match c {
+            Ok(()) => "y",
+            Err(l) => l.short(),
+        })
+    }
+
     fn bcast_grid(e: &Expectation) -> Vec<Vec<&'static str>> {
-        e.broadcast
-            .iter()
-            .enumerate()
-            .map(|(s, row)| {
-                row.iter()
-                    .enumerate()
-                    .map(|(d, b)| match (s == d, b) {
-                        (true, _) => "-",
-                        (false, true) => "y",
-                        (false, false) => "n",
-                    })
-                    .collect()
-            })
-            .collect()
+        grid(&e.broadcast, |b| if *b { "y" } else { "n" })
     }
 
     #[test]
