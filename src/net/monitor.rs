@@ -16,7 +16,7 @@ use netlink_packet_core::NetlinkBuffer;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::error::{Error, Result};
-use super::netlink::{LinkInfo, is_link_msg, parse_link};
+use super::netlink::{LinkInfo, is_link_msg, parse_link, recv_datagram};
 use super::netns::{Netns, in_netns};
 
 const RECV_BUF: usize = 64 * 1024;
@@ -97,26 +97,7 @@ impl LinkMonitor {
 
     /// One datagram into `self.buf` (peeked first so that a large one is not truncated).
     fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            self.buf.clear();
-            match self
-                .sock
-                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC)
-            {
-                Ok(n) if n > self.buf.capacity() => self.buf.reserve(n),
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        loop {
-            self.buf.clear();
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(n) => return Ok(n.min(self.buf.len())),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        recv_datagram(&self.sock, &mut self.buf)
     }
 
     /// The socket's address (its netlink port id), for diagnostics.

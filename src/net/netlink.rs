@@ -926,35 +926,31 @@ impl Netlink {
 
     /// Read one datagram into `self.buf` (growing it if the datagram is larger), return its size.
     fn recv(&mut self) -> std::result::Result<usize, Failure> {
-        loop {
-            self.buf.clear();
-            match self
-                .sock
-                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC)
-            {
-                Ok(n) if n > self.buf.capacity() => self.buf.reserve(n),
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Failure::Sys {
-                        what: "receive",
-                        source,
-                    });
-                }
-            }
+        recv_datagram(&self.sock, &mut self.buf).map_err(|source| Failure::Sys {
+            what: "receive",
+            source,
+        })
+    }
+}
+
+/// One whole datagram from `sock` into `buf`: peeked first (MSG_TRUNC gives its real size) so
+/// that `buf` grows to fit instead of truncating it; returns its length.
+pub(super) fn recv_datagram(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        buf.clear();
+        match sock.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+            Ok(n) if n > buf.capacity() => buf.reserve(n),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        loop {
-            self.buf.clear();
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(n) => return Ok(n.min(self.buf.len())),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Failure::Sys {
-                        what: "receive",
-                        source,
-                    });
-                }
-            }
+    }
+    loop {
+        buf.clear();
+        match sock.recv(buf, 0) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
