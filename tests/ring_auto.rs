@@ -42,7 +42,7 @@ fn a_flow_stays_in_order_and_complete_across_ring_mode_switches() {
     for ns in [t.host.name(), t.wire.name(), t.kid(0)] {
         common::disable_ipv6(ns);
     }
-    let args: Vec<String> = ["--ring", "auto", "--port"]
+    let args: Vec<String> = ["--ring", "auto", "--workers", "1", "--port"]
         .map(String::from)
         .into_iter()
         .chain([format!("name=c0,netns={},mac={C0}", t.kid(0))])

@@ -26,8 +26,8 @@ pub const SPARSE_PPS: u64 = 20_000;
 /// [`LOADED_MIN_FRAMES`] frames): frames queue up anyway, so batching costs no latency.
 pub const LOADED_BATCH: u64 = 4;
 pub const LOADED_MIN_FRAMES: u64 = 64;
-/// V2 → V3 at once when one wake-up found this many frames (a quarter of the default V2 ring):
-/// the ring is filling faster than the worker reads it.
+/// V2 → V3 at once when one wake-up found this many frames (a quarter of the default V2 ring),
+/// or when the V2 ring dropped frames: it is filling faster than the worker reads it.
 pub const BURST: u64 = 64;
 /// A switch to V2 stops waiting for V3's open block after this long (the kernel's retire timer
 /// hands it over within two timeouts of 1 ms; this only guards against a timer that never fires).
@@ -63,6 +63,14 @@ impl Policy {
             self.frames += frames;
             self.reads += 1;
             self.burst = self.burst.max(frames);
+        }
+    }
+
+    /// The V2 ring dropped `drops` frames since the last look (it was full): as loaded as a
+    /// [`BURST`], whatever the ring's size.
+    pub fn overran(&mut self, drops: u64) {
+        if drops > 0 {
+            self.burst = self.burst.max(BURST);
         }
     }
 
@@ -218,5 +226,17 @@ mod tests {
         assert_eq!(p.decide(at(t0, 51)), Some(Steering::V3), "mid-window");
         p.switched(Steering::V3, at(t0, 51));
         assert_eq!(p.mode(), Steering::V3);
+    }
+
+    #[test]
+    fn an_overrun_v2_ring_moves_to_v3() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(Steering::V2, t0);
+        p.saw(2);
+        p.overran(0);
+        assert_eq!(p.decide(at(t0, 60)), None, "no drop, no batch");
+        p.saw(2);
+        p.overran(3);
+        assert_eq!(p.decide(at(t0, 61)), Some(Steering::V3));
     }
 }

@@ -343,7 +343,12 @@ impl Worker {
                     return Ok(());
                 }
             }
-            if last_stats.elapsed() >= STATS_EVERY {
+            // With `--ring auto`, every policy window: the V2 ring's drops are a sign of load.
+            let stats_every = match self.auto {
+                Some(_) => super::adaptive::WINDOW,
+                None => STATS_EVERY,
+            };
+            if last_stats.elapsed() >= stats_every {
                 self.fold_ring_stats();
                 last_stats = Instant::now();
             }
@@ -532,16 +537,21 @@ impl Worker {
         }
     }
 
-    /// PACKET_STATISTICS clears on read: add it to our counters (both rings of an auto pair).
+    /// PACKET_STATISTICS clears on read: add it to our counters (both rings of an auto pair; the
+    /// V2 ring's drops also go to the mode policy).
     fn fold_ring_stats(&mut self) {
-        let v2 = self.auto.as_ref().map(|a| &a.v2);
-        for ring in std::iter::once(&self.ring).chain(v2) {
+        let v2 = self.auto.as_mut().map(|a| (&a.v2, &mut a.policy));
+        let rings = std::iter::once((&self.ring, None)).chain(v2.map(|(r, p)| (r, Some(p))));
+        for (ring, policy) in rings {
             match ring.stats() {
                 Ok(s) => {
                     let p = &self.counters;
                     p.ring_packets.add(u64::from(s.packets));
                     p.ring_drops.add(u64::from(s.drops));
                     p.ring_freezes.add(u64::from(s.freeze_q_cnt));
+                    if let Some(policy) = policy {
+                        policy.overran(u64::from(s.drops));
+                    }
                 }
                 Err(e) => tracing::warn!("reading ring statistics failed: {e}"),
             }
