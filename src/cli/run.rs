@@ -81,9 +81,9 @@ pub struct RunArgs {
     /// Receive ring kind: v3 hands over blocks (cheapest under load, but a lone frame waits up
     /// to the 1 ms block timer), v2 hands over every frame at once (lowest latency, one wake-up
     /// per frame), auto has both and reads v2 while traffic is sparse, v3 while it is loaded
-    /// (one worker only).
-    #[arg(long, value_name = "v2|v3|auto", env = "UMACVLAN_RING", default_value = "v3", value_parser = parse_ring)]
-    ring: RingKind,
+    /// (one worker only). Default: auto with one worker, v3 with several.
+    #[arg(long, value_name = "v2|v3|auto", env = "UMACVLAN_RING", value_parser = parse_ring)]
+    ring: Option<RingKind>,
     /// Receive ring: bytes per block (v3; default 262144) or per frame slot (v2; default 69632),
     /// a multiple of the page size that must hold the largest frame, GSO super-frames included,
     /// or they are counted as truncated. With auto, for both rings.
@@ -217,7 +217,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     // Then, still before any thread (checks spawn some): every thread inherits the mask, so a
     // signal can only be taken by the one thread that waits for it.
     let signals = signals(a.config.is_some())?;
-    let (ring, per_frame) = match a.ring {
+    let default = match a.workers {
+        1 => RingKind::Auto,
+        _ => RingKind::V3,
+    };
+    let (ring, per_frame) = match a.ring.unwrap_or(default) {
         RingKind::V2 => (ring_config(&a, RingVersion::V2)?, None),
         RingKind::V3 => (ring_config(&a, RingVersion::V3)?, None),
         RingKind::Auto if a.workers > 1 => {

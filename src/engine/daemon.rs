@@ -75,8 +75,9 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
         EngineOptions {
+            // `run`'s default with one worker: `--ring auto`.
             ring: RingConfig::DEFAULT,
-            per_frame: None,
+            per_frame: Some(RingConfig::V2),
             workers: 1,
         }
     }
