@@ -392,8 +392,8 @@ impl Worker {
         }
     }
 
-    /// Forwards everything the ring (`v2`: the V2 half of an auto pair, which must exist; else
-    /// the worker's ring) has handed over; returns how many frames that was.
+    /// Forwards everything the ring (`v2`: the V2 half of an auto pair, if there is one; else the
+    /// worker's ring) has handed over; returns how many frames that was.
     fn drain_ring(&mut self, v2: bool) -> u64 {
         let Worker {
             ring,
