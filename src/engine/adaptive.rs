@@ -57,7 +57,8 @@ impl Policy {
         }
     }
 
-    /// One read of the ring in use found `frames` frames (a V2 wake-up, a V3 block).
+    /// One look at the ring in use (a wake-up, draining all it has handed over) found `frames`
+    /// frames.
     pub fn saw(&mut self, frames: u64) {
         if frames > 0 {
             self.frames += frames;
