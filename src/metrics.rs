@@ -105,7 +105,7 @@ impl Collector for Snapshot {
         }
         // Parent counters: receive from the wire, transmit to it.
         type PickParent = fn(&crate::control::proto::ParentView) -> u64;
-        let parent_counters: [(&str, Option<Unit>, &str, PickParent); 7] = [
+        let parent_counters: [(&str, Option<Unit>, &str, PickParent); 8] = [
             (
                 "umacvlan_parent_receive",
                 Some(Unit::Bytes),
@@ -148,6 +148,12 @@ impl Collector for Snapshot {
                 "Times the kernel froze the parent's ring queue (tp_freeze_q_cnt)",
                 |p| p.ring_freezes,
             ),
+            (
+                "umacvlan_ring_mode_switches",
+                None,
+                "Switches between the V2 and the V3 receive ring (--ring auto), both ways",
+                |p| p.ring_mode_switches,
+            ),
         ];
         for (name, unit, help, pick) in &parent_counters {
             let mut m = enc.encode_descriptor(
@@ -188,7 +194,13 @@ impl Collector for Snapshot {
             }
         }
         type Gauge = fn(&crate::control::proto::ParentView) -> i64;
-        let parent_gauges: [(&str, &str, Gauge); 2] = [
+        let parent_gauges: [(&str, &str, Gauge); 3] = [
+            (
+                "umacvlan_ring_reading_v2",
+                "1 while the parent's worker reads its TPACKET_V2 ring (--ring v2, or auto in \
+                 per-frame mode), 0 while it reads its V3 ring",
+                |p| i64::from(p.ring_mode == "v2"),
+            ),
             (
                 "umacvlan_broadcast_queue_depth",
                 "Frames waiting in the broadcast queue: always 0, umacvlan delivers queued \

@@ -4,7 +4,9 @@
 //! * the kernel's ring saw `packets = ours + its drops` (nothing lost without a count);
 //! * every frame we took is forwarded or dropped exactly once: `rx = forwarded + dropped`;
 //! * the drops by reason add up to the dropped frames;
-//! * the port received exactly the frames counted as forwarded (one receiver each).
+//! * the port received exactly the frames counted as forwarded (one receiver each);
+//!
+//! once with a V3 ring alone and once with `--ring auto` (both of its rings).
 
 // Only the raw-socket helpers are used here.
 #[allow(unused_imports, unused_macros)]
@@ -33,7 +35,18 @@ fn numbers(report: &str, prefix: &str) -> Vec<u64> {
 
 #[test]
 fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns() {
-    let t = topology("acct", 1);
+    overrun("acct", &["--ring", "v3"]);
+}
+
+/// The same with `--ring auto` (the default): both rings tiny, each overrunning in turn (the flood starts on
+/// V2 and moves to V3), and the kernel's counters of both added up.
+#[test]
+fn the_same_with_both_rings_of_ring_auto() {
+    overrun("accta", &["--ring", "auto", "--workers", "1"]);
+}
+
+fn overrun(tag: &str, ring_args: &[&str]) {
+    let t = topology(tag, 1);
     for ns in [t.host.name(), t.wire.name(), t.kid(0)] {
         common::disable_ipv6(ns);
     }
@@ -43,6 +56,7 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
         .args(["--port", &format!("name=c0,netns={},mac={c0}", t.kid(0))])
         // Two 4 KiB blocks: a flood overruns it.
         .args(["--ring-block-size", "4096", "--ring-blocks", "2"])
+        .args(ring_args)
         .env("UMACVLAN_CONTROL", t.socket())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -105,4 +119,9 @@ fn every_frame_is_forwarded_or_dropped_exactly_once_even_when_the_ring_overruns(
         panic!("{report}")
     };
     assert_eq!(c0_tx, c0_fwd + c0_drop, "{report}");
+    if ring_args.contains(&"auto") {
+        // The flood overran V2 and moved to V3 (and back once it was over).
+        let switches = numbers(&report, "ring mode switches of p0 (--ring auto):");
+        assert!(switches[0] >= 1, "{report}");
+    }
 }

@@ -90,6 +90,10 @@ pub fn counters_text(
             c.ring_drops.get(),
             c.ring_freezes.get()
         );
+        let switches = c.ring_mode_switches.get();
+        if switches > 0 {
+            let _ = writeln!(s, "ring mode switches of {name} (--ring auto): {switches}");
+        }
     }
     s
 }

@@ -80,16 +80,17 @@ pub struct RunArgs {
     control_group: Option<String>,
     /// Receive ring kind: v3 hands over blocks (cheapest under load, but a lone frame waits up
     /// to the 1 ms block timer), v2 hands over every frame at once (lowest latency, one wake-up
-    /// per frame).
-    #[arg(long, value_name = "v2|v3", env = "UMACVLAN_RING", default_value = "v3", value_parser = parse_ring)]
-    ring: RingVersion,
+    /// per frame), auto has both and reads v2 while traffic is sparse, v3 while it is loaded
+    /// (one worker only). Default: auto with one worker, v3 with several.
+    #[arg(long, value_name = "v2|v3|auto", env = "UMACVLAN_RING", value_parser = parse_ring)]
+    ring: Option<RingKind>,
     /// Receive ring: bytes per block (v3; default 262144) or per frame slot (v2; default 69632),
     /// a multiple of the page size that must hold the largest frame, GSO super-frames included,
-    /// or they are counted as truncated.
+    /// or they are counted as truncated. With auto, for both rings.
     #[arg(long, value_name = "BYTES")]
     ring_block_size: Option<u32>,
     /// Receive ring: number of blocks (v3; default 64) or frame slots (v2; default 256). Memory
-    /// per parent = blocks x block size.
+    /// per parent = blocks x block size (auto: both rings, each from its own default).
     #[arg(long, value_name = "N")]
     ring_blocks: Option<u32>,
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics, e.g.
@@ -216,24 +217,25 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     // Then, still before any thread (checks spawn some): every thread inherits the mask, so a
     // signal can only be taken by the one thread that waits for it.
     let signals = signals(a.config.is_some())?;
-    let base = match a.ring {
-        RingVersion::V2 => RingConfig::V2,
-        RingVersion::V3 => RingConfig::DEFAULT,
+    let default = match a.workers {
+        1 => RingKind::Auto,
+        _ => RingKind::V3,
     };
-    let block_size = a.ring_block_size.unwrap_or(base.block_size);
-    let ring = RingConfig {
-        block_size,
-        block_nr: a.ring_blocks.unwrap_or(base.block_nr),
-        // A v2 slot is a whole block.
-        frame_size: if a.ring == RingVersion::V2 {
-            block_size
-        } else {
-            base.frame_size
-        },
-        ..base
+    let (ring, per_frame) = match a.ring.unwrap_or(default) {
+        RingKind::V2 => (ring_config(&a, RingVersion::V2)?, None),
+        RingKind::V3 => (ring_config(&a, RingVersion::V3)?, None),
+        RingKind::Auto if a.workers > 1 => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--ring auto works with one worker per parent only (--workers {}): its two \
+                 rings share one fanout group, which cannot also spread flows over workers",
+                a.workers
+            )));
+        }
+        RingKind::Auto => (
+            ring_config(&a, RingVersion::V3)?,
+            Some(ring_config(&a, RingVersion::V2)?),
+        ),
     };
-    ring.validate()
-        .map_err(|e| Failure::usage(anyhow::anyhow!("--ring-block-size/--ring-blocks: {e}")))?;
     let service = Service::from_env().map_err(|e| {
         Failure::usage(anyhow::anyhow!("NOTIFY_SOCKET: cannot notify systemd: {e}"))
     })?;
@@ -295,6 +297,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     drop(calls_tx);
     let opts = EngineOptions {
         ring,
+        per_frame,
         workers: usize::from(a.workers),
     };
     let mut daemon = match checked {
@@ -340,12 +343,44 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_ring(s: &str) -> Result<RingVersion, String> {
+/// `--ring`: one ring of either kind, or both steered by load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RingKind {
+    V2,
+    V3,
+    Auto,
+}
+
+fn parse_ring(s: &str) -> Result<RingKind, String> {
     match s {
-        "v2" => Ok(RingVersion::V2),
-        "v3" => Ok(RingVersion::V3),
-        _ => Err(format!("{s:?}: expected v2 or v3")),
+        "v2" => Ok(RingKind::V2),
+        "v3" => Ok(RingKind::V3),
+        "auto" => Ok(RingKind::Auto),
+        _ => Err(format!("{s:?}: expected v2, v3 or auto")),
     }
+}
+
+/// A ring of `version` with the geometry of `--ring-block-size`/`--ring-blocks`, each defaulting
+/// to that version's own, checked.
+fn ring_config(a: &RunArgs, version: RingVersion) -> Result<RingConfig, Failure> {
+    let base = match version {
+        RingVersion::V2 => RingConfig::V2,
+        RingVersion::V3 => RingConfig::DEFAULT,
+    };
+    let block_size = a.ring_block_size.unwrap_or(base.block_size);
+    let ring = RingConfig {
+        block_size,
+        block_nr: a.ring_blocks.unwrap_or(base.block_nr),
+        // A v2 slot is a whole block.
+        frame_size: match version {
+            RingVersion::V2 => block_size,
+            RingVersion::V3 => base.frame_size,
+        },
+        ..base
+    };
+    ring.validate()
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--ring-block-size/--ring-blocks: {e}")))?;
+    Ok(ring)
 }
 
 fn read(path: &std::path::Path) -> Result<String, Failure> {

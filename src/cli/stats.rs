@@ -301,6 +301,13 @@ pub fn render(stats: &StatsView, rates: Option<&Rates>) -> String {
             p.bcqueuelen_used,
             p.broadcast_queue_depth
         );
+        if p.ring == "auto" {
+            let _ = writeln!(
+                out,
+                "ring of {}: auto, reading {} now, {} mode switches",
+                p.name, p.ring_mode, p.ring_mode_switches
+            );
+        }
     }
     out
 }

@@ -474,6 +474,15 @@ pub struct ParentView {
     pub ring_packets: u64,
     pub ring_drops: u64,
     pub ring_freezes: u64,
+    /// The receive ring kind (`run --ring`): `v2`, `v3` or `auto`.
+    #[serde(default)]
+    pub ring: String,
+    /// The ring the parent's worker reads now: `v2` or `v3` (`mixed` when its workers differ).
+    #[serde(default)]
+    pub ring_mode: String,
+    /// `--ring auto`: switches between the V2 and the V3 ring so far, both ways.
+    #[serde(default)]
+    pub ring_mode_switches: u64,
     /// How many ports hang off this parent.
     pub ports: usize,
     /// The broadcast queue's length in use (the largest `bcqueuelen` of its ports, as the

@@ -28,6 +28,28 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down, with a single writer. Added up across workers like a counter
+/// (so a per-worker 0/1 flag totals to "how many workers").
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Only the owning worker thread may call this.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+impl Absorb for Gauge {
+    fn absorb(&self, other: &Gauge) {
+        self.set(self.get() + other.get());
+    }
+}
+
 /// Counters that can be added up across workers' copies.
 pub trait Absorb: Default {
     /// Adds `other`'s current values to `self` (a reader's private total).
@@ -204,6 +226,10 @@ pub struct ParentCounters {
     pub ring_packets: Counter,
     pub ring_drops: Counter,
     pub ring_freezes: Counter,
+    /// `--ring auto`: switches between the V2 and the V3 ring, both ways.
+    pub ring_mode_switches: Counter,
+    /// 1 while the worker reads its V2 ring (`--ring v2`, or `auto` in per-frame mode).
+    pub ring_v2: Gauge,
     /// Bumped by the worker on every loop iteration (at least every 100 ms): the watchdog's
     /// sign of progress.
     pub heartbeat: Counter,
@@ -219,6 +245,8 @@ impl Absorb for ParentCounters {
         self.ring_packets.absorb(&o.ring_packets);
         self.ring_drops.absorb(&o.ring_drops);
         self.ring_freezes.absorb(&o.ring_freezes);
+        self.ring_mode_switches.absorb(&o.ring_mode_switches);
+        self.ring_v2.absorb(&o.ring_v2);
     }
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
+use super::adaptive::Auto;
 use super::counters::{ParentCounters, PortCounters, Sharded};
 use super::dev::PortDev;
 use super::observe::{Filter, ObserverCache, Observers};
@@ -48,7 +49,7 @@ use crate::net::{LinkInfo, Netlink, Netns};
 use crate::service::Service;
 use crate::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::sys::attach::PacketPort;
-use crate::sys::ring::{RingConfig, RxRing};
+use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
 
@@ -61,6 +62,10 @@ pub const TAP_TXQLEN: u32 = 10_000;
 pub struct EngineOptions {
     /// The geometry of every parent's receive ring (one ring per worker).
     pub ring: RingConfig,
+    /// `--ring auto`: the geometry of a TPACKET_V2 ring opened beside `ring` (then a V3 ring)
+    /// in one steered fanout group; the worker reads one or the other by load
+    /// ([`super::adaptive`]). One worker per parent only.
+    pub per_frame: Option<RingConfig>,
     /// Worker threads per parent (at least 1). More than one: the parent's rings form a
     /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
     /// workers are pinned to distinct CPUs when the machine has more CPUs than workers.
@@ -70,7 +75,9 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
         EngineOptions {
+            // `run`'s default with one worker: `--ring auto`.
             ring: RingConfig::DEFAULT,
+            per_frame: Some(RingConfig::V2),
             workers: 1,
         }
     }
@@ -203,6 +210,15 @@ impl Daemon {
         Ok(d)
     }
 
+    /// The receive ring kind every parent runs: `v2`, `v3` or `auto`.
+    fn ring_kind(&self) -> &'static str {
+        match (self.opts.per_frame, self.opts.ring.version) {
+            (Some(_), _) => "auto",
+            (None, RingVersion::V2) => "v2",
+            (None, RingVersion::V3) => "v3",
+        }
+    }
+
     /// Starts the workers of a parent that has none yet.
     fn ensure_parent(&mut self, link: LinkInfo, config: ParentConfig) -> anyhow::Result<()> {
         if self.parents.contains_key(&link.name) {
@@ -241,8 +257,21 @@ impl Daemon {
         counters: &Sharded<ParentCounters>,
     ) -> anyhow::Result<WorkerGroup> {
         let n = self.opts.workers;
-        let rings = RxRing::open_fanout(link.index, self.opts.ring, n)
-            .with_context(|| format!("opening the receive ring on {}", link.name))?;
+        let context = || format!("opening the receive ring on {}", link.name);
+        let (rings, mut autos) = match self.opts.per_frame {
+            None => (
+                RxRing::open_fanout(link.index, self.opts.ring, n),
+                Vec::new(),
+            ),
+            Some(v2) => {
+                anyhow::ensure!(n == 1, "--ring auto works with one worker per parent only");
+                let pair = RxRing::open_steered(link.index, self.opts.ring, v2);
+                let pair = pair.with_context(context)?;
+                let auto = Auto::new(pair.1, std::time::Instant::now());
+                (Ok(vec![pair.0]), vec![auto])
+            }
+        };
+        let rings = rings.with_context(context)?;
         // Pinned only when CPUs are left over for everything else (the senders, the receiving
         // stacks, softirqs): with a worker on every CPU, pinning kept the scheduler from moving
         // a worker off a busy CPU, and pings were lost under load (README, "Several workers").
@@ -256,6 +285,7 @@ impl Daemon {
                 .with_context(|| format!("opening the send socket on {}", link.name))?;
             let worker = Worker {
                 ring,
+                auto: autos.pop(),
                 wire,
                 set,
                 counters: Arc::clone(counters.shard(i)),
@@ -266,9 +296,22 @@ impl Daemon {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
         }
-        let (blocks, block) = (self.opts.ring.block_nr, self.opts.ring.block_size);
-        let mib = f64::from(blocks) * f64::from(block) / f64::from(1u32 << 20);
-        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with a receive ring of {blocks} x {block} bytes = {mib:.1} MiB");
+        let describe = |r: &RingConfig| {
+            let mib = f64::from(r.block_nr) * f64::from(r.block_size) / f64::from(1u32 << 20);
+            format!(
+                "{:?} ring of {} x {} bytes = {mib:.1} MiB",
+                r.version, r.block_nr, r.block_size
+            )
+        };
+        let rings = match &self.opts.per_frame {
+            Some(v2) => format!(
+                "a {} and a {}, steered by load",
+                describe(&self.opts.ring),
+                describe(v2)
+            ),
+            None => format!("a {}", describe(&self.opts.ring)),
+        };
+        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with {rings}");
         Ok(WorkerGroup::new(workers))
     }
 
@@ -1142,6 +1185,9 @@ impl Daemon {
                     ring_packets: c.ring_packets.get(),
                     ring_drops: c.ring_drops.get(),
                     ring_freezes: c.ring_freezes.get(),
+                    ring: self.ring_kind().to_string(),
+                    ring_mode: ring_mode(c.ring_v2.get(), self.opts.workers).to_string(),
+                    ring_mode_switches: c.ring_mode_switches.get(),
                     ports: self.ports.iter().filter(|e| e.parent == *name).count(),
                     bcqueuelen_used: run.table.bc_queue_len_used(),
                     // Delivered at once: nothing ever waits (see ParentView).
@@ -1339,6 +1385,15 @@ fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Option<LinkChang
         bclim: None,
         macaddr: (old.macaddr != new.macaddr).then(|| MacaddrOp::Set(new.macaddr.clone())),
     })
+}
+
+/// The ring a parent's workers read now, from how many of its `workers` read a V2 ring.
+fn ring_mode(v2_workers: u64, workers: usize) -> &'static str {
+    match v2_workers {
+        0 => "v3",
+        n if n == workers as u64 => "v2",
+        _ => "mixed",
+    }
 }
 
 /// Observations a follower may have waiting before the workers count new ones as lost.

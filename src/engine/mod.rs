@@ -4,6 +4,7 @@
 //! namespace (watch.rs), and the daemon that adds, removes and changes ports while it forwards
 //! (daemon.rs).
 
+pub mod adaptive;
 pub mod counters;
 pub mod daemon;
 pub mod dev;

@@ -17,12 +17,13 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::adaptive::{Auto, State};
 use super::counters::{ParentCounters, PortCounters};
 use super::dev::{PortDev, Recv};
 use super::forward::{self, Observe, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
-use crate::sys::ring::RxRing;
+use crate::sys::ring::{RingVersion, RxRing, Steering};
 use crate::sys::tx::TxSocket;
 
 /// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
@@ -76,7 +77,9 @@ const WIRE_BATCH: usize = 32;
 
 const TOKEN_RING: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
-const TOKEN_TAP0: u64 = 2;
+/// `--ring auto`: the V2 half of the steered pair.
+const TOKEN_V2: u64 = 2;
+const TOKEN_TAP0: u64 = 3;
 
 /// Frames waiting for the wire, still in the buffers they were read into from their TAPs.
 /// Sent with one `sendmmsg` when full and at the end of every loop iteration.
@@ -194,7 +197,10 @@ impl WorkerHandle {
 /// Everything the worker owns.
 #[derive(Debug)]
 pub struct Worker {
+    /// The parent's ring; with `--ring auto` the V3 half of the steered pair.
     pub ring: RxRing,
+    /// `--ring auto`: the V2 half and the mode.
+    pub auto: Option<Auto>,
     pub wire: TxSocket,
     pub set: PortSet,
     pub counters: Arc<ParentCounters>,
@@ -282,12 +288,20 @@ impl Worker {
             ids: HashMap::new(),
         };
         poller.follow(&[], &self.set.ports)?;
+        if self.ring.config().version == RingVersion::V2 {
+            self.counters.ring_v2.set(1);
+        }
         let mut events = vec![EpollEvent::empty(); 64];
         let mut batch = WireBatch::new(WIRE_BATCH);
         let mut last_stats = Instant::now();
         loop {
             self.counters.heartbeat.add(1);
-            let n = match poller.epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            // While a switch to V2 waits for V3's open block, look again every millisecond.
+            let timeout = match &self.auto {
+                Some(a) if a.settling() => 1u16,
+                _ => 100,
+            };
+            let n = match poller.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e.into()),
@@ -295,11 +309,15 @@ impl Worker {
             let mut woken = false;
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_RING => {
+                    t @ (TOKEN_RING | TOKEN_V2) => {
+                        let v2 = t == TOKEN_V2;
                         if ev.events().contains(EpollFlags::EPOLLERR) {
-                            self.take_ring_error();
+                            self.take_ring_error(v2);
                         }
-                        self.drain_ring();
+                        let frames = self.drain_ring(v2);
+                        if let Some(a) = &mut self.auto {
+                            a.policy.saw(frames);
+                        }
                     }
                     TOKEN_WAKE => woken = true,
                     t => {
@@ -312,18 +330,25 @@ impl Worker {
             if !batch.queued.is_empty() {
                 batch.flush(&self.wire, &self.counters, &self.set.ports);
             }
+            self.adapt(&poller.epoll)?;
             // Commands last: queued frames were counted against the set they were read under.
             if woken {
                 let _ = wake.read();
                 if !self.apply_commands(commands, &mut poller)? {
-                    // What the ring already handed over is forwarded and counted, so that the
+                    // What the rings already handed over is forwarded and counted, so that the
                     // kernel's count and ours agree.
-                    self.drain_ring();
+                    self.drain_ring(false);
+                    self.drain_ring(true);
                     self.fold_ring_stats();
                     return Ok(());
                 }
             }
-            if last_stats.elapsed() >= STATS_EVERY {
+            // With `--ring auto`, every policy window: the V2 ring's drops are a sign of load.
+            let stats_every = match self.auto {
+                Some(_) => super::adaptive::WINDOW,
+                None => STATS_EVERY,
+            };
+            if last_stats.elapsed() >= stats_every {
                 self.fold_ring_stats();
                 last_stats = Instant::now();
             }
@@ -367,16 +392,26 @@ impl Worker {
         }
     }
 
-    fn drain_ring(&mut self) {
+    /// Forwards everything the ring (`v2`: the V2 half of an auto pair, if there is one; else the
+    /// worker's ring) has handed over; returns how many frames that was.
+    fn drain_ring(&mut self, v2: bool) -> u64 {
         let Worker {
             ring,
+            auto,
             set,
             counters,
             observers,
             observer_cache,
             ..
         } = self;
+        let ring = match auto {
+            Some(a) if v2 => &mut a.v2,
+            _ if v2 => return 0,
+            _ => ring,
+        };
+        let mut frames = 0;
         while let Some(block) = ring.next_block() {
+            frames += u64::from(block.num_pkts());
             // One relaxed load per block when nobody follows.
             let obs = observers.snapshot(observer_cache).map(|sinks| Observe {
                 sinks,
@@ -390,6 +425,58 @@ impl Worker {
                 obs.as_ref(),
             );
         }
+        frames
+    }
+
+    /// `--ring auto`: completes a switch to V2 once V3 is empty, or asks the policy and starts a
+    /// switch (module `adaptive` says why in this order).
+    fn adapt(&mut self, epoll: &Epoll) -> io::Result<()> {
+        let Some(state) = self.auto.as_ref().map(|a| a.state) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        match state {
+            State::ToV2(_) => {
+                let frames = self.drain_ring(false);
+                let auto = self.auto.as_mut().expect("checked above");
+                auto.policy.saw(frames);
+                if auto.settled(&self.ring, now) {
+                    epoll.add(
+                        auto.v2.as_fd(),
+                        EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_V2),
+                    )?;
+                    auto.state = State::Steady(Steering::V2);
+                    auto.policy.switched(Steering::V2, now);
+                    self.counters.ring_v2.set(1);
+                    self.drain_ring(true);
+                }
+            }
+            State::Steady(_) => {
+                let auto = self.auto.as_mut().expect("checked above");
+                let Some(to) = auto.policy.decide(now) else {
+                    return Ok(());
+                };
+                let started = Instant::now();
+                if let Err(e) = auto.v2.steer(to) {
+                    tracing::warn!("steering the parent's frames to the {to:?} ring failed: {e}");
+                    return Ok(());
+                }
+                tracing::debug!(parent = %self.set.table.parent().name, "ring mode {to:?} (steering took {:?})", started.elapsed());
+                self.counters.ring_mode_switches.add(1);
+                let now = Instant::now();
+                if to == Steering::V2 {
+                    epoll.delete(auto.v2.as_fd())?;
+                    auto.state = State::ToV2(now);
+                } else {
+                    auto.state = State::Steady(Steering::V3);
+                    auto.policy.switched(Steering::V3, now);
+                    self.counters.ring_v2.set(0);
+                    // Every frame steered to V2 is in it now: forward them before any of V3's.
+                    self.drain_ring(true);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
@@ -433,9 +520,13 @@ impl Worker {
     /// (`packet_notifier`, NETDEV_DOWN → ENETDOWN), and re-hooks it by itself on NETDEV_UP.
     /// Reading `SO_ERROR` clears the error, or epoll would report it again at once (a busy loop
     /// for as long as the parent stays down).
-    fn take_ring_error(&self) {
+    fn take_ring_error(&self, v2: bool) {
         use nix::sys::socket::{getsockopt, sockopt::SocketError};
-        match getsockopt(&self.ring.as_fd(), SocketError) {
+        let ring = match &self.auto {
+            Some(a) if v2 => &a.v2,
+            _ => &self.ring,
+        };
+        match getsockopt(&ring.as_fd(), SocketError) {
             Ok(0) => {}
             Ok(e) => tracing::info!(
                 parent = %self.set.table.parent().name,
@@ -446,16 +537,24 @@ impl Worker {
         }
     }
 
-    /// PACKET_STATISTICS clears on read: add it to our counters.
+    /// PACKET_STATISTICS clears on read: add it to our counters (both rings of an auto pair; the
+    /// V2 ring's drops also go to the mode policy).
     fn fold_ring_stats(&mut self) {
-        match self.ring.stats() {
-            Ok(s) => {
-                let p = &self.counters;
-                p.ring_packets.add(u64::from(s.packets));
-                p.ring_drops.add(u64::from(s.drops));
-                p.ring_freezes.add(u64::from(s.freeze_q_cnt));
+        let v2 = self.auto.as_mut().map(|a| (&a.v2, &mut a.policy));
+        let rings = std::iter::once((&self.ring, None)).chain(v2.map(|(r, p)| (r, Some(p))));
+        for (ring, policy) in rings {
+            match ring.stats() {
+                Ok(s) => {
+                    let p = &self.counters;
+                    p.ring_packets.add(u64::from(s.packets));
+                    p.ring_drops.add(u64::from(s.drops));
+                    p.ring_freezes.add(u64::from(s.freeze_q_cnt));
+                    if let Some(policy) = policy {
+                        policy.overran(u64::from(s.drops));
+                    }
+                }
+                Err(e) => tracing::warn!("reading ring statistics failed: {e}"),
             }
-            Err(e) => tracing::warn!("reading ring statistics failed: {e}"),
         }
     }
 }

@@ -26,7 +26,8 @@ mod testns;
 
 pub use attach::{AttachError, PacketPort};
 pub use ring::{
-    Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, fake_v3_block, frames_in,
+    Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, Steering, fake_v3_block,
+    frames_in,
 };
 pub use tap::{Tap, TapError};
 pub use tx::{TxError, TxSocket};

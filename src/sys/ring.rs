@@ -494,35 +494,129 @@ impl RxRing {
     /// Opens `n` rings on `ifindex` that share the parent's frames: with `n > 1` they form one
     /// `PACKET_FANOUT` group in HASH mode, so every frame reaches exactly one ring, and both
     /// directions of a flow always the same one (`__skb_get_hash_symmetric`): a flow stays in
-    /// order. Only the first ring makes the parent promiscuous. The group id is picked by the kernel (`FLAG_UNIQUEID`), so it cannot collide with
-    /// another engine's group; `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a
-    /// fanout member loses (perf-facts.md §4). `n == 1` is a plain [`RxRing::open`].
+    /// order. Only the first ring makes the parent promiscuous. `n == 1` is a plain
+    /// [`RxRing::open`].
     pub fn open_fanout(
         ifindex: u32,
         config: RingConfig,
         n: usize,
     ) -> Result<Vec<RxRing>, RingError> {
-        let first = RxRing::open(ifindex, config)?;
         if n <= 1 {
-            return Ok(vec![first]);
+            return Ok(vec![RxRing::open(ifindex, config)?]);
         }
+        RxRing::open_group(ifindex, &vec![config; n], libc::PACKET_FANOUT_HASH)
+    }
+
+    /// Opens a TPACKET_V3 ring (`batch`) and a TPACKET_V2 ring (`per_frame`) on `ifindex` as
+    /// one `PACKET_FANOUT_CBPF` group, members 0 and 1 in that order, and steers every frame to
+    /// `per_frame` ([`Steering::V2`]). [`RxRing::steer`] on either moves the whole stream.
+    pub fn open_steered(
+        ifindex: u32,
+        batch: RingConfig,
+        per_frame: RingConfig,
+    ) -> Result<(RxRing, RxRing), RingError> {
+        if batch.version != RingVersion::V3 || per_frame.version != RingVersion::V2 {
+            return Err(RingError::InvalidConfig {
+                ifindex,
+                config: batch,
+                reason: "a steered pair is one V3 ring and one V2 ring",
+            });
+        }
+        let mut rings = RxRing::open_group(ifindex, &[batch, per_frame], libc::PACKET_FANOUT_CBPF)?;
+        let v2 = rings.pop().expect("two members");
+        let v3 = rings.pop().expect("two members");
+        v3.steer(Steering::V2)
+            .map_err(|source| RingError::Fanout { ifindex, source })?;
+        Ok((v3, v2))
+    }
+
+    /// One ring per config, joined in that order (member `i` is `configs[i]`) into a new fanout
+    /// group of `mode`. Only the first ring makes the parent promiscuous. The group id is picked
+    /// by the kernel (`FLAG_UNIQUEID`), so it cannot collide with another engine's group;
+    /// `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a fanout member loses
+    /// (perf-facts.md §4).
+    fn open_group(
+        ifindex: u32,
+        configs: &[RingConfig],
+        mode: u32,
+    ) -> Result<Vec<RxRing>, RingError> {
         let fanout_error = |source| RingError::Fanout { ifindex, source };
-        let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
-        // id 0 with UNIQUEID: the kernel assigns a free id, which the group's getsockopt returns
-        // in its low 16 bits.
-        let arg = (mode | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16;
-        set_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
-        let mut joined: libc::c_uint = 0;
-        get_packet_opt(first.fd.as_fd(), libc::PACKET_FANOUT, &mut joined).map_err(fanout_error)?;
-        let arg = (mode << 16) | (joined & 0xffff);
-        let mut rings = vec![first];
-        for _ in 1..n {
-            let ring = RxRing::open_with(ifindex, config, false)?;
-            set_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+        let mode = mode | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+        let mut rings = Vec::with_capacity(configs.len());
+        let mut arg = 0;
+        for (i, config) in configs.iter().enumerate() {
+            let ring = RxRing::open_with(ifindex, *config, i == 0)?;
+            if i == 0 {
+                // id 0 with UNIQUEID: the kernel assigns a free id, which the group's getsockopt
+                // returns in its low 16 bits.
+                let first = (mode | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+                set_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &first)
+                    .map_err(fanout_error)?;
+                let mut joined: libc::c_uint = 0;
+                get_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &mut joined)
+                    .map_err(fanout_error)?;
+                arg = (mode << 16) | (joined & 0xffff);
+            } else {
+                set_packet_opt(ring.fd.as_fd(), libc::PACKET_FANOUT, &arg).map_err(fanout_error)?;
+            }
             rings.push(ring);
         }
         Ok(rings)
     }
+
+    /// Steers every frame of this ring's `PACKET_FANOUT_CBPF` group to one member: the group's
+    /// classic BPF program becomes `ret #member` (`PACKET_FANOUT_DATA`, which needs no
+    /// capability beyond the socket: a cBPF program is checked and run like a socket filter).
+    /// Replacing a program waits for an RCU grace period (`__fanout_set_data_bpf` calls
+    /// `synchronize_net`), so when this returns every frame the old program steered is already
+    /// in its member's ring: in a V2 slot handed over, or in a V3 block (maybe still open).
+    pub fn steer(&self, to: Steering) -> io::Result<()> {
+        let mut program = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: to as u32,
+        }];
+        let fprog = libc::sock_fprog {
+            len: 1,
+            filter: program.as_mut_ptr(),
+        };
+        // `program` outlives the call: the kernel copies it (`copy_bpf_fprog_from_user`).
+        set_packet_opt(self.fd.as_fd(), libc::PACKET_FANOUT_DATA, &fprog)
+    }
+
+    /// For a V3 ring whose frames have all been read (`next_block` returned `None`): true when
+    /// the block the kernel fills now holds no frame either, so nothing of this ring can arrive
+    /// later than what was read. Meaningful once nothing is steered here any more (after
+    /// [`RxRing::steer`] away from it), when the kernel no longer writes the block; a block that
+    /// was never opened may report stale frames, which only makes the caller wait for the
+    /// retire timer. Always true for a V2 ring (it has no open block).
+    pub fn open_block_is_empty(&self) -> bool {
+        if self.config.version == RingVersion::V2 {
+            return true;
+        }
+        let offset = self.next as usize * self.config.block_size as usize;
+        // SAFETY: `next < block_nr`, so the block at `offset` is inside the mapping we own.
+        let base = unsafe { self.map.add(offset) };
+        // SAFETY: the block is inside the live mapping (above) and page-aligned, so its status
+        // word (offset 8) is in bounds and 4-aligned; the kernel may write it concurrently, so it
+        // is only read through an atomic.
+        let status = unsafe { status_word(base, BLOCK_STATUS_OFF) }.load(Ordering::Acquire);
+        // SAFETY: as above, for `num_pkts` at offset 12.
+        let n = unsafe { status_word(base, NUM_PKTS_OFF) }.load(Ordering::Acquire);
+        status & libc::TP_STATUS_USER == 0 && n == 0
+    }
+}
+
+/// Which member of a steered pair ([`RxRing::open_steered`]) gets the frames: the value is the
+/// member index the group's program returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Steering {
+    /// The TPACKET_V3 ring (member 0): block batching.
+    V3 = 0,
+    /// The TPACKET_V2 ring (member 1): a wake-up per frame.
+    V2 = 1,
 }
 
 impl AsFd for RxRing {
@@ -541,17 +635,18 @@ impl Drop for RxRing {
     }
 }
 
-/// The `block_status` word of the block at `base`.
+/// The 32-bit word at `off` in the unit (block or V2 slot) at `base`: its status word, or a V3
+/// block's `num_pkts`.
 ///
 /// # Safety
-/// `base` must point to the start of a block inside a live ring mapping (page-aligned), and the
-/// mapping must outlive `'a`.
+/// `base` must point to the start of a unit inside a live ring mapping (16-aligned), `off` must
+/// be 0, 8 or 12 and inside the unit, and the mapping must outlive `'a`.
 unsafe fn status_word<'a>(base: NonNull<u8>, off: usize) -> &'a AtomicU32 {
     // SAFETY: by the caller's contract `base + off` is inside the mapping.
     let word = unsafe { base.as_ptr().add(off) };
     // SAFETY: `word .. word + 4` is inside the mapping, which outlives `'a` (caller's contract),
-    // and 4-aligned (slots are 16-aligned, `off` is 0 or 8); every Rust access to this word is
-    // atomic.
+    // and 4-aligned (units are 16-aligned, `off` is 0, 8 or 12); every Rust access that may race
+    // with the kernel's writes to it is atomic.
     unsafe { AtomicU32::from_ptr(word.cast::<u32>()) }
 }
 
@@ -1353,6 +1448,59 @@ mod tests {
                         assert!(n == 0 || n == usize::from(PER_FLOW), "flow {flow}: {n}");
                     }
                 }
+            });
+        }
+
+        #[test]
+        fn a_steered_pair_moves_the_stream_between_its_rings() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.run(|| {
+                let (mut v3, mut v2) =
+                    RxRing::open_steered(ifindex("va"), RingConfig::DEFAULT, RingConfig::V2)
+                        .expect("steered pair");
+                assert!(v3.open_block_is_empty(), "nothing sent yet, nothing in V3");
+                let tx = TxSocket::open(ifindex("vb")).expect("tx on vb");
+                let none = VnetHdr::NONE.to_bytes();
+                let send = |m: &[u8]| {
+                    tx.send(&[&none[..], &udp_frame(None, m)].concat())
+                        .expect("send")
+                };
+                let ours = |r: &mut RxRing, m: &'static [u8]| {
+                    let seen = collect(r, WAIT, |s| s.iter().any(|f| f.has_marker(m)));
+                    seen.into_iter().filter(|f| f.ours()).count()
+                };
+                let quiet = Duration::from_millis(30);
+
+                // Steered to V2 from the start: every frame there, none in V3.
+                send(b"umv-first");
+                assert_eq!(ours(&mut v2, b"umv-first"), 1);
+                assert!(collect(&mut v3, quiet, |_| false).iter().all(|f| !f.ours()));
+                assert!(v3.open_block_is_empty());
+
+                // Steered to V3: the frame sits in V3's open block (or a retired one) until
+                // it is read; V2 gets nothing.
+                v2.steer(Steering::V3).expect("steer to V3");
+                send(b"umv-second");
+                send(b"umv-third");
+                assert!(!v3.open_block_is_empty(), "two frames are in V3, unread");
+                let seen = collect(&mut v3, WAIT, |s| {
+                    s.iter().any(|f| f.has_marker(b"umv-third"))
+                });
+                let order: Vec<bool> = seen
+                    .iter()
+                    .filter(|f| f.ours())
+                    .map(|f| f.has_marker(b"umv-second"))
+                    .collect();
+                assert_eq!(order, [true, false], "second, then third, and nothing else");
+                assert!(collect(&mut v2, quiet, |_| false).iter().all(|f| !f.ours()));
+
+                // Back to V2: once V3 is read, its open block is empty.
+                v3.steer(Steering::V2).expect("steer to V2");
+                assert!(v3.open_block_is_empty(), "V3 was drained");
+                send(b"umv-fourth");
+                assert_eq!(ours(&mut v2, b"umv-fourth"), 1);
+                assert!(v3.open_block_is_empty(), "nothing more reaches V3");
             });
         }
 

@@ -96,6 +96,21 @@ impl Topo {
         e
     }
 
+    /// `umacvlan stats -j` from the running engine.
+    pub fn stats(&self) -> serde_json::Value {
+        let o = Command::new("ip")
+            .args(["netns", "exec", self.host.name(), BIN, "stats", "-j"])
+            .env("UMACVLAN_CONTROL", self.socket())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "stats -j: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
     pub fn up(&self, i: usize, addr: &str) {
         let (ns, dev) = (self.kid(i), format!("c{i}"));
         ip(&["-n", ns, "link", "set", &dev, "up"]);

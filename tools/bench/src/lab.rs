@@ -31,8 +31,12 @@ const MACVLAN_MODE_BRIDGE: u32 = 4;
 pub enum Arm {
     /// The kernel's macvlan (bridge mode).
     Kernel,
-    /// `umacvlan run` (bridge mode).
+    /// `umacvlan run` (bridge mode), with the engine's default receive ring (or UMACVLAN_RING).
     Umacvlan,
+    /// `umacvlan run --ring v2`, `v3`, `auto`: the ring kinds side by side.
+    UmacvlanV2,
+    UmacvlanV3,
+    UmacvlanAuto,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
     /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
@@ -40,35 +44,70 @@ pub enum Arm {
 }
 
 impl Arm {
+    /// What `--all` runs.
     pub const ALL: [Arm; 4] = [Arm::Kernel, Arm::Umacvlan, Arm::Ovs, Arm::Vde];
+    /// Every arm `--arms` takes, in table order.
+    pub const KNOWN: [Arm; 7] = [
+        Arm::Kernel,
+        Arm::Umacvlan,
+        Arm::UmacvlanV2,
+        Arm::UmacvlanV3,
+        Arm::UmacvlanAuto,
+        Arm::Ovs,
+        Arm::Vde,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Arm::Kernel => "kernel",
             Arm::Umacvlan => "umacvlan",
+            Arm::UmacvlanV2 => "umacvlan-v2",
+            Arm::UmacvlanV3 => "umacvlan-v3",
+            Arm::UmacvlanAuto => "umacvlan-auto",
             Arm::Ovs => "ovs",
             Arm::Vde => "vde",
         }
     }
 
     pub fn parse(s: &str) -> Result<Arm> {
-        Arm::ALL
+        Arm::KNOWN
             .into_iter()
             .find(|a| a.name() == s)
-            .with_context(|| format!("unknown arm {s:?} (kernel, umacvlan, ovs, vde)"))
+            .with_context(|| {
+                let names: Vec<&str> = Arm::KNOWN.iter().map(|a| a.name()).collect();
+                format!("unknown arm {s:?} ({})", names.join(", "))
+            })
+    }
+
+    /// Whether this arm runs the engine.
+    pub fn is_umacvlan(self) -> bool {
+        self.ring().is_some()
+    }
+
+    /// The engine arms' `--ring` (`""`: the engine's default).
+    fn ring(self) -> Option<&'static str> {
+        match self {
+            Arm::Umacvlan => Some(""),
+            Arm::UmacvlanV2 => Some("v2"),
+            Arm::UmacvlanV3 => Some("v3"),
+            Arm::UmacvlanAuto => Some("auto"),
+            Arm::Kernel | Arm::Ovs | Arm::Vde => None,
+        }
     }
 
     /// `None` when the arm can run here, else why not.
     pub fn missing(self, umacvlan: &Path) -> Option<String> {
         match self {
             Arm::Kernel => None,
-            Arm::Umacvlan => (!umacvlan.exists()).then(|| {
-                format!(
-                    "no umacvlan binary at {} (build it: cargo build --release --bin umacvlan, \
+            Arm::Umacvlan | Arm::UmacvlanV2 | Arm::UmacvlanV3 | Arm::UmacvlanAuto => {
+                (!umacvlan.exists()).then(|| {
+                    format!(
+                        "no umacvlan binary at {} (build it: cargo build --release --bin umacvlan, \
                      or pass --umacvlan PATH)",
-                    umacvlan.display()
-                )
-            }),
+                        umacvlan.display()
+                    )
+                })
+            }
             Arm::Ovs => ["ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool"]
                 .into_iter()
                 .find(|b| which(b).is_none())
@@ -349,7 +388,9 @@ impl Lab {
         }
         match arm {
             Arm::Kernel => lab.kernel()?,
-            Arm::Umacvlan => lab.umacvlan(umacvlan)?,
+            Arm::Umacvlan | Arm::UmacvlanV2 | Arm::UmacvlanV3 | Arm::UmacvlanAuto => {
+                lab.umacvlan(umacvlan)?
+            }
             Arm::Ovs => lab.ovs()?,
             Arm::Vde => lab.vde()?,
         }
@@ -451,7 +492,11 @@ impl Lab {
         }
         let log = std::env::temp_dir().join(format!("{}-engine.log", self.prefix));
         let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
-        c.args(["run", "--parent", "eth0"]);
+        // No control socket: several engine arms run at once, and nothing here talks to them.
+        c.args(["run", "--no-control", "--parent", "eth0"]);
+        if let Some(ring) = self.arm.ring().filter(|r| !r.is_empty()) {
+            c.args(["--ring", ring]);
+        }
         for (name, mac) in [("c1", C1_MAC), ("c2", C2_MAC)] {
             c.args([
                 "--port".to_string(),

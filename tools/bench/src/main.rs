@@ -31,8 +31,9 @@ struct Args {
     /// Run every arm: kernel, umacvlan, and ovs / vde when installed (else reported as not run).
     #[arg(long)]
     all: bool,
-    /// Arms to run, comma-separated: kernel, umacvlan, ovs, vde. The kernel is always run (the
-    /// ratios are against it).
+    /// Arms to run, comma-separated: kernel, umacvlan, ovs, vde, and umacvlan-v2, umacvlan-v3,
+    /// umacvlan-auto (the engine with that `--ring`). The kernel is always run (the ratios are
+    /// against it).
     #[arg(long, value_delimiter = ',', default_value = "kernel,umacvlan")]
     arms: Vec<String>,
     /// Tests to run, comma-separated: pps, tcp, rtt.
@@ -263,7 +264,7 @@ fn plan(a: &Args) -> Result<Plan> {
         match arm.missing(&umacvlan) {
             None => arms.push(arm),
             // umacvlan itself is the point: refuse rather than skip.
-            Some(why) if arm == Arm::Umacvlan => bail!("{why}"),
+            Some(why) if arm.is_umacvlan() => bail!("{why}"),
             Some(why) => skipped.push((arm, why)),
         }
     }
@@ -317,12 +318,12 @@ fn run(a: Args) -> Result<ExitCode> {
         }
         eprintln!("umacvlan-bench: building the {} lab", arm.name());
         let extra = match arm {
-            Arm::Kernel | Arm::Umacvlan => p.extra_ports,
-            Arm::Ovs | Arm::Vde => 0,
+            a if a == Arm::Kernel || a.is_umacvlan() => p.extra_ports,
+            _ => 0,
         };
         match Lab::build(arm, &p.umacvlan, extra) {
             Ok(l) => labs.push(l),
-            Err(e) if arm == Arm::Kernel || arm == Arm::Umacvlan => {
+            Err(e) if arm == Arm::Kernel || arm.is_umacvlan() => {
                 return Err(e.context(format!("building the {} lab", arm.name())));
             }
             Err(e) => {
@@ -380,7 +381,7 @@ fn run(a: Args) -> Result<ExitCode> {
     if !left.is_empty() {
         bail!("namespaces left behind: {}", left.join(" "));
     }
-    let arms: Vec<&'static str> = Arm::ALL
+    let arms: Vec<&'static str> = Arm::KNOWN
         .iter()
         .filter(|a| samples.contains_key(a.name()))
         .map(|a| a.name())
