@@ -540,6 +540,18 @@ fn met(m: &Metric, ratio: f64) -> bool {
     }
 }
 
+/// The second goal: every figure at least this many times better than Open vSwitch's
+/// userspace datapath on the same harness.
+const OVS_LEAD: f64 = 5.0;
+
+/// How many times better `ours` is than `theirs` for `m` (higher throughput, lower latency).
+fn lead_over(m: &Metric, ours: f64, theirs: f64) -> f64 {
+    match m.better {
+        Better::Higher => ours / theirs,
+        Better::Lower => theirs / ours,
+    }
+}
+
 fn goal_text(m: &Metric) -> String {
     match m.better {
         Better::Higher => format!(">= {:.1}x", m.goal),
@@ -579,6 +591,10 @@ fn table(p: &Plan, arms: &[&str], samples: &Samples, skipped: &[(Arm, String)]) 
         header.push(format!("{a}/kernel"));
     }
     header.extend(["goal (umacvlan)".to_string(), "met".into()]);
+    let ovs = arms.contains(&"ovs");
+    if ovs {
+        header.extend(["umacvlan vs ovs".to_string(), "goal".into(), "met".into()]);
+    }
     let mut rows = vec![header];
     for m in METRICS
         .iter()
@@ -604,6 +620,17 @@ fn table(p: &Plan, arms: &[&str], samples: &Samples, skipped: &[(Arm, String)]) 
         }
         row.push(goal_text(m));
         row.push(verdict);
+        if ovs {
+            let lead = med(samples, "umacvlan", m.id)
+                .zip(med(samples, "ovs", m.id))
+                .map(|(u, o)| lead_over(m, u, o));
+            row.push(lead.map_or("-".into(), |r| format!("{r:.2}x")));
+            row.push(format!(">= {OVS_LEAD:.1}x"));
+            row.push(
+                lead.map_or("-", |r| if r >= OVS_LEAD { "met" } else { "NOT met" })
+                    .into(),
+            );
+        }
         rows.push(row);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -676,6 +703,9 @@ fn json(
                 );
             }
             let um = k.zip(med(samples, "umacvlan", m.id)).map(|(k, v)| v / k);
+            let lead = med(samples, "umacvlan", m.id)
+                .zip(med(samples, "ovs", m.id))
+                .map(|(u, o)| lead_over(m, u, o));
             json!({
                 "id": m.id,
                 "label": m.label,
@@ -683,6 +713,8 @@ fn json(
                 "better": if m.better == Better::Higher { "higher" } else { "lower" },
                 "goal": goal_text(m),
                 "umacvlan_met": um.map(|r| met(m, r)),
+                "umacvlan_lead_over_ovs": lead,
+                "ovs_lead_goal_met": lead.map(|r| r >= OVS_LEAD),
                 "arms": per_arm,
             })
         })
