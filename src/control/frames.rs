@@ -89,9 +89,10 @@ pub fn encode(
     out.extend_from_slice(&head.time_ns.to_le_bytes());
     out.extend_from_slice(&head.wire_len.to_le_bytes());
     out.extend_from_slice(&head.vlan.unwrap_or(NO_VLAN).to_le_bytes());
-    let flags = u8::from(head.to_wire) * TO_WIRE
-        | u8::from(head.src.is_some()) * HAS_SRC
-        | u8::from(head.dst.is_some()) * HAS_DST;
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    let flags = flag(head.to_wire, TO_WIRE)
+        | flag(head.src.is_some(), HAS_SRC)
+        | flag(head.dst.is_some(), HAS_DST);
     out.extend_from_slice(&[flags, 0]);
     out.extend_from_slice(&head.src.unwrap_or(MacAddr([0; 6])).0);
     out.extend_from_slice(&head.dst.unwrap_or(MacAddr([0; 6])).0);
