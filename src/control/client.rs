@@ -185,7 +185,7 @@ pub fn stream(
 }
 
 /// How much of a binary follow stream a client reads at once.
-const FRAMES_BUFFER: usize = 256 * 1024;
+const FRAMES_BUFFER: usize = 1024 * 1024;
 
 /// A binary follow stream (a `follow` request with `binary`, see [`super::frames`]): `start`
 /// gets the first reply (`following`), `each` every frame record and whether more bytes are

@@ -710,7 +710,13 @@ impl Daemon {
                             continue;
                         }
                         for r in frames::records(chunk.bytes()) {
-                            let Ok(r) = FrameRecord::decode(r) else { continue };
+                            let r = match FrameRecord::decode(r) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!("follow: a worker's record: {e}");
+                                    continue;
+                                }
+                            };
                             let frame = r.to_observed(snaplen > 0);
                             if reply.send(Response::Ok { reply: Reply::Observation { frame } }).is_err() {
                                 break 'stream;

@@ -35,7 +35,7 @@ use crate::forward::{DropReason, Rule};
 use crate::mac::MacAddr;
 
 /// A sink's buffer is handed over once it holds this much, even mid-batch.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Bytes a follower may have handed over and not yet written before new frames count as lost.
 pub const SINK_BYTES: usize = 32 * 1024 * 1024;
 /// Spare buffers a sink keeps for reuse.
