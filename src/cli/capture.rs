@@ -67,8 +67,9 @@ pub struct CaptureArgs {
     /// parent, a parent's name, a port's name, or drops.
     #[arg(value_name = "TARGET")]
     target: String,
-    /// Where to write: a file, or `-` for stdout (flushed per packet, for `| tcpdump -r -` and
-    /// `| wireshark -k -i -`). Default: stdout unless it is a terminal.
+    /// Where to write: a file, or `-` for stdout (flushed as soon as everything received is
+    /// written, for `| tcpdump -r -` and `| wireshark -k -i -`). Default: stdout unless it is a
+    /// terminal.
     #[arg(short = 'w', value_name = "FILE|-")]
     write: Option<String>,
     /// Stop after this many frames (each may give several packets).
@@ -167,7 +168,8 @@ impl<W: Write> PcapngSink<W> {
         comment: Option<&str>,
     ) -> io::Result<()> {
         let id = self.interface(at, || format!("umacvlan {at}"), None)?;
-        let mut options = vec![EnhancedPacketOption::Flags(dir)];
+        let mut options = Vec::with_capacity(2);
+        options.push(EnhancedPacketOption::Flags(dir));
         if let Some(c) = comment {
             options.push(EnhancedPacketOption::Common(CommonOption::Comment(
                 Cow::Borrowed(c),
@@ -221,7 +223,6 @@ fn drop_text(reason: &str) -> String {
 
 /// The ingress packet's comment, into `c`: where the frame went (or why nowhere) and the rule.
 fn ingress_comment(c: &mut String, f: &FrameRecord<'_>) {
-    use std::fmt::Write as _;
     c.clear();
     let rule = f.head.rule.unwrap_or("none (refused before any decision)");
     match f.head.reason {
@@ -237,7 +238,8 @@ fn ingress_comment(c: &mut String, f: &FrameRecord<'_>) {
             }
         }
     }
-    let _ = write!(c, "; rule {rule}");
+    c.push_str("; rule ");
+    c.push_str(rule);
 }
 
 /// One line per frame: time (UTC), where it entered, MACs, length, VLAN, receivers, wire,

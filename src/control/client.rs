@@ -230,6 +230,7 @@ pub fn follow_frames(
             let r = FrameRecord::decode(&buffered[..n]).map_err(|e| protocol(e.to_string()))?;
             let more = buffered.len() > n;
             let go_on = each(&r, more).map_err(io_err)?;
+            drop(r);
             reader.consume(n);
             go_on
         } else {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
+use smallvec::SmallVec;
 
 use super::proto::{FailedCopy, ObservedFrame, Response};
 use crate::mac::MacAddr;
@@ -123,35 +124,12 @@ pub fn encode(
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-/// A list of names inside a record, checked when the record was decoded.
-#[derive(Clone, Copy, Debug)]
-pub struct Names<'a> {
-    raw: &'a [u8],
-    n: usize,
-}
-
-impl<'a> Iterator for Names<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        if self.n == 0 {
-            return None;
-        }
-        self.n -= 1;
-        let mut at = 0;
-        let s = take_str(self.raw, &mut at).unwrap_or_default();
-        self.raw = &self.raw[at..];
-        Some(s)
-    }
-}
-
 /// One decoded record, borrowing the chunk it came in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FrameRecord<'a> {
     pub head: Head<'a>,
-    receivers: Names<'a>,
-    /// Pairs: port, reason.
-    failed: Names<'a>,
+    receivers: SmallVec<[&'a str; 8]>,
+    failed: SmallVec<[(&'a str, &'a str); 2]>,
     /// The frame as it entered, at most the follower's snaplen.
     pub bytes: &'a [u8],
 }
@@ -187,18 +165,13 @@ impl<'a> FrameRecord<'a> {
         for s in &mut strs {
             *s = take_str(b, &mut at).ok_or_else(|| bad("a cut-short name"))?;
         }
-        let list = |at: &mut usize, n: usize| -> io::Result<Names<'a>> {
-            let begin = *at;
-            for _ in 0..n {
-                take_str(b, at).ok_or_else(|| bad("a cut-short list"))?;
-            }
-            Ok(Names {
-                raw: &b[begin..*at],
-                n,
-            })
-        };
-        let receivers = list(&mut at, usize::from(u16_at(28)))?;
-        let failed = list(&mut at, 2 * usize::from(u16_at(30)))?;
+        let name = |at: &mut usize| take_str(b, at).ok_or_else(|| bad("a cut-short list"));
+        let receivers = (0..u16_at(28))
+            .map(|_| name(&mut at))
+            .collect::<io::Result<_>>()?;
+        let failed = (0..u16_at(30))
+            .map(|_| Ok((name(&mut at)?, name(&mut at)?)))
+            .collect::<io::Result<_>>()?;
         let some = |s: &'a str| (!s.is_empty()).then_some(s);
         Ok(FrameRecord {
             head: Head {
@@ -220,14 +193,13 @@ impl<'a> FrameRecord<'a> {
     }
 
     /// The ports that got a copy, in delivery order.
-    pub fn receivers(&self) -> Names<'a> {
-        self.receivers
+    pub fn receivers(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.receivers.iter().copied()
     }
 
     /// The ports whose copy could not be written, and why.
-    pub fn failed(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let mut names = self.failed;
-        std::iter::from_fn(move || Some((names.next()?, names.next()?)))
+    pub fn failed(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.failed.iter().copied()
     }
 
     /// The record as a JSON `observation` carries it (`bytes` in hex when `with_bytes`).
