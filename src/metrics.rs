@@ -275,6 +275,7 @@ pub fn snapshot(calls: &Sender<Call>, timeout: Duration) -> Result<StatsView, St
         reply: tx,
         // Not a stream: nothing to stop early.
         closed: crossbeam_channel::never(),
+        raw: None,
     };
     calls
         .send_timeout(call, timeout)

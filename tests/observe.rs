@@ -8,6 +8,8 @@
 mod common;
 
 use std::borrow::Cow;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::blocks::opt_common::CommonOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
+use umacvlan::control::frames::FrameRecord;
 use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
 
@@ -58,6 +61,38 @@ fn threads_named(pid: u32, name: &str) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Starts an engine on p0 with bridge ports c0 (and c1 when `ports` is 2) in the topology's
+/// namespaces, waits until they are up, and returns it (killed on drop) with its pid.
+fn start_engine(t: &Topology, socket: &Path, ports: usize) -> (Procs, u32) {
+    let mut args = vec!["run".to_string(), "--parent".into(), "p0".into()];
+    for (i, mac) in [C0, C1].iter().enumerate().take(ports) {
+        args.push("--port".into());
+        args.push(format!(
+            "name=c{i},mode=bridge,netns={},mac={mac}",
+            t.kid(i)
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let engine = umacvlan(t, socket, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = engine.id();
+    let procs = Procs(vec![engine]);
+    wait_until("the control socket", || socket.exists());
+    for i in 0..ports {
+        let name = format!("c{i}");
+        wait_until(&format!("{name} to appear"), || {
+            try_ip(&["-n", t.kid(i), "link", "show", &name]).is_ok()
+        });
+        ip(&["-n", t.kid(i), "link", "set", &name, "up"]);
+    }
+    // The engine follows up/down every 100 ms.
+    std::thread::sleep(Duration::from_millis(400));
+    (procs, pid)
 }
 
 /// Waits for `c` to exit (panics after 20 s) and returns its stdout.
@@ -153,35 +188,7 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = |n: &str| -> PathBuf { dir.join(n) };
-    let mut procs = Procs(Vec::new());
-    let engine = umacvlan(
-        &t,
-        &socket,
-        &[
-            "run",
-            "--parent",
-            "p0",
-            "--port",
-            &format!("name=c0,mode=bridge,netns={},mac={C0}", t.kid(0)),
-            "--port",
-            &format!("name=c1,mode=bridge,netns={},mac={C1}", t.kid(1)),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let engine_pid = engine.id();
-    procs.0.push(engine);
-    wait_until("the control socket", || socket.exists());
-    for (i, name) in [(0, "c0"), (1, "c1")] {
-        wait_until(&format!("{name} to appear"), || {
-            try_ip(&["-n", t.kid(i), "link", "show", name]).is_ok()
-        });
-        ip(&["-n", t.kid(i), "link", "set", name, "up"]);
-    }
-    // The engine follows up/down every 100 ms.
-    std::thread::sleep(Duration::from_millis(400));
+    let (_procs, engine_pid) = start_engine(&t, &socket, 2);
 
     // K frames: known unicast to c0, unknown unicast, twice each.
     const K: usize = 4;
@@ -381,30 +388,7 @@ fn follow_text_lines_and_unknown_targets() {
         disable_ipv6(ns);
     }
     let socket = t.socket();
-    let mut procs = Procs(Vec::new());
-    let engine = umacvlan(
-        &t,
-        &socket,
-        &[
-            "run",
-            "--parent",
-            "p0",
-            "--port",
-            &format!("name=c0,mode=bridge,netns={},mac={C0}", t.kid(0)),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let pid = engine.id();
-    procs.0.push(engine);
-    wait_until("the control socket", || socket.exists());
-    wait_until("c0 to appear", || {
-        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
-    });
-    ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
-    std::thread::sleep(Duration::from_millis(400));
+    let (_procs, pid) = start_engine(&t, &socket, 1);
 
     let o = umacvlan(&t, &socket, &["trace", "--follow", "nope", "-c", "1"])
         .output()
@@ -432,4 +416,200 @@ fn follow_text_lines_and_unknown_targets() {
         format!(" parent(p0) {EXT} > {C0} len 64 vlan 5 to c0 wire no rule rx_unicast_to_port");
     assert!(line.ends_with(&tail), "{line:?} should end with {tail:?}");
     assert_eq!(line.lines().count(), 1);
+}
+
+/// Reads one JSON line.
+fn json_line(r: &mut impl BufRead) -> Value {
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+}
+
+/// Reads one binary record's body (`None`: the end marker).
+fn record(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).unwrap();
+    let n = u32::from_le_bytes(len) as usize;
+    (n > 0).then(|| {
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body).unwrap();
+        body
+    })
+}
+
+/// Both kinds of follow stream, straight on the control socket, side by side with a capture
+/// through the CLI: a binary client (`"binary": true`) gets the `following` line, then exactly
+/// the records of the frames sent (receivers, wire, drop reason, rule, bytes cut at the
+/// snaplen), the end marker and `follow-end`, and its connection then serves requests again; an
+/// old-style client gets the same frames as JSON `observation` lines with hex bytes; and
+/// `capture c0 -s 20` writes each frame at the right interfaces, in the right direction, cut
+/// at 20 bytes.
+#[test]
+fn binary_and_json_streams_and_a_cut_capture_agree() {
+    const SNAP: usize = 20;
+    let t = topology("obin", 2);
+    for ns in [t.wire.name(), t.host.name(), t.kid(0), t.kid(1)] {
+        disable_ipv6(ns);
+    }
+    let socket = t.socket();
+    let (_procs, pid) = start_engine(&t, &socket, 2);
+    let pcap = std::env::temp_dir().join(format!("{}-cut.pcapng", t.host.name()));
+    let connect = |binary: bool| {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let extra = if binary { r#","binary":true"# } else { "" };
+        let req = format!(
+            r#"{{"version":1,"request":{{"cmd":"follow","target":"parent","count":3,"snaplen":{SNAP},"with_bytes":true{extra}}}}}"#
+        );
+        writeln!(s, "{req}").unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        (s, r)
+    };
+    let (mut bin, mut bin_r) = connect(true);
+    let (_json, mut json_r) = connect(false);
+    let mut cap = umacvlan(
+        &t,
+        &socket,
+        &[
+            "capture",
+            "c0",
+            "-s",
+            "20",
+            "-c",
+            "2",
+            "-w",
+            pcap.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    for r in [&mut bin_r, &mut json_r] {
+        let v = json_line(r);
+        assert_eq!(v["reply"]["kind"], "following", "{v}");
+        let names: Vec<&str> = v["reply"]["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["p0", "c0", "c1"]);
+    }
+    wait_until("three followers in the engine", || {
+        threads_named(pid, "umacvlan-follow") == 3
+    });
+
+    // From the wire: a unicast to c0, one to nobody; then from c0 a broadcast (to c1 and the
+    // wire), sent once the first two were seen so that the order is known.
+    let frames = [
+        test_frame(C0, EXT, None, 0x0c01, 70),
+        test_frame(UNKNOWN, EXT, None, 0x0c02, 64),
+        test_frame(MacAddr::BROADCAST, C0, None, 0x0c03, 80),
+    ];
+    let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
+    wire.send(&frames[0]).unwrap();
+    wire.send(&frames[1]).unwrap();
+    let mut bodies = vec![record(&mut bin_r).unwrap(), record(&mut bin_r).unwrap()];
+    let c0 = PacketSocket::open(t.kid(0), "c0", ETH_P_ALL);
+    c0.send(&frames[2]).unwrap();
+    bodies.push(record(&mut bin_r).unwrap());
+    assert_eq!(
+        record(&mut bin_r),
+        None,
+        "the end marker after count frames"
+    );
+    let end = json_line(&mut bin_r);
+    assert_eq!(
+        end["reply"],
+        serde_json::json!({"kind": "follow-end", "seen": 3, "lost": 0})
+    );
+
+    // (from, receivers, to_wire, reason, rule) per frame.
+    type Fate<'a> = (
+        Option<&'a str>,
+        Vec<&'a str>,
+        bool,
+        Option<&'a str>,
+        &'a str,
+    );
+    let fates: [Fate<'static>; 3] = [
+        (None, vec!["c0"], false, None, "rx_unicast_to_port"),
+        (
+            None,
+            vec![],
+            false,
+            Some("unknown_destination"),
+            "rx_unicast_unknown",
+        ),
+        (Some("c0"), vec!["c1"], true, None, "tx_bridge_group"),
+    ];
+    for ((body, f), fate) in bodies.iter().zip(&frames).zip(&fates) {
+        let r = FrameRecord::decode(body).unwrap();
+        let h = r.head;
+        let got: Fate<'_> = (
+            h.from,
+            r.receivers().collect(),
+            h.to_wire,
+            h.reason,
+            h.rule.unwrap_or("-"),
+        );
+        assert_eq!(&got, fate);
+        assert_eq!(h.parent, "p0");
+        assert_eq!(h.wire_len as usize, f.len());
+        assert_eq!(r.bytes, &f[..SNAP], "cut at the snaplen");
+        assert_eq!(r.failed().count(), 0);
+    }
+    // The same connection serves a request again.
+    writeln!(bin, r#"{{"version":1,"request":{{"cmd":"link-show"}}}}"#).unwrap();
+    let links = json_line(&mut bin_r);
+    assert_eq!(links["reply"]["kind"], "links", "{links}");
+
+    // The old-style client: the same three frames as JSON lines, bytes in hex.
+    for (f, fate) in frames.iter().zip(&fates) {
+        let v = json_line(&mut json_r);
+        assert_eq!(v["reply"]["kind"], "observation", "{v}");
+        let o = &v["reply"]["frame"];
+        assert_eq!(o["from"], fate.0.unwrap_or("parent"));
+        assert_eq!(o["receivers"], serde_json::json!(fate.1));
+        assert_eq!(o["to_wire"], fate.2);
+        assert_eq!(o["rule"], fate.4);
+        assert_eq!(o["len"], f.len());
+        let hex: String = f[..SNAP].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(o["bytes"], hex);
+    }
+    let end = json_line(&mut json_r);
+    assert_eq!(end["reply"]["kind"], "follow-end");
+    assert_eq!(end["reply"]["seen"], 3);
+
+    // capture c0 -s 20: the two frames c0 took part in, at every interface they touched.
+    finish(&mut cap, "capture c0");
+    let (names, packets) = read_pcapng(&pcap);
+    let _ = std::fs::remove_file(&pcap);
+    assert_eq!(names, ["p0", "c0", "c1"]);
+    let packet = |at: &str, dir, comment: Option<&str>, f: &[u8]| Packet {
+        at: at.into(),
+        dir,
+        comment: comment.map(str::to_string),
+        data: f[..SNAP].to_vec(),
+        original_len: f.len() as u32,
+    };
+    let want = vec![
+        packet(
+            "p0",
+            INBOUND,
+            Some("to c0; rule rx_unicast_to_port"),
+            &frames[0],
+        ),
+        packet("c0", OUTBOUND, None, &frames[0]),
+        packet(
+            "c0",
+            INBOUND,
+            Some("to c1, wire; rule tx_bridge_group"),
+            &frames[2],
+        ),
+        packet("c1", OUTBOUND, None, &frames[2]),
+        packet("p0", OUTBOUND, None, &frames[2]),
+    ];
+    assert_eq!(packets, want);
 }

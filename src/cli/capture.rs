@@ -16,8 +16,7 @@
 //! nanoseconds); ports added while the capture runs get theirs when they first appear.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use hashbrown::HashMap;
 use pcap_file::DataLink;
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
@@ -35,6 +35,7 @@ use pcap_file::pcapng::blocks::opt_common::CommonOption;
 
 use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
+use crate::control::frames::FrameRecord;
 use crate::control::proto::{
     FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request,
 };
@@ -66,8 +67,9 @@ pub struct CaptureArgs {
     /// parent, a parent's name, a port's name, or drops.
     #[arg(value_name = "TARGET")]
     target: String,
-    /// Where to write: a file, or `-` for stdout (flushed per packet, for `| tcpdump -r -` and
-    /// `| wireshark -k -i -`). Default: stdout unless it is a terminal.
+    /// Where to write: a file, or `-` for stdout (flushed as soon as everything received is
+    /// written, for `| tcpdump -r -` and `| wireshark -k -i -`). Default: stdout unless it is a
+    /// terminal.
     #[arg(short = 'w', value_name = "FILE|-")]
     write: Option<String>,
     /// Stop after this many frames (each may give several packets).
@@ -85,6 +87,8 @@ pub struct PcapngSink<W: Write> {
     w: PcapNgWriter<W>,
     ifs: HashMap<String, u32>,
     snaplen: u32,
+    /// The ingress comment, rebuilt for every frame.
+    comment: String,
     pub packets: u64,
 }
 
@@ -109,6 +113,7 @@ impl<W: Write> PcapngSink<W> {
             w,
             ifs: HashMap::new(),
             snaplen,
+            comment: String::new(),
             packets: 0,
         };
         for i in interfaces {
@@ -116,17 +121,23 @@ impl<W: Write> PcapngSink<W> {
                 "parent" => format!("umacvlan parent {}", i.name),
                 mode => format!("umacvlan port {} ({mode}) of {}", i.name, i.parent),
             };
-            s.interface(&i.name, desc, Some(i.mac.0))?;
+            s.interface(&i.name, || desc, Some(i.mac.0))?;
         }
         s.w.get_mut().flush()?;
         Ok(s)
     }
 
-    /// The IDB index of `name`, written now if it has none yet.
-    fn interface(&mut self, name: &str, desc: String, mac: Option<[u8; 6]>) -> io::Result<u32> {
+    /// The IDB index of `name`, written now (described by `desc()`) if it has none yet.
+    fn interface(
+        &mut self,
+        name: &str,
+        desc: impl FnOnce() -> String,
+        mac: Option<[u8; 6]>,
+    ) -> io::Result<u32> {
         if let Some(i) = self.ifs.get(name) {
             return Ok(*i);
         }
+        let desc = desc();
         let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, self.snaplen);
         idb.options
             .push(InterfaceDescriptionOption::IfName(Cow::Owned(
@@ -152,23 +163,23 @@ impl<W: Write> PcapngSink<W> {
     fn packet(
         &mut self,
         at: &str,
-        f: &ObservedFrame,
-        data: &[u8],
+        f: &FrameRecord<'_>,
         dir: u32,
-        comment: Option<String>,
+        comment: Option<&str>,
     ) -> io::Result<()> {
-        let id = self.interface(at, format!("umacvlan {at}"), None)?;
-        let mut options = vec![EnhancedPacketOption::Flags(dir)];
+        let id = self.interface(at, || format!("umacvlan {at}"), None)?;
+        let mut options = Vec::with_capacity(2);
+        options.push(EnhancedPacketOption::Flags(dir));
         if let Some(c) = comment {
             options.push(EnhancedPacketOption::Common(CommonOption::Comment(
-                Cow::Owned(c),
+                Cow::Borrowed(c),
             )));
         }
         let epb = EnhancedPacketBlock {
             interface_id: id,
-            timestamp: Duration::from_nanos(f.time_ns),
-            original_len: u32::try_from(f.len).unwrap_or(u32::MAX),
-            data: Cow::Borrowed(data),
+            timestamp: Duration::from_nanos(f.head.time_ns),
+            original_len: f.head.wire_len,
+            data: Cow::Borrowed(f.bytes),
             options,
         };
         self.w.write_pcapng_block(epb).map_err(pcap_err)?;
@@ -176,23 +187,27 @@ impl<W: Write> PcapngSink<W> {
         Ok(())
     }
 
-    /// Writes one observed frame's packets and flushes.
-    pub fn frame(&mut self, f: &ObservedFrame) -> io::Result<()> {
-        let data = f.bytes.as_deref().map(unhex).unwrap_or_default();
-        let ingress = if f.from == "parent" {
-            &f.parent
-        } else {
-            &f.from
-        };
-        self.packet(ingress, f, &data, INBOUND, Some(ingress_comment(f)))?;
-        for r in &f.receivers {
-            self.packet(r, f, &data, OUTBOUND, None)?;
+    /// Writes one observed frame's packets; flushes unless `more` frames are already waiting
+    /// (so a reader of the stream never waits for packets that were received).
+    pub fn frame(&mut self, f: &FrameRecord<'_>, more: bool) -> io::Result<()> {
+        let h = &f.head;
+        let ingress = h.from.unwrap_or(h.parent);
+        let mut comment = std::mem::take(&mut self.comment);
+        ingress_comment(&mut comment, f);
+        let written = self.packet(ingress, f, INBOUND, Some(&comment));
+        self.comment = comment;
+        written?;
+        for r in f.receivers() {
+            self.packet(r, f, OUTBOUND, None)?;
         }
-        if f.to_wire {
-            self.packet(&f.parent, f, &data, OUTBOUND, None)?;
+        if h.to_wire {
+            self.packet(h.parent, f, OUTBOUND, None)?;
         }
-        for c in &f.failed {
-            self.packet(&c.port, f, &data, OUTBOUND, Some(drop_text(&c.reason)))?;
+        for (port, reason) in f.failed() {
+            self.packet(port, f, OUTBOUND, Some(&drop_text(reason)))?;
+        }
+        if more {
+            return Ok(());
         }
         self.w.get_mut().flush()
     }
@@ -206,29 +221,25 @@ fn drop_text(reason: &str) -> String {
     }
 }
 
-fn ingress_comment(f: &ObservedFrame) -> String {
-    let rule = f
-        .rule
-        .as_deref()
-        .unwrap_or("none (refused before any decision)");
-    match &f.reason {
-        Some(r) => format!("{}; rule {rule}", drop_text(r)),
+/// The ingress packet's comment, into `c`: where the frame went (or why nowhere) and the rule.
+fn ingress_comment(c: &mut String, f: &FrameRecord<'_>) {
+    c.clear();
+    let rule = f.head.rule.unwrap_or("none (refused before any decision)");
+    match f.head.reason {
+        Some(r) => c.push_str(&drop_text(r)),
         None => {
-            let mut to: Vec<&str> = f.receivers.iter().map(String::as_str).collect();
-            if f.to_wire {
-                to.push("wire");
+            c.push_str("to ");
+            let wire = f.head.to_wire.then_some("wire");
+            for (i, to) in f.receivers().chain(wire).enumerate() {
+                if i > 0 {
+                    c.push_str(", ");
+                }
+                c.push_str(to);
             }
-            format!("to {}; rule {rule}", to.join(", "))
         }
     }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    s.as_bytes()
-        .chunks(2)
-        .filter_map(|p| std::str::from_utf8(p).ok())
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect()
+    c.push_str("; rule ");
+    c.push_str(rule);
 }
 
 /// One line per frame: time (UTC), where it entered, MACs, length, VLAN, receivers, wire,
@@ -266,44 +277,54 @@ pub fn follow_line(f: &ObservedFrame) -> String {
     line
 }
 
-/// Streams `req` and hands every observed frame to `each`; returns (frames, lost). A write
-/// error of `each` (a closed pipe) ends the stream quietly.
-fn follow_stream(
-    control: &ControlArg,
-    req: FollowRequest,
-    mut on_start: impl FnMut(&[FollowInterface]) -> io::Result<()>,
-    mut each: impl FnMut(&ObservedFrame) -> io::Result<()>,
-) -> Result<(u64, u64), Failure> {
-    let mut out_err: Option<io::Error> = None;
-    let mut frames = 0u64;
-    let end = client::stream(&control.path, Request::Follow(req), |reply| {
-        let r = match reply {
-            Reply::Following { interfaces } => on_start(interfaces),
-            Reply::Observation { frame } => {
-                frames += 1;
-                each(frame)
-            }
-            _ => Ok(()),
-        };
+/// An error writing the output, met inside a stream's callback: the stream stops, and the error
+/// is reported once it has (a closed pipe quietly).
+#[derive(Default)]
+struct OutputError(Cell<Option<io::Error>>);
+
+impl OutputError {
+    /// `Ok(true)` to go on; keeps an error and stops the stream.
+    fn check(&self, r: io::Result<()>) -> io::Result<bool> {
         match r {
             Ok(()) => Ok(true),
             Err(e) => {
-                out_err = Some(e);
+                self.0.set(Some(e));
                 Ok(false)
             }
         }
+    }
+
+    /// After the stream: (frames, lost) as its end says, or the output's error.
+    fn finish(self, frames: u64, end: Option<Reply>) -> Result<(u64, u64), Failure> {
+        match self.0.into_inner() {
+            Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok((frames, 0)),
+            Some(e) => Err(anyhow::Error::from(e).context("writing the output").into()),
+            None => match end {
+                Some(Reply::FollowEnd { lost, .. }) => Ok((frames, lost)),
+                _ => Ok((frames, 0)),
+            },
+        }
+    }
+}
+
+/// Streams `req` as JSON lines and hands every observed frame to `each`; returns (frames,
+/// lost). A write error of `each` (a closed pipe) ends the stream quietly.
+fn follow_stream(
+    control: &ControlArg,
+    req: FollowRequest,
+    mut each: impl FnMut(&ObservedFrame) -> io::Result<()>,
+) -> Result<(u64, u64), Failure> {
+    let out = OutputError::default();
+    let mut frames = 0u64;
+    let end = client::stream(&control.path, Request::Follow(req), |reply| match reply {
+        Reply::Observation { frame } => {
+            frames += 1;
+            out.check(each(frame))
+        }
+        _ => Ok(true),
     })
     .map_err(daemon_failure)?;
-    if let Some(e) = out_err {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            return Ok((frames, 0));
-        }
-        return Err(anyhow::Error::from(e).context("writing the output").into());
-    }
-    match end {
-        Some(Reply::FollowEnd { lost, .. }) => Ok((frames, lost)),
-        _ => Ok((frames, 0)),
-    }
+    out.finish(frames, end)
 }
 
 fn report_lost(frames: u64, lost: u64) {
@@ -326,23 +347,19 @@ pub fn follow(
         count,
         snaplen: None,
         with_bytes: false,
+        binary: false,
     };
     let stdout = io::stdout();
-    let (frames, lost) = follow_stream(
-        control,
-        req,
-        |_| Ok(()),
-        |f| {
-            let mut out = stdout.lock();
-            if json {
-                let line = serde_json::to_string(f).map_err(io::Error::other)?;
-                writeln!(out, "{line}")?;
-            } else {
-                writeln!(out, "{}", follow_line(f))?;
-            }
-            out.flush()
-        },
-    )?;
+    let (frames, lost) = follow_stream(control, req, |f| {
+        let mut out = stdout.lock();
+        if json {
+            let line = serde_json::to_string(f).map_err(io::Error::other)?;
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}", follow_line(f))?;
+        }
+        out.flush()
+    })?;
     report_lost(frames, lost);
     Ok(ExitCode::SUCCESS)
 }
@@ -376,23 +393,35 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
         count: a.count,
         snaplen: Some(snaplen),
         with_bytes: true,
+        binary: true,
     };
-    let mut out = Some(io::BufWriter::new(out));
+    let errors = OutputError::default();
     let sink: RefCell<Option<PcapngSink<Out>>> = RefCell::new(None);
-    let (frames, lost) = follow_stream(
-        &a.control,
-        req,
-        |ifs| {
-            if let Some(w) = out.take() {
-                *sink.borrow_mut() = Some(PcapngSink::new(w, ifs, snaplen)?);
-            }
-            Ok(())
+    let mut frames = 0u64;
+    let end = client::follow_frames(
+        &a.control.path,
+        Request::Follow(req),
+        |first| {
+            let started = match first {
+                Reply::Following { interfaces } => {
+                    PcapngSink::new(io::BufWriter::new(out), interfaces, snaplen)
+                        .map(|s| *sink.borrow_mut() = Some(s))
+                }
+                other => Err(io::Error::other(format!("{other:?} instead of following"))),
+            };
+            errors.check(started)
         },
-        |f| match sink.borrow_mut().as_mut() {
-            Some(s) => s.frame(f),
-            None => Err(io::Error::other("a frame before the interface list")),
+        |f, more| {
+            frames += 1;
+            let written = match sink.borrow_mut().as_mut() {
+                Some(s) => s.frame(f, more),
+                None => Err(io::Error::other("a frame before the interface list")),
+            };
+            errors.check(written)
         },
-    )?;
+    )
+    .map_err(daemon_failure)?;
+    let (frames, lost) = errors.finish(frames, end)?;
     let packets = sink.borrow().as_ref().map_or(0, |s| s.packets);
     if a.write.as_deref() != Some("-") {
         eprintln!("umacvlan: {frames} frames captured ({packets} packets)");
@@ -404,25 +433,38 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::FailedCopy;
+    use crate::control::frames::{Head, encode};
     use pcap_file::pcapng::{Block, PcapNgReader};
 
-    fn frame(from: &str, receivers: &[&str], reason: Option<&str>) -> ObservedFrame {
-        ObservedFrame {
+    /// One record (its length first): a 60-byte frame from `from` (`None`: the wire) of p0.
+    fn frame(
+        from: Option<&str>,
+        receivers: &[&str],
+        failed: &[(&str, &str)],
+        to_wire: bool,
+        reason: Option<&str>,
+    ) -> Vec<u8> {
+        let mut bytes = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 9, 0x88, 0xb5];
+        bytes.resize(60, 0);
+        let head = Head {
             time_ns: 1_700_000_000_123_456_789,
-            parent: "p0".into(),
-            from: from.into(),
+            wire_len: 60,
+            vlan: None,
             src: Some("02:00:00:00:00:09".parse().unwrap()),
             dst: Some("02:00:00:00:00:01".parse().unwrap()),
-            vlan: None,
-            len: 60,
-            receivers: receivers.iter().map(|s| s.to_string()).collect(),
-            failed: vec![],
-            to_wire: false,
-            reason: reason.map(str::to_string),
-            rule: Some("rx_unicast_to_port".into()),
-            bytes: Some("02000000000102000000000988b5".to_string() + &"00".repeat(46)),
-        }
+            to_wire,
+            parent: "p0",
+            from,
+            reason,
+            rule: Some("rx_unicast_to_port"),
+        };
+        let mut out = Vec::new();
+        encode(&mut out, &head, receivers, failed, &[&bytes], 1000);
+        out
+    }
+
+    fn record(b: &[u8]) -> FrameRecord<'_> {
+        FrameRecord::decode(&b[4..]).unwrap()
     }
 
     #[test]
@@ -437,16 +479,12 @@ mod tests {
             })
             .collect();
         let mut s = PcapngSink::new(Vec::new(), &ifs, 100).unwrap();
-        s.frame(&frame("parent", &["c0"], None)).unwrap();
-        s.frame(&frame("parent", &[], Some("unknown_destination")))
+        s.frame(&record(&frame(None, &["c0"], &[], false, None)), true)
             .unwrap();
-        let mut f = frame("c1", &["c0"], None);
-        f.to_wire = true;
-        f.failed = vec![FailedCopy {
-            port: "c9".into(),
-            reason: "tap_queue_full".into(),
-        }];
-        s.frame(&f).unwrap();
+        let drop = frame(None, &[], &[], false, Some("unknown_destination"));
+        s.frame(&record(&drop), true).unwrap();
+        let f = frame(Some("c1"), &["c0"], &[("c9", "tap_queue_full")], true, None);
+        s.frame(&record(&f), false).unwrap();
         assert_eq!(s.packets, 2 + 1 + 4);
         let bytes = s.w.into_inner();
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
@@ -521,12 +559,19 @@ mod tests {
 
     #[test]
     fn follow_lines() {
-        let l = follow_line(&frame("parent", &["c0"], None));
+        let f = |b: Vec<u8>| record(&b).to_observed(false);
+        let l = follow_line(&f(frame(None, &["c0"], &[], false, None)));
         assert_eq!(
             l,
             "22:13:20.123456 parent(p0) 02:00:00:00:00:09 > 02:00:00:00:00:01 len 60 to c0 wire no rule rx_unicast_to_port"
         );
-        let l = follow_line(&frame("parent", &[], Some("unknown_destination")));
+        let l = follow_line(&f(frame(
+            None,
+            &[],
+            &[],
+            false,
+            Some("unknown_destination"),
+        )));
         assert!(
             l.ends_with("to - wire no dropped unknown_destination rule rx_unicast_to_port"),
             "{l}"

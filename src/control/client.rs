@@ -1,10 +1,11 @@
 //! The command's end of the control socket: one request, one response.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::frames::{FrameRecord, MAX_RECORD};
 use super::proto::{ControlError, Envelope, Reply, Request, Response, VERSION};
 use super::server::{Line, read_line};
 
@@ -118,6 +119,47 @@ pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Rep
     }
 }
 
+/// Reads one response line of a stream: its reply, the daemon's error, or why there is none.
+/// `sent` is the request's own send: when the engine closed without answering, its error says
+/// more.
+fn read_reply(
+    reader: &mut impl BufRead,
+    path: &Path,
+    sent: &io::Result<()>,
+) -> Result<Reply, ClientError> {
+    let io_err = |source: io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let protocol = |message: String| ClientError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let send_failed = || {
+        sent.as_ref()
+            .err()
+            .map(|e| io_err(io::Error::new(e.kind(), e.to_string())))
+    };
+    let answer = match read_line(reader, MAX_RESPONSE) {
+        Ok(Line::Complete(l)) => l,
+        Ok(Line::TooLong) => {
+            return Err(protocol(format!(
+                "a response longer than {MAX_RESPONSE} bytes"
+            )));
+        }
+        Ok(Line::Eof(_)) => {
+            return Err(send_failed()
+                .unwrap_or_else(|| protocol("it closed the connection mid-stream".into())));
+        }
+        Err(e) => return Err(send_failed().unwrap_or_else(|| io_err(e))),
+    };
+    match serde_json::from_slice::<Response>(&answer) {
+        Ok(Response::Ok { reply }) => Ok(reply),
+        Ok(Response::Error { error }) => Err(ClientError::Daemon(error)),
+        Err(e) => Err(protocol(e.to_string())),
+    }
+}
+
 /// Sends a streaming request ([`Request::is_stream`]) and calls `each` with every reply until
 /// the engine ends the stream (returned: its last reply, normally `follow-end`) or `each`
 /// returns `Ok(false)` (then `None`: the connection is closed, which stops the engine's side).
@@ -125,6 +167,35 @@ pub fn stream(
     path: &Path,
     r: Request,
     mut each: impl FnMut(&Reply) -> io::Result<bool>,
+) -> Result<Option<Reply>, ClientError> {
+    let (stream, sent) = connect_and_send(path, r, None)?;
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let reply = read_reply(&mut reader, path, &sent)?;
+        if matches!(reply, Reply::FollowEnd { .. }) {
+            return Ok(Some(reply));
+        }
+        if !each(&reply).map_err(|source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        })? {
+            return Ok(None);
+        }
+    }
+}
+
+/// How much of a binary follow stream a client reads at once.
+const FRAMES_BUFFER: usize = 1024 * 1024;
+
+/// A binary follow stream (a `follow` request with `binary`, see [`super::frames`]): `start`
+/// gets the first reply (`following`), `each` every frame record and whether more bytes are
+/// already buffered (when not, the caller should flush its output). Returns the `follow-end`
+/// reply, or `None` when a callback returned `Ok(false)` (the connection is closed).
+pub fn follow_frames(
+    path: &Path,
+    r: Request,
+    start: impl FnOnce(&Reply) -> io::Result<bool>,
+    mut each: impl FnMut(&FrameRecord<'_>, bool) -> io::Result<bool>,
 ) -> Result<Option<Reply>, ClientError> {
     let io_err = |source: io::Error| ClientError::Io {
         path: path.to_path_buf(),
@@ -135,33 +206,40 @@ pub fn stream(
         message,
     };
     let (stream, sent) = connect_and_send(path, r, None)?;
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::with_capacity(FRAMES_BUFFER, &stream);
+    if !start(&read_reply(&mut reader, path, &sent)?).map_err(io_err)? {
+        return Ok(None);
+    }
+    let mut scratch = Vec::new();
     loop {
-        let answer = match read_line(&mut reader, MAX_RESPONSE) {
-            Ok(Line::Complete(l)) => l,
-            Ok(Line::TooLong) => {
-                return Err(protocol(format!(
-                    "a response longer than {MAX_RESPONSE} bytes"
-                )));
-            }
-            Ok(Line::Eof(_)) => {
-                sent.map_err(io_err)?;
-                return Err(protocol("it closed the connection mid-stream".into()));
-            }
-            Err(e) => {
-                sent.map_err(io_err)?;
-                return Err(io_err(e));
-            }
-        };
-        let reply = match serde_json::from_slice::<Response>(&answer) {
-            Ok(Response::Ok { reply }) => reply,
-            Ok(Response::Error { error }) => return Err(ClientError::Daemon(error)),
-            Err(e) => return Err(protocol(e.to_string())),
-        };
-        if matches!(reply, Reply::FollowEnd { .. }) {
-            return Ok(Some(reply));
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => protocol("it closed the connection mid-stream".into()),
+            _ => io_err(e),
+        })?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n == 0 {
+            return read_reply(&mut reader, path, &sent).map(Some);
         }
-        if !each(&reply).map_err(io_err)? {
+        if n > MAX_RECORD {
+            return Err(protocol(format!("a frame record of {n} bytes")));
+        }
+        // Straight from the read buffer when the whole record is there, else through `scratch`.
+        let buffered = reader.fill_buf().map_err(io_err)?;
+        let go_on = if buffered.len() >= n {
+            let r = FrameRecord::decode(&buffered[..n]).map_err(|e| protocol(e.to_string()))?;
+            let more = buffered.len() > n;
+            let go_on = each(&r, more).map_err(io_err)?;
+            drop(r);
+            reader.consume(n);
+            go_on
+        } else {
+            scratch.resize(n, 0);
+            reader.read_exact(&mut scratch).map_err(io_err)?;
+            let r = FrameRecord::decode(&scratch).map_err(|e| protocol(e.to_string()))?;
+            each(&r, !reader.buffer().is_empty()).map_err(io_err)?
+        };
+        if !go_on {
             return Ok(None);
         }
     }

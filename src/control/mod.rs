@@ -2,6 +2,7 @@
 //! engine, the daemon's socket server ([`server`]) and the commands' client ([`client`]).
 
 pub mod client;
+pub mod frames;
 pub mod proto;
 pub mod server;
 
@@ -12,12 +13,15 @@ pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_into, ser
 /// loop, which applies the request and sends the response back on `reply`. A streaming request
 /// ([`proto::Request::is_stream`]) may send many responses; the stream ends when the daemon
 /// drops `reply`. `closed` disconnects when the client is gone (the server drops its end): a
-/// stream's producer selects on it to stop.
+/// stream's producer selects on it to stop. `raw`, given for a binary follow stream only, takes
+/// everything after the stream's first response: chunks of frame records, then the end
+/// ([`frames::Chunk::end`]); the server writes them as they are.
 #[derive(Debug)]
 pub struct Call {
     pub request: proto::Request,
     pub reply: crossbeam_channel::Sender<proto::Response>,
     pub closed: crossbeam_channel::Receiver<()>,
+    pub raw: Option<crossbeam_channel::Sender<frames::Chunk>>,
 }
 
 #[cfg(test)]

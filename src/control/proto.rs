@@ -81,6 +81,10 @@ pub struct FollowRequest {
     /// Send each frame's bytes (hex) too.
     #[serde(default)]
     pub with_bytes: bool,
+    /// After `following`, send the frames as binary records (see [`super::frames`]) instead of
+    /// `observation` lines; then a zero length and the `follow-end` line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binary: bool,
 }
 
 /// The largest snaplen a follower gets (tcpdump's default).

@@ -29,7 +29,8 @@ use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 use nix::unistd::Gid;
 
 use super::Call;
-use super::proto::{ControlError, Envelope, ErrorKind, MAX_REQUEST, Response, VERSION};
+use super::frames::Chunk;
+use super::proto::{ControlError, Envelope, ErrorKind, MAX_REQUEST, Request, Response, VERSION};
 
 /// How the server behaves; [`Default`] is what [`serve`] uses.
 #[derive(Clone, Debug)]
@@ -471,7 +472,8 @@ fn hung_up(stream: &UnixStream) -> bool {
 
 /// A streaming request: writes every response the engine sends until it drops its end (Ok), or
 /// until the client is gone (Err: the connection is closed). Leaving drops `closed`'s sender
-/// and the reply receiver, which tells the engine to stop.
+/// and the reply receiver, which tells the engine to stop. A binary follow stream's body comes
+/// on a channel of its own ([`Call::raw`]) and is written as it is.
 fn serve_stream(
     env: Envelope,
     calls: &Sender<Call>,
@@ -480,11 +482,14 @@ fn serve_stream(
 ) -> io::Result<()> {
     let (tx, rx) = crossbeam_channel::bounded(STREAM_BACKLOG);
     let (_closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
+    let binary = matches!(&env.request, Request::Follow(f) if f.binary);
+    let (raw_tx, raw_rx) = crossbeam_channel::bounded::<Chunk>(STREAM_BACKLOG);
     let first = send_call(
         Call {
             request: env.request,
             reply: tx,
             closed,
+            raw: binary.then_some(raw_tx),
         },
         &rx,
         calls,
@@ -495,9 +500,37 @@ fn serve_stream(
     if failed {
         return Ok(());
     }
+    if binary {
+        drop(rx);
+        bulk_send_buffer(writer);
+        return relay(&raw_rx, writer, |w, c| w.write_all(c.bytes()));
+    }
+    relay(&rx, writer, write_response)
+}
+
+/// The send buffer of a binary stream's connection: room for many chunks, so that the writing
+/// thread and the client do not wake each other for every one.
+const BULK_SNDBUF: usize = 4 * 1024 * 1024;
+
+/// Raises the connection's send buffer to [`BULK_SNDBUF`] (past `net.core.wmem_max` when the
+/// engine may: CAP_NET_ADMIN); the default stays when neither works.
+fn bulk_send_buffer(s: &UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::SndBufForce, &BULK_SNDBUF).is_err() {
+        let _ = setsockopt(s, sockopt::SndBuf, &BULK_SNDBUF);
+    }
+}
+
+/// Writes what `rx` brings until its sender is gone; checks for a hung-up client whenever it is
+/// quiet.
+fn relay<T>(
+    rx: &Receiver<T>,
+    writer: &mut UnixStream,
+    mut write: impl FnMut(&mut UnixStream, &T) -> io::Result<()>,
+) -> io::Result<()> {
     loop {
         match rx.recv_timeout(HANGUP_POLL) {
-            Ok(r) => write_response(writer, &r)?,
+            Ok(r) => write(writer, &r)?,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if hung_up(writer) {
                     return Err(io::ErrorKind::BrokenPipe.into());
@@ -515,6 +548,7 @@ fn dispatch(env: Envelope, calls: &Sender<Call>, timeout: Duration) -> Response 
         request: env.request,
         reply: tx,
         closed,
+        raw: None,
     };
     send_call(call, &rx, calls, timeout)
 }

@@ -38,10 +38,11 @@ use super::watch::{Event, LiveState, Watchers};
 use super::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::config::{Config, diff};
 use crate::control::Call;
+use crate::control::frames::{self, Chunk, FrameRecord};
 use crate::control::proto::{
-    ControlError, ErrorKind, FailedCopy, FollowInterface, FollowRequest, LinkChange, LinkSpec,
-    LinkStats, LinkView, MAX_SNAPLEN, MacaddrOp, ObservedFrame, ParentView, ReloadReport, Reply,
-    Request, Response, StatsView,
+    ControlError, ErrorKind, FollowInterface, FollowRequest, LinkChange, LinkSpec, LinkStats,
+    LinkView, MAX_SNAPLEN, MacaddrOp, ParentView, ReloadReport, Reply, Request, Response,
+    StatsView,
 };
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
@@ -647,11 +648,12 @@ impl Daemon {
             request,
             reply,
             closed,
+            raw,
         }: Call,
     ) {
         match request {
             Request::Follow(f) => {
-                if let Err(error) = self.follow(f, reply.clone(), closed) {
+                if let Err(error) = self.follow(f, reply.clone(), closed, raw) {
                     let _ = reply.send(Response::Error { error });
                 }
             }
@@ -661,16 +663,28 @@ impl Daemon {
         }
     }
 
-    /// Starts a follow stream: registers a sink and hands its observations to `reply` from a
-    /// thread of its own, so the control loop never waits for a slow client. The stream ends
-    /// after `count` frames or when `closed` disconnects (the client is gone); the sink is then
-    /// unregistered and workers stop emitting for it.
+    /// Starts a follow stream: registers a sink and hands its frames to the client from a
+    /// thread of its own, so the control loop never waits for a slow client: as JSON
+    /// `observation`s on `reply`, or (binary) as the workers' chunks of records on `raw`. The
+    /// stream ends after `count` frames or when `closed` disconnects (the client is gone); the
+    /// sink is then unregistered and workers stop emitting for it.
     fn follow(
         &self,
         f: FollowRequest,
         reply: crossbeam_channel::Sender<Response>,
         closed: Receiver<()>,
+        raw: Option<crossbeam_channel::Sender<Chunk>>,
     ) -> Result<(), ControlError> {
+        let raw = match (f.binary, raw) {
+            (false, _) => None,
+            (true, Some(raw)) => Some(raw),
+            (true, None) => {
+                return Err(err(
+                    ErrorKind::BadRequest,
+                    "a binary follow stream is served only on the control socket",
+                ));
+            }
+        };
         let t = f.target.as_str();
         let (filter, parents): (Filter, Vec<&String>) = if t == "parent" || t == "drops" {
             let all = self.parents.keys().collect();
@@ -726,24 +740,51 @@ impl Daemon {
         let count = f.count.unwrap_or(u64::MAX);
         let relay = move || {
             let mut seen = 0u64;
-            while seen < count {
+            'stream: while seen < count {
                 select! {
-                    recv(rx) -> o => {
-                        let Ok(o) = o else { break };
-                        let frame = observed_frame(&o, snaplen);
-                        if reply.send(Response::Ok { reply: Reply::Observation { frame } }).is_err() {
-                            break;
+                    recv(rx) -> chunk => {
+                        let Ok(mut chunk) = chunk else { break };
+                        chunk.keep(count - seen);
+                        if let Some(raw) = &raw {
+                            seen += chunk.frames();
+                            if raw.send(chunk).is_err() {
+                                break;
+                            }
+                            continue;
                         }
-                        seen += 1;
+                        for r in frames::records(chunk.bytes()) {
+                            let r = match FrameRecord::decode(r) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!("follow: a worker's record: {e}");
+                                    continue;
+                                }
+                            };
+                            let frame = r.to_observed(snaplen > 0);
+                            if reply.send(Response::Ok { reply: Reply::Observation { frame } }).is_err() {
+                                break 'stream;
+                            }
+                            seen += 1;
+                        }
                     }
                     recv(closed) -> _ => break,
                 }
             }
             observers.unregister(sink.id);
             let lost = sink.lost.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = reply.send(Response::Ok {
+            let end = Response::Ok {
                 reply: Reply::FollowEnd { seen, lost },
-            });
+            };
+            match &raw {
+                Some(raw) => {
+                    if let Ok(end) = Chunk::end(&end) {
+                        let _ = raw.send(end);
+                    }
+                }
+                None => {
+                    let _ = reply.send(end);
+                }
+            }
             tracing::debug!(seen, lost, "follow stream ended");
         };
         std::thread::Builder::new()
@@ -1396,42 +1437,9 @@ fn ring_mode(v2_workers: u64, workers: usize) -> &'static str {
     }
 }
 
-/// Observations a follower may have waiting before the workers count new ones as lost.
+/// Chunks (one per worker batch) a follower may have waiting before the workers count new
+/// frames as lost (its bytes in flight are bounded too: [`super::observe::SINK_BYTES`]).
 const FOLLOW_BACKLOG: usize = 4096;
-
-/// An observation as the protocol carries it.
-fn observed_frame(o: &super::observe::Observation, snaplen: usize) -> ObservedFrame {
-    use std::fmt::Write as _;
-    let bytes = (snaplen > 0).then(|| {
-        let mut h = String::with_capacity(2 * o.bytes.len().min(snaplen));
-        for b in o.bytes.iter().take(snaplen) {
-            let _ = write!(h, "{b:02x}");
-        }
-        h
-    });
-    ObservedFrame {
-        time_ns: u64::try_from(o.time.as_nanos()).unwrap_or(u64::MAX),
-        parent: o.parent.to_string(),
-        from: o.from.clone().unwrap_or_else(|| "parent".into()),
-        src: o.src,
-        dst: o.dst,
-        vlan: o.vlan,
-        len: o.wire_len,
-        receivers: o.receivers.clone(),
-        failed: o
-            .failed
-            .iter()
-            .map(|(port, r)| FailedCopy {
-                port: port.clone(),
-                reason: r.name().into(),
-            })
-            .collect(),
-        to_wire: o.to_wire,
-        reason: o.reason.map(|r| r.name().into()),
-        rule: o.rule.map(|r| r.name().into()),
-        bytes,
-    }
-}
 
 impl PortEntry {
     /// The port as its parent's worker holds it.

@@ -15,10 +15,11 @@
 //! written counts a drop at the port it was for; a failed send to the wire, at the sender.
 
 use std::io::{self, IoSlice};
-use std::sync::Arc;
 
 use super::counters::{ParentCounters, PortCounters};
-use super::observe::{self, Seen, Sink};
+use smallvec::SmallVec;
+
+use super::observe::{Observe, Seen};
 use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
 use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
 use crate::sys::ring::Frames;
@@ -66,33 +67,25 @@ fn write_error(e: &io::Error) -> DropReason {
     }
 }
 
-/// Followers to tell about every frame of this batch (see [`observe`]); `None` when nobody
-/// follows, which costs one branch per frame.
-#[derive(Clone, Copy, Debug)]
-pub struct Observe<'a> {
-    pub sinks: &'a [Arc<Sink>],
-    /// The parent's name, as observations carry it.
-    pub parent: &'a str,
-}
-
-/// Per-port outcomes recorded for an observation: who got a copy, whose write failed.
+/// Per-port outcomes recorded for an observation (only when someone follows: see
+/// [`Observe`]): who got a copy, whose write failed. Inline up to a few ports.
 #[derive(Debug, Default)]
-struct Record {
-    receivers: Vec<String>,
-    failed: Vec<(String, DropReason)>,
+struct Record<'t> {
+    receivers: SmallVec<[&'t str; 8]>,
+    failed: SmallVec<[(&'t str, &'static str); 2]>,
 }
 
 /// Delivers `iov` to every receiver of the verdict and counts it; records each outcome in `rec`
 /// when someone observes.
 #[allow(clippy::too_many_arguments)]
-fn deliver<P: PortIo>(
+fn deliver<'t, P: PortIo>(
     ports: &[P],
-    table: &PortTable,
+    table: &'t PortTable,
     receivers: impl FnOnce(&mut dyn FnMut(PortId)),
     iov: &[IoSlice<'_>],
     len: usize,
     group: bool,
-    mut rec: Option<&mut Record>,
+    mut rec: Option<&mut Record<'t>>,
 ) -> usize {
     let mut delivered = 0;
     receivers(&mut |id: PortId| {
@@ -106,14 +99,14 @@ fn deliver<P: PortIo>(
                 }
                 delivered += 1;
                 if let Some(r) = rec.as_deref_mut() {
-                    r.receivers.push(table.port(id).name().to_string());
+                    r.receivers.push(table.port(id).name());
                 }
             }
             Err(e) => {
                 c.drops.count(write_error(&e));
                 if let Some(r) = rec.as_deref_mut() {
                     r.failed
-                        .push((table.port(id).name().to_string(), write_error(&e)));
+                        .push((table.port(id).name(), write_error(&e).name()));
                 }
             }
         }
@@ -130,21 +123,17 @@ fn refused(
     r: DropReason,
 ) {
     if let Some(o) = obs {
-        observe::emit(
-            o.sinks,
-            Seen {
-                parent: o.parent,
-                from,
-                pieces: [data, &[], &[]],
-                vlan: None,
-                wire_len,
-                receivers: Vec::new(),
-                failed: Vec::new(),
-                to_wire: false,
-                reason: Some(r),
-                rule: None,
-            },
-        );
+        o.emit(&Seen {
+            from,
+            pieces: [data, &[], &[]],
+            vlan: None,
+            wire_len,
+            receivers: &[],
+            failed: &[],
+            to_wire: false,
+            reason: Some(r),
+            rule: None,
+        });
     }
 }
 
@@ -253,21 +242,17 @@ pub fn from_parent_observed<P: PortIo>(
     }
     if let (Some(o), Some(rec)) = (obs, rec) {
         let (head, tail) = data.split_at(ETH_HLEN - 2);
-        observe::emit(
-            o.sinks,
-            Seen {
-                parent: o.parent,
-                from: None,
-                pieces: [head, tag.as_ref().map_or(&[][..], |t| t.as_slice()), tail],
-                vlan: meta.outer_vlan().map(|t| t.vid()),
-                wire_len: meta.len(),
-                receivers: rec.receivers,
-                failed: rec.failed,
-                to_wire: false,
-                reason,
-                rule: Some(v.rule),
-            },
-        );
+        o.emit(&Seen {
+            from: None,
+            pieces: [head, tag.as_ref().map_or(&[][..], |t| t.as_slice()), tail],
+            vlan: meta.outer_vlan().map(|t| t.vid()),
+            wire_len: meta.len(),
+            receivers: &rec.receivers,
+            failed: &rec.failed,
+            to_wire: false,
+            reason,
+            rule: Some(v.rule),
+        });
     }
 }
 
@@ -368,21 +353,17 @@ pub fn from_port_observed<P: PortIo>(
         c.dropped(r);
     }
     if let (Some(o), Some(rec)) = (obs, rec) {
-        observe::emit(
-            o.sinks,
-            Seen {
-                parent: o.parent,
-                from: name(),
-                pieces: [data, &[], &[]],
-                vlan: meta.outer_vlan().map(|t| t.vid()),
-                wire_len: meta.len(),
-                receivers: rec.receivers,
-                failed: rec.failed,
-                to_wire: v.to_wire,
-                reason,
-                rule: Some(v.rule),
-            },
-        );
+        o.emit(&Seen {
+            from: name(),
+            pieces: [data, &[], &[]],
+            vlan: meta.outer_vlan().map(|t| t.vid()),
+            wire_len: meta.len(),
+            receivers: &rec.receivers,
+            failed: &rec.failed,
+            to_wire: v.to_wire,
+            reason,
+            rule: Some(v.rule),
+        });
     }
     match (n, v.to_wire) {
         (0, false) => ToWire::No,
@@ -732,7 +713,7 @@ mod tests {
 
     mod observed {
         use super::*;
-        use crate::engine::observe::{Filter, ObserverCache, Observers};
+        use crate::engine::observe::{Filter, ObserverCache, Observers, received};
 
         fn frame(dst: MacAddr) -> Vec<u8> {
             with_vnet(dst, mac(9), 60)
@@ -745,32 +726,36 @@ mod tests {
             let o = Observers::default();
             let (sink, rx) = o.register(Filter::All, 64, 16);
             let mut cache = ObserverCache::default();
-            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
-            let obs = Observe {
-                sinks: &sinks,
-                parent: "p0",
-            };
             let known = frame(mac(0));
-            from_parent_observed(&t, &c, &ports, &pf(&known), Some(&obs));
-            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
+            let obs = o.batch(&mut cache, "p0");
+            from_parent_observed(&t, &c, &ports, &pf(&known), obs.as_ref());
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), obs.as_ref());
             let bcast = with_vnet(MacAddr::BROADCAST, mac(0), 60);
-            let how = from_port_observed(&t, &ports, PortId(0), &bcast, Some(&obs));
+            let how = from_port_observed(&t, &ports, PortId(0), &bcast, obs.as_ref());
             assert_eq!(how, ToWire::Only, "c1 refused its copy: the wire decides");
-            let got: Vec<_> = rx.try_iter().collect();
+            drop(obs);
+            let got = received(&rx);
             assert_eq!(got.len(), 3);
-            assert_eq!(got[0].from, None);
-            assert_eq!(got[0].receivers, ["c0"]);
-            assert_eq!(got[0].reason, None);
-            assert_eq!(got[0].rule, Some(Rule::RxUnicastToPort));
-            assert_eq!(got[0].bytes, known[VNET_HDR_LEN..]);
-            assert_eq!(got[0].dst, Some(mac(0)));
-            assert!(got[1].receivers.is_empty());
-            assert_eq!(got[1].reason, Some(DropReason::UnknownDestination));
-            assert_eq!(got[2].from.as_deref(), Some("c0"));
-            assert!(got[2].to_wire && got[2].receivers.is_empty());
+            let (f, bytes) = &got[0];
+            assert_eq!(f.from, "parent");
+            assert_eq!(f.parent, "p0");
+            assert_eq!(f.receivers, ["c0"]);
+            assert_eq!(f.reason, None);
+            assert_eq!(f.rule.as_deref(), Some(Rule::RxUnicastToPort.name()));
+            assert_eq!(bytes[..], known[VNET_HDR_LEN..]);
+            assert_eq!(f.dst, Some(mac(0)));
+            assert!(got[1].0.receivers.is_empty());
             assert_eq!(
-                got[2].failed,
-                [("c1".to_string(), DropReason::TapWriteFailed)]
+                got[1].0.reason.as_deref(),
+                Some(DropReason::UnknownDestination.name())
+            );
+            let f = &got[2].0;
+            assert_eq!(f.from, "c0");
+            assert!(f.to_wire && f.receivers.is_empty());
+            assert_eq!(f.failed.len(), 1);
+            assert_eq!(
+                (f.failed[0].port.as_str(), f.failed[0].reason.as_str()),
+                ("c1", DropReason::TapWriteFailed.name())
             );
             assert_eq!(sink.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
             // Counting is unchanged by observing.
@@ -784,28 +769,21 @@ mod tests {
             let o = Observers::default();
             let (_s, rx) = o.register(Filter::Port("c0".into()), 1000, 4);
             let mut cache = ObserverCache::default();
-            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
             let b = frame(mac(0));
             let f = ParentFrame {
                 with_vnet: &b,
                 wire_len: 60,
                 vlan: Some(VlanTag::dot1q(7)),
             };
-            from_parent_observed(
-                &t,
-                &c,
-                &ports,
-                &f,
-                Some(&Observe {
-                    sinks: &sinks,
-                    parent: "p0",
-                }),
-            );
-            let got = rx.try_recv().unwrap();
-            assert_eq!(got.vlan, Some(7));
-            assert_eq!(got.wire_len, 64);
-            assert_eq!(&got.bytes[12..16], &[0x81, 0x00, 0x00, 0x07]);
-            assert_eq!(got.bytes.len(), 64);
+            let obs = o.batch(&mut cache, "p0");
+            from_parent_observed(&t, &c, &ports, &f, obs.as_ref());
+            drop(obs);
+            let got = received(&rx);
+            let (f, bytes) = &got[0];
+            assert_eq!(f.vlan, Some(7));
+            assert_eq!(f.len, 64);
+            assert_eq!(&bytes[12..16], &[0x81, 0x00, 0x00, 0x07]);
+            assert_eq!(bytes.len(), 64);
         }
 
         #[test]
@@ -814,26 +792,24 @@ mod tests {
             let o = Observers::default();
             let (_s, rx) = o.register(Filter::Drops, 0, 8);
             let mut cache = ObserverCache::default();
-            let sinks = o.snapshot(&mut cache).unwrap().to_vec();
-            let obs = Observe {
-                sinks: &sinks,
-                parent: "p0",
-            };
-            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(0))), Some(&obs));
-            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), Some(&obs));
+            let obs = o.batch(&mut cache, "p0");
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(0))), obs.as_ref());
+            from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), obs.as_ref());
             let runt = vec![0u8; VNET_HDR_LEN + 10];
             let r = ParentFrame {
                 with_vnet: &runt,
                 wire_len: 10,
                 vlan: None,
             };
-            from_parent_observed(&t, &c, &ports, &r, Some(&obs));
-            let got: Vec<_> = rx.try_iter().collect();
+            from_parent_observed(&t, &c, &ports, &r, obs.as_ref());
+            drop(obs);
+            let got = received(&rx);
             assert_eq!(got.len(), 2, "the delivered frame is not a drop");
-            assert_eq!(got[0].reason, Some(DropReason::UnknownDestination));
-            assert_eq!(got[1].reason, Some(DropReason::Runt));
-            assert_eq!(got[1].rule, None);
-            assert!(got[1].bytes.is_empty(), "snaplen 0: no bytes");
+            let reason = |i: usize| got[i].0.reason.clone();
+            assert_eq!(reason(0).as_deref(), Some("unknown_destination"));
+            assert_eq!(reason(1).as_deref(), Some("runt"));
+            assert_eq!(got[1].0.rule, None);
+            assert!(got[1].1.is_empty(), "snaplen 0: no bytes");
         }
 
         #[test]
@@ -843,7 +819,7 @@ mod tests {
             let (s, rx) = o.register(Filter::All, 0, 8);
             o.unregister(s.id);
             let mut cache = ObserverCache::default();
-            assert!(o.snapshot(&mut cache).is_none());
+            assert!(o.batch(&mut cache, "p0").is_none());
             from_parent(&t, &c, &ports, &pf(&frame(mac(0))));
             assert!(rx.try_recv().is_err());
             assert_eq!(ports[0].counters.rx.packets.get(), 1);

@@ -1,28 +1,45 @@
 //! Watching real frames as the engine forwards them: `trace --follow` and `capture`.
 //!
 //! [`Observers`] is shared by the daemon and every worker. The daemon [`register`]s a
-//! [`Sink`] (a bounded channel and a [`Filter`]) for each client that follows; workers call
-//! [`Observers::snapshot`] once per batch (a ring block, a TAP's read budget) and, only when it
-//! returns sinks, build an [`Observation`] per frame and hand it to every sink whose filter
-//! matches with `try_send`.
+//! [`Sink`] (a bounded channel of [`Chunk`]s and a [`Filter`]) for each client that follows;
+//! workers call [`Observers::batch`] once per batch (a ring block, a TAP's read budget) and,
+//! only when it returns an [`Observe`], tell it about every frame ([`Observe::emit`]).
 //!
 //! Cost when nobody observes: one relaxed atomic load per batch, then `None` flows through the
 //! forwarding path (a predictable branch per frame); no allocation, no copy, no lock.
 //!
+//! Cost when someone does: each frame a sink wants is encoded as one record
+//! ([`frames::encode`]: a fixed header, the names, the bytes up to the sink's snaplen) into that
+//! sink's buffer for the batch; no allocation once the buffers have grown, since they come back
+//! through the sink's [`Recycler`] when the follower's connection has written them. The batch's
+//! buffer goes to the sink as one chunk when the batch ends (when the [`Observe`] is dropped) or
+//! when it passes [`CHUNK_BYTES`]: one channel operation, and at most one wake-up of the
+//! follower's thread, per batch.
+//!
 //! The worker never blocks here: the sink list is copied under a `try_lock` only when its version
-//! changed (if the lock is busy, the previous list is used for one more batch), and a full
-//! channel counts the observation as lost in [`Sink::lost`]; the client is told at the end.
+//! changed (if the lock is busy, the previous list is used for one more batch), and a chunk that
+//! finds the channel full, or the sink's bytes in flight over [`SINK_BYTES`], counts its frames
+//! as lost in [`Sink::lost`]; the client is told at the end.
 //!
 //! [`register`]: Observers::register
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::control::frames::{self, Chunk, Head, Recycler};
 use crate::forward::{DropReason, Rule};
 use crate::mac::MacAddr;
+
+/// A sink's buffer is handed over once it holds this much, even mid-batch.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes a follower may have handed over and not yet written before new frames count as lost.
+pub const SINK_BYTES: usize = 32 * 1024 * 1024;
+/// Spare buffers a sink keeps for reuse.
+const SPARES: usize = 16;
 
 /// Which frames a sink wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,75 +54,44 @@ pub enum Filter {
     Drops,
 }
 
-/// One frame as a worker carried it out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observation {
-    /// When the worker handled it (wall clock).
-    pub time: Duration,
-    /// The parent whose worker handled it.
-    pub parent: Arc<str>,
-    /// Where it entered: `None` from the wire (the parent), else the sending port's name.
-    pub from: Option<String>,
-    pub src: Option<MacAddr>,
-    pub dst: Option<MacAddr>,
-    /// The outermost VLAN id (inline or reported out of band by the ring).
-    pub vlan: Option<u16>,
-    /// The frame's full length.
-    pub wire_len: usize,
-    /// The frame as it entered (an out-of-band tag put back inline), truncated to the largest
-    /// snaplen any matching sink asked for; empty when none asked for bytes.
-    pub bytes: Vec<u8>,
-    /// Ports that got a copy, in delivery order.
-    pub receivers: Vec<String>,
-    /// Ports whose copy could not be written, and why (`tap_queue_full`, `tap_write_failed`).
-    pub failed: Vec<(String, DropReason)>,
-    /// Also sent (or queued to be sent) on the parent.
-    pub to_wire: bool,
-    /// Why the frame reached no port and not the wire, when it did not.
-    pub reason: Option<DropReason>,
-    /// The rule that decided it; `None` for frames refused before any decision (runt, ...).
-    pub rule: Option<Rule>,
-}
-
-impl Observation {
-    /// Whether `f` wants this observation.
-    pub fn matches(&self, f: &Filter) -> bool {
-        match f {
-            Filter::All => true,
-            Filter::Parent(p) => *self.parent == **p,
-            Filter::Port(p) => {
-                self.from.as_deref() == Some(p.as_str())
-                    || self.receivers.iter().any(|r| r == p)
-                    || self.failed.iter().any(|(r, _)| r == p)
-            }
-            Filter::Drops => self.reason.is_some() || !self.failed.is_empty(),
-        }
-    }
-}
-
-/// One follower: what it wants and where its observations go.
+/// One follower: what it wants and where its frames go.
 #[derive(Debug)]
 pub struct Sink {
     pub id: u64,
     pub filter: Filter,
     /// Bytes wanted per frame (0: none).
     pub snaplen: usize,
-    tx: Sender<Arc<Observation>>,
-    /// Observations that matched but found the channel full.
+    tx: Sender<Chunk>,
+    recycler: Arc<Recycler>,
+    /// Frames that matched but found the channel full or the budget spent.
     pub lost: AtomicU64,
 }
 
 impl Sink {
-    /// Hands `o` over without blocking; a full channel counts a loss.
-    fn offer(&self, o: &Arc<Observation>) {
-        match self.tx.try_send(Arc::clone(o)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
-            // The follower is gone; the daemon unregisters it.
-            Err(TrySendError::Disconnected(_)) => {}
+    /// Hands `p`'s records over without blocking; what does not fit counts as lost.
+    fn hand_over(&self, p: &mut Pending) {
+        let frames = std::mem::take(&mut p.frames);
+        if frames == 0 {
+            return;
         }
+        let lost = |n| self.lost.fetch_add(n, Ordering::Relaxed);
+        match self.recycler.chunk(std::mem::take(&mut p.buf), frames) {
+            Err(mut buf) => {
+                lost(frames);
+                buf.clear();
+                p.buf = buf;
+                return;
+            }
+            Ok(chunk) => match self.tx.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    lost(frames);
+                }
+                // The follower is gone; the daemon unregisters it.
+                Err(TrySendError::Disconnected(_)) => {}
+            },
+        }
+        p.buf = self.recycler.buffer();
     }
 }
 
@@ -120,27 +106,37 @@ pub struct Observers {
     next_id: AtomicU64,
 }
 
-/// A worker's copy of the sink list, refreshed between batches.
+/// A sink's records of the current batch.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    frames: u64,
+}
+
+/// A worker's copy of the sink list, refreshed between batches, with its buffer per sink.
 #[derive(Debug, Default)]
 pub struct ObserverCache {
     version: u64,
     sinks: Option<Arc<[Arc<Sink>]>>,
+    /// One per sink, in the same order; empty between batches.
+    pending: Vec<Pending>,
 }
 
 impl Observers {
-    /// Adds a follower whose channel holds at most `capacity` observations.
+    /// Adds a follower whose channel holds at most `capacity` chunks.
     pub fn register(
         &self,
         filter: Filter,
         snaplen: usize,
         capacity: usize,
-    ) -> (Arc<Sink>, Receiver<Arc<Observation>>) {
+    ) -> (Arc<Sink>, Receiver<Chunk>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let sink = Arc::new(Sink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             filter,
             snaplen,
             tx,
+            recycler: Recycler::new(SINK_BYTES, SPARES),
             lost: AtomicU64::new(0),
         });
         let mut g = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,9 +168,9 @@ impl Observers {
         self.len() == 0
     }
 
-    /// The sinks to feed for the next batch, `None` when nobody listens: one relaxed load in
-    /// that case. Never blocks.
-    pub fn snapshot<'c>(&self, cache: &'c mut ObserverCache) -> Option<&'c [Arc<Sink>]> {
+    /// The followers to tell about the next batch of `parent`'s frames, `None` when nobody
+    /// listens: one relaxed load in that case. Never blocks.
+    pub fn batch<'c>(&self, cache: &'c mut ObserverCache, parent: &'c str) -> Option<Observe<'c>> {
         if self.listening.load(Ordering::Relaxed) == 0 {
             cache.sinks = None;
             return None;
@@ -183,28 +179,59 @@ impl Observers {
         if (cache.sinks.is_none() || cache.version != version)
             && let Ok(g) = self.sinks.try_lock()
         {
+            cache.pending = g.iter().map(|_| Pending::default()).collect();
             cache.sinks = Some(Arc::clone(&g));
             cache.version = version;
         }
-        cache.sinks.as_deref().filter(|s| !s.is_empty())
+        let sinks = cache.sinks.as_deref().filter(|s| !s.is_empty())?;
+        Some(Observe {
+            parent,
+            sinks,
+            pending: RefCell::new(&mut cache.pending),
+        })
     }
 }
 
-/// What the forwarding path knows about one frame, turned into an [`Observation`] only when some
-/// sink wants it.
+/// The followers of one batch of frames; hands each sink its records when dropped.
+#[derive(Debug)]
+pub struct Observe<'a> {
+    /// The parent's name, as records carry it.
+    parent: &'a str,
+    sinks: &'a [Arc<Sink>],
+    pending: RefCell<&'a mut Vec<Pending>>,
+}
+
+/// What the forwarding path knows about one frame, encoded only for the sinks that want it.
 #[derive(Debug)]
 pub struct Seen<'a> {
-    pub parent: &'a str,
     pub from: Option<&'a str>,
     /// The frame's bytes as they entered, in pieces (an out-of-band tag goes between them).
     pub pieces: [&'a [u8]; 3],
     pub vlan: Option<u16>,
     pub wire_len: usize,
-    pub receivers: Vec<String>,
-    pub failed: Vec<(String, DropReason)>,
+    /// Ports that got a copy, in delivery order.
+    pub receivers: &'a [&'a str],
+    /// Ports whose copy could not be written, and why (a [`DropReason`]'s name).
+    pub failed: &'a [(&'a str, &'static str)],
     pub to_wire: bool,
     pub reason: Option<DropReason>,
     pub rule: Option<Rule>,
+}
+
+impl Seen<'_> {
+    /// Whether `f` wants this frame of `parent`.
+    fn matches(&self, f: &Filter, parent: &str) -> bool {
+        match f {
+            Filter::All => true,
+            Filter::Parent(p) => parent == p,
+            Filter::Port(p) => {
+                self.from == Some(p.as_str())
+                    || self.receivers.contains(&p.as_str())
+                    || self.failed.iter().any(|(r, _)| r == p)
+            }
+            Filter::Drops => self.reason.is_some() || !self.failed.is_empty(),
+        }
+    }
 }
 
 fn mac_at(b: &[u8], at: usize) -> Option<MacAddr> {
@@ -213,69 +240,79 @@ fn mac_at(b: &[u8], at: usize) -> Option<MacAddr> {
         .map(MacAddr)
 }
 
-/// Builds the observation for `seen` (once) and offers it to every sink that wants it.
-pub fn emit(sinks: &[Arc<Sink>], seen: Seen<'_>) {
-    let Seen {
-        parent,
-        from,
-        pieces,
-        vlan,
-        wire_len,
-        receivers,
-        failed,
-        to_wire,
-        reason,
-        rule,
-    } = seen;
-    let mut o = Observation {
-        time: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-        parent: Arc::from(parent),
-        from: from.map(str::to_string),
-        src: mac_at(pieces[0], 6),
-        dst: mac_at(pieces[0], 0),
-        vlan,
-        wire_len,
-        bytes: Vec::new(),
-        receivers,
-        failed,
-        to_wire,
-        reason,
-        rule,
-    };
-    let wanted: Vec<&Arc<Sink>> = sinks.iter().filter(|s| o.matches(&s.filter)).collect();
-    if wanted.is_empty() {
-        return;
-    }
-    let snaplen = wanted.iter().map(|s| s.snaplen).max().unwrap_or(0);
-    if snaplen > 0 {
-        let total: usize = pieces.iter().map(|p| p.len()).sum();
-        o.bytes.reserve(total.min(snaplen));
-        for p in pieces {
-            let room = snaplen - o.bytes.len();
-            o.bytes.extend_from_slice(&p[..p.len().min(room)]);
+impl Observe<'_> {
+    /// Encodes `seen` for every sink that wants it.
+    pub fn emit(&self, seen: &Seen<'_>) {
+        let mut pending = self.pending.borrow_mut();
+        let mut head = None;
+        for (sink, p) in self.sinks.iter().zip(pending.iter_mut()) {
+            if !seen.matches(&sink.filter, self.parent) {
+                continue;
+            }
+            let head = head.get_or_insert_with(|| Head {
+                time_ns: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                wire_len: u32::try_from(seen.wire_len).unwrap_or(u32::MAX),
+                vlan: seen.vlan,
+                src: mac_at(seen.pieces[0], 6),
+                dst: mac_at(seen.pieces[0], 0),
+                to_wire: seen.to_wire,
+                parent: self.parent,
+                from: seen.from,
+                reason: seen.reason.map(DropReason::name),
+                rule: seen.rule.map(Rule::name),
+            });
+            frames::encode(
+                &mut p.buf,
+                head,
+                seen.receivers,
+                seen.failed,
+                &seen.pieces,
+                sink.snaplen,
+            );
+            p.frames += 1;
+            if p.buf.len() >= CHUNK_BYTES {
+                sink.hand_over(p);
+            }
         }
     }
-    let o = Arc::new(o);
-    for s in wanted {
-        s.offer(&o);
+}
+
+impl Drop for Observe<'_> {
+    fn drop(&mut self) {
+        for (sink, p) in self.sinks.iter().zip(self.pending.get_mut().iter_mut()) {
+            sink.hand_over(p);
+        }
     }
+}
+
+/// Every frame the chunks waiting on `rx` hold, as JSON would carry it, with its bytes.
+#[cfg(test)]
+pub fn received(rx: &Receiver<Chunk>) -> Vec<(crate::control::proto::ObservedFrame, Vec<u8>)> {
+    use crate::control::frames::{FrameRecord, records};
+    let mut v = Vec::new();
+    for c in rx.try_iter() {
+        for r in records(c.bytes()) {
+            let r = FrameRecord::decode(r).expect("a well-formed record");
+            v.push((r.to_observed(false), r.bytes.to_vec()));
+        }
+    }
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn seen<'a>(from: Option<&'a str>, bytes: &'a [u8], receivers: &[&str]) -> Seen<'a> {
+    fn seen<'a>(from: Option<&'a str>, bytes: &'a [u8], receivers: &'a [&'a str]) -> Seen<'a> {
         Seen {
-            parent: "p0",
             from,
             pieces: [bytes, &[], &[]],
             vlan: None,
             wire_len: bytes.len(),
-            receivers: receivers.iter().map(|s| s.to_string()).collect(),
-            failed: Vec::new(),
+            receivers,
+            failed: &[],
             to_wire: false,
             reason: receivers
                 .is_empty()
@@ -284,15 +321,25 @@ mod tests {
         }
     }
 
+    fn drain(rx: &Receiver<Chunk>) -> Vec<(Option<String>, usize, usize, Option<String>)> {
+        received(rx)
+            .into_iter()
+            .map(|(o, b)| {
+                let from = Some(o.from).filter(|f| f != "parent");
+                (from, o.len, b.len(), o.reason)
+            })
+            .collect()
+    }
+
     #[test]
-    fn nobody_listening_means_no_snapshot() {
+    fn nobody_listening_means_no_batch() {
         let o = Observers::default();
         let mut c = ObserverCache::default();
-        assert!(o.snapshot(&mut c).is_none());
+        assert!(o.batch(&mut c, "p0").is_none());
         let (s, _rx) = o.register(Filter::All, 0, 4);
-        assert_eq!(o.snapshot(&mut c).map(<[_]>::len), Some(1));
+        assert!(o.batch(&mut c, "p0").is_some());
         o.unregister(s.id);
-        assert!(o.snapshot(&mut c).is_none());
+        assert!(o.batch(&mut c, "p0").is_none());
         assert!(o.is_empty());
     }
 
@@ -304,33 +351,62 @@ mod tests {
         let (_d, drops) = o.register(Filter::Drops, 0, 16);
         let (_q, other) = o.register(Filter::Parent("p9".into()), 0, 16);
         let mut c = ObserverCache::default();
-        let sinks = o.snapshot(&mut c).unwrap().to_vec();
         let frame = [7u8; 60];
-        emit(&sinks, seen(None, &frame, &["c1"]));
-        emit(&sinks, seen(None, &frame, &[]));
-        emit(&sinks, seen(Some("c1"), &frame, &["c0"]));
-        let all: Vec<_> = all.try_iter().collect();
+        {
+            let b = o.batch(&mut c, "p0").unwrap();
+            b.emit(&seen(None, &frame, &["c1"]));
+            b.emit(&seen(None, &frame, &[]));
+            b.emit(&seen(Some("c1"), &frame, &["c0"]));
+            assert!(all.is_empty(), "handed over when the batch ends");
+        }
+        assert_eq!(all.len(), 1, "one chunk per batch");
+        let all = drain(&all);
         assert_eq!(all.len(), 3);
-        assert_eq!(all[0].bytes.len(), 20, "the largest snaplen asked for");
-        assert_eq!(all[0].wire_len, 60);
-        assert_eq!(port.try_iter().count(), 2, "received by c1, sent by c1");
-        let d: Vec<_> = drops.try_iter().collect();
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].reason, Some(DropReason::UnknownDestination));
+        assert_eq!(all[0], (None, 60, 20, None), "the sink's own snaplen");
+        assert_eq!(all[2].0.as_deref(), Some("c1"));
+        let port = drain(&port);
+        assert_eq!(port.len(), 2, "received by c1, sent by c1");
+        assert_eq!(port[0].2, 0, "no bytes asked for");
+        let d = drain(&drops);
+        assert_eq!(d, [(None, 60, 0, Some("unknown_destination".into()))]);
         assert_eq!(other.try_iter().count(), 0);
     }
 
     #[test]
-    fn a_full_channel_counts_losses() {
+    fn a_full_channel_counts_losses_and_buffers_are_reused() {
         let o = Observers::default();
         let (s, rx) = o.register(Filter::All, 0, 2);
         let mut c = ObserverCache::default();
-        let sinks = o.snapshot(&mut c).unwrap().to_vec();
         let frame = [0u8; 60];
         for _ in 0..5 {
-            emit(&sinks, seen(None, &frame, &["c0"]));
+            let b = o.batch(&mut c, "p0").unwrap();
+            b.emit(&seen(None, &frame, &["c0"]));
+            b.emit(&seen(None, &frame, &["c0"]));
         }
-        assert_eq!(rx.try_iter().count(), 2);
-        assert_eq!(s.lost.load(Ordering::Relaxed), 3);
+        assert_eq!(drain(&rx).len(), 4, "two chunks of two");
+        assert_eq!(s.lost.load(Ordering::Relaxed), 6);
+        // The chunks were dropped: their buffers came back, capacity kept, for the next batches.
+        assert_eq!(s.recycler.in_flight(), 0);
+        assert!(s.recycler.buffer().capacity() > 0);
+    }
+
+    #[test]
+    fn a_big_batch_is_handed_over_in_chunks() {
+        let o = Observers::default();
+        let (s, rx) = o.register(Filter::All, 1500, 64);
+        let mut c = ObserverCache::default();
+        let frame = [1u8; 1500];
+        let n = 2 * CHUNK_BYTES / 1500 + 3;
+        {
+            let b = o.batch(&mut c, "p0").unwrap();
+            for _ in 0..n {
+                b.emit(&seen(None, &frame, &["c0"]));
+            }
+        }
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.bytes().len() <= CHUNK_BYTES + 1600));
+        assert_eq!(chunks.iter().map(Chunk::frames).sum::<u64>(), n as u64);
+        assert_eq!(s.lost.load(Ordering::Relaxed), 0);
     }
 }

@@ -20,7 +20,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::adaptive::{Auto, State};
 use super::counters::{ParentCounters, PortCounters};
 use super::dev::{PortDev, Recv};
-use super::forward::{self, Observe, PortIo, ToWire};
+use super::forward::{self, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
@@ -413,10 +413,7 @@ impl Worker {
         while let Some(block) = ring.next_block() {
             frames += u64::from(block.num_pkts());
             // One relaxed load per block when nobody follows.
-            let obs = observers.snapshot(observer_cache).map(|sinks| Observe {
-                sinks,
-                parent: &set.table.parent().name,
-            });
+            let obs = observers.batch(observer_cache, &set.table.parent().name);
             forward::from_parent_block(
                 &set.table,
                 counters,
@@ -485,11 +482,7 @@ impl Worker {
         // One relaxed load per TAP batch when nobody follows.
         let obs = self
             .observers
-            .snapshot(&mut self.observer_cache)
-            .map(|sinks| Observe {
-                sinks,
-                parent: &self.set.table.parent().name,
-            });
+            .batch(&mut self.observer_cache, &self.set.table.parent().name);
         for _ in 0..TAP_BUDGET {
             let slot = &mut batch.slots[batch.queued.len()];
             let n = match dev.recv(slot) {

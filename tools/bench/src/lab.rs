@@ -12,6 +12,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +39,10 @@ pub enum Arm {
     UmacvlanV2,
     UmacvlanV3,
     UmacvlanAuto,
+    /// The same engine as `Umacvlan`, observed for the whole measurement: `--metrics-listen`
+    /// scraped every second by the benchmark, and `umacvlan capture parent -w /dev/null`
+    /// recording every frame.
+    UmacvlanObserved,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
     /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
@@ -45,11 +51,18 @@ pub enum Arm {
 
 impl Arm {
     /// What `--all` runs.
-    pub const ALL: [Arm; 4] = [Arm::Kernel, Arm::Umacvlan, Arm::Ovs, Arm::Vde];
-    /// Every arm `--arms` takes, in table order.
-    pub const KNOWN: [Arm; 7] = [
+    pub const ALL: [Arm; 5] = [
         Arm::Kernel,
         Arm::Umacvlan,
+        Arm::UmacvlanObserved,
+        Arm::Ovs,
+        Arm::Vde,
+    ];
+    /// Every arm `--arms` takes, in table order.
+    pub const KNOWN: [Arm; 8] = [
+        Arm::Kernel,
+        Arm::Umacvlan,
+        Arm::UmacvlanObserved,
         Arm::UmacvlanV2,
         Arm::UmacvlanV3,
         Arm::UmacvlanAuto,
@@ -64,6 +77,7 @@ impl Arm {
             Arm::UmacvlanV2 => "umacvlan-v2",
             Arm::UmacvlanV3 => "umacvlan-v3",
             Arm::UmacvlanAuto => "umacvlan-auto",
+            Arm::UmacvlanObserved => "umacvlan-observed",
             Arm::Ovs => "ovs",
             Arm::Vde => "vde",
         }
@@ -87,7 +101,7 @@ impl Arm {
     /// The engine arms' `--ring` (`""`: the engine's default).
     fn ring(self) -> Option<&'static str> {
         match self {
-            Arm::Umacvlan => Some(""),
+            Arm::Umacvlan | Arm::UmacvlanObserved => Some(""),
             Arm::UmacvlanV2 => Some("v2"),
             Arm::UmacvlanV3 => Some("v3"),
             Arm::UmacvlanAuto => Some("auto"),
@@ -99,15 +113,17 @@ impl Arm {
     pub fn missing(self, umacvlan: &Path) -> Option<String> {
         match self {
             Arm::Kernel => None,
-            Arm::Umacvlan | Arm::UmacvlanV2 | Arm::UmacvlanV3 | Arm::UmacvlanAuto => {
-                (!umacvlan.exists()).then(|| {
-                    format!(
-                        "no umacvlan binary at {} (build it: cargo build --release --bin umacvlan, \
+            Arm::Umacvlan
+            | Arm::UmacvlanObserved
+            | Arm::UmacvlanV2
+            | Arm::UmacvlanV3
+            | Arm::UmacvlanAuto => (!umacvlan.exists()).then(|| {
+                format!(
+                    "no umacvlan binary at {} (build it: cargo build --release --bin umacvlan, \
                      or pass --umacvlan PATH)",
-                        umacvlan.display()
-                    )
-                })
-            }
+                    umacvlan.display()
+                )
+            }),
             Arm::Ovs => ["ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool"]
                 .into_iter()
                 .find(|b| which(b).is_none())
@@ -269,6 +285,8 @@ pub struct Lab {
     pub extra_ports: usize,
     /// umacvlan: from spawning the engine until every port existed.
     pub startup: Option<Duration>,
+    /// umacvlan-observed: the scraper (the capture is one of `procs`).
+    observer: Option<Observer>,
 }
 
 /// An engine's memory, from /proc: resident total, anonymous, and the part that is ring memory
@@ -354,6 +372,81 @@ fn run_ok(mut c: Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The observers of the `umacvlan-observed` arm's engine: a 1 s scrape of /metrics (a thread of
+/// the benchmark, in the host namespace) and a capture of every frame (a process, in the lab's
+/// `procs`).
+#[derive(Debug)]
+struct Observer {
+    stop: Arc<AtomicBool>,
+    scrapes: Arc<AtomicU64>,
+    scraper: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the observed engine serves /metrics, inside its own host namespace.
+const METRICS_ADDR: &str = "127.0.0.1:9578";
+
+/// One GET of /metrics; Ok when the answer is a 200 with a body.
+fn scrape() -> Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(METRICS_ADDR)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.1 200") || !answer.contains("umacvlan_port_receive_packets") {
+        bail!("unexpected answer: {}", answer.lines().next().unwrap_or(""));
+    }
+    Ok(())
+}
+
+impl Observer {
+    /// Scrapes every second from a thread inside `host` until dropped.
+    fn start(host: &Netns) -> Result<Observer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let scrapes = Arc::new(AtomicU64::new(0));
+        let ns = host.try_clone()?;
+        let (s, n) = (Arc::clone(&stop), Arc::clone(&scrapes));
+        let scraper = std::thread::Builder::new()
+            .name("bench-scrape".into())
+            .spawn(move || {
+                if let Err(e) = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                    eprintln!("umacvlan-bench: the scraper cannot enter the host namespace: {e}");
+                    return;
+                }
+                while !s.load(Ordering::SeqCst) {
+                    match scrape() {
+                        Ok(()) => n.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            eprintln!("umacvlan-bench: scraping /metrics: {e:#}");
+                            0
+                        }
+                    };
+                    // A second, in slices so that teardown does not wait for it.
+                    for _ in 0..20 {
+                        if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })?;
+        Ok(Observer {
+            stop,
+            scrapes,
+            scraper: Some(scraper),
+        })
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.scraper.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 impl Lab {
     /// Build the lab for `arm`. On error, whatever was created is removed (the partial `Lab`
     /// is dropped).
@@ -382,15 +475,18 @@ impl Lab {
             engine_report: None,
             extra_ports,
             startup: None,
+            observer: None,
         };
         if arm != Arm::Vde {
             lab.wire_up()?;
         }
         match arm {
             Arm::Kernel => lab.kernel()?,
-            Arm::Umacvlan | Arm::UmacvlanV2 | Arm::UmacvlanV3 | Arm::UmacvlanAuto => {
-                lab.umacvlan(umacvlan)?
-            }
+            Arm::Umacvlan
+            | Arm::UmacvlanObserved
+            | Arm::UmacvlanV2
+            | Arm::UmacvlanV3
+            | Arm::UmacvlanAuto => lab.umacvlan(umacvlan)?,
             Arm::Ovs => lab.ovs()?,
             Arm::Vde => lab.vde()?,
         }
@@ -491,11 +587,18 @@ impl Lab {
             bail!("{why}");
         }
         let log = std::env::temp_dir().join(format!("{}-engine.log", self.prefix));
-        let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
-        // No control socket: several engine arms run at once, and nothing here talks to them.
-        c.args(["run", "--no-control", "--parent", "eth0"]);
+        let host = self.ns_name("host");
+        let control = std::env::temp_dir().join(format!("{}.sock", self.prefix));
+        let mut c = ns_command(&host, &bin.to_string_lossy());
+        c.args(["run", "--parent", "eth0"])
+            .arg("--control")
+            .arg(&control);
         if let Some(ring) = self.arm.ring().filter(|r| !r.is_empty()) {
             c.args(["--ring", ring]);
+        }
+        let observed = self.arm == Arm::UmacvlanObserved;
+        if observed {
+            c.args(["--metrics-listen", METRICS_ADDR]);
         }
         for (name, mac) in [("c1", C1_MAC), ("c2", C2_MAC)] {
             c.args([
@@ -535,7 +638,48 @@ impl Lab {
             })?;
         }
         self.startup = Some(started.elapsed());
-        self.extras_up()
+        self.extras_up()?;
+        if observed {
+            self.observe(bin, &control)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the observers of the umacvlan-observed arm and waits until the capture is
+    /// following and the first scrape has answered.
+    fn observe(&mut self, bin: &Path, control: &Path) -> Result<()> {
+        let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
+        c.args(["capture", "parent", "-w", "/dev/null", "--control"])
+            .arg(control);
+        let log = std::env::temp_dir().join(format!("{}-capture.log", self.prefix));
+        self.spawn_proc("umacvlan capture", c, &log)?;
+        let mut probe = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
+        probe
+            .args(["stats", "-j", "--control"])
+            .arg(control)
+            .stdout(Stdio::null());
+        run_ok(probe).context("the observed engine's control socket")?;
+        self.observer = Some(Observer::start(&self.host)?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .observer
+            .as_ref()
+            .is_some_and(|o| o.scrapes.load(Ordering::SeqCst) == 0)
+        {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("no successful scrape of http://{METRICS_ADDR}/metrics within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Scrapes of /metrics that succeeded so far (umacvlan-observed only).
+    pub fn scrapes(&self) -> Option<u64> {
+        self.observer
+            .as_ref()
+            .map(|o| o.scrapes.load(Ordering::SeqCst))
     }
 
     /// ovsdb-server + ovs-vswitchd inside the host namespace, a `datapath_type=netdev` bridge
@@ -728,6 +872,7 @@ impl Lab {
     /// Stop the processes, keep the umacvlan engine's counters, remove the namespaces. Returns
     /// the errors met while removing.
     pub fn teardown(&mut self) -> Vec<String> {
+        self.observer = None;
         while let Some(mut p) = self.procs.pop() {
             p.stop();
             if p.what == "umacvlan run"

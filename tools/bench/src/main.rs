@@ -28,12 +28,14 @@ static STOP: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Run every arm: kernel, umacvlan, and ovs / vde when installed (else reported as not run).
+    /// Run every arm: kernel, umacvlan, umacvlan-observed, and ovs / vde when installed (else
+    /// reported as not run).
     #[arg(long)]
     all: bool,
-    /// Arms to run, comma-separated: kernel, umacvlan, ovs, vde, and umacvlan-v2, umacvlan-v3,
-    /// umacvlan-auto (the engine with that `--ring`). The kernel is always run (the ratios are
-    /// against it).
+    /// Arms to run, comma-separated: kernel, umacvlan, umacvlan-observed (the same engine with a
+    /// 1 s scrape of /metrics and a capture of every frame running throughout), ovs, vde, and
+    /// umacvlan-v2, umacvlan-v3, umacvlan-auto (the engine with that `--ring`). The kernel is
+    /// always run (the ratios are against it).
     #[arg(long, value_delimiter = ',', default_value = "kernel,umacvlan")]
     arms: Vec<String>,
     /// Tests to run, comma-separated: pps, tcp, rtt.
@@ -369,6 +371,14 @@ fn run(a: Args) -> Result<ExitCode> {
     }
     // Tear down (keeping the engine's counters for the JSON), then check nothing is left.
     let mut engine_report = None;
+    for l in &labs {
+        if let Some(n) = l.scrapes() {
+            extra.insert(
+                "observed".into(),
+                serde_json::json!({"metrics_scrapes": n, "capture": "umacvlan capture parent -w /dev/null"}),
+            );
+        }
+    }
     for mut l in labs {
         for e in l.teardown() {
             eprintln!("umacvlan-bench: {e}");
@@ -589,6 +599,9 @@ fn table(p: &Plan, arms: &[&str], samples: &Samples, skipped: &[(Arm, String)]) 
     for a in &others {
         header.push((*a).to_string());
         header.push(format!("{a}/kernel"));
+        if *a == Arm::UmacvlanObserved.name() {
+            header.push(format!("{a}/umacvlan"));
+        }
     }
     header.extend(["goal (umacvlan)".to_string(), "met".into()]);
     let ovs = arms.contains(&"ovs");
@@ -612,6 +625,10 @@ fn table(p: &Plan, arms: &[&str], samples: &Samples, skipped: &[(Arm, String)]) 
             row.push(v.map_or("-".into(), fmt_val));
             let ratio = k.zip(v).map(|(k, v)| v / k);
             row.push(ratio.map_or("-".into(), |r| format!("{r:.2}x")));
+            if *a == Arm::UmacvlanObserved.name() {
+                let u = med(samples, "umacvlan", m.id).zip(v).map(|(u, v)| v / u);
+                row.push(u.map_or("-".into(), |r| format!("{r:.2}x")));
+            }
             if *a == "umacvlan"
                 && let Some(r) = ratio
             {
@@ -693,12 +710,14 @@ fn json(
             for a in arms {
                 let v = med(samples, a, m.id);
                 let ratio = k.zip(v).map(|(k, v)| v / k);
+                let to_umacvlan = med(samples, "umacvlan", m.id).zip(v).map(|(u, v)| v / u);
                 per_arm.insert(
                     (*a).to_string(),
                     json!({
                         "median": v,
                         "samples": samples.get(a).and_then(|s| s.get(m.id)),
                         "ratio_to_kernel": ratio,
+                        "ratio_to_umacvlan": to_umacvlan,
                     }),
                 );
             }

@@ -1,6 +1,7 @@
-//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel and
-//! umacvlan arms. Asserts that every metric has a positive number for both arms and that no
-//! `umvb-*` namespace is left behind. It asserts nothing about speed.
+//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel, umacvlan
+//! and umacvlan-observed arms. Asserts that every metric has a positive number for every arm,
+//! that the observed arm was scraped and compared with plain umacvlan, and that no `umvb-*`
+//! namespace is left behind. It asserts nothing about speed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,6 +22,8 @@ const METRICS: [&str; 11] = [
     "rtt_c1_c2_p50",
     "rtt_c1_c2_p99",
 ];
+
+const ARMS: [&str; 3] = ["kernel", "umacvlan", "umacvlan-observed"];
 
 fn leftovers() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
@@ -55,7 +58,7 @@ fn umacvlan_binary() -> PathBuf {
 }
 
 #[test]
-fn quick_run_reports_every_metric_for_both_arms_and_leaves_nothing() {
+fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
     if !nix::unistd::geteuid().is_root() {
         panic!(
             "this test needs root (it creates network namespaces); run it as root, e.g. \
@@ -70,7 +73,7 @@ fn quick_run_reports_every_metric_for_both_arms_and_leaves_nothing() {
             "--quick",
             "--json",
             "--arms",
-            "kernel,umacvlan",
+            "kernel,umacvlan,umacvlan-observed",
             "--umacvlan",
         ])
         .arg(&umacvlan)
@@ -91,26 +94,37 @@ fn quick_run_reports_every_metric_for_both_arms_and_leaves_nothing() {
             .iter()
             .find(|m| m["id"] == id)
             .unwrap_or_else(|| panic!("metric {id} missing:\n{v:#}"));
-        for arm in ["kernel", "umacvlan"] {
+        for arm in ARMS {
             let x = m["arms"][arm]["median"].as_f64();
             assert!(
                 x.is_some_and(|x| x > 0.0 && x.is_finite()),
                 "{id} for {arm}: {x:?}\n{stderr}"
             );
         }
-        summary.push(format!(
-            "{id} {:.3}/{:.3}",
-            m["arms"]["kernel"]["median"].as_f64().unwrap(),
-            m["arms"]["umacvlan"]["median"].as_f64().unwrap()
-        ));
+        let r = m["arms"]["umacvlan-observed"]["ratio_to_umacvlan"].as_f64();
+        assert!(
+            r.is_some_and(|r| r > 0.0 && r.is_finite()),
+            "{id}: observed/umacvlan {r:?}"
+        );
+        let v: Vec<String> = ARMS
+            .iter()
+            .map(|a| format!("{:.3}", m["arms"][a]["median"].as_f64().unwrap()))
+            .collect();
+        summary.push(format!("{id} {}", v.join("/")));
     }
+    // The observed arm was observed: its /metrics answered the 1 s scrapes throughout.
+    let scrapes = v["details"]["observed"]["metrics_scrapes"].as_u64();
+    assert!(
+        scrapes.is_some_and(|n| n >= 2),
+        "scrapes: {scrapes:?}\n{stderr}"
+    );
     let left: Vec<String> = leftovers()
         .into_iter()
         .filter(|n| !before.contains(n))
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     eprintln!(
-        "umacvlan-bench smoke: {} metrics x 2 arms in {:.1} s (kernel/umacvlan): {}",
+        "umacvlan-bench smoke: {} metrics x 3 arms in {:.1} s (kernel/umacvlan/observed): {}",
         METRICS.len(),
         t0.elapsed().as_secs_f64(),
         summary.join(", ")
