@@ -41,12 +41,13 @@ pub const SPARSE_BYTES: u64 = 50_000_000;
 /// V2 → V3 (by batching) needs a window this many times over one of the sparse limits: between
 /// the limits and this, the worker stays in whichever mode it is (hysteresis).
 pub const LOADED_FACTOR: u64 = 2;
-/// V2 → V3 when the frames found per wake-up averaged at least this over a loaded window (of at
-/// least [`LOADED_MIN_FRAMES`] frames): frames queue up anyway, so batching costs no latency.
+/// V2 → V3 when the frames of a loaded window queued up: found at least this many per wake-up
+/// on average (over at least [`LOADED_MIN_FRAMES`] frames), or [`BURST`] in one wake-up; frames
+/// queue up anyway, so batching costs no latency. (At once, loaded or not, when the V2 ring
+/// dropped frames: it fills faster than the worker reads it.)
 pub const LOADED_BATCH: u64 = 4;
 pub const LOADED_MIN_FRAMES: u64 = 64;
-/// V2 → V3 at once when one wake-up found this many frames (a quarter of the default V2 ring),
-/// or when the V2 ring dropped frames: it is filling faster than the worker reads it.
+/// A quarter of the default V2 ring.
 pub const BURST: u64 = 64;
 /// A switch to V2 stops waiting for V3's open block after this long (the kernel's retire timer
 /// hands it over within two timeouts of 1 ms; this only guards against a timer that never fires).
@@ -62,6 +63,8 @@ pub struct Policy {
     bytes: u64,
     reads: u64,
     burst: u64,
+    /// The V2 ring dropped frames since the last switch.
+    overrun: bool,
     last_switch: Instant,
 }
 
@@ -74,6 +77,7 @@ impl Policy {
             bytes: 0,
             reads: 0,
             burst: 0,
+            overrun: false,
             last_switch: now,
         }
     }
@@ -89,12 +93,9 @@ impl Policy {
         }
     }
 
-    /// The V2 ring dropped `drops` frames since the last look (it was full): as loaded as a
-    /// [`BURST`], whatever the ring's size.
+    /// The V2 ring dropped `drops` frames since the last look (it was full).
     pub fn overran(&mut self, drops: u64) {
-        if drops > 0 {
-            self.burst = self.burst.max(BURST);
-        }
+        self.overrun |= drops > 0;
     }
 
     /// The mode to switch to, if any, as of `now`; the caller then switches and calls
@@ -103,13 +104,14 @@ impl Policy {
         let elapsed = now.saturating_duration_since(self.window_start);
         let dwelt = now.saturating_duration_since(self.last_switch) >= DWELL;
         let want = match self.mode {
-            Steering::V2 if dwelt && self.burst >= BURST => Some(Steering::V3),
+            Steering::V2 if dwelt && self.overrun => Some(Steering::V3),
             _ if elapsed < WINDOW => return None,
-            Steering::V2 => (dwelt
-                && self.frames >= LOADED_MIN_FRAMES
-                && self.frames >= LOADED_BATCH * self.reads
-                && self.over(elapsed, LOADED_FACTOR))
-            .then_some(Steering::V3),
+            Steering::V2 => {
+                let queued = self.burst >= BURST
+                    || (self.frames >= LOADED_MIN_FRAMES
+                        && self.frames >= LOADED_BATCH * self.reads);
+                (dwelt && queued && self.over(elapsed, LOADED_FACTOR)).then_some(Steering::V3)
+            }
             Steering::V3 => (dwelt && !self.over(elapsed, 1)).then_some(Steering::V2),
         };
         (self.frames, self.bytes, self.reads, self.burst) = (0, 0, 0, 0);
@@ -371,14 +373,18 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_moves_to_v3_at_once_but_not_within_the_dwell() {
+    fn a_burst_counts_as_queueing_only_when_loaded() {
         let t0 = Instant::now();
         let mut p = Policy::new(Steering::V2, t0);
-        see(&mut p, 1, BURST, 64);
-        assert_eq!(p.decide(at(t0, 1)), None, "within the dwell");
-        see(&mut p, 1, BURST, 64);
-        assert_eq!(p.decide(at(t0, 51)), Some(Steering::V3), "mid-window");
-        p.switched(Steering::V3, at(t0, 51));
+        // A stalled worker finds 64 ACKs at once, in a sparse stream (8 kpps): stays.
+        see(&mut p, 1, BURST, 66);
+        see(&mut p, 400, 1, 66);
+        assert_eq!(p.decide(at(t0, 60)), None, "sparse");
+        // The same burst in a loaded window (45 kpps) otherwise one frame per wake-up: moves.
+        see(&mut p, 1, BURST, 66);
+        see(&mut p, 400, 1, 66);
+        assert_eq!(p.decide(at(t0, 70)), Some(Steering::V3));
+        p.switched(Steering::V3, at(t0, 70));
         assert_eq!(p.mode(), Steering::V3);
     }
 
@@ -389,9 +395,11 @@ mod tests {
         see(&mut p, 1, 2, 64);
         p.overran(0);
         assert_eq!(p.decide(at(t0, 60)), None, "no drop, no batch");
-        see(&mut p, 1, 2, 64);
         p.overran(3);
-        assert_eq!(p.decide(at(t0, 61)), Some(Steering::V3));
+        assert_eq!(p.decide(at(t0, 61)), Some(Steering::V3), "mid-window");
+        p.switched(Steering::V2, at(t0, 61));
+        p.overran(3);
+        assert_eq!(p.decide(at(t0, 71)), None, "within the dwell");
     }
 
     /// Root: the steering thread steers a real pair and reports it through its eventfd; a
