@@ -105,7 +105,7 @@ impl Collector for Snapshot {
         }
         // Parent counters: receive from the wire, transmit to it.
         type PickParent = fn(&crate::control::proto::ParentView) -> u64;
-        let parent_counters: [(&str, Option<Unit>, &str, PickParent); 8] = [
+        let parent_counters: [(&str, Option<Unit>, &str, PickParent); 9] = [
             (
                 "umacvlan_parent_receive",
                 Some(Unit::Bytes),
@@ -153,6 +153,12 @@ impl Collector for Snapshot {
                 None,
                 "Switches between the V2 and the V3 receive ring (--ring auto), both ways",
                 |p| p.ring_mode_switches,
+            ),
+            (
+                "umacvlan_ring_steer_failures",
+                None,
+                "Switches between the receive rings that failed (--ring auto; the mode stayed)",
+                |p| p.ring_steer_failures,
             ),
         ];
         for (name, unit, help, pick) in &parent_counters {

@@ -109,6 +109,12 @@ fn static_engine_keeps_net_admin_and_net_raw_only_and_forwards() {
         try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
     });
     assert_caps(e.0.id(), NET_ADMIN_RAW);
+    // The default ring (auto, one worker) has a steering thread: it was among those checked.
+    let threads = thread_caps(e.0.id());
+    assert!(
+        threads.iter().any(|(t, _, _)| t.starts_with("umv-steer-")),
+        "no ring steering thread: {threads:?}"
+    );
     ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
     ip(&["-n", t.kid(0), "addr", "add", "192.0.2.1/24", "dev", "c0"]);
     assert!(

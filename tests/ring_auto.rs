@@ -18,9 +18,10 @@ use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::wait_until;
 
 const C0: &str = "02:00:00:00:00:c0";
-/// Rounds of a sparse phase (one frame every 500 µs, 2 kpps: well under the V3 → V2
-/// threshold, and frequent enough that V3's open block usually holds a frame when the switch to
-/// V2 starts) then a blast (back to back: far beyond what V2 keeps up with).
+/// Rounds of a sparse phase (one frame every 100 µs, at most 10 kpps: under the V3 → V2
+/// threshold, and frequent enough that while V3's open block waits for its retire timer (up to
+/// 1 ms) newer frames reach V2: a worker that read V2 too early would reorder them) then a blast
+/// (back to back: far beyond what V2 keeps up with).
 const ROUNDS: u64 = 3;
 const SPARSE: Duration = Duration::from_millis(200);
 const BLAST: u64 = 20_000;
@@ -92,7 +93,7 @@ fn a_flow_stays_in_order_and_complete_across_ring_mode_switches() {
         let end = Instant::now() + SPARSE;
         while Instant::now() < end {
             send();
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_micros(100));
         }
     };
     for _ in 0..ROUNDS {

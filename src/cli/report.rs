@@ -94,6 +94,10 @@ pub fn counters_text(
         if switches > 0 {
             let _ = writeln!(s, "ring mode switches of {name} (--ring auto): {switches}");
         }
+        let failed = c.ring_steer_failures.get();
+        if failed > 0 {
+            let _ = writeln!(s, "failed ring mode switches of {name}: {failed}");
+        }
     }
     s
 }

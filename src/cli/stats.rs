@@ -304,8 +304,8 @@ pub fn render(stats: &StatsView, rates: Option<&Rates>) -> String {
         if p.ring == "auto" {
             let _ = writeln!(
                 out,
-                "ring of {}: auto, reading {} now, {} mode switches",
-                p.name, p.ring_mode, p.ring_mode_switches
+                "ring of {}: auto, reading {} now, {} mode switches, {} failed",
+                p.name, p.ring_mode, p.ring_mode_switches, p.ring_steer_failures
             );
         }
     }

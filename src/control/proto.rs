@@ -487,6 +487,10 @@ pub struct ParentView {
     /// `--ring auto`: switches between the V2 and the V3 ring so far, both ways.
     #[serde(default)]
     pub ring_mode_switches: u64,
+    /// `--ring auto`: switches that failed (the kernel refused the new program; the worker
+    /// stayed in its mode).
+    #[serde(default)]
+    pub ring_steer_failures: u64,
     /// How many ports hang off this parent.
     pub ports: usize,
     /// The broadcast queue's length in use (the largest `bcqueuelen` of its ports, as the

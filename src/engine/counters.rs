@@ -228,6 +228,8 @@ pub struct ParentCounters {
     pub ring_freezes: Counter,
     /// `--ring auto`: switches between the V2 and the V3 ring, both ways.
     pub ring_mode_switches: Counter,
+    /// `--ring auto`: steers that failed (the worker stayed in its mode).
+    pub ring_steer_failures: Counter,
     /// 1 while the worker reads its V2 ring (`--ring v2`, or `auto` in per-frame mode).
     pub ring_v2: Gauge,
     /// Bumped by the worker on every loop iteration (at least every 100 ms): the watchdog's
@@ -246,6 +248,7 @@ impl Absorb for ParentCounters {
         self.ring_drops.absorb(&o.ring_drops);
         self.ring_freezes.absorb(&o.ring_freezes);
         self.ring_mode_switches.absorb(&o.ring_mode_switches);
+        self.ring_steer_failures.absorb(&o.ring_steer_failures);
         self.ring_v2.absorb(&o.ring_v2);
     }
 }

@@ -268,7 +268,11 @@ impl Daemon {
                 anyhow::ensure!(n == 1, "--ring auto works with one worker per parent only");
                 let pair = RxRing::open_steered(link.index, self.opts.ring, v2);
                 let pair = pair.with_context(context)?;
-                let auto = Auto::new(pair.1, std::time::Instant::now());
+                let name = format!("umv-steer-{}", link.name);
+                let auto =
+                    Auto::new(pair.1, name, std::time::Instant::now()).with_context(|| {
+                        format!("starting the ring steering thread of {}", link.name)
+                    })?;
                 (Ok(vec![pair.0]), vec![auto])
             }
         };
@@ -1229,6 +1233,7 @@ impl Daemon {
                     ring: self.ring_kind().to_string(),
                     ring_mode: ring_mode(c.ring_v2.get(), self.opts.workers).to_string(),
                     ring_mode_switches: c.ring_mode_switches.get(),
+                    ring_steer_failures: c.ring_steer_failures.get(),
                     ports: self.ports.iter().filter(|e| e.parent == *name).count(),
                     bcqueuelen_used: run.table.bc_queue_len_used(),
                     // Delivered at once: nothing ever waits (see ParentView).

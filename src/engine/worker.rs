@@ -79,7 +79,9 @@ const TOKEN_RING: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 /// `--ring auto`: the V2 half of the steered pair.
 const TOKEN_V2: u64 = 2;
-const TOKEN_TAP0: u64 = 3;
+/// `--ring auto`: the steering thread finished a steer.
+const TOKEN_STEERED: u64 = 3;
+const TOKEN_TAP0: u64 = 4;
 
 /// Frames waiting for the wire, still in the buffers they were read into from their TAPs.
 /// Sent with one `sendmmsg` when full and at the end of every loop iteration.
@@ -288,6 +290,10 @@ impl Worker {
             ids: HashMap::new(),
         };
         poller.follow(&[], &self.set.ports)?;
+        if let Some(a) = &self.auto {
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_STEERED);
+            poller.epoll.add(a.steerer.as_fd(), ev)?;
+        }
         if self.ring.config().version == RingVersion::V2 {
             self.counters.ring_v2.set(1);
         }
@@ -306,7 +312,7 @@ impl Worker {
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e.into()),
             };
-            let mut woken = false;
+            let (mut woken, mut steered) = (false, false);
             for ev in &events[..n] {
                 match ev.data() {
                     t @ (TOKEN_RING | TOKEN_V2) => {
@@ -314,12 +320,13 @@ impl Worker {
                         if ev.events().contains(EpollFlags::EPOLLERR) {
                             self.take_ring_error(v2);
                         }
-                        let frames = self.drain_ring(v2);
+                        let (frames, bytes) = self.drain_ring(v2);
                         if let Some(a) = &mut self.auto {
-                            a.policy.saw(frames);
+                            a.policy.saw(frames, bytes);
                         }
                     }
                     TOKEN_WAKE => woken = true,
+                    TOKEN_STEERED => steered = true,
                     t => {
                         if let Some(id) = poller.ids.get(&(t - TOKEN_TAP0)) {
                             self.drain_tap(*id, &mut batch);
@@ -329,6 +336,10 @@ impl Worker {
             }
             if !batch.queued.is_empty() {
                 batch.flush(&self.wire, &self.counters, &self.set.ports);
+            }
+            // After the frames read by the old rules: the steer's end changes them.
+            if steered {
+                self.steered(&poller.epoll)?;
             }
             self.adapt(&poller.epoll)?;
             // Commands last: queued frames were counted against the set they were read under.
@@ -393,8 +404,8 @@ impl Worker {
     }
 
     /// Forwards everything the ring (`v2`: the V2 half of an auto pair, if there is one; else the
-    /// worker's ring) has handed over; returns how many frames that was.
-    fn drain_ring(&mut self, v2: bool) -> u64 {
+    /// worker's ring) has handed over; returns how many frames and bytes that was.
+    fn drain_ring(&mut self, v2: bool) -> (u64, u64) {
         let Worker {
             ring,
             auto,
@@ -406,9 +417,10 @@ impl Worker {
         } = self;
         let ring = match auto {
             Some(a) if v2 => &mut a.v2,
-            _ if v2 => return 0,
+            _ if v2 => return (0, 0),
             _ => ring,
         };
+        let bytes = counters.rx.bytes.get();
         let mut frames = 0;
         while let Some(block) = ring.next_block() {
             frames += u64::from(block.num_pkts());
@@ -422,7 +434,7 @@ impl Worker {
                 obs.as_ref(),
             );
         }
-        frames
+        (frames, counters.rx.bytes.get() - bytes)
     }
 
     /// `--ring auto`: completes a switch to V2 once V3 is empty, or asks the policy and starts a
@@ -434,9 +446,9 @@ impl Worker {
         let now = Instant::now();
         match state {
             State::ToV2(_) => {
-                let frames = self.drain_ring(false);
+                let (frames, bytes) = self.drain_ring(false);
                 let auto = self.auto.as_mut().expect("checked above");
-                auto.policy.saw(frames);
+                auto.policy.saw(frames, bytes);
                 if auto.settled(&self.ring, now) {
                     epoll.add(
                         auto.v2.as_fd(),
@@ -448,31 +460,69 @@ impl Worker {
                     self.drain_ring(true);
                 }
             }
+            State::Steering(_) => {}
             State::Steady(_) => {
                 let auto = self.auto.as_mut().expect("checked above");
                 let Some(to) = auto.policy.decide(now) else {
                     return Ok(());
                 };
-                let started = Instant::now();
-                if let Err(e) = auto.v2.steer(to) {
-                    tracing::warn!("steering the parent's frames to the {to:?} ring failed: {e}");
-                    return Ok(());
+                if to == Steering::V3 {
+                    // Frames the new program sends to V3 wait there until V2 is read empty.
+                    epoll.delete(self.ring.as_fd())?;
                 }
-                tracing::debug!(parent = %self.set.table.parent().name, "ring mode {to:?} (steering took {:?})", started.elapsed());
-                self.counters.ring_mode_switches.add(1);
-                let now = Instant::now();
-                if to == Steering::V2 {
-                    epoll.delete(auto.v2.as_fd())?;
-                    auto.state = State::ToV2(now);
-                } else {
-                    auto.state = State::Steady(Steering::V3);
-                    auto.policy.switched(Steering::V3, now);
-                    self.counters.ring_v2.set(0);
-                    // Every frame steered to V2 is in it now: forward them before any of V3's.
-                    self.drain_ring(true);
-                }
+                auto.steerer.request(to);
+                auto.state = State::Steering(to);
             }
         }
+        Ok(())
+    }
+
+    /// `--ring auto`: the steering thread reports the steer `adapt` asked for. Done: every frame
+    /// the old program steered is in its ring, so the switch goes on. Failed: the program is
+    /// unchanged, and the worker reads as before the request (and stays at least the dwell).
+    fn steered(&mut self, epoll: &Epoll) -> io::Result<()> {
+        let Some((to, result)) = self.auto.as_ref().and_then(|a| a.steerer.finished()) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let parent = &self.set.table.parent().name;
+        let v3 = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_RING);
+        match result {
+            Ok(took) => {
+                tracing::debug!(%parent, "ring mode {to:?} (steering took {took:?})");
+                self.counters.ring_mode_switches.add(1);
+            }
+            Err(e) => {
+                tracing::warn!(%parent, "steering the frames to the {to:?} ring failed: {e}");
+                self.counters.ring_steer_failures.add(1);
+                let from = match to {
+                    Steering::V2 => Steering::V3,
+                    Steering::V3 => {
+                        epoll.add(self.ring.as_fd(), v3)?;
+                        Steering::V2
+                    }
+                };
+                let auto = self.auto.as_mut().expect("a steer was reported");
+                auto.state = State::Steady(from);
+                auto.policy.switched(from, now);
+                return Ok(());
+            }
+        }
+        if to == Steering::V3 {
+            // Every frame steered to V2 is in it now: forward them before any of V3's.
+            self.drain_ring(true);
+            epoll.add(self.ring.as_fd(), v3)?;
+            self.counters.ring_v2.set(0);
+        }
+        let auto = self.auto.as_mut().expect("a steer was reported");
+        auto.state = match to {
+            Steering::V2 => State::ToV2(now),
+            Steering::V3 => {
+                epoll.delete(auto.v2.as_fd())?;
+                auto.policy.switched(Steering::V3, now);
+                State::Steady(Steering::V3)
+            }
+        };
         Ok(())
     }
 

@@ -78,6 +78,7 @@ pub(crate) fn sample_stats() -> StatsView {
             ring: "auto".into(),
             ring_mode: "v2".into(),
             ring_mode_switches: 6,
+            ring_steer_failures: 1,
             ports: 2,
             bcqueuelen_used: 1000,
             broadcast_queue_depth: 0,
@@ -146,6 +147,7 @@ fn the_encoder_turns_a_snapshot_into_openmetrics() {
         (r#"umacvlan_ring_drops_total{parent="p0"}"#, "1"),
         (r#"umacvlan_ring_freezes_total{parent="p0"}"#, "0"),
         (r#"umacvlan_ring_mode_switches_total{parent="p0"}"#, "6"),
+        (r#"umacvlan_ring_steer_failures_total{parent="p0"}"#, "1"),
         (r#"umacvlan_ring_reading_v2{parent="p0"}"#, "1"),
         (
             r#"umacvlan_drops_total{port="c0",reason="mtu",kind="port"}"#,

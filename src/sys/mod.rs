@@ -22,7 +22,7 @@ pub mod tap;
 pub mod tx;
 
 #[cfg(test)]
-mod testns;
+pub(crate) mod testns;
 
 pub use attach::{AttachError, PacketPort};
 pub use ring::{

@@ -571,18 +571,13 @@ impl RxRing {
     /// `synchronize_net`), so when this returns every frame the old program steered is already
     /// in its member's ring: in a V2 slot handed over, or in a V3 block (maybe still open).
     pub fn steer(&self, to: Steering) -> io::Result<()> {
-        let mut program = [libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: to as u32,
-        }];
-        let fprog = libc::sock_fprog {
-            len: 1,
-            filter: program.as_mut_ptr(),
-        };
-        // `program` outlives the call: the kernel copies it (`copy_bpf_fprog_from_user`).
-        set_packet_opt(self.fd.as_fd(), libc::PACKET_FANOUT_DATA, &fprog)
+        steer(self.fd.as_fd(), to)
+    }
+
+    /// A second handle on this ring's socket (a dup of its fd, no mapping) that can steer its
+    /// group from another thread: [`SteerHandle::steer`] is [`RxRing::steer`].
+    pub fn steer_handle(&self) -> io::Result<SteerHandle> {
+        Ok(SteerHandle(self.fd.try_clone()?))
     }
 
     /// For a V3 ring whose frames have all been read (`next_block` returned `None`): true when
@@ -605,6 +600,34 @@ impl RxRing {
         // SAFETY: as above, for `num_pkts` at offset 12.
         let n = unsafe { status_word(base, NUM_PKTS_OFF) }.load(Ordering::Acquire);
         status & libc::TP_STATUS_USER == 0 && n == 0
+    }
+}
+
+/// [`RxRing::steer`] on the ring's socket `fd`.
+fn steer(fd: BorrowedFd<'_>, to: Steering) -> io::Result<()> {
+    let mut program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: to as u32,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    // `program` outlives the call: the kernel copies it (`copy_bpf_fprog_from_user`).
+    set_packet_opt(fd, libc::PACKET_FANOUT_DATA, &fprog)
+}
+
+/// A steered ring's socket without its mapping ([`RxRing::steer_handle`]): the socket stays
+/// open, and its group steerable, for as long as either lives.
+#[derive(Debug)]
+pub struct SteerHandle(OwnedFd);
+
+impl SteerHandle {
+    /// [`RxRing::steer`]: blocks for an RCU grace period.
+    pub fn steer(&self, to: Steering) -> io::Result<()> {
+        steer(self.0.as_fd(), to)
     }
 }
 

@@ -12,7 +12,7 @@ c1    p0      vepa    down                 0         0           0         0  -
 parent  ports  rx_packets  rx_bytes  tx_packets  tx_bytes  top drops
 p0          2          17      1100           4       256  no_receiver=7 unknown_destination=5 multicast_not_joined=2 (+1 more)
 ring of p0 (kernel): packets 18 drops 1 freezes 0; broadcast queue: length 1000 depth 0
-ring of p0: auto, reading v2 now, 6 mode switches
+ring of p0: auto, reading v2 now, 6 mode switches, 1 failed
 ";
     assert_eq!(text, want, "\n{text}");
 }
