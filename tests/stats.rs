@@ -49,17 +49,7 @@ impl Drop for Engine {
 
 impl Engine {
     fn stats(&self) -> Value {
-        let o = Command::new("ip")
-            .args(["netns", "exec", self.topo.host.name(), BIN, "stats", "-j"])
-            .env("UMACVLAN_CONTROL", &self.socket)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "stats -j: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).unwrap()
+        common::engine::stats_json(self.topo.host.name(), &self.socket)
     }
 
     /// One GET from inside the host namespace (where 127.0.0.1:port is): the head, the body.

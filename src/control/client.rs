@@ -41,6 +41,24 @@ pub enum ClientError {
     Daemon(ControlError),
 }
 
+impl ClientError {
+    /// An I/O failure on the connection to the engine at `path`.
+    fn io(path: &Path) -> impl Fn(io::Error) -> ClientError + Copy + '_ {
+        move |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// An answer from the engine at `path` that this build does not understand.
+    fn protocol(path: &Path) -> impl Fn(String) -> ClientError + Copy + '_ {
+        move |message| ClientError::Protocol {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
 /// Sends `r` to the engine listening on `path` and returns its reply.
 pub fn request(path: &Path, r: Request) -> Result<Reply, ClientError> {
     request_timeout(path, r, TIMEOUT)
@@ -55,10 +73,7 @@ fn connect_and_send(
     r: Request,
     read_timeout: Option<Duration>,
 ) -> Result<(UnixStream, io::Result<()>), ClientError> {
-    let io_err = |source: io::Error| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = ClientError::io(path);
     let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotListening {
             path: path.to_path_buf(),
@@ -84,16 +99,10 @@ fn connect_and_send(
 
 /// [`request`] with another timeout for connecting, sending and reading the answer.
 pub fn request_timeout(path: &Path, r: Request, timeout: Duration) -> Result<Reply, ClientError> {
-    let io_err = |source: io::Error| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = ClientError::io(path);
     let (stream, sent) = connect_and_send(path, r, Some(timeout))?;
     let mut reader = BufReader::new(&stream);
-    let protocol = |message: String| ClientError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
+    let protocol = ClientError::protocol(path);
     let answer = match read_line(&mut reader, MAX_RESPONSE) {
         Ok(Line::Complete(l)) => l,
         Ok(Line::TooLong) => {
@@ -127,14 +136,8 @@ fn read_reply(
     path: &Path,
     sent: &io::Result<()>,
 ) -> Result<Reply, ClientError> {
-    let io_err = |source: io::Error| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let protocol = |message: String| ClientError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
+    let io_err = ClientError::io(path);
+    let protocol = ClientError::protocol(path);
     let send_failed = || {
         sent.as_ref()
             .err()
@@ -175,10 +178,7 @@ pub fn stream(
         if matches!(reply, Reply::FollowEnd { .. }) {
             return Ok(Some(reply));
         }
-        if !each(&reply).map_err(|source| ClientError::Io {
-            path: path.to_path_buf(),
-            source,
-        })? {
+        if !each(&reply).map_err(ClientError::io(path))? {
             return Ok(None);
         }
     }
@@ -197,14 +197,8 @@ pub fn follow_frames(
     start: impl FnOnce(&Reply) -> io::Result<bool>,
     mut each: impl FnMut(&FrameRecord<'_>, bool) -> io::Result<bool>,
 ) -> Result<Option<Reply>, ClientError> {
-    let io_err = |source: io::Error| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let protocol = |message: String| ClientError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
+    let io_err = ClientError::io(path);
+    let protocol = ClientError::protocol(path);
     let (stream, sent) = connect_and_send(path, r, None)?;
     let mut reader = BufReader::with_capacity(FRAMES_BUFFER, &stream);
     if !start(&read_reply(&mut reader, path, &sent)?).map_err(io_err)? {

@@ -98,17 +98,7 @@ impl Topo {
 
     /// `umacvlan stats -j` from the running engine.
     pub fn stats(&self) -> serde_json::Value {
-        let o = Command::new("ip")
-            .args(["netns", "exec", self.host.name(), BIN, "stats", "-j"])
-            .env("UMACVLAN_CONTROL", self.socket())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "stats -j: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).unwrap()
+        stats_json(self.host.name(), &self.socket())
     }
 
     pub fn up(&self, i: usize, addr: &str) {
@@ -233,4 +223,19 @@ pub fn recreate_wire(t: &Topo) {
     ip(&["-n", h, "link", "set", "p0", "up"]);
     ip(&["-n", w, "link", "set", "wire0", "up"]);
     ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
+}
+
+/// `umacvlan stats -j`, run in the namespace `ns` against the engine at `socket`.
+pub fn stats_json(ns: &str, socket: &std::path::Path) -> serde_json::Value {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, BIN, "stats", "-j"])
+        .env("UMACVLAN_CONTROL", socket)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "stats -j: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
 }
