@@ -50,17 +50,28 @@ fn umacvlan(t: &Topology, socket: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Threads of process `pid` named `name`.
-fn threads_named(pid: u32, name: &str) -> usize {
+/// The /proc directories of process `pid`'s threads named `name`.
+fn threads_named_dirs(pid: u32, name: &str) -> Vec<PathBuf> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
-                })
-                .count()
+                .map(|t| t.path())
+                .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    threads_named_dirs(pid, name).len()
+}
+
+/// The nice value of the process or thread whose /proc directory is `dir` (field 19 of `stat`).
+fn nice_of(dir: &Path) -> i32 {
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(16).unwrap().parse().unwrap()
 }
 
 /// Starts an engine on p0 with bridge ports c0 (and c1 when `ports` is 2) in the topology's
@@ -234,9 +245,37 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("tcpdump (apt-get install tcpdump)");
-    wait_until("four followers in the engine", || {
-        threads_named(engine_pid, "umacvlan-follow") == 4
+    // One more, at the caller's priority.
+    let mut keep = spawn(&[
+        "capture",
+        "parent",
+        "-w",
+        "/dev/null",
+        "-c",
+        "1",
+        "--keep-priority",
+    ]);
+    wait_until("five followers in the engine", || {
+        threads_named(engine_pid, "umacvlan-follow") == 5
+            && threads_named(engine_pid, "umacvlan-stream") == 5
     });
+    // Following yields the CPU to forwarding: the engine's relays and stream writers, and the
+    // capture processes (`ip netns exec` execs them), run at nice 19; --keep-priority keeps 0.
+    for name in ["umacvlan-follow", "umacvlan-stream"] {
+        for dir in threads_named_dirs(engine_pid, name) {
+            assert_eq!(nice_of(&dir), 19, "{name} thread {}", dir.display());
+        }
+    }
+    let proc_dir = |c: &Child| PathBuf::from(format!("/proc/{}", c.id()));
+    for c in [&cap, &drops, &piped] {
+        assert_eq!(nice_of(&proc_dir(c)), 19, "a capture runs at nice 19");
+    }
+    assert_eq!(nice_of(&proc_dir(&keep)), 0, "--keep-priority");
+    assert_eq!(
+        nice_of(&proc_dir(&follow)),
+        0,
+        "trace --follow is not a capture"
+    );
     let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
     for f in &frames {
         wire.send(f).unwrap();
@@ -249,6 +288,7 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
     let follow_out = String::from_utf8(finish(&mut follow, "trace --follow")).unwrap();
     finish(&mut drops, "capture drops");
     finish(&mut piped, "capture -w -");
+    finish(&mut keep, "capture --keep-priority");
     let tcpdump_out = String::from_utf8(finish(&mut tcpdump, "tcpdump -r -")).unwrap();
 
     // The pcapng: one IDB per interface, each frame at the parent (inbound), and at c0

@@ -503,9 +503,29 @@ fn serve_stream(
     if binary {
         drop(rx);
         bulk_send_buffer(writer);
-        return relay(&raw_rx, writer, |w, c| w.write_all(c.bytes()));
+        return yielding(|| relay(&raw_rx, writer, |w, c| w.write_all(c.bytes())));
     }
-    relay(&rx, writer, write_response)
+    yielding(|| relay(&rx, writer, write_response))
+}
+
+/// Runs a stream's `relay` on a thread of its own at the lowest CPU priority, so that writing
+/// what a follower asked for never takes a CPU from forwarding; this connection's thread keeps
+/// its priority for the requests that come after the stream (raising it back would need
+/// CAP_SYS_NICE).
+fn yielding(relay: impl FnOnce() -> io::Result<()> + Send) -> io::Result<()> {
+    std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("umacvlan-stream".into())
+            .spawn_scoped(s, || {
+                if let Err(e) = crate::sys::yield_cpu_to_forwarding() {
+                    tracing::debug!("control stream: could not lower its priority: {e}");
+                }
+                relay()
+            })?;
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the stream's writer panicked")))
+    })
 }
 
 /// The send buffer of a binary stream's connection: room for many chunks, so that the writing

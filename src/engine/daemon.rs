@@ -743,6 +743,10 @@ impl Daemon {
         let observers = Arc::clone(&self.observers);
         let count = f.count.unwrap_or(u64::MAX);
         let relay = move || {
+            // Decoding and relaying observations yields to the workers.
+            if let Err(e) = crate::sys::yield_cpu_to_forwarding() {
+                tracing::debug!("follow: could not lower the relay's priority: {e}");
+            }
             let mut seen = 0u64;
             'stream: while seen < count {
                 select! {
@@ -789,7 +793,15 @@ impl Daemon {
                     let _ = reply.send(end);
                 }
             }
-            tracing::debug!(seen, lost, "follow stream ended");
+            if lost > 0 {
+                tracing::info!(
+                    seen,
+                    lost,
+                    "a follower ended; it read too slowly for {lost} frames"
+                );
+            } else {
+                tracing::debug!(seen, "follow stream ended");
+            }
         };
         std::thread::Builder::new()
             .name("umacvlan-follow".into())

@@ -40,6 +40,24 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, sendmsg, socket,
 };
 
+/// The nice value of work that must yield the CPU to forwarding.
+pub const YIELDING_NICE: i32 = 19;
+
+/// Lowers the calling thread's CPU priority to the least there is (nice [`YIELDING_NICE`]), for
+/// work that must never take a CPU from forwarding: relaying and writing a capture. Threads it
+/// starts later inherit it. Lowering needs no privilege.
+pub fn yield_cpu_to_forwarding() -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw();
+    let tid = libc::id_t::try_from(tid).map_err(io::Error::other)?;
+    // SAFETY: setpriority reads only its integer arguments. On Linux, PRIO_PROCESS with a thread
+    // id sets that one thread's nice value.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, YIELDING_NICE) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens a raw, close-on-exec, non-blocking `AF_PACKET` socket. `Some(EthAll)` receives every
 /// protocol once bound; `None` is protocol 0, which registers no receive hook at all.
 fn packet_socket(protocol: Option<SockProtocol>) -> io::Result<OwnedFd> {
