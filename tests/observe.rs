@@ -653,3 +653,72 @@ fn binary_and_json_streams_and_a_cut_capture_agree() {
     ];
     assert_eq!(packets, want);
 }
+
+#[test]
+fn ctrl_c_ends_a_capture_and_a_follow_with_the_engines_count() {
+    let t = topology("oi", 1);
+    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
+        disable_ipv6(ns);
+    }
+    let socket = t.socket();
+    let (_procs, engine_pid) = start_engine(&t, &socket, 1);
+    let pcap = std::env::temp_dir().join(format!("{}-int.pcapng", t.host.name()));
+    let spawn = |args: &[&str]| {
+        umacvlan(&t, &socket, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // No count: only a signal ends them.
+    let cap = spawn(&["capture", "parent", "-w", pcap.to_str().unwrap()]);
+    let follow = spawn(&["trace", "--follow", "parent", "-j"]);
+    let mut guard = Procs(vec![cap, follow]);
+    wait_until("two followers in the engine", || {
+        threads_named(engine_pid, "umacvlan-follow") == 2
+    });
+    const K: usize = 3;
+    let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);
+    for i in 0..K {
+        wire.send(&test_frame(UNKNOWN, EXT, None, 0x0c00 + i as u64, 60))
+            .unwrap();
+    }
+    // Give the engine time to hand them over, then interrupt both.
+    std::thread::sleep(Duration::from_millis(500));
+    for c in &guard.0 {
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
+    }
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    for c in guard.0.drain(..) {
+        let o = c.wait_with_output().unwrap();
+        outputs.push(o);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a single SIGINT ends them at once, through the engine's end of the stream (took {:?})",
+        started.elapsed()
+    );
+    let (cap, follow) = (&outputs[0], &outputs[1]);
+    let cap_err = String::from_utf8_lossy(&cap.stderr);
+    assert!(cap.status.success(), "capture: {}: {cap_err}", cap.status);
+    assert!(
+        cap_err.contains(&format!("{K} frames captured ({K} packets, interrupted)")),
+        "capture reports what it got: {cap_err}"
+    );
+    let (_, packets) = read_pcapng(&pcap);
+    assert_eq!(packets.len(), K, "every frame is in the file: {packets:?}");
+    assert!(
+        follow.status.success(),
+        "trace --follow: {}: {}",
+        follow.status,
+        String::from_utf8_lossy(&follow.stderr)
+    );
+    let lines = String::from_utf8_lossy(&follow.stdout).lines().count();
+    assert_eq!(lines, K, "trace --follow printed every frame");
+    wait_until("the engine's followers to end", || {
+        threads_named(engine_pid, "umacvlan-follow") == 0
+    });
+    let _ = std::fs::remove_file(&pcap);
+}

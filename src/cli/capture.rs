@@ -18,13 +18,18 @@
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::io::{self, IsTerminal, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use hashbrown::HashMap;
+use nix::sys::signal::{SigSet, Signal};
 use pcap_file::DataLink;
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
@@ -53,6 +58,9 @@ pub const OUTBOUND: u32 = 0b10;
 /// port's TAP refused). Each frame appears at the interface it entered (inbound) and at every
 /// port that received it (outbound); a port's frame for the wire also at the parent (outbound).
 /// Drops carry their reason as a packet comment. One interface block per parent and port.
+///
+/// Ctrl-C (or SIGTERM) ends it cleanly: the engine ends the stream, and the capture says how many
+/// frames it wrote and how many it lost.
 ///
 /// A capture never slows forwarding: it runs at the lowest CPU priority (nice 19, as does the
 /// engine's side of it), and when it falls behind it loses frames, which it counts and reports
@@ -315,6 +323,65 @@ impl OutputError {
     }
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM ends a follower cleanly: the first one half-closes the connection
+/// to the engine (`Shutdown::Write`), which ends the stream as its count would, with
+/// `follow-end` and what was lost; a second one, or [`END_GRACE`] without the end, closes it.
+struct Interrupt {
+    signals: SigSet,
+    hit: Arc<AtomicBool>,
+}
+
+/// How long an interrupted follower waits for the engine's end of the stream.
+const END_GRACE: Duration = Duration::from_secs(3);
+
+impl Interrupt {
+    /// Blocks SIGINT and SIGTERM in this thread and the threads it starts later (call it before
+    /// any): from then on only [`Interrupt::watch`] takes them.
+    fn arm() -> Result<Interrupt, Failure> {
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGINT);
+        signals.add(Signal::SIGTERM);
+        signals
+            .thread_block()
+            .context("blocking SIGINT and SIGTERM")
+            .map_err(Failure::usage)?;
+        Ok(Interrupt {
+            signals,
+            hit: Arc::default(),
+        })
+    }
+
+    /// Ends `stream` early on a signal (see [`Interrupt`]).
+    fn watch(&self, stream: &UnixStream) {
+        let Ok(stream) = stream.try_clone() else {
+            return;
+        };
+        let (signals, hit) = (self.signals, Arc::clone(&self.hit));
+        let _ = std::thread::Builder::new()
+            .name("umacvlan-interrupt".into())
+            .spawn(move || {
+                if signals.wait().is_err() {
+                    return;
+                }
+                hit.store(true, Ordering::SeqCst);
+                let _ = stream.shutdown(Shutdown::Write);
+                if let Ok(s) = stream.try_clone() {
+                    std::thread::spawn(move || {
+                        std::thread::sleep(END_GRACE);
+                        let _ = s.shutdown(Shutdown::Both);
+                    });
+                }
+                let _ = signals.wait();
+                let _ = stream.shutdown(Shutdown::Both);
+            });
+    }
+
+    /// Whether a signal ended the stream.
+    fn hit(&self) -> bool {
+        self.hit.load(Ordering::SeqCst)
+    }
+}
+
 /// Streams `req` as JSON lines and hands every observed frame to `each`; returns (frames,
 /// lost). A write error of `each` (a closed pipe) ends the stream quietly.
 fn follow_stream(
@@ -322,15 +389,21 @@ fn follow_stream(
     req: FollowRequest,
     mut each: impl FnMut(&ObservedFrame) -> io::Result<()>,
 ) -> Result<(u64, u64), Failure> {
+    let interrupt = Interrupt::arm()?;
     let out = OutputError::default();
     let mut frames = 0u64;
-    let end = client::stream(&control.path, Request::Follow(req), |reply| match reply {
-        Reply::Observation { frame } => {
-            frames += 1;
-            out.check(each(frame))
-        }
-        _ => Ok(true),
-    })
+    let end = client::stream(
+        &control.path,
+        Request::Follow(req),
+        |s| interrupt.watch(s),
+        |reply| match reply {
+            Reply::Observation { frame } => {
+                frames += 1;
+                out.check(each(frame))
+            }
+            _ => Ok(true),
+        },
+    )
     .map_err(daemon_failure)?;
     out.finish(frames, end)
 }
@@ -408,12 +481,14 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
         with_bytes: true,
         binary: true,
     };
+    let interrupt = Interrupt::arm()?;
     let errors = OutputError::default();
     let sink: RefCell<Option<PcapngSink<Out>>> = RefCell::new(None);
     let mut frames = 0u64;
     let end = client::follow_frames(
         &a.control.path,
         Request::Follow(req),
+        |s| interrupt.watch(s),
         |first| {
             let started = match first {
                 Reply::Following { interfaces } => {
@@ -437,7 +512,8 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
     let (frames, lost) = errors.finish(frames, end)?;
     let packets = sink.borrow().as_ref().map_or(0, |s| s.packets);
     if a.write.as_deref() != Some("-") {
-        eprintln!("umacvlan: {frames} frames captured ({packets} packets)");
+        let how = if interrupt.hit() { ", interrupted" } else { "" };
+        eprintln!("umacvlan: {frames} frames captured ({packets} packets{how})");
     }
     report_lost(frames, lost);
     Ok(ExitCode::SUCCESS)

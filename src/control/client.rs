@@ -166,12 +166,16 @@ fn read_reply(
 /// Sends a streaming request ([`Request::is_stream`]) and calls `each` with every reply until
 /// the engine ends the stream (returned: its last reply, normally `follow-end`) or `each`
 /// returns `Ok(false)` (then `None`: the connection is closed, which stops the engine's side).
+/// `opened` gets the connection once the request is sent: shutting down its writing side
+/// (`Shutdown::Write`) asks the engine to end the stream early, with its `follow-end`.
 pub fn stream(
     path: &Path,
     r: Request,
+    opened: impl FnOnce(&UnixStream),
     mut each: impl FnMut(&Reply) -> io::Result<bool>,
 ) -> Result<Option<Reply>, ClientError> {
     let (stream, sent) = connect_and_send(path, r, None)?;
+    opened(&stream);
     let mut reader = BufReader::new(&stream);
     loop {
         let reply = read_reply(&mut reader, path, &sent)?;
@@ -190,16 +194,19 @@ const FRAMES_BUFFER: usize = 1024 * 1024;
 /// A binary follow stream (a `follow` request with `binary`, see [`super::frames`]): `start`
 /// gets the first reply (`following`), `each` every frame record and whether more bytes are
 /// already buffered (when not, the caller should flush its output). Returns the `follow-end`
-/// reply, or `None` when a callback returned `Ok(false)` (the connection is closed).
+/// reply, or `None` when a callback returned `Ok(false)` (the connection is closed). `opened`
+/// is as for [`stream`].
 pub fn follow_frames(
     path: &Path,
     r: Request,
+    opened: impl FnOnce(&UnixStream),
     start: impl FnOnce(&Reply) -> io::Result<bool>,
     mut each: impl FnMut(&FrameRecord<'_>, bool) -> io::Result<bool>,
 ) -> Result<Option<Reply>, ClientError> {
     let io_err = ClientError::io(path);
     let protocol = ClientError::protocol(path);
     let (stream, sent) = connect_and_send(path, r, None)?;
+    opened(&stream);
     let mut reader = BufReader::with_capacity(FRAMES_BUFFER, &stream);
     if !start(&read_reply(&mut reader, path, &sent)?).map_err(io_err)? {
         return Ok(None);

@@ -481,7 +481,7 @@ fn serve_stream(
     writer: &mut UnixStream,
 ) -> io::Result<()> {
     let (tx, rx) = crossbeam_channel::bounded(STREAM_BACKLOG);
-    let (_closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
+    let (closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
     let binary = matches!(&env.request, Request::Follow(f) if f.binary);
     let (raw_tx, raw_rx) = crossbeam_channel::bounded::<Chunk>(STREAM_BACKLOG);
     let first = send_call(
@@ -503,9 +503,9 @@ fn serve_stream(
     if binary {
         drop(rx);
         bulk_send_buffer(writer);
-        return yielding(|| relay(&raw_rx, writer, |w, c| w.write_all(c.bytes())));
+        return yielding(|| relay(&raw_rx, writer, closed_tx, |w, c| w.write_all(c.bytes())));
     }
-    yielding(|| relay(&rx, writer, write_response))
+    yielding(|| relay(&rx, writer, closed_tx, write_response))
 }
 
 /// Runs a stream's `relay` on a thread of its own at the lowest CPU priority, so that writing
@@ -541,22 +541,30 @@ fn bulk_send_buffer(s: &UnixStream) {
     }
 }
 
-/// Writes what `rx` brings until its sender is gone; checks for a hung-up client whenever it is
-/// quiet.
+/// Writes what `rx` brings until its sender is gone. Every [`HANGUP_POLL`], busy or quiet, it
+/// looks whether the client has shut down its sending side: a client that ends a stream early
+/// (`capture` on Ctrl-C) does that and keeps reading. The engine is then told to stop
+/// (`closed` is dropped) and ends the stream as it would at its count, with `follow-end` and
+/// what was lost, which is still written; a client that is gone altogether makes a write fail.
 fn relay<T>(
     rx: &Receiver<T>,
     writer: &mut UnixStream,
+    closed: Sender<()>,
     mut write: impl FnMut(&mut UnixStream, &T) -> io::Result<()>,
 ) -> io::Result<()> {
+    let mut closed = Some(closed);
+    let mut looked = Instant::now();
     loop {
         match rx.recv_timeout(HANGUP_POLL) {
             Ok(r) => write(writer, &r)?,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if hung_up(writer) {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if closed.is_some() && looked.elapsed() >= HANGUP_POLL {
+            looked = Instant::now();
+            if hung_up(writer) {
+                closed = None;
+            }
         }
     }
 }

@@ -451,12 +451,17 @@ fn follow(target: &str, count: Option<u64>) -> Request {
 fn control_streams_until_count_then_serves_the_next_request() {
     let (dir, _server, _d) = start("stream", ServeOptions::default());
     let mut frames = Vec::new();
-    let end = client::stream(&dir.sock(), follow("c0", Some(5)), |r| {
-        if let Reply::Observation { frame } = r {
-            frames.push(frame.time_ns);
-        }
-        Ok(true)
-    })
+    let end = client::stream(
+        &dir.sock(),
+        follow("c0", Some(5)),
+        |_| {},
+        |r| {
+            if let Reply::Observation { frame } = r {
+                frames.push(frame.time_ns);
+            }
+            Ok(true)
+        },
+    )
     .unwrap();
     assert_eq!(frames, [0, 1, 2, 3, 4]);
     assert_eq!(end, Some(Reply::FollowEnd { seen: 5, lost: 0 }));
@@ -487,7 +492,7 @@ fn control_streams_until_count_then_serves_the_next_request() {
         ]
     );
     // A refused stream is one error line.
-    match client::stream(&dir.sock(), follow("nothing", None), |_| Ok(true)) {
+    match client::stream(&dir.sock(), follow("nothing", None), |_| {}, |_| Ok(true)) {
         Err(ClientError::Daemon(e)) => assert_eq!(e.kind, ErrorKind::InvalidArgument),
         other => panic!("{other:?}"),
     }
@@ -498,10 +503,15 @@ fn control_stream_stops_when_the_client_disconnects() {
     let (dir, _server, _d) = start("hangup", ServeOptions::default());
     // A client that reads two observations and goes away.
     let mut n = 0;
-    let end = client::stream(&dir.sock(), follow("leaver", None), |r| {
-        n += usize::from(matches!(r, Reply::Observation { .. }));
-        Ok(n < 2)
-    })
+    let end = client::stream(
+        &dir.sock(),
+        follow("leaver", None),
+        |_| {},
+        |r| {
+            n += usize::from(matches!(r, Reply::Observation { .. }));
+            Ok(n < 2)
+        },
+    )
     .unwrap();
     assert_eq!(end, None);
     // A client that sends the request and closes without reading anything.

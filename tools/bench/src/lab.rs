@@ -280,6 +280,8 @@ pub struct Lab {
     rundir: Option<PathBuf>,
     /// The engine's stdout (counters) captured at stop, for umacvlan.
     pub engine_report: Option<String>,
+    /// umacvlan-observed: what the capture said when it was stopped.
+    pub capture_report: Option<String>,
     /// Children beyond c1 and c2 (kernel and umacvlan arms): `x3`, `x4`, ... in bridge mode, up,
     /// in the host namespace; they carry no traffic, they only fill the port table.
     pub extra_ports: usize,
@@ -473,6 +475,7 @@ impl Lab {
             wire_mac: MacAddr([0; 6]),
             rundir: None,
             engine_report: None,
+            capture_report: None,
             extra_ports,
             startup: None,
             observer: None,
@@ -875,6 +878,10 @@ impl Lab {
         self.observer = None;
         while let Some(mut p) = self.procs.pop() {
             p.stop();
+            if p.what == "umacvlan capture" {
+                // Ended by SIGTERM, it reports what it wrote and lost (its last lines).
+                self.capture_report = Some(p.log_text().trim().to_string());
+            }
             if p.what == "umacvlan run"
                 && let Some(out) = p.child.stdout.take()
             {

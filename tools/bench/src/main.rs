@@ -371,14 +371,8 @@ fn run(a: Args) -> Result<ExitCode> {
     }
     // Tear down (keeping the engine's counters for the JSON), then check nothing is left.
     let mut engine_report = None;
-    for l in &labs {
-        if let Some(n) = l.scrapes() {
-            extra.insert(
-                "observed".into(),
-                serde_json::json!({"metrics_scrapes": n, "capture": "umacvlan capture parent -w /dev/null"}),
-            );
-        }
-    }
+    let scrapes: Option<u64> = labs.iter().find_map(|l| l.scrapes());
+    let mut capture_report = None;
     for mut l in labs {
         for e in l.teardown() {
             eprintln!("umacvlan-bench: {e}");
@@ -386,6 +380,19 @@ fn run(a: Args) -> Result<ExitCode> {
         if l.arm == Arm::Umacvlan {
             engine_report = l.engine_report.take();
         }
+        if l.arm == Arm::UmacvlanObserved {
+            capture_report = l.capture_report.take();
+        }
+    }
+    if let Some(n) = scrapes {
+        extra.insert(
+            "observed".into(),
+            serde_json::json!({
+                "metrics_scrapes": n,
+                "capture": "umacvlan capture parent -w /dev/null",
+                "capture_report": capture_report,
+            }),
+        );
     }
     let left = lab::existing(&format!("{}{}-", lab::PREFIX, std::process::id()));
     if !left.is_empty() {
@@ -410,6 +417,12 @@ fn run(a: Args) -> Result<ExitCode> {
         );
     } else {
         print!("{}", table(&p, &arms, &samples, &skipped));
+        if let Some(said) = extra
+            .get("observed")
+            .and_then(|o| o["capture_report"].as_str())
+        {
+            println!("\numacvlan-observed, its capture at the end: {said}");
+        }
         if let Some((text, _)) = scale {
             print!("{text}");
         }

@@ -118,6 +118,14 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
         scrapes.is_some_and(|n| n >= 2),
         "scrapes: {scrapes:?}\n{stderr}"
     );
+    // Its capture, stopped with SIGTERM, said what it wrote (and lost, if anything).
+    let said = v["details"]["observed"]["capture_report"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        said.contains("frames captured") && said.contains("interrupted"),
+        "the capture's report: {said:?}\n{stderr}"
+    );
     let left: Vec<String> = leftovers()
         .into_iter()
         .filter(|n| !before.contains(n))
