@@ -19,7 +19,9 @@
 //! The worker never blocks here: the sink list is copied under a `try_lock` only when its version
 //! changed (if the lock is busy, the previous list is used for one more batch), and a chunk that
 //! finds the channel full, or the sink's bytes in flight over [`SINK_BYTES`], counts its frames
-//! as lost in [`Sink::lost`]; the client is told at the end.
+//! as lost in [`Sink::lost`]; the client is told at the end. A frame for a sink that is already
+//! backed up that way is counted before it is copied, so a follower that falls behind costs the
+//! worker a check per frame, not a copy.
 //!
 //! [`register`]: Observers::register
 
@@ -68,6 +70,14 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Whether a record added to `p` now could not be handed over: the channel is full, or the
+    /// follower's bytes in flight and `p`'s already reach its budget. Such a frame is counted
+    /// lost at once, without copying it: a follower that falls behind costs the worker a check
+    /// per frame, not a copy.
+    fn backed_up(&self, p: &Pending) -> bool {
+        self.tx.is_full() || self.recycler.in_flight() + p.buf.len() >= SINK_BYTES
+    }
+
     /// Hands `p`'s records over without blocking; what does not fit counts as lost.
     fn hand_over(&self, p: &mut Pending) {
         let frames = std::mem::take(&mut p.frames);
@@ -249,6 +259,10 @@ impl Observe<'_> {
             if !seen.matches(&sink.filter, self.parent) {
                 continue;
             }
+            if sink.backed_up(p) {
+                sink.lost.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let head = head.get_or_insert_with(|| Head {
                 time_ns: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -388,6 +402,23 @@ mod tests {
         // The chunks were dropped: their buffers came back, capacity kept, for the next batches.
         assert_eq!(s.recycler.in_flight(), 0);
         assert!(s.recycler.buffer().capacity() > 0);
+    }
+
+    #[test]
+    fn a_frame_for_a_full_channel_is_counted_without_a_copy() {
+        let o = Observers::default();
+        let (s, rx) = o.register(Filter::All, 0, 1);
+        let mut c = ObserverCache::default();
+        let frame = [0u8; 60];
+        o.batch(&mut c, "p0")
+            .unwrap()
+            .emit(&seen(None, &frame, &["c0"]));
+        let b = o.batch(&mut c, "p0").unwrap();
+        b.emit(&seen(None, &frame, &["c0"]));
+        assert!(b.pending.borrow()[0].buf.is_empty(), "nothing copied");
+        drop(b);
+        assert_eq!(s.lost.load(Ordering::Relaxed), 1);
+        assert_eq!(drain(&rx).len(), 1, "the first frame only");
     }
 
     #[test]
