@@ -106,6 +106,26 @@ fn start_engine(t: &Topology, socket: &Path, ports: usize) -> (Procs, u32) {
     (procs, pid)
 }
 
+/// A topology with one child and no IPv6 anywhere, and an engine with port c0 in it.
+fn one_port_engine(tag: &str) -> (Topology, PathBuf, Procs, u32) {
+    let t = topology(tag, 1);
+    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
+        disable_ipv6(ns);
+    }
+    let socket = t.socket();
+    let (procs, pid) = start_engine(&t, &socket, 1);
+    (t, socket, procs, pid)
+}
+
+/// `umacvlan ARGS` against the engine at `socket`, its output piped.
+fn spawn_piped(t: &Topology, socket: &Path, args: &[&str]) -> Child {
+    umacvlan(t, socket, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits for `c` to exit (panics after 20 s) and returns its stdout.
 fn finish(c: &mut Child, what: &str) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -212,13 +232,7 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
     let k = K.to_string();
     let all_pcap = file("all.pcapng");
     let drops_pcap = file("drops.pcapng");
-    let spawn = |args: &[&str]| {
-        umacvlan(&t, &socket, args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| spawn_piped(&t, &socket, args);
     let mut cap = spawn(&[
         "capture",
         "parent",
@@ -423,12 +437,7 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
 
 #[test]
 fn follow_text_lines_and_unknown_targets() {
-    let t = topology("of", 1);
-    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
-        disable_ipv6(ns);
-    }
-    let socket = t.socket();
-    let (_procs, pid) = start_engine(&t, &socket, 1);
+    let (t, socket, _procs, pid) = one_port_engine("of");
 
     let o = umacvlan(&t, &socket, &["trace", "--follow", "nope", "-c", "1"])
         .output()
@@ -656,20 +665,9 @@ fn binary_and_json_streams_and_a_cut_capture_agree() {
 
 #[test]
 fn ctrl_c_ends_a_capture_and_a_follow_with_the_engines_count() {
-    let t = topology("oi", 1);
-    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
-        disable_ipv6(ns);
-    }
-    let socket = t.socket();
-    let (_procs, engine_pid) = start_engine(&t, &socket, 1);
+    let (t, socket, _procs, engine_pid) = one_port_engine("oi");
     let pcap = std::env::temp_dir().join(format!("{}-int.pcapng", t.host.name()));
-    let spawn = |args: &[&str]| {
-        umacvlan(&t, &socket, args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| spawn_piped(&t, &socket, args);
     // No count: only a signal ends them.
     let cap = spawn(&["capture", "parent", "-w", pcap.to_str().unwrap()]);
     let follow = spawn(&["trace", "--follow", "parent", "-j"]);
