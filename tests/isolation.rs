@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Instant;
 
 use common::parity::{GROUP_A, Probe, Sender, UNJOINED, expected, observe};
@@ -52,20 +51,7 @@ fn spec(hairpin: bool) -> TopologySpec {
 /// The engine's `stats -j` for the topology's engine.
 fn engine_stats(topo: &Topology) -> serde_json::Value {
     let h = topo.host_ns.name();
-    let out = Command::new(env!("CARGO_BIN_EXE_umacvlan"))
-        .args(["stats", "-j"])
-        .env(
-            "UMACVLAN_CONTROL",
-            std::env::temp_dir().join(format!("{h}.sock")),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::engine::stats_json(h, &std::env::temp_dir().join(format!("{h}.sock")))
 }
 
 fn flood(hairpin: bool) {
