@@ -107,6 +107,10 @@ impl Vm {
         wait_until("the engine's control socket", || {
             UnixStream::connect(&sock).is_ok()
         });
+        // The socket is bound before the ports are made; a request is answered only once they
+        // are. A peer must not connect before: QEMU 7.2's stream client connects once, and a
+        // refused connect is not retried (nor reported).
+        self.ok(&["stats", "-j"]);
     }
 
     fn ok(&self, args: &[&str]) -> String {
