@@ -734,6 +734,7 @@ mod tests {
             let how = from_port_observed(&t, &ports, PortId(0), &bcast, obs.as_ref());
             assert_eq!(how, ToWire::Only, "c1 refused its copy: the wire decides");
             drop(obs);
+            cache.flush();
             let got = received(&rx);
             assert_eq!(got.len(), 3);
             let (f, bytes) = &got[0];
@@ -778,6 +779,7 @@ mod tests {
             let obs = o.batch(&mut cache, "p0");
             from_parent_observed(&t, &c, &ports, &f, obs.as_ref());
             drop(obs);
+            cache.flush();
             let got = received(&rx);
             let (f, bytes) = &got[0];
             assert_eq!(f.vlan, Some(7));
@@ -803,6 +805,7 @@ mod tests {
             };
             from_parent_observed(&t, &c, &ports, &r, obs.as_ref());
             drop(obs);
+            cache.flush();
             let got = received(&rx);
             assert_eq!(got.len(), 2, "the delivered frame is not a drop");
             let reason = |i: usize| got[i].0.reason.clone();

@@ -10,11 +10,14 @@
 //!
 //! Cost when someone does: each frame a sink wants is encoded as one record
 //! ([`frames::encode`]: a fixed header, the names, the bytes up to the sink's snaplen) into that
-//! sink's buffer for the batch; no allocation once the buffers have grown, since they come back
-//! through the sink's [`Recycler`] when the follower's connection has written them. The batch's
-//! buffer goes to the sink as one chunk when the batch ends (when the [`Observe`] is dropped) or
-//! when it passes [`CHUNK_BYTES`]: one channel operation, and at most one wake-up of the
-//! follower's thread, per batch.
+//! sink's buffer; no allocation once the buffers have grown, since they come back through the
+//! sink's [`Recycler`] when the follower's connection has written them. The buffer goes to the
+//! sink as one chunk when it passes [`CHUNK_BYTES`], or at the end of the first batch after its
+//! oldest record has waited [`HOLD`]; a worker with nothing to read hands it over when [`HOLD`]
+//! is up ([`ObserverCache::flush_due`] tells it when to look). Under load that is one channel
+//! operation, and at most one wake-up of the follower's thread (and, through it, of the client),
+//! per [`HOLD`] or per [`CHUNK_BYTES`], not per batch: on a busy machine those wake-ups, not the
+//! copies, were what following cost the forwarding (README, "What observing costs").
 //!
 //! The worker never blocks here: the sink list is copied under a `try_lock` only when its version
 //! changed (if the lock is busy, the previous list is used for one more batch), and a chunk that
@@ -28,7 +31,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -38,6 +41,9 @@ use crate::mac::MacAddr;
 
 /// A sink's buffer is handed over once it holds this much, even mid-batch.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+/// The longest a record waits in a worker before its sink gets it: what a follower's view lags
+/// behind the forwarding at most (plus the relay's own hops).
+pub const HOLD: Duration = Duration::from_millis(10);
 /// Bytes a follower may have handed over and not yet written before new frames count as lost.
 pub const SINK_BYTES: usize = 32 * 1024 * 1024;
 /// Spare buffers a sink keeps for reuse.
@@ -84,6 +90,7 @@ impl Sink {
         if frames == 0 {
             return;
         }
+        p.since = None;
         let lost = |n| self.lost.fetch_add(n, Ordering::Relaxed);
         match self.recycler.chunk(std::mem::take(&mut p.buf), frames) {
             Err(mut buf) => {
@@ -116,11 +123,19 @@ pub struct Observers {
     next_id: AtomicU64,
 }
 
-/// A sink's records of the current batch.
+/// A sink's records not yet handed over.
 #[derive(Debug, Default)]
 struct Pending {
     buf: Vec<u8>,
     frames: u64,
+    /// When the oldest of them was added.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn due(&self, now: Instant) -> bool {
+        self.since.is_some_and(|t| now >= t + HOLD)
+    }
 }
 
 /// A worker's copy of the sink list, refreshed between batches, with its buffer per sink.
@@ -128,8 +143,38 @@ struct Pending {
 pub struct ObserverCache {
     version: u64,
     sinks: Option<Arc<[Arc<Sink>]>>,
-    /// One per sink, in the same order; empty between batches.
+    /// One per sink, in the same order.
     pending: Vec<Pending>,
+}
+
+impl ObserverCache {
+    /// Hands every sink what is pending for it, due or not.
+    pub fn flush(&mut self) {
+        if let Some(sinks) = &self.sinks {
+            for (sink, p) in sinks.iter().zip(&mut self.pending) {
+                sink.hand_over(p);
+            }
+        }
+    }
+
+    /// Hands over the records that have waited [`HOLD`]; returns how long until the oldest of
+    /// the others has, `None` when nothing is pending. Costs nothing when nobody follows.
+    pub fn flush_due(&mut self) -> Option<Duration> {
+        let sinks = self.sinks.as_deref()?;
+        if self.pending.iter().all(|p| p.frames == 0) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (sink, p) in sinks.iter().zip(&mut self.pending) {
+            if p.due(now) {
+                sink.hand_over(p);
+            } else if let Some(t) = p.since {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next.map(|t| (t + HOLD).saturating_duration_since(now))
+    }
 }
 
 impl Observers {
@@ -182,13 +227,18 @@ impl Observers {
     /// listens: one relaxed load in that case. Never blocks.
     pub fn batch<'c>(&self, cache: &'c mut ObserverCache, parent: &'c str) -> Option<Observe<'c>> {
         if self.listening.load(Ordering::Relaxed) == 0 {
-            cache.sinks = None;
+            if cache.sinks.is_some() {
+                cache.flush();
+                cache.sinks = None;
+            }
             return None;
         }
         let version = self.version.load(Ordering::Acquire);
         if (cache.sinks.is_none() || cache.version != version)
             && let Ok(g) = self.sinks.try_lock()
         {
+            // What the old list's sinks were promised goes to them first.
+            cache.flush();
             cache.pending = g.iter().map(|_| Pending::default()).collect();
             cache.sinks = Some(Arc::clone(&g));
             cache.version = version;
@@ -285,6 +335,9 @@ impl Observe<'_> {
                 &seen.pieces,
                 sink.snaplen,
             );
+            if p.frames == 0 {
+                p.since = Some(Instant::now());
+            }
             p.frames += 1;
             if p.buf.len() >= CHUNK_BYTES {
                 sink.hand_over(p);
@@ -294,9 +347,18 @@ impl Observe<'_> {
 }
 
 impl Drop for Observe<'_> {
+    /// Hands over what has waited [`HOLD`]; the rest stays for a later batch or
+    /// [`ObserverCache::flush_due`].
     fn drop(&mut self) {
-        for (sink, p) in self.sinks.iter().zip(self.pending.get_mut().iter_mut()) {
-            sink.hand_over(p);
+        let pending = self.pending.get_mut();
+        if pending.iter().all(|p| p.frames == 0) {
+            return;
+        }
+        let now = Instant::now();
+        for (sink, p) in self.sinks.iter().zip(pending.iter_mut()) {
+            if p.due(now) {
+                sink.hand_over(p);
+            }
         }
     }
 }
@@ -371,9 +433,10 @@ mod tests {
             b.emit(&seen(None, &frame, &["c1"]));
             b.emit(&seen(None, &frame, &[]));
             b.emit(&seen(Some("c1"), &frame, &["c0"]));
-            assert!(all.is_empty(), "handed over when the batch ends");
         }
-        assert_eq!(all.len(), 1, "one chunk per batch");
+        assert!(all.is_empty(), "held for HOLD after the batch ends");
+        c.flush();
+        assert_eq!(all.len(), 1, "one chunk for the batch");
         let all = drain(&all);
         assert_eq!(all.len(), 3);
         assert_eq!(all[0], (None, 60, 20, None), "the sink's own snaplen");
@@ -396,6 +459,8 @@ mod tests {
             let b = o.batch(&mut c, "p0").unwrap();
             b.emit(&seen(None, &frame, &["c0"]));
             b.emit(&seen(None, &frame, &["c0"]));
+            drop(b);
+            c.flush();
         }
         assert_eq!(drain(&rx).len(), 4, "two chunks of two");
         assert_eq!(s.lost.load(Ordering::Relaxed), 6);
@@ -413,10 +478,12 @@ mod tests {
         o.batch(&mut c, "p0")
             .unwrap()
             .emit(&seen(None, &frame, &["c0"]));
+        c.flush();
         let b = o.batch(&mut c, "p0").unwrap();
         b.emit(&seen(None, &frame, &["c0"]));
         assert!(b.pending.borrow()[0].buf.is_empty(), "nothing copied");
         drop(b);
+        c.flush();
         assert_eq!(s.lost.load(Ordering::Relaxed), 1);
         assert_eq!(drain(&rx).len(), 1, "the first frame only");
     }
@@ -434,10 +501,65 @@ mod tests {
                 b.emit(&seen(None, &frame, &["c0"]));
             }
         }
+        assert_eq!(rx.len(), 2, "full chunks go at once");
+        c.flush();
         let chunks: Vec<Chunk> = rx.try_iter().collect();
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| c.bytes().len() <= CHUNK_BYTES + 1600));
         assert_eq!(chunks.iter().map(Chunk::frames).sum::<u64>(), n as u64);
         assert_eq!(s.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn records_wait_at_most_hold_then_go_as_one_chunk() {
+        let o = Observers::default();
+        let (_s, rx) = o.register(Filter::All, 0, 8);
+        let mut c = ObserverCache::default();
+        assert_eq!(c.flush_due(), None, "nothing pending");
+        let frame = [0u8; 60];
+        for _ in 0..3 {
+            o.batch(&mut c, "p0")
+                .unwrap()
+                .emit(&seen(None, &frame, &["c0"]));
+        }
+        let wait = c.flush_due().expect("something pending");
+        assert!(wait <= HOLD);
+        assert!(rx.is_empty(), "not yet due");
+        std::thread::sleep(wait);
+        assert_eq!(c.flush_due(), None, "handed over once due");
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].frames(), 3);
+        // A batch that ends after HOLD hands over by itself.
+        let b = o.batch(&mut c, "p0").unwrap();
+        b.emit(&seen(None, &frame, &["c0"]));
+        std::thread::sleep(HOLD);
+        drop(b);
+        assert_eq!(drain(&rx).len(), 1);
+    }
+
+    #[test]
+    fn a_new_sink_list_first_hands_the_old_sinks_their_records() {
+        let o = Observers::default();
+        let (a, first) = o.register(Filter::All, 0, 8);
+        let mut c = ObserverCache::default();
+        let frame = [0u8; 60];
+        o.batch(&mut c, "p0")
+            .unwrap()
+            .emit(&seen(None, &frame, &["c0"]));
+        let (b, second) = o.register(Filter::All, 0, 8);
+        o.batch(&mut c, "p0")
+            .unwrap()
+            .emit(&seen(None, &frame, &["c0"]));
+        assert_eq!(drain(&first).len(), 1, "the record held for the old list");
+        o.unregister(b.id);
+        o.unregister(a.id);
+        assert!(o.batch(&mut c, "p0").is_none());
+        assert_eq!(
+            drain(&first).len(),
+            1,
+            "flushed when the last follower left"
+        );
+        assert_eq!(drain(&second).len(), 1);
     }
 }

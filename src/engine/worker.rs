@@ -303,10 +303,15 @@ impl Worker {
         loop {
             self.counters.heartbeat.add(1);
             // While a switch to V2 waits for V3's open block, look again every millisecond.
-            let timeout = match &self.auto {
+            let mut timeout = match &self.auto {
                 Some(a) if a.settling() => 1u16,
                 _ => 100,
             };
+            // Followers get what waited long enough; an idle worker wakes for the rest.
+            if let Some(due) = self.observer_cache.flush_due() {
+                let ms = due.as_micros().div_ceil(1000).max(1);
+                timeout = timeout.min(u16::try_from(ms).unwrap_or(u16::MAX));
+            }
             let n = match poller.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
@@ -350,6 +355,7 @@ impl Worker {
                     // kernel's count and ours agree.
                     self.drain_ring(false);
                     self.drain_ring(true);
+                    self.observer_cache.flush();
                     self.fold_ring_stats();
                     return Ok(());
                 }
