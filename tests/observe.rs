@@ -68,11 +68,20 @@ fn threads_named(pid: u32, name: &str) -> usize {
 }
 
 /// The nice value of the process or thread whose /proc directory is `dir` (field 19 of `stat`).
-fn nice_of(dir: &Path) -> i32 {
+/// The nice value and scheduling policy (`/proc/…/stat` fields 19 and 41) of a process or thread.
+fn priority_of(dir: &Path) -> (i32, i32) {
     let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+    let after_comm: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (
+        after_comm[16].parse().unwrap(),
+        after_comm[38].parse().unwrap(),
+    )
 }
+
+/// What `yield_cpu_to_forwarding` sets: nice 19 and `SCHED_IDLE`.
+const YIELDING: (i32, i32) = (19, libc::SCHED_IDLE);
+/// A shell's default: nice 0, `SCHED_OTHER`.
+const NORMAL: (i32, i32) = (0, libc::SCHED_OTHER);
 
 /// Starts an engine on p0 with bridge ports c0 (and c1 when `ports` is 2) in the topology's
 /// namespaces, waits until they are up, and returns it (killed on drop) with its pid.
@@ -274,20 +283,35 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
             && threads_named(engine_pid, "umacvlan-stream") == 5
     });
     // Following yields the CPU to forwarding: the engine's relays and stream writers, and the
-    // capture processes (`ip netns exec` execs them), run at nice 19; --keep-priority keeps 0.
+    // capture processes (`ip netns exec` execs them), run at nice 19 under SCHED_IDLE;
+    // --keep-priority keeps the shell's.
     for name in ["umacvlan-follow", "umacvlan-stream"] {
         for dir in threads_named_dirs(engine_pid, name) {
-            assert_eq!(nice_of(&dir), 19, "{name} thread {}", dir.display());
+            assert_eq!(
+                priority_of(&dir),
+                YIELDING,
+                "{name} thread {}",
+                dir.display()
+            );
         }
     }
+    let engine_main = PathBuf::from(format!("/proc/{engine_pid}"));
+    assert_eq!(priority_of(&engine_main), NORMAL, "the engine itself");
+    let workers = threads_named_dirs(engine_pid, "umv-p0-0");
+    assert_eq!(workers.len(), 1, "p0's worker");
+    assert_eq!(
+        priority_of(&workers[0]),
+        NORMAL,
+        "the worker forwards at normal priority"
+    );
     let proc_dir = |c: &Child| PathBuf::from(format!("/proc/{}", c.id()));
     for c in [&cap, &drops, &piped] {
-        assert_eq!(nice_of(&proc_dir(c)), 19, "a capture runs at nice 19");
+        assert_eq!(priority_of(&proc_dir(c)), YIELDING, "a capture yields");
     }
-    assert_eq!(nice_of(&proc_dir(&keep)), 0, "--keep-priority");
+    assert_eq!(priority_of(&proc_dir(&keep)), NORMAL, "--keep-priority");
     assert_eq!(
-        nice_of(&proc_dir(&follow)),
-        0,
+        priority_of(&proc_dir(&follow)),
+        NORMAL,
         "trace --follow is not a capture"
     );
     let wire = PacketSocket::open(t.wire.name(), "wire0", ETH_P_ALL);

@@ -43,15 +43,27 @@ use nix::sys::socket::{
 /// The nice value of work that must yield the CPU to forwarding.
 pub const YIELDING_NICE: i32 = 19;
 
-/// Lowers the calling thread's CPU priority to the least there is (nice [`YIELDING_NICE`]), for
-/// work that must never take a CPU from forwarding: relaying and writing a capture. Threads it
-/// starts later inherit it. Lowering needs no privilege.
+/// Makes the calling thread yield the CPU to forwarding, for work that must never take one from
+/// it: relaying and writing a capture. Threads it starts later inherit this. Needs no privilege.
+///
+/// Two steps: nice [`YIELDING_NICE`], and the `SCHED_IDLE` policy. With nice 19 alone, the fair
+/// scheduler may let the running yielding thread finish its protected slice (about a millisecond
+/// and a half on two CPUs) before a waking worker gets the CPU; a `SCHED_IDLE` task is
+/// preempted at once by any waking normal one (`check_preempt_wakeup_fair`). Measured in README,
+/// "What observing costs".
 pub fn yield_cpu_to_forwarding() -> io::Result<()> {
     let tid = nix::unistd::gettid().as_raw();
     let tid = libc::id_t::try_from(tid).map_err(io::Error::other)?;
     // SAFETY: setpriority reads only its integer arguments. On Linux, PRIO_PROCESS with a thread
     // id sets that one thread's nice value.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, YIELDING_NICE) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call, which only reads it; pid 0
+    // is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if r == -1 {
         return Err(io::Error::last_os_error());
     }
