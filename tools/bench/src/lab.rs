@@ -27,12 +27,18 @@ pub const C2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const C1_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
 pub const C2_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x02]);
 const MACVLAN_MODE_BRIDGE: u32 = 4;
+/// The observing processes of the observed arms, as [`Proc::what`] names them.
+const CAPTURE: &str = "umacvlan capture";
+const TCPDUMP: &str = "tcpdump";
 
 /// What forwards between the parent and the children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arm {
     /// The kernel's macvlan (bridge mode).
     Kernel,
+    /// The same, with `tcpdump -i c1 -w /dev/null` (full length) running in c1 throughout: what
+    /// a capture costs the kernel's macvlan, beside what one costs umacvlan.
+    KernelObserved,
     /// `umacvlan run` (bridge mode), with the engine's default receive ring (or UMACVLAN_RING).
     Umacvlan,
     /// `umacvlan run --ring v2`, `v3`, `auto`: the ring kinds side by side.
@@ -51,16 +57,18 @@ pub enum Arm {
 
 impl Arm {
     /// What `--all` runs.
-    pub const ALL: [Arm; 5] = [
+    pub const ALL: [Arm; 6] = [
         Arm::Kernel,
+        Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
         Arm::Ovs,
         Arm::Vde,
     ];
     /// Every arm `--arms` takes, in table order.
-    pub const KNOWN: [Arm; 8] = [
+    pub const KNOWN: [Arm; 9] = [
         Arm::Kernel,
+        Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
         Arm::UmacvlanV2,
@@ -73,6 +81,7 @@ impl Arm {
     pub fn name(self) -> &'static str {
         match self {
             Arm::Kernel => "kernel",
+            Arm::KernelObserved => "kernel-observed",
             Arm::Umacvlan => "umacvlan",
             Arm::UmacvlanV2 => "umacvlan-v2",
             Arm::UmacvlanV3 => "umacvlan-v3",
@@ -98,6 +107,11 @@ impl Arm {
         self.ring().is_some()
     }
 
+    /// Whether this arm is the kernel's macvlan (observed or not).
+    pub fn is_kernel(self) -> bool {
+        matches!(self, Arm::Kernel | Arm::KernelObserved)
+    }
+
     /// The engine arms' `--ring` (`""`: the engine's default).
     fn ring(self) -> Option<&'static str> {
         match self {
@@ -105,7 +119,7 @@ impl Arm {
             Arm::UmacvlanV2 => Some("v2"),
             Arm::UmacvlanV3 => Some("v3"),
             Arm::UmacvlanAuto => Some("auto"),
-            Arm::Kernel | Arm::Ovs | Arm::Vde => None,
+            Arm::Kernel | Arm::KernelObserved | Arm::Ovs | Arm::Vde => None,
         }
     }
 
@@ -113,6 +127,9 @@ impl Arm {
     pub fn missing(self, umacvlan: &Path) -> Option<String> {
         match self {
             Arm::Kernel => None,
+            Arm::KernelObserved => which("tcpdump")
+                .is_none()
+                .then(|| "not installed (apt-get install tcpdump)".to_string()),
             Arm::Umacvlan
             | Arm::UmacvlanObserved
             | Arm::UmacvlanV2
@@ -280,8 +297,10 @@ pub struct Lab {
     rundir: Option<PathBuf>,
     /// The engine's stdout (counters) captured at stop, for umacvlan.
     pub engine_report: Option<String>,
-    /// umacvlan-observed: what the capture said when it was stopped.
+    /// umacvlan-observed, kernel-observed: what the capture (tcpdump) said when it was stopped.
     pub capture_report: Option<String>,
+    /// The observed arms' `-s` (None: their default, everything).
+    capture_snaplen: Option<u32>,
     /// Children beyond c1 and c2 (kernel and umacvlan arms): `x3`, `x4`, ... in bridge mode, up,
     /// in the host namespace; they carry no traffic, they only fill the port table.
     pub extra_ports: usize,
@@ -452,7 +471,12 @@ impl Drop for Observer {
 impl Lab {
     /// Build the lab for `arm`. On error, whatever was created is removed (the partial `Lab`
     /// is dropped).
-    pub fn build(arm: Arm, umacvlan: &Path, extra_ports: usize) -> Result<Lab> {
+    pub fn build(
+        arm: Arm,
+        umacvlan: &Path,
+        extra_ports: usize,
+        capture_snaplen: Option<u32>,
+    ) -> Result<Lab> {
         let prefix = format!("{PREFIX}{}-{}", std::process::id(), arm.name());
         // Namespaces first, each recorded in `guard` before anything can fail, so that a failed
         // build removes them.
@@ -477,6 +501,7 @@ impl Lab {
             engine_report: None,
             capture_report: None,
             extra_ports,
+            capture_snaplen,
             startup: None,
             observer: None,
         };
@@ -484,7 +509,7 @@ impl Lab {
             lab.wire_up()?;
         }
         match arm {
-            Arm::Kernel => lab.kernel()?,
+            Arm::Kernel | Arm::KernelObserved => lab.kernel()?,
             Arm::Umacvlan
             | Arm::UmacvlanObserved
             | Arm::UmacvlanV2
@@ -495,6 +520,9 @@ impl Lab {
         }
         configure(&lab.c1, "c1", C1_ADDR)?;
         configure(&lab.c2, "c2", C2_ADDR)?;
+        if arm == Arm::KernelObserved {
+            lab.tcpdump()?;
+        }
         Ok(lab)
     }
 
@@ -648,14 +676,45 @@ impl Lab {
         Ok(())
     }
 
+    /// The observed arms' `-s` argument, if one was asked for.
+    fn snaplen_args(&self) -> Vec<String> {
+        self.capture_snaplen
+            .map(|n| vec!["-s".to_string(), n.to_string()])
+            .unwrap_or_default()
+    }
+
+    /// kernel-observed: tcpdump on c1 (every test's traffic passes c1), as a user runs it: normal
+    /// priority, full length (or `--capture-snaplen`), to /dev/null. Waits until it says it is
+    /// listening.
+    fn tcpdump(&mut self) -> Result<()> {
+        let mut c = ns_command(&self.ns_name("c1"), "tcpdump");
+        c.args(["-i", "c1", "-n", "-w", "/dev/null"])
+            .args(self.snaplen_args());
+        let log = std::env::temp_dir().join(format!("{}-tcpdump.log", self.prefix));
+        self.spawn_proc(TCPDUMP, c, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.check_alive()?;
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            if said.contains("listening on") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("tcpdump did not start listening within 10 s: {said}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the observers of the umacvlan-observed arm and waits until the capture is
     /// following and the first scrape has answered.
     fn observe(&mut self, bin: &Path, control: &Path) -> Result<()> {
         let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
         c.args(["capture", "parent", "-w", "/dev/null", "--control"])
-            .arg(control);
+            .arg(control)
+            .args(self.snaplen_args());
         let log = std::env::temp_dir().join(format!("{}-capture.log", self.prefix));
-        self.spawn_proc("umacvlan capture", c, &log)?;
+        self.spawn_proc(CAPTURE, c, &log)?;
         let mut probe = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
         probe
             .args(["stats", "-j", "--control"])
@@ -878,8 +937,8 @@ impl Lab {
         self.observer = None;
         while let Some(mut p) = self.procs.pop() {
             p.stop();
-            if p.what == "umacvlan capture" {
-                // Ended by SIGTERM, it reports what it wrote and lost (its last lines).
+            if p.what == CAPTURE || p.what == TCPDUMP {
+                // Ended by SIGTERM, each reports what it wrote and lost (its last lines).
                 self.capture_report = Some(p.log_text().trim().to_string());
             }
             if p.what == "umacvlan run"

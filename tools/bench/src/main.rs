@@ -28,14 +28,15 @@ static STOP: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Run every arm: kernel, umacvlan, umacvlan-observed, and ovs / vde when installed (else
-    /// reported as not run).
+    /// Run every arm: kernel, kernel-observed (when tcpdump is installed), umacvlan,
+    /// umacvlan-observed, and ovs / vde when installed (else reported as not run).
     #[arg(long)]
     all: bool,
-    /// Arms to run, comma-separated: kernel, umacvlan, umacvlan-observed (the same engine with a
-    /// 1 s scrape of /metrics and a capture of every frame running throughout), ovs, vde, and
-    /// umacvlan-v2, umacvlan-v3, umacvlan-auto (the engine with that `--ring`). The kernel is
-    /// always run (the ratios are against it).
+    /// Arms to run, comma-separated: kernel, kernel-observed (the kernel's macvlan with tcpdump
+    /// capturing c1 throughout), umacvlan, umacvlan-observed (the same engine with a 1 s scrape
+    /// of /metrics and a capture of every frame running throughout), ovs, vde, and umacvlan-v2,
+    /// umacvlan-v3, umacvlan-auto (the engine with that `--ring`). The kernel is always run (the
+    /// ratios are against it).
     #[arg(long, value_delimiter = ',', default_value = "kernel,umacvlan")]
     arms: Vec<String>,
     /// Tests to run, comma-separated: pps, tcp, rtt.
@@ -67,6 +68,11 @@ struct Args {
     /// than 2 the umacvlan arm also reports its start time and memory.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(2..=4094))]
     ports: u16,
+    /// Bytes the observed arms' captures keep per frame (`capture -s`, `tcpdump -s`). Default:
+    /// all of it (262144), as both do by default; 128 keeps the headers, what "where did my
+    /// frame go" needs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=262_144))]
+    capture_snaplen: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -235,6 +241,8 @@ struct Plan {
     umacvlan: PathBuf,
     /// Idle children beyond c1 and c2.
     extra_ports: usize,
+    /// `--capture-snaplen`.
+    capture_snaplen: Option<u32>,
 }
 
 fn plan(a: &Args) -> Result<Plan> {
@@ -300,6 +308,7 @@ fn plan(a: &Args) -> Result<Plan> {
         iperf3,
         umacvlan,
         extra_ports: usize::from(a.ports) - 2,
+        capture_snaplen: a.capture_snaplen,
     })
 }
 
@@ -320,10 +329,10 @@ fn run(a: Args) -> Result<ExitCode> {
         }
         eprintln!("umacvlan-bench: building the {} lab", arm.name());
         let extra = match arm {
-            a if a == Arm::Kernel || a.is_umacvlan() => p.extra_ports,
+            a if a.is_kernel() || a.is_umacvlan() => p.extra_ports,
             _ => 0,
         };
-        match Lab::build(arm, &p.umacvlan, extra) {
+        match Lab::build(arm, &p.umacvlan, extra, p.capture_snaplen) {
             Ok(l) => labs.push(l),
             Err(e) if arm == Arm::Kernel || arm.is_umacvlan() => {
                 return Err(e.context(format!("building the {} lab", arm.name())));
@@ -372,25 +381,37 @@ fn run(a: Args) -> Result<ExitCode> {
     // Tear down (keeping the engine's counters for the JSON), then check nothing is left.
     let mut engine_report = None;
     let scrapes: Option<u64> = labs.iter().find_map(|l| l.scrapes());
-    let mut capture_report = None;
+    let (mut capture_report, mut tcpdump_report) = (None, None);
     for mut l in labs {
         for e in l.teardown() {
             eprintln!("umacvlan-bench: {e}");
         }
-        if l.arm == Arm::Umacvlan {
-            engine_report = l.engine_report.take();
-        }
-        if l.arm == Arm::UmacvlanObserved {
-            capture_report = l.capture_report.take();
+        match l.arm {
+            Arm::Umacvlan => engine_report = l.engine_report.take(),
+            Arm::UmacvlanObserved => capture_report = l.capture_report.take(),
+            Arm::KernelObserved => tcpdump_report = l.capture_report.take(),
+            _ => {}
         }
     }
+    let snap = p
+        .capture_snaplen
+        .map_or(String::new(), |n| format!(" -s {n}"));
     if let Some(n) = scrapes {
         extra.insert(
             "observed".into(),
             serde_json::json!({
                 "metrics_scrapes": n,
-                "capture": "umacvlan capture parent -w /dev/null",
+                "capture": format!("umacvlan capture parent -w /dev/null{snap}"),
                 "capture_report": capture_report,
+            }),
+        );
+    }
+    if tcpdump_report.is_some() {
+        extra.insert(
+            "kernel_observed".into(),
+            serde_json::json!({
+                "capture": format!("tcpdump -i c1 -n -w /dev/null{snap} (in c1's namespace)"),
+                "capture_report": tcpdump_report,
             }),
         );
     }
@@ -417,11 +438,13 @@ fn run(a: Args) -> Result<ExitCode> {
         );
     } else {
         print!("{}", table(&p, &arms, &samples, &skipped));
-        if let Some(said) = extra
-            .get("observed")
-            .and_then(|o| o["capture_report"].as_str())
-        {
-            println!("\numacvlan-observed, its capture at the end: {said}");
+        for (key, arm, what) in [
+            ("kernel_observed", Arm::KernelObserved, "tcpdump"),
+            ("observed", Arm::UmacvlanObserved, "capture"),
+        ] {
+            if let Some(said) = extra.get(key).and_then(|o| o["capture_report"].as_str()) {
+                println!("\n{}, its {what} at the end: {said}", arm.name());
+            }
         }
         if let Some((text, _)) = scale {
             print!("{text}");

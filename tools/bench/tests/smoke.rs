@@ -1,7 +1,8 @@
-//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel, umacvlan
-//! and umacvlan-observed arms. Asserts that every metric has a positive number for every arm,
-//! that the observed arm was scraped and compared with plain umacvlan, and that no `umvb-*`
-//! namespace is left behind. It asserts nothing about speed.
+//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel,
+//! kernel-observed, umacvlan and umacvlan-observed arms. Asserts that every metric has a positive
+//! number for every arm, that the observed arms' captures ran to the end and the engine was
+//! scraped and compared with plain umacvlan, and that no `umvb-*` namespace is left behind. It
+//! asserts nothing about speed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +24,7 @@ const METRICS: [&str; 11] = [
     "rtt_c1_c2_p99",
 ];
 
-const ARMS: [&str; 3] = ["kernel", "umacvlan", "umacvlan-observed"];
+const ARMS: [&str; 4] = ["kernel", "kernel-observed", "umacvlan", "umacvlan-observed"];
 
 fn leftovers() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
@@ -73,7 +74,7 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
             "--quick",
             "--json",
             "--arms",
-            "kernel,umacvlan,umacvlan-observed",
+            "kernel,kernel-observed,umacvlan,umacvlan-observed",
             "--umacvlan",
         ])
         .arg(&umacvlan)
@@ -126,15 +127,24 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
         said.contains("frames captured") && said.contains("interrupted"),
         "the capture's report: {said:?}\n{stderr}"
     );
+    // tcpdump, stopped the same way, said what it captured.
+    let said = v["details"]["kernel_observed"]["capture_report"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        said.contains("packets captured"),
+        "tcpdump's report: {said:?}\n{stderr}"
+    );
     let left: Vec<String> = leftovers()
         .into_iter()
         .filter(|n| !before.contains(n))
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     eprintln!(
-        "umacvlan-bench smoke: {} metrics x 3 arms in {:.1} s (kernel/umacvlan/observed): {}",
+        "umacvlan-bench smoke: {} metrics x 4 arms in {:.1} s ({}): {}",
         METRICS.len(),
         t0.elapsed().as_secs_f64(),
+        ARMS.join("/"),
         summary.join(", ")
     );
 }
