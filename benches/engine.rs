@@ -11,6 +11,7 @@ use std::io::{self, IoSlice};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use umacvlan::engine::counters::{ParentCounters, PortCounters};
 use umacvlan::engine::forward::{self, PortIo, ToWire};
+use umacvlan::engine::observe::{Filter, ObserverCache, Observers};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
 use umacvlan::mac::MacAddr;
 use umacvlan::sys::{fake_v3_block, frames_in};
@@ -37,6 +38,10 @@ fn port_mac(i: usize) -> MacAddr {
 
 fn table(n: usize, mode: Mode) -> PortTable {
     let parent = ParentConfig::new("p0", MacAddr([2, 0, 0, 0, 0, 1]), 1500);
+    table_on(parent, n, mode)
+}
+
+fn table_on(parent: ParentConfig, n: usize, mode: Mode) -> PortTable {
     let ports = (0..n)
         .map(|i| {
             let mut p = PortConfig::new(format!("c{i}"), mode, port_mac(i));
@@ -49,7 +54,12 @@ fn table(n: usize, mode: Mode) -> PortTable {
 
 /// A 64-byte frame (60 + FCS on the wire) behind a zero virtio-net header.
 fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN + 60];
+    sized_frame(dst, src, 60)
+}
+
+/// A frame of `len` bytes (without FCS) behind a zero virtio-net header.
+fn sized_frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + len];
     f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst.0);
     f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&src.0);
     f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x00]);
@@ -115,5 +125,57 @@ fn bench_tap_batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_ring_block, bench_tap_batch);
+/// What a follower adds to the worker (`capture parent`, every frame): a ring block of unicast
+/// frames to one port, forwarded with nobody following, with a follower of the headers
+/// (snaplen 128) and with one of the whole frames. The follower's chunks are taken off its
+/// channel as they come (a reader that keeps up), so each iteration pays the record copy.
+fn bench_observed_block(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observed_block");
+    // 64-byte frames, and full-size frames of a jumbo parent (the per-byte cost of the copy).
+    for (size, mtu) in [(60usize, 1500u32), (9000, 9000)] {
+        let parent = ParentConfig::new("p0", MacAddr([2, 0, 0, 0, 0, 1]), mtu);
+        let t = table_on(parent, 1, Mode::Bridge);
+        let ports = [Sink::default()];
+        let pc = ParentCounters::default();
+        let block_size = 1024 * 1024;
+        let n = if size == 60 { BATCH } else { 100 };
+        let frames = vec![sized_frame(port_mac(0), EXT, size); n];
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let block = fake_v3_block(&refs, block_size).expect("the frames fit a 1 MiB block");
+        g.throughput(Throughput::Elements(n as u64));
+        for (follower, snaplen) in [("none", None), ("headers", Some(128)), ("whole", Some(0))] {
+            let observers = Observers::default();
+            let rx = snaplen.map(|s: usize| {
+                let snap = if s == 0 { size } else { s };
+                observers.register(Filter::All, snap, 1024).1
+            });
+            let mut cache = ObserverCache::default();
+            let id = BenchmarkId::new(format!("{}_bytes", size + 4), follower);
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    let obs = observers.batch(&mut cache, "p0");
+                    forward::from_parent_block(
+                        &t,
+                        &pc,
+                        &ports,
+                        frames_in(black_box(&block)),
+                        obs.as_ref(),
+                    );
+                    drop(obs);
+                    if let Some(rx) = &rx {
+                        rx.try_iter().for_each(drop);
+                    }
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_ring_block,
+    bench_tap_batch,
+    bench_observed_block
+);
 criterion_main!(benches);

@@ -114,7 +114,8 @@ pub struct FailedCopy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObservedFrame {
-    /// Nanoseconds since the Unix epoch when the worker handled it.
+    /// Nanoseconds since the Unix epoch: when the kernel put it in the parent's ring (a frame
+    /// from the wire), or when the worker read it (a frame from a port).
     pub time_ns: u64,
     /// The parent whose worker handled it.
     pub parent: String,

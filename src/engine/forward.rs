@@ -42,6 +42,8 @@ pub struct ParentFrame<'a> {
     pub wire_len: usize,
     /// The outermost tag, which the kernel moved out of the frame.
     pub vlan: Option<VlanTag>,
+    /// When the kernel received it, in ns since the epoch (the ring's timestamp), if it says.
+    pub time_ns: Option<u64>,
 }
 
 /// Checks a frame and its virtio-net header (both sides: ring and TAP) before any decision.
@@ -114,10 +116,10 @@ fn deliver<'t, P: PortIo>(
     delivered
 }
 
-/// A frame refused before any decision, observed.
+/// A frame refused before any decision, observed (`time_ns` as in [`Seen`]).
 fn refused(
     obs: Option<&Observe<'_>>,
-    from: Option<&str>,
+    (from, time_ns): (Option<&str>, Option<u64>),
     data: &[u8],
     wire_len: usize,
     r: DropReason,
@@ -125,6 +127,7 @@ fn refused(
     if let Some(o) = obs {
         o.emit(&Seen {
             from,
+            time_ns,
             pieces: [data, &[], &[]],
             vlan: None,
             wire_len,
@@ -161,6 +164,7 @@ pub fn from_parent_block<P: PortIo>(
             with_vnet: f.with_vnet(),
             wire_len: f.wire_len(),
             vlan: f.vlan(),
+            time_ns: f.time_ns(),
         };
         from_parent_observed(table, pc, ports, &pf, obs);
     }
@@ -177,12 +181,18 @@ pub fn from_parent_observed<P: PortIo>(
     pc.rx.count(f.wire_len);
     let Some((hdr, data)) = f.with_vnet.split_at_checked(VNET_HDR_LEN) else {
         pc.dropped(DropReason::Runt);
-        refused(obs, None, &[], f.wire_len, DropReason::Runt);
+        refused(obs, (None, f.time_ns), &[], f.wire_len, DropReason::Runt);
         return;
     };
     if data.len() < f.wire_len {
         pc.dropped(DropReason::Truncated);
-        refused(obs, None, data, f.wire_len, DropReason::Truncated);
+        refused(
+            obs,
+            (None, f.time_ns),
+            data,
+            f.wire_len,
+            DropReason::Truncated,
+        );
         return;
     }
     let checked = check_frame(hdr, data, f.vlan, table.parent().max_frame);
@@ -190,7 +200,7 @@ pub fn from_parent_observed<P: PortIo>(
         Ok(ok) => ok,
         Err(r) => {
             pc.dropped(r);
-            refused(obs, None, data, f.wire_len, r);
+            refused(obs, (None, f.time_ns), data, f.wire_len, r);
             return;
         }
     };
@@ -244,6 +254,7 @@ pub fn from_parent_observed<P: PortIo>(
         let (head, tail) = data.split_at(ETH_HLEN - 2);
         o.emit(&Seen {
             from: None,
+            time_ns: f.time_ns,
             pieces: [head, tag.as_ref().map_or(&[][..], |t| t.as_slice()), tail],
             vlan: meta.outer_vlan().map(|t| t.vid()),
             wire_len: meta.len(),
@@ -270,7 +281,7 @@ pub fn port_refused<P: PortIo>(
     let c = ports[id.index()].counters();
     c.tx.count(len);
     c.dropped(reason);
-    refused(obs, Some(table.port(id).name()), &[], len, reason);
+    refused(obs, (Some(table.port(id).name()), None), &[], len, reason);
 }
 
 /// Whether a port's frame must also be sent on the parent, and what the send decides.
@@ -307,7 +318,7 @@ pub fn from_port_observed<P: PortIo>(
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
         c.dropped(DropReason::Runt);
-        refused(obs, name(), &[], buf.len(), DropReason::Runt);
+        refused(obs, (name(), None), &[], buf.len(), DropReason::Runt);
         return ToWire::No;
     };
     c.tx.count(data.len());
@@ -326,13 +337,13 @@ pub fn from_port_observed<P: PortIo>(
         Ok((_, meta)) => meta,
         Err(r) => {
             c.dropped(r);
-            refused(obs, name(), data, data.len(), r);
+            refused(obs, (name(), None), data, data.len(), r);
             return ToWire::No;
         }
     };
     if spoofed(table, id, &meta) {
         c.dropped(DropReason::MacSpoof);
-        refused(obs, name(), data, data.len(), DropReason::MacSpoof);
+        refused(obs, (name(), None), data, data.len(), DropReason::MacSpoof);
         return ToWire::No;
     }
     let v = decide(table, Ingress::Port(id), &meta);
@@ -355,6 +366,7 @@ pub fn from_port_observed<P: PortIo>(
     if let (Some(o), Some(rec)) = (obs, rec) {
         o.emit(&Seen {
             from: name(),
+            time_ns: None,
             pieces: [data, &[], &[]],
             vlan: meta.outer_vlan().map(|t| t.vid()),
             wire_len: meta.len(),
@@ -452,6 +464,7 @@ mod tests {
             with_vnet: b,
             wire_len: b.len() - VNET_HDR_LEN,
             vlan: None,
+            time_ns: None,
         }
     }
 
@@ -772,9 +785,9 @@ mod tests {
             let mut cache = ObserverCache::default();
             let b = frame(mac(0));
             let f = ParentFrame {
-                with_vnet: &b,
-                wire_len: 60,
                 vlan: Some(VlanTag::dot1q(7)),
+                time_ns: Some(1_800_000_000_000_000_007),
+                ..pf(&b)
             };
             let obs = o.batch(&mut cache, "p0");
             from_parent_observed(&t, &c, &ports, &f, obs.as_ref());
@@ -782,6 +795,7 @@ mod tests {
             cache.flush();
             let got = received(&rx);
             let (f, bytes) = &got[0];
+            assert_eq!(f.time_ns, 1_800_000_000_000_000_007, "the ring's timestamp");
             assert_eq!(f.vlan, Some(7));
             assert_eq!(f.len, 64);
             assert_eq!(&bytes[12..16], &[0x81, 0x00, 0x00, 0x07]);
@@ -798,12 +812,7 @@ mod tests {
             from_parent_observed(&t, &c, &ports, &pf(&frame(mac(0))), obs.as_ref());
             from_parent_observed(&t, &c, &ports, &pf(&frame(mac(50))), obs.as_ref());
             let runt = vec![0u8; VNET_HDR_LEN + 10];
-            let r = ParentFrame {
-                with_vnet: &runt,
-                wire_len: 10,
-                vlan: None,
-            };
-            from_parent_observed(&t, &c, &ports, &r, obs.as_ref());
+            from_parent_observed(&t, &c, &ports, &pf(&runt), obs.as_ref());
             drop(obs);
             cache.flush();
             let got = received(&rx);

@@ -265,6 +265,9 @@ pub struct Observe<'a> {
 #[derive(Debug)]
 pub struct Seen<'a> {
     pub from: Option<&'a str>,
+    /// When the kernel received the frame (the parent ring's timestamp, ns since the epoch);
+    /// `None`: the time it is observed, read then (frames from ports).
+    pub time_ns: Option<u64>,
     /// The frame's bytes as they entered, in pieces (an out-of-band tag goes between them).
     pub pieces: [&'a [u8]; 3],
     pub vlan: Option<u16>,
@@ -314,9 +317,11 @@ impl Observe<'_> {
                 continue;
             }
             let head = head.get_or_insert_with(|| Head {
-                time_ns: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                time_ns: seen.time_ns.unwrap_or_else(|| {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                }),
                 wire_len: u32::try_from(seen.wire_len).unwrap_or(u32::MAX),
                 vlan: seen.vlan,
                 src: mac_at(seen.pieces[0], 6),
@@ -384,6 +389,7 @@ mod tests {
     fn seen<'a>(from: Option<&'a str>, bytes: &'a [u8], receivers: &'a [&'a str]) -> Seen<'a> {
         Seen {
             from,
+            time_ns: None,
             pieces: [bytes, &[], &[]],
             vlan: None,
             wire_len: bytes.len(),

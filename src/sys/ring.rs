@@ -50,6 +50,8 @@ const SEQ_NUM_OFF: usize = 24;
 const TPACKET3_HDR_LEN: usize = 48;
 /// Offsets in `struct tpacket3_hdr`.
 const TP_NEXT_OFFSET_OFF: usize = 0;
+const TP_SEC_OFF: usize = 4;
+const TP_NSEC_OFF: usize = 8;
 const TP_SNAPLEN_OFF: usize = 12;
 const TP_LEN_OFF: usize = 16;
 const TP_STATUS_OFF: usize = 20;
@@ -73,6 +75,8 @@ const TP2_STATUS_OFF: usize = 0;
 const TP2_LEN_OFF: usize = 4;
 const TP2_SNAPLEN_OFF: usize = 8;
 const TP2_MAC_OFF: usize = 12;
+const TP2_SEC_OFF: usize = 16;
+const TP2_NSEC_OFF: usize = 20;
 const TP2_VLAN_TCI_OFF: usize = 24;
 const TP2_VLAN_TPID_OFF: usize = 26;
 /// `tp_mac` in a V2 slot can be no smaller than this.
@@ -763,8 +767,12 @@ impl Drop for Block<'_> {
 /// kernel's `tp_mac` for a ring with a vnet header: room for the headers, 16-aligned, + 10).
 const FAKE_MAC: usize = 92;
 
+/// [`fake_v3_block`]'s `tp_sec` (2027-01-15); frame `i` has `tp_nsec` `i`.
+pub const FAKE_SEC: u32 = 1_800_000_000;
+
 /// A TPACKET_V3 block in ordinary memory, laid out as the kernel fills one: `frames` are each a
-/// virtio-net header followed by a frame, whole (snaplen = length) and untagged. With
+/// virtio-net header followed by a frame, whole (snaplen = length) and untagged, stamped
+/// [`FAKE_SEC`] s and their index in ns. With
 /// [`frames_in`] it runs everything downstream of the ring (benchmarks, tests) without a socket.
 /// Returns `None` when the frames do not fit in `block_size` bytes.
 pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
@@ -784,6 +792,8 @@ pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
             off + TP_NEXT_OFFSET_OFF,
             if last { 0 } else { (next - off) as u32 },
         );
+        put_u32(&mut b, off + TP_SEC_OFF, FAKE_SEC);
+        put_u32(&mut b, off + TP_NSEC_OFF, i as u32);
         put_u32(&mut b, off + TP_SNAPLEN_OFF, len as u32);
         put_u32(&mut b, off + TP_LEN_OFF, len as u32);
         put_u32(&mut b, off + TP_STATUS_OFF, libc::TP_STATUS_USER);
@@ -887,6 +897,8 @@ impl<'b> Frames<'b> {
             wire_len: v.u32_at(TP2_LEN_OFF)?,
             status: self.status,
             rxhash: 0,
+            sec: v.u32_at(TP2_SEC_OFF)?,
+            nsec: v.u32_at(TP2_NSEC_OFF)?,
             vlan_tci: u32::from(v.u16_at(TP2_VLAN_TCI_OFF)?),
             vlan_tpid: v.u16_at(TP2_VLAN_TPID_OFF)?,
             pkt_type,
@@ -913,6 +925,8 @@ impl<'b> Frames<'b> {
             wire_len: v.u32_at(off + TP_LEN_OFF)?,
             status: v.u32_at(off + TP_STATUS_OFF)?,
             rxhash: v.u32_at(off + TP_RXHASH_OFF)?,
+            sec: v.u32_at(off + TP_SEC_OFF)?,
+            nsec: v.u32_at(off + TP_NSEC_OFF)?,
             vlan_tci: v.u32_at(off + TP_VLAN_TCI_OFF)?,
             vlan_tpid: v.u16_at(off + TP_VLAN_TPID_OFF)?,
             pkt_type,
@@ -954,6 +968,9 @@ pub struct RingFrame<'b> {
     wire_len: u32,
     status: u32,
     rxhash: u32,
+    /// `tp_sec`, `tp_nsec`: when the kernel received it (`CLOCK_REALTIME`).
+    sec: u32,
+    nsec: u32,
     vlan_tci: u32,
     vlan_tpid: u16,
     pkt_type: u8,
@@ -983,6 +1000,13 @@ impl<'b> RingFrame<'b> {
     /// [`TxSocket::send`](super::TxSocket::send).
     pub fn with_vnet(&self) -> &'b [u8] {
         self.data
+    }
+
+    /// When the kernel received the frame, in ns since the epoch; `None` if it left the
+    /// timestamp zero.
+    pub fn time_ns(&self) -> Option<u64> {
+        let ns = u64::from(self.sec) * 1_000_000_000 + u64::from(self.nsec);
+        (ns != 0).then_some(ns)
     }
 
     /// `tp_snaplen`: the bytes present in [`RingFrame::frame`].
@@ -1220,6 +1244,12 @@ mod tests {
             let got: Vec<Vec<u8>> = frames_in(&b).map(|f| f.with_vnet().to_vec()).collect();
             assert_eq!(got, frames);
             assert!(frames_in(&b).all(|f| !f.truncated() && f.vlan().is_none()));
+            // Each frame's tp_sec / tp_nsec.
+            let times: Vec<Option<u64>> = frames_in(&b).map(|f| f.time_ns()).collect();
+            let want: Vec<Option<u64>> = (0..40)
+                .map(|i| Some(u64::from(FAKE_SEC) * 1_000_000_000 + i))
+                .collect();
+            assert_eq!(times, want);
             assert_eq!(fake_v3_block(&refs, 1024), None, "too many for 1 KiB");
             assert_eq!(frames_in(&[]).count(), 0);
         }
