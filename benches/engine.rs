@@ -143,12 +143,13 @@ fn bench_observed_block(c: &mut Criterion) {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let block = fake_v3_block(&refs, block_size).expect("the frames fit a 1 MiB block");
         g.throughput(Throughput::Elements(n as u64));
-        for (follower, snaplen) in [("none", None), ("headers", Some(128)), ("whole", Some(0))] {
+        for (follower, snaplen) in [
+            ("none", None),
+            ("headers", Some(128)),
+            ("whole", Some(size)),
+        ] {
             let observers = Observers::default();
-            let rx = snaplen.map(|s: usize| {
-                let snap = if s == 0 { size } else { s };
-                observers.register(Filter::All, snap, 1024).1
-            });
+            let rx = snaplen.map(|s| observers.register(Filter::All, s, 1024).1);
             let mut cache = ObserverCache::default();
             let id = BenchmarkId::new(format!("{}_bytes", size + 4), follower);
             g.bench_function(id, |b| {

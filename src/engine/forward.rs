@@ -119,7 +119,8 @@ fn deliver<'t, P: PortIo>(
 /// A frame refused before any decision, observed (`time_ns` as in [`Seen`]).
 fn refused(
     obs: Option<&Observe<'_>>,
-    (from, time_ns): (Option<&str>, Option<u64>),
+    from: Option<&str>,
+    time_ns: Option<u64>,
     data: &[u8],
     wire_len: usize,
     r: DropReason,
@@ -181,14 +182,15 @@ pub fn from_parent_observed<P: PortIo>(
     pc.rx.count(f.wire_len);
     let Some((hdr, data)) = f.with_vnet.split_at_checked(VNET_HDR_LEN) else {
         pc.dropped(DropReason::Runt);
-        refused(obs, (None, f.time_ns), &[], f.wire_len, DropReason::Runt);
+        refused(obs, None, f.time_ns, &[], f.wire_len, DropReason::Runt);
         return;
     };
     if data.len() < f.wire_len {
         pc.dropped(DropReason::Truncated);
         refused(
             obs,
-            (None, f.time_ns),
+            None,
+            f.time_ns,
             data,
             f.wire_len,
             DropReason::Truncated,
@@ -200,7 +202,7 @@ pub fn from_parent_observed<P: PortIo>(
         Ok(ok) => ok,
         Err(r) => {
             pc.dropped(r);
-            refused(obs, (None, f.time_ns), data, f.wire_len, r);
+            refused(obs, None, f.time_ns, data, f.wire_len, r);
             return;
         }
     };
@@ -281,7 +283,7 @@ pub fn port_refused<P: PortIo>(
     let c = ports[id.index()].counters();
     c.tx.count(len);
     c.dropped(reason);
-    refused(obs, (Some(table.port(id).name()), None), &[], len, reason);
+    refused(obs, Some(table.port(id).name()), None, &[], len, reason);
 }
 
 /// Whether a port's frame must also be sent on the parent, and what the send decides.
@@ -318,7 +320,7 @@ pub fn from_port_observed<P: PortIo>(
     let Some((hdr, data)) = buf.split_at_checked(VNET_HDR_LEN) else {
         c.tx.count(buf.len());
         c.dropped(DropReason::Runt);
-        refused(obs, (name(), None), &[], buf.len(), DropReason::Runt);
+        refused(obs, name(), None, &[], buf.len(), DropReason::Runt);
         return ToWire::No;
     };
     c.tx.count(data.len());
@@ -337,13 +339,13 @@ pub fn from_port_observed<P: PortIo>(
         Ok((_, meta)) => meta,
         Err(r) => {
             c.dropped(r);
-            refused(obs, (name(), None), data, data.len(), r);
+            refused(obs, name(), None, data, data.len(), r);
             return ToWire::No;
         }
     };
     if spoofed(table, id, &meta) {
         c.dropped(DropReason::MacSpoof);
-        refused(obs, (name(), None), data, data.len(), DropReason::MacSpoof);
+        refused(obs, name(), None, data, data.len(), DropReason::MacSpoof);
         return ToWire::No;
     }
     let v = decide(table, Ingress::Port(id), &meta);

@@ -132,10 +132,22 @@ struct Pending {
     since: Option<Instant>,
 }
 
-impl Pending {
-    fn due(&self, now: Instant) -> bool {
-        self.since.is_some_and(|t| now >= t + HOLD)
+/// Hands each sink the records pending for it that have waited [`HOLD`]; returns when the oldest
+/// of the others will have, `None` when nothing is left pending (then without reading the clock).
+fn hand_over_due(sinks: &[Arc<Sink>], pending: &mut [Pending]) -> Option<Instant> {
+    if pending.iter().all(|p| p.frames == 0) {
+        return None;
     }
+    let now = Instant::now();
+    let mut next: Option<Instant> = None;
+    for (sink, p) in sinks.iter().zip(pending) {
+        match p.since.map(|t| t + HOLD) {
+            Some(due) if due <= now => sink.hand_over(p),
+            Some(due) => next = Some(next.map_or(due, |n| n.min(due))),
+            None => {}
+        }
+    }
+    next
 }
 
 /// A worker's copy of the sink list, refreshed between batches, with its buffer per sink.
@@ -161,19 +173,8 @@ impl ObserverCache {
     /// the others has, `None` when nothing is pending. Costs nothing when nobody follows.
     pub fn flush_due(&mut self) -> Option<Duration> {
         let sinks = self.sinks.as_deref()?;
-        if self.pending.iter().all(|p| p.frames == 0) {
-            return None;
-        }
-        let now = Instant::now();
-        let mut next: Option<Instant> = None;
-        for (sink, p) in sinks.iter().zip(&mut self.pending) {
-            if p.due(now) {
-                sink.hand_over(p);
-            } else if let Some(t) = p.since {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        }
-        next.map(|t| (t + HOLD).saturating_duration_since(now))
+        hand_over_due(sinks, &mut self.pending)
+            .map(|due| due.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -227,10 +228,8 @@ impl Observers {
     /// listens: one relaxed load in that case. Never blocks.
     pub fn batch<'c>(&self, cache: &'c mut ObserverCache, parent: &'c str) -> Option<Observe<'c>> {
         if self.listening.load(Ordering::Relaxed) == 0 {
-            if cache.sinks.is_some() {
-                cache.flush();
-                cache.sinks = None;
-            }
+            cache.flush();
+            cache.sinks = None;
             return None;
         }
         let version = self.version.load(Ordering::Acquire);
@@ -355,16 +354,7 @@ impl Drop for Observe<'_> {
     /// Hands over what has waited [`HOLD`]; the rest stays for a later batch or
     /// [`ObserverCache::flush_due`].
     fn drop(&mut self) {
-        let pending = self.pending.get_mut();
-        if pending.iter().all(|p| p.frames == 0) {
-            return;
-        }
-        let now = Instant::now();
-        for (sink, p) in self.sinks.iter().zip(pending.iter_mut()) {
-            if p.due(now) {
-                sink.hand_over(p);
-            }
-        }
+        hand_over_due(self.sinks, self.pending.get_mut());
     }
 }
 
