@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::engine::{BIN, Engine, has_flag, ping, topo};
+use common::engine::{Engine, ctl_ok, has_flag, ping, topo};
 use umacvlan::net::testutil::{ip, ip_json, wait_until};
 
 /// CPU time (user + system, in clock ticks) the process has used so far.
@@ -133,15 +133,11 @@ fn a_lower_parent_mtu_clamps_the_ports_and_a_higher_one_leaves_them() {
     ip(&["-n", w, "link", "set", "wire0", "mtu", "1500"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!((mtu_of(k0, "c0"), mtu_of(k1, "c1")), (1300, 1300));
-    let out = Command::new("ip")
-        .args(["netns", "exec", h, BIN, "link", "set", "c0", "mtu", "1500"])
-        .env("UMACVLAN_CONTROL", t.socket())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "link set mtu 1500 after the parent rose: {}",
-        String::from_utf8_lossy(&out.stderr)
+    ctl_ok(
+        h,
+        &t.socket(),
+        &["link", "set", "c0", "mtu", "1500"],
+        "link set mtu 1500 after the parent rose",
     );
     wait_until("c0 at 1500", || mtu_of(k0, "c0") == 1500);
     std::thread::sleep(Duration::from_millis(300));

@@ -225,17 +225,25 @@ pub fn recreate_wire(t: &Topo) {
     ip(&["-n", w, "addr", "add", "192.0.2.254/24", "dev", "wire0"]);
 }
 
-/// `umacvlan stats -j`, run in the namespace `ns` against the engine at `socket`.
-pub fn stats_json(ns: &str, socket: &std::path::Path) -> serde_json::Value {
+/// Runs `umacvlan ARGS` in the namespace `ns` against the engine at `socket`, asserts that it
+/// succeeded (the message says `what`, then its stderr), and returns its output.
+pub fn ctl_ok(ns: &str, socket: &std::path::Path, args: &[&str], what: &str) -> Output {
     let o = Command::new("ip")
-        .args(["netns", "exec", ns, BIN, "stats", "-j"])
+        .args(["netns", "exec", ns, BIN])
+        .args(args)
         .env("UMACVLAN_CONTROL", socket)
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "stats -j: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    o
+}
+
+/// `umacvlan stats -j`, run in the namespace `ns` against the engine at `socket`.
+pub fn stats_json(ns: &str, socket: &std::path::Path) -> serde_json::Value {
+    let o = ctl_ok(ns, socket, &["stats", "-j"], "stats -j");
     serde_json::from_slice(&o.stdout).unwrap()
 }
