@@ -607,7 +607,7 @@ impl EngineThread {
 impl Drop for EngineThread {
     fn drop(&mut self) {
         if let Err(e) = self.join() {
-            eprintln!("umacvlan lab: engine: {e:#}");
+            eprintln!("umacvlan lab: engine: {}", crate::errors::chain(&e));
         }
     }
 }

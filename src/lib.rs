@@ -9,6 +9,7 @@
 //! * [`net`]: rtnetlink and network-namespace helpers.
 //! * [`engine`]: the worker loop that moves frames and counts them.
 //! * [`control`]: the control socket: protocol, server, client.
+//! * [`errors`]: an error and its causes as one line, each cause said once.
 //! * [`trace`]: one frame's decision explained, as JSON and text.
 //! * [`service`]: running under systemd (sd_notify, the watchdog's health rule).
 //! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
@@ -21,6 +22,7 @@ pub mod cni;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod errors;
 pub mod forward;
 pub mod frame;
 #[doc(hidden)]

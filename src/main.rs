@@ -24,7 +24,11 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "umacvlan: error: {:#}", f.error);
+            let _ = writeln!(
+                std::io::stderr(),
+                "umacvlan: error: {}",
+                umacvlan::errors::chain(&f.error)
+            );
             ExitCode::from(f.status)
         }
     }

@@ -175,3 +175,57 @@ fn top_level_help_lists_every_command() {
         assert!(out.contains(&format!("  {c} ")), "{c} missing from:\n{out}");
     }
 }
+
+/// Issue #15 (10): an error whose message already names its cause printed that cause again
+/// (`unknown mode "bogus": expected ...: unknown mode "bogus": expected ...`).
+#[test]
+fn each_cause_is_said_once() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "--parent",
+                "umv-none0",
+                "--port",
+                "name=x1,mode=bogus",
+            ],
+            "unknown mode \"bogus\"",
+        ),
+        (
+            &["run", "--parent", "umv-none0", "--port", "name=x1,mac=zz"],
+            "\"zz\" is not a MAC address",
+        ),
+        (
+            &[
+                "trace",
+                "--port",
+                "name=x1,mode=bogus",
+                "--src",
+                "02:00:00:00:00:09",
+                "--dst",
+                "ff:ff:ff:ff:ff:ff",
+            ],
+            "unknown mode \"bogus\"",
+        ),
+        (
+            &[
+                "trace",
+                "--parent-mac",
+                "02:00:00:00:01:00",
+                "--port",
+                "name=x1,mac=01:00:5e:00:00:01",
+                "--src",
+                "02:00:00:00:00:09",
+                "--dst",
+                "ff:ff:ff:ff:ff:ff",
+            ],
+            "01:00:5e:00:00:01 is a group or zero address",
+        ),
+    ];
+    for (args, cause) in cases {
+        let o = umacvlan(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+    }
+}

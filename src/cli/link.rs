@@ -711,11 +711,15 @@ pub fn links_text(links: &[LinkView], o: &ShowOptions) -> String {
         s.push('\n');
         if o.details {
             let _ = writeln!(s, "    {}", macvlan_words(l));
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "    umacvlan forwarding {}",
                 if l.forwarding { "yes" } else { "no" }
             );
+            if let Some(why) = &l.refused {
+                let _ = write!(s, " (refused: {why})");
+            }
+            s.push('\n');
         }
         if o.stats > 0 {
             stats_text(&mut s, l);
@@ -776,6 +780,9 @@ pub fn link_json(l: &LinkView, o: &ShowOptions) -> Value {
         }
     }
     extra.insert("forwarding".into(), json!(l.forwarding));
+    if let Some(why) = &l.refused {
+        extra.insert("refused".into(), json!(why));
+    }
     extra.insert("kind".into(), json!(l.kind));
     if let Some(p) = &l.path {
         extra.insert("path".into(), json!(p));

@@ -35,8 +35,9 @@ use crate::sys::ring::{RingConfig, RingVersion};
 ///
 /// The mode defaults to bridge, like Docker, CNI and netavark (`ip link add` defaults to vepa).
 /// With --config FILE the ports come from a TOML file instead (see `umacvlan config check`);
-/// SIGHUP re-reads it and applies only the difference. With neither, the engine starts empty
-/// and `umacvlan link add` adds ports while it runs. Logs go to stderr (RUST_LOG=debug for
+/// SIGHUP re-reads it and applies only the difference. With no --port (--parent alone, which is
+/// checked and opened at once, or nothing), the engine starts with no port and `umacvlan link
+/// add` adds ports while it runs. Logs go to stderr (RUST_LOG=debug for
 /// more); SIGINT or SIGTERM stops the engine cleanly and prints every port's counters. Exit
 /// status: 0 stopped cleanly, 1 failed while running, 2 bad input (nothing was created).
 ///
@@ -50,7 +51,7 @@ use crate::sys::ring::{RingConfig, RingVersion};
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
     /// The parent interface (an Ethernet device in the engine's namespace).
-    #[arg(long, value_name = "P", requires = "ports")]
+    #[arg(long, value_name = "P")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
     /// [,bcqueuelen=N][,source=MAC+MAC..][,ifname=DEV][,kind=tap|attach|stream][,path=SOCKET]
@@ -249,6 +250,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             socket = socket.or_else(|| config.control.clone());
             control_group = control_group.or_else(|| config.control_group.clone());
             Checked::Config(path.clone(), config)
+        }
+        (None, Some(_)) if a.ports.is_empty() && a.no_control => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--no-control and no --port: nothing could ever add a port to this engine"
+            )));
         }
         (None, Some(parent)) => {
             let specs = a

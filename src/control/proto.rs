@@ -415,6 +415,10 @@ pub struct LinkView {
     pub lower_up: bool,
     /// In the forwarding table (up, and its MAC not refused).
     pub forwarding: bool,
+    /// Why an up port is not forwarding: the kernel would have refused its `ip link set up` or
+    /// its new MAC (EADDRINUSE: the parent's or an up port's; EADDRNOTAVAIL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     pub promisc: bool,
     pub allmulti: bool,
     pub mode: Mode,

@@ -46,6 +46,7 @@ fn view(name: &str) -> LinkView {
         up: true,
         lower_up: true,
         forwarding: true,
+        refused: None,
         promisc: false,
         allmulti: false,
         mode: crate::forward::Mode::Bridge,

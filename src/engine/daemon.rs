@@ -26,6 +26,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
 use super::adaptive::Auto;
+use super::admit::{Candidate, Refusal, address_busy, admit};
 use super::counters::{ParentCounters, PortCounters, Sharded};
 use super::dev::PortDev;
 use super::observe::{Filter, ObserverCache, Observers};
@@ -44,7 +45,7 @@ use crate::control::proto::{
     LinkView, MAX_SNAPLEN, MacaddrOp, ParentView, ReloadReport, Reply, Request, Response,
     StatsView,
 };
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
 use crate::service::Service;
@@ -116,9 +117,57 @@ struct PortEntry {
     /// Who created the port (`LinkSpec::owner`).
     owner: Option<String>,
     live: Option<LiveState>,
+    /// The MAC it is in the table with ([`admit`]); `None`: not forwarding.
+    admitted: Option<MacAddr>,
+    /// Why it is up and yet out of the table (the kernel would have refused the `ip link set
+    /// up` or the address change).
+    refused: Option<Refusal>,
+    /// Its state-change log lines: a port flapping in its namespace cannot flood the log.
+    log_gate: LogGate,
     kind: PortKind,
     path: Option<PathBuf>,
     trust_guest_mac: bool,
+}
+
+/// At most one log line per [`LogGate::EVERY`] for one port. Changes in between are held back:
+/// the next line (written as soon as the gate opens, see [`LogGate::due`]) gives the state
+/// reached and how many changes were not logged.
+#[derive(Debug, Default)]
+struct LogGate {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl LogGate {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn open(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// A change: `Some(changes held back before it)` when its line may be written now.
+    fn pass(&mut self) -> Option<u64> {
+        if self.open() {
+            Some(std::mem::take(&mut self.held))
+        } else {
+            self.held += 1;
+            None
+        }
+    }
+
+    /// Changes were held back and the gate is open again: `Some(how many, less the one whose
+    /// state the line shows)`.
+    fn due(&mut self) -> Option<u64> {
+        (self.held > 0 && self.open()).then(|| std::mem::take(&mut self.held) - 1)
+    }
 }
 
 /// The engine.
@@ -403,6 +452,30 @@ impl Daemon {
         self.rebuild(parent);
     }
 
+    /// The parent's MAC is now `mac` (NETDEV_CHANGEADDR): the busy-address check uses it from
+    /// now on, and a passthru port, which has the parent's MAC, takes it as the kernel's child
+    /// does. Ports already forwarding keep forwarding, even on that very MAC (the kernel does not
+    /// refuse a change of the lower's MAC to an up child's).
+    fn parent_mac(&mut self, parent: &str, mac: MacAddr) {
+        let Some(run) = self.parents.get_mut(parent) else {
+            return;
+        };
+        tracing::info!(%parent, from = %run.config.mac, to = %mac, "parent MAC changed");
+        (run.config.mac, run.link.mac) = (mac, Some(mac));
+        let passthru: Vec<(u64, String)> = self
+            .ports
+            .iter()
+            .filter(|e| e.parent == parent && e.config.mode == Mode::Passthru && !e.kind.is_vm())
+            .map(|e| (e.key, e.config.name.clone()))
+            .collect();
+        for (key, name) in passthru {
+            if let Err(e) = self.on_port_link(key, |nl, index| nl.set_mac(index, mac)) {
+                tracing::warn!(port = %name, "giving the passthru port the parent's new MAC failed: {}", e.message);
+            }
+        }
+        self.rebuild(parent);
+    }
+
     /// Runs `f` with a netlink socket in port `key`'s namespace and its TAP's ifindex.
     fn on_port_link<T>(
         &mut self,
@@ -491,6 +564,9 @@ impl Daemon {
             ifname: p.spec.ifname,
             owner,
             live: None,
+            admitted: None,
+            refused: None,
+            log_gate: LogGate::default(),
             kind: p.spec.kind,
             path: p.spec.path,
             trust_guest_mac: p.spec.trust_guest_mac,
@@ -532,16 +608,27 @@ impl Daemon {
                     Ok(ev) => {
                         self.on_event(ev)?;
                         self.report_status();
+                        self.write_held_logs();
                     }
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
                 recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
+                    self.write_held_logs();
                     let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");
                     }
                 }
+            }
+        }
+    }
+
+    /// The state lines of ports whose changes were held back by their [`LogGate`].
+    fn write_held_logs(&mut self) {
+        for e in &mut self.ports {
+            if let Some(held) = e.log_gate.due() {
+                write_port_state(e, held);
             }
         }
     }
@@ -614,10 +701,11 @@ impl Daemon {
                 }
             }
             Event::ParentMtu { parent, mtu } => self.parent_mtu(&parent, mtu),
+            Event::ParentMac { parent, mac } => self.parent_mac(&parent, mac),
             Event::ParentGone { parent } => self.parent_gone(&parent)?,
             Event::ParentBack { parent, carrier } => {
                 if let Err(e) = self.parent_back(&parent, carrier) {
-                    tracing::error!(%parent, "the parent is back but cannot be reopened: {e:#}");
+                    tracing::error!(%parent, "the parent is back but cannot be reopened: {}", crate::errors::chain(&e));
                 }
             }
         }
@@ -641,7 +729,11 @@ impl Daemon {
             .and_then(|index| a.rebind(index).map_err(Into::into));
         match again {
             Ok(_) => tracing::info!(port = a.name(), ifindex = l.ifindex, "attached again"),
-            Err(err) => tracing::warn!(port = a.name(), "attaching again failed: {err:#}"),
+            Err(err) => tracing::warn!(
+                port = a.name(),
+                "attaching again failed: {}",
+                crate::errors::chain(&err)
+            ),
         }
     }
 
@@ -987,6 +1079,14 @@ impl Daemon {
             bc_cutoff: l.bclim.unwrap_or(crate::forward::DEFAULT_BC_CUTOFF),
         };
         let (link, mut pconfig) = match self.parents.get(&parent) {
+            Some(run) if run.worker.is_none() => {
+                return Err(err(
+                    ErrorKind::NoSuchLink,
+                    format!(
+                        "parent {parent} was deleted; its ports wait for it to come back (ENODEV)"
+                    ),
+                ));
+            }
             Some(run) => (run.link.clone(), run.config.clone()),
             None => check_parent(&mut self.nl, &parent, opts).map_err(plan_err)?,
         };
@@ -998,8 +1098,16 @@ impl Daemon {
             .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let mut config = spec.to_config(&parent);
         config.up = false;
-        if let Some(mac) = l.address.filter(|_| spec.mode != Mode::Passthru) {
-            self.check_mac_free(&parent, &pconfig, mac, None)?;
+        // Creation checks no busy address (`macvlan_common_newlink`): that is done when the port
+        // comes up. Only a group or zero MAC is refused now.
+        if let Some(mac) = l
+            .address
+            .filter(|m| spec.mode != Mode::Passthru && !m.is_valid_unicast())
+        {
+            return Err(err(
+                ErrorKind::AddressNotAvailable,
+                format!("{mac} is a group or zero address (EADDRNOTAVAIL)"),
+            ));
         }
         // The table the parent would have: the mode, passthru and MTU rules.
         let mut configs = self.configs_of(&parent, pconfig.mtu);
@@ -1034,37 +1142,25 @@ impl Daemon {
         self.view(self.entry(&l.name)?)
     }
 
-    /// A MAC a port may take: valid, not the parent's, not another port's of the same parent
-    /// (`except` is the port itself).
-    fn check_mac_free(
+    /// `macvlan_set_mac_address`: a new MAC, for an up port or a down one, must be valid and
+    /// neither the parent's nor that of another port forwarding on the same parent.
+    fn check_new_address(
         &self,
-        parent: &str,
-        pconfig: &ParentConfig,
+        key: u64,
+        parent: &ParentConfig,
         mac: MacAddr,
-        except: Option<u64>,
     ) -> Result<(), ControlError> {
-        if !mac.is_valid_unicast() {
-            return Err(err(
-                ErrorKind::AddressNotAvailable,
-                format!("{mac} is a group or zero address (EADDRNOTAVAIL)"),
-            ));
-        }
-        if mac == pconfig.mac {
-            return Err(err(
-                ErrorKind::AddressInUse,
-                format!("{mac} is the parent's MAC (EADDRINUSE)"),
-            ));
-        }
-        let owner = self
+        let others = self
             .ports
             .iter()
-            .find(|e| e.parent == parent && Some(e.key) != except && effective_mac(e) == mac);
-        match owner {
-            Some(o) => Err(err(
-                ErrorKind::AddressInUse,
-                format!("{mac} is port {}'s MAC (EADDRINUSE)", o.config.name),
-            )),
+            .filter(|e| e.parent == parent.name && e.key != key)
+            .map(|e| (e.config.name.clone(), e.admitted));
+        match address_busy(parent.mac, mac, others) {
             None => Ok(()),
+            Some(r @ Refusal::Invalid { .. }) => {
+                Err(err(ErrorKind::AddressNotAvailable, r.to_string()))
+            }
+            Some(r) => Err(err(ErrorKind::AddressInUse, r.to_string())),
         }
     }
 
@@ -1091,7 +1187,7 @@ impl Daemon {
     fn close_parent(&mut self, name: &str) {
         if let Some(run) = self.parents.remove(name) {
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
-                tracing::warn!("{e:#}");
+                tracing::warn!("{}", crate::errors::chain(&e));
             }
             if let Some(Err(e)) = run.worker.map(WorkerGroup::stop) {
                 tracing::warn!(parent = name, "the worker failed: {e}");
@@ -1128,7 +1224,7 @@ impl Daemon {
                     "a passthru port has the parent's MAC; umacvlan does not change the parent's MAC",
                 ));
             }
-            self.check_mac_free(&parent, &pconfig, mac, Some(key))?;
+            self.check_new_address(key, &pconfig, mac)?;
         }
         if let Some(mtu) = c.mtu.filter(|m| !(MIN_MTU..=pconfig.mtu).contains(m)) {
             return Err(err(
@@ -1281,6 +1377,7 @@ impl Daemon {
             up: stream.is_some() || live.is_some_and(|l| l.up),
             lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
             forwarding: in_table.is_some_and(|p| p.is_up()),
+            refused: e.refused.as_ref().map(ToString::to_string),
             promisc: live.is_some_and(|l| l.promisc),
             allmulti: live.is_some_and(|l| l.allmulti),
             mode: e.config.mode,
@@ -1321,53 +1418,53 @@ impl Daemon {
     }
 
     /// A new table for `parent` from the configuration and every TAP's live state, handed to its
-    /// worker with the matching port set. Where a TAP accepted a change the kernel would refuse
-    /// (a busy or invalid MAC on an up port), that port stays out of the table, as
-    /// `ip link set up` would have failed with EADDRINUSE/EADDRNOTAVAIL.
+    /// worker with the matching port set. An up port whose MAC the kernel would have refused at
+    /// that moment ([`admit`]: `ip link set up` or an address change failing with
+    /// EADDRINUSE/EADDRNOTAVAIL) stays out of the table until its MAC or state changes. Each
+    /// port's change of state is logged, at most once a second per port.
     fn rebuild(&mut self, parent: &str) {
         let Some(run) = self.parents.get(parent) else {
             return;
         };
+        let parent_mac = run.config.mac;
         let mut configs = self.configs_of(parent, run.config.mtu);
-        let table = loop {
-            match PortTable::build(run.config.clone(), configs.clone()) {
-                Ok(t) => break t,
-                Err(e) => {
-                    let culprit = match &e {
-                        TableError::DuplicateMac { b, .. } => b.clone(),
-                        TableError::ParentMac { port, .. }
-                        | TableError::InvalidMac { port, .. } => port.clone(),
-                        _ => {
-                            tracing::error!("keeping the previous table of {parent}: {e}");
-                            return;
-                        }
-                    };
-                    tracing::warn!("{e}: port {culprit} is treated as down until this changes");
-                    if let Some(p) = configs.iter_mut().find(|p| p.name == culprit) {
-                        p.up = false;
-                    }
-                }
-            }
-        };
-        let table = Arc::new(table);
-        let sets = self.port_sets(parent, &table);
-        let keys: Vec<u64> = self
-            .ports
-            .iter()
-            .filter(|e| e.parent == parent)
-            .map(|e| e.key)
+        let mine: Vec<usize> = (0..self.ports.len())
+            .filter(|i| self.ports[*i].parent == parent)
             .collect();
-        let run = self.parents.get_mut(parent).expect("checked above");
-        for (p, key) in table.ports().iter().zip(&keys) {
-            let was = run
-                .keys
-                .iter()
-                .position(|k| k == key)
-                .map(|i| run.table.ports()[i].is_up());
-            if was.is_some_and(|w| w != p.is_up()) || (was.is_none() && p.is_up()) {
-                tracing::info!(port = p.name(), up = p.is_up(), mac = %p.mac(), "port state changed");
+        let candidates: Vec<Candidate<'_>> = mine
+            .iter()
+            .zip(&configs)
+            .map(|(i, c)| Candidate {
+                name: &c.name,
+                mode: c.mode,
+                up: c.up,
+                mac: c.mac,
+                admitted: self.ports[*i].admitted,
+            })
+            .collect();
+        let verdicts = admit(parent_mac, &candidates);
+        for ((i, config), verdict) in mine.iter().zip(&mut configs).zip(verdicts) {
+            let e = &mut self.ports[*i];
+            let was = (e.admitted.is_some(), e.refused.clone());
+            (e.admitted, e.refused) = match verdict {
+                Ok(mac) => (mac, None),
+                Err(r) => (None, Some(r)),
+            };
+            config.up = e.admitted.is_some();
+            if (e.admitted.is_some(), &e.refused) != (was.0, &was.1) {
+                log_port_state(e);
             }
         }
+        let table = match PortTable::build(run.config.clone(), configs) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::error!("keeping the previous table of {parent}: {e}");
+                return;
+            }
+        };
+        let sets = self.port_sets(parent, &table);
+        let keys: Vec<u64> = mine.iter().map(|i| self.ports[*i].key).collect();
+        let run = self.parents.get_mut(parent).expect("checked above");
         run.table = table;
         run.keys = keys;
         if let Some(w) = &run.worker {
@@ -1469,6 +1566,26 @@ impl PortEntry {
             reads: i < self.devs.len(),
             counters: Arc::clone(self.counters.shard(i)),
         }
+    }
+}
+
+/// One line for a port that starts or stops forwarding, or is refused (rate-limited per port).
+fn log_port_state(e: &mut PortEntry) {
+    if let Some(held) = e.log_gate.pass() {
+        write_port_state(e, held);
+    }
+}
+
+fn write_port_state(e: &PortEntry, held: u64) {
+    let port = e.config.name.as_str();
+    let held = (held > 0).then(|| format!(" ({held} earlier changes not logged)"));
+    let held = held.unwrap_or_default();
+    match (&e.refused, e.admitted) {
+        (Some(r), _) => tracing::warn!(
+            "port {port}: {r}: the kernel would refuse this, so the port is out of forwarding until its MAC changes or it goes down{held}"
+        ),
+        (None, Some(mac)) => tracing::info!(port, %mac, "port forwarding{held}"),
+        (None, None) => tracing::info!(port, "port not forwarding (down){held}"),
     }
 }
 

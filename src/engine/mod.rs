@@ -5,6 +5,7 @@
 //! (daemon.rs).
 
 pub mod adaptive;
+pub mod admit;
 pub mod counters;
 pub mod daemon;
 pub mod dev;

@@ -56,8 +56,6 @@ pub enum PlanError {
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
     Table(#[from] TableError),
-    #[error("no --port given: an engine needs at least one port")]
-    NoPorts,
     #[error("no parent given and no default route to take one from: name the parent")]
     NoDefaultRoute,
     #[error("{0}")]
@@ -202,7 +200,7 @@ impl PlanError {
             PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
             PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
             PlanError::Stream(_) => ErrorKind::InvalidArgument,
-            PlanError::Spec(_) | PlanError::NoPorts => ErrorKind::BadRequest,
+            PlanError::Spec(_) => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),
             PlanError::Netlink(_) => ErrorKind::Internal,
         }
@@ -212,7 +210,7 @@ impl PlanError {
 /// The kernel's errno meaning for a table refusal.
 pub fn table_error_kind(e: &TableError) -> ErrorKind {
     match e {
-        TableError::DuplicateMac { .. } | TableError::ParentMac { .. } => ErrorKind::AddressInUse,
+        TableError::DuplicateMac { .. } => ErrorKind::AddressInUse,
         TableError::InvalidMac { .. }
         | TableError::InvalidSourceMac { .. }
         | TableError::InvalidParentMac(_) => ErrorKind::AddressNotAvailable,
@@ -233,9 +231,6 @@ pub fn plan(
     opts: ParentOptions,
     specs: &[(String, PortSpec)],
 ) -> Result<Plan, PlanError> {
-    if specs.is_empty() {
-        return Err(PlanError::NoPorts);
-    }
     let mut nl = Netlink::open()?;
     let (link, parent_config) = check_parent(&mut nl, parent, opts)?;
     let mut ports: Vec<PlannedPort> = Vec::with_capacity(specs.len());

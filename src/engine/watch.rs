@@ -57,6 +57,11 @@ pub enum Event {
         parent: String,
         mtu: u32,
     },
+    /// The parent's MAC changed (`ip link set P address MAC`).
+    ParentMac {
+        parent: String,
+        mac: MacAddr,
+    },
     ParentGone {
         parent: String,
     },
@@ -76,12 +81,10 @@ enum WatchCmd {
     Forget {
         key: u64,
     },
-    /// Follow a parent's carrier and MTU; `carrier` is what the worker was given, `mtu` what
-    /// the ports were sized by.
+    /// Follow a parent's carrier, MTU and MAC, starting from what the daemon knows of it.
     Parent {
         name: String,
-        carrier: bool,
-        mtu: u32,
+        known: ParentLook,
     },
     ForgetParent {
         name: String,
@@ -120,7 +123,7 @@ impl Watchers {
                 .name(format!("umacvlan-watch-{inode}"))
                 .spawn(move || {
                     if let Err(e) = watch(&ns, &rx, &events, &stop) {
-                        tracing::error!("watching {ns} stopped: {e:#}");
+                        tracing::error!("watching {ns} stopped: {}", crate::errors::chain(&e));
                     }
                 })?;
             self.by_inode.insert(inode, Watcher { cmds: tx, thread });
@@ -145,12 +148,11 @@ impl Watchers {
         self.send(ns, WatchCmd::Forget { key })
     }
 
-    /// Follows the carrier and MTU of parent `link` in `ns` (the engine's namespace).
+    /// Follows the carrier, MTU and MAC of parent `link` in `ns` (the engine's namespace).
     pub fn parent(&mut self, ns: &Netns, link: &LinkInfo) -> anyhow::Result<()> {
         let cmd = WatchCmd::Parent {
             name: link.name.clone(),
-            carrier: link.flags.lower_up,
-            mtu: link.mtu,
+            known: ParentLook::of(link),
         };
         self.send(ns, cmd)
     }
@@ -178,14 +180,33 @@ struct WatchedPort {
     sent: Option<Option<LiveState>>,
 }
 
-struct WatchedParent {
-    name: String,
+/// What the daemon follows of a parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ParentLook {
     carrier: bool,
     mtu: u32,
+    mac: Option<MacAddr>,
+}
+
+impl ParentLook {
+    fn of(l: &LinkInfo) -> ParentLook {
+        ParentLook {
+            carrier: l.flags.lower_up,
+            mtu: l.mtu,
+            mac: l.mac,
+        }
+    }
+}
+
+struct WatchedParent {
+    name: String,
+    /// What the daemon was last told: the worker's carrier, the MTU the ports were sized by,
+    /// the MAC the table holds.
+    known: ParentLook,
     /// Read the parent once: a change before the monitor opened would otherwise go unseen.
     fresh: bool,
-    /// The last (carrier, MTU) seen in an event; `Some(None)`: it was removed.
-    seen: Option<Option<(bool, u32)>>,
+    /// The last state seen in an event; `Some(None)`: it was removed.
+    seen: Option<Option<ParentLook>>,
     /// The parent disappeared and has not come back yet.
     gone: bool,
 }
@@ -216,10 +237,9 @@ fn watch(
                     });
                 }
                 WatchCmd::Forget { key } => ports.retain(|p| p.key != key),
-                WatchCmd::Parent { name, carrier, mtu } => parents.push(WatchedParent {
+                WatchCmd::Parent { name, known } => parents.push(WatchedParent {
                     name,
-                    carrier,
-                    mtu,
+                    known,
                     fresh: true,
                     seen: None,
                     gone: false,
@@ -234,7 +254,7 @@ fn watch(
             match ev {
                 LinkEvent::Changed(l) => {
                     if let Some(p) = parents.iter_mut().find(|p| p.name == l.name) {
-                        p.seen = Some(Some((l.flags.lower_up, l.mtu)));
+                        p.seen = Some(Some(ParentLook::of(&l)));
                     }
                     if let Some(p) = ports.iter_mut().find(|p| p.name == l.name) {
                         p.link = Some(l);
@@ -288,13 +308,13 @@ fn watch(
     Ok(())
 }
 
-/// What changed about a watched parent since the last look: gone, back, carrier, MTU.
+/// What changed about a watched parent since the last look: gone, back, carrier, MTU, MAC.
 fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<Event>> {
     let now = match p.seen.take() {
         Some(s) => s,
-        None if p.fresh => nl.link_by_name(&p.name)?.map(|l| (l.flags.lower_up, l.mtu)),
+        None if p.fresh => nl.link_by_name(&p.name)?.as_ref().map(ParentLook::of),
         None if p.gone => None,
-        None => Some((p.carrier, p.mtu)),
+        None => Some(p.known),
     };
     p.fresh = false;
     let parent = p.name.clone();
@@ -304,24 +324,32 @@ fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<
             p.gone = true;
             events.push(Event::ParentGone { parent });
         }
-        (Some((on, mtu)), true) => {
-            (p.gone, p.carrier, p.mtu) = (false, on, mtu);
+        (Some(now), true) => {
+            (p.gone, p.known) = (false, now);
             events.push(Event::ParentBack {
                 parent,
-                carrier: on,
+                carrier: now.carrier,
             });
         }
-        (Some((on, mtu)), false) => {
-            if mtu != p.mtu {
-                p.mtu = mtu;
+        (Some(now), false) => {
+            let was = std::mem::replace(&mut p.known, now);
+            if now.mtu != was.mtu {
                 events.push(Event::ParentMtu {
                     parent: parent.clone(),
-                    mtu,
+                    mtu: now.mtu,
                 });
             }
-            if on != p.carrier {
-                p.carrier = on;
-                events.push(Event::Carrier { parent, on });
+            if let Some(mac) = now.mac.filter(|m| Some(*m) != was.mac) {
+                events.push(Event::ParentMac {
+                    parent: parent.clone(),
+                    mac,
+                });
+            }
+            if now.carrier != was.carrier {
+                events.push(Event::Carrier {
+                    parent,
+                    on: now.carrier,
+                });
             }
         }
         (None, true) => {}

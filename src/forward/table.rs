@@ -239,8 +239,6 @@ pub enum TableError {
         "ports {a} and {b} cannot both be up with MAC {mac} (the kernel refuses with EADDRINUSE)"
     )]
     DuplicateMac { mac: MacAddr, a: String, b: String },
-    #[error("port {port} has MAC {mac}, which is the parent's (EADDRINUSE)")]
-    ParentMac { port: String, mac: MacAddr },
     #[error(
         "port {port}: MAC {mac} is a group or zero address; a port needs a unicast MAC (EADDRNOTAVAIL)"
     )]
@@ -272,7 +270,6 @@ impl TableError {
     pub fn port(&self) -> Option<&str> {
         match self {
             TableError::DuplicateMac { b: port, .. }
-            | TableError::ParentMac { port, .. }
             | TableError::InvalidMac { port, .. }
             | TableError::PassthruNotAlone { other: port, .. }
             | TableError::SecondPassthru { b: port, .. }
@@ -376,11 +373,6 @@ impl PortTable {
                     port: c.name,
                     mac: c.mac,
                 });
-            } else if c.mac == parent.mac {
-                return Err(TableError::ParentMac {
-                    port: c.name,
-                    mac: c.mac,
-                });
             }
             if !c.sources.is_empty() && c.mode != Mode::Source {
                 return Err(TableError::SourcesNotSourceMode {
@@ -409,7 +401,10 @@ impl PortTable {
         Ok(Self::index(parent, built, by_name))
     }
 
-    /// `macvlan_addr_busy` at open: two UP ports cannot share a MAC (a down one may hold it).
+    /// The MAC hash holds one port per MAC: two UP ports cannot share one. Creation checks
+    /// nothing else (DOWN ports may share a MAC or hold the parent's); the kernel's busy-address
+    /// check at open is the control plane's ([`crate::engine::admit`]), because it depends on
+    /// the order in which ports came up.
     fn check_up_macs(ports: &[Port]) -> Result<(), TableError> {
         let mut seen: HashMap<MacAddr, &str> = HashMap::with_capacity(ports.len());
         for p in ports.iter().filter(|p| p.is_up()) {

@@ -23,6 +23,7 @@ fn port(name: &str, mode: Mode, forwarding: bool, stats: LinkStats) -> LinkView 
         up: forwarding,
         lower_up: true,
         forwarding,
+        refused: None,
         promisc: false,
         allmulti: false,
         mode,

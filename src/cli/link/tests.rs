@@ -257,6 +257,7 @@ pub(crate) fn sample() -> Vec<LinkView> {
         up: true,
         lower_up: true,
         forwarding: true,
+        refused: None,
         promisc: false,
         allmulti: false,
         mode: Mode::Bridge,
@@ -290,6 +291,7 @@ pub(crate) fn sample() -> Vec<LinkView> {
         up: false,
         lower_up: false,
         forwarding: false,
+        refused: Some("MAC 02:00:5e:00:00:02 is the parent's (EADDRINUSE)".into()),
         mode: Mode::Source,
         nodst: true,
         bclim: -1,
@@ -346,6 +348,12 @@ fn text_reads_like_ip_link() {
     );
     assert!(all.contains("    drops: none\n"), "{all}");
     assert!(all.contains("    umacvlan forwarding yes\n"), "{all}");
+    assert!(
+        all.contains(
+            "    umacvlan forwarding no (refused: MAC 02:00:5e:00:00:02 is the parent's (EADDRINUSE))\n"
+        ),
+        "{all}"
+    );
     let s1 = links_text(
         &links[1..],
         &ShowOptions {
@@ -375,6 +383,11 @@ fn json_has_iproute2_keys() {
     );
     assert_eq!(c1["umacvlan"]["netns"], "ns1");
     assert_eq!(c1["umacvlan"]["forwarding"], true);
+    assert!(c1["umacvlan"].get("refused").is_none());
+    assert_eq!(
+        plain[1]["umacvlan"]["refused"],
+        "MAC 02:00:5e:00:00:02 is the parent's (EADDRINUSE)"
+    );
     // Like ip: linkinfo only with -d, stats64 only with -s.
     assert!(c1.get("linkinfo").is_none() && c1.get("stats64").is_none());
     assert!(plain[1].get("ifindex").is_none());
