@@ -11,6 +11,11 @@
 //! | VLAN tag cut short | the kernel drops it before any packet tap (`skb_vlan_untag`) | `bad_vlan` |
 //! | VID 4095 | `bad_vlan` | `bad_vlan` |
 //! | bad virtio-net header | - (the kernel writes it) | the kernel refuses the send (EINVAL) |
+//!
+//! And a port misbehaving in its own namespace (what anyone root in a container can do to its
+//! TAP): taking the parent's MAC (up or down), MAC flaps at over 1 kHz, MTU flaps, up/down
+//! storms, deleting the TAP. The engine's CPU and log stay bounded, it keeps answering its
+//! control socket and forwarding for the other port, and the port recovers when it behaves.
 
 // The raw-socket and engine helpers only (the parity harness is unused here).
 #[allow(unused_imports, unused_macros)]
@@ -18,10 +23,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::engine::{Engine, counters_of, topo};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{ETH_P_ALL, PacketSocket, disable_ipv6, nonce_of, test_frame};
 use umacvlan::mac::MacAddr;
-use umacvlan::net::testutil::{ip, wait_until};
+use umacvlan::net::testutil::{ip, ip_json, wait_until};
 
 const C0: MacAddr = MacAddr([2, 0, 0, 0, 0x0c, 0]);
 const C1: MacAddr = MacAddr([2, 0, 0, 0, 0x0c, 1]);
@@ -171,4 +180,182 @@ fn hostile_frames_are_counted_drops_and_never_delivered() {
         "{report}"
     );
     assert_eq!(drops(&report, "c1"), want(&[]), "{report}");
+}
+
+/// The engine's CPU time so far (user + system, all threads), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Runs `lines` as one `ip -n NS -batch -` (thousands of link changes a second) and returns
+/// how long it took.
+fn ip_batch(ns: &str, lines: &[String]) -> Duration {
+    let start = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ip -batch");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines.join("\n").as_bytes()).unwrap();
+    drop(stdin);
+    child.wait().unwrap();
+    start.elapsed()
+}
+
+/// `umacvlan ARGS -j` against the engine, which must answer within 5 s.
+fn ctl_json(t: &Topo, args: &[&str]) -> serde_json::Value {
+    let o = Command::new("timeout")
+        .args(["5", "ip", "netns", "exec", t.host.name(), common::engine::BIN])
+        .args(args)
+        .arg("-j")
+        .env("UMACVLAN_CONTROL", t.socket())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "umacvlan {args:?} (exit {:?}: 124 is no answer in 5 s): {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The engine answers its control socket and port `c1` still answers pings from the wire.
+fn still_serving(t: &Topo, e: &Engine, when: &str) {
+    let stats = ctl_json(t, &["stats"]);
+    assert!(stats["ports"].is_array(), "{when}: stats answered {stats}");
+    ping(t.wire.name(), "192.0.2.2", 3)
+        .unwrap_or_else(|o| panic!("{when}: c1 stopped forwarding:\n{o}\n{}", e.log_text()));
+}
+
+fn link_view(t: &Topo, port: &str) -> serde_json::Value {
+    ctl_json(t, &["link", "show", port])[0].clone()
+}
+
+#[test]
+fn a_port_misbehaving_in_its_namespace_harms_neither_the_engine_nor_its_siblings() {
+    let t = topo("hns", 2);
+    for ns in [t.host.name(), t.wire.name(), t.kid(0), t.kid(1)] {
+        disable_ipv6(ns);
+    }
+    let args = [t.port(0, "bridge").to_vec(), t.port(1, "bridge").to_vec()].concat();
+    let e: Engine = t.start(&args, &[(0, "c0"), (1, "c1")]);
+    t.up(0, "192.0.2.1/24");
+    t.up(1, "192.0.2.2/24");
+    let (k0, w) = (t.kid(0), t.wire.name());
+    let own_mac = ip_json(&["-n", k0, "link", "show", "c0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parent_mac = ip_json(&["-n", t.host.name(), "link", "show", "p0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    ping(w, "192.0.2.1", 2).unwrap_or_else(|o| panic!("{o}\n{}", e.log_text()));
+    let (cpu0, wall0) = (cpu_time(e.pid()), Instant::now());
+
+    // 1. The parent's MAC, taken while up: c0 is out of forwarding, with one log line.
+    ip(&["-n", k0, "link", "set", "c0", "address", &parent_mac]);
+    wait_until("c0 refused", || {
+        link_view(&t, "c0")["umacvlan"]["refused"].is_string()
+    });
+    let refused = link_view(&t, "c0")["umacvlan"]["refused"].clone();
+    assert!(
+        refused.as_str().unwrap().contains("EADDRINUSE"),
+        "{refused}"
+    );
+    assert_eq!(link_view(&t, "c0")["umacvlan"]["forwarding"], false);
+    still_serving(&t, &e, "c0 on the parent's MAC");
+    let lines = e.log_text().matches("is the parent's (EADDRINUSE)").count();
+    assert_eq!(lines, 1, "one log line for the refusal: {}", e.log_text());
+    // ... and back: c0 forwards again.
+    ip(&["-n", k0, "link", "set", "c0", "address", &own_mac]);
+    ip(&["-n", w, "neigh", "flush", "dev", "wire0"]);
+    wait_until("c0 forwarding again", || {
+        link_view(&t, "c0")["umacvlan"]["forwarding"] == true
+    });
+    ping(w, "192.0.2.1", 2).unwrap_or_else(|o| panic!("c0 back: {o}\n{}", e.log_text()));
+
+    // 2. Taken while down, then up: refused at the moment it comes up, as the kernel's open.
+    ip(&["-n", k0, "link", "set", "c0", "down"]);
+    ip(&["-n", k0, "link", "set", "c0", "address", &parent_mac]);
+    ip(&["-n", k0, "link", "set", "c0", "up"]);
+    wait_until("c0 refused when it comes up", || {
+        link_view(&t, "c0")["umacvlan"]["refused"].is_string()
+    });
+    still_serving(&t, &e, "c0 up on the parent's MAC");
+
+    // 3. MAC flaps between the parent's MAC and its own, 4000 changes as fast as ip goes.
+    let flaps: Vec<String> = (0..4000)
+        .map(|i| {
+            let mac = if i % 2 == 0 { &own_mac } else { &parent_mac };
+            format!("link set c0 address {mac}")
+        })
+        .collect();
+    let took = ip_batch(k0, &flaps);
+    assert!(
+        took < Duration::from_secs(4),
+        "4000 MAC changes took {took:?}: not a 1 kHz flap"
+    );
+    still_serving(&t, &e, "after the MAC flaps");
+    // 4. MTU flaps, past the parent's MTU too (a TAP takes it; a macvlan would refuse).
+    let mtus: Vec<String> = (0..2000)
+        .map(|i| format!("link set c0 mtu {}", [1400, 9000, 68, 1500][i % 4]))
+        .collect();
+    ip_batch(k0, &mtus);
+    still_serving(&t, &e, "after the MTU flaps");
+    // 5. Up/down storm.
+    let storm: Vec<String> = (0..4000)
+        .map(|i| format!("link set c0 {}", ["down", "up"][i % 2]))
+        .collect();
+    ip_batch(k0, &storm);
+    still_serving(&t, &e, "after the up/down storm");
+    // c0 behaves again (last MAC set was the parent's: give it its own back).
+    ip(&["-n", k0, "link", "set", "c0", "address", &own_mac]);
+    ip(&["-n", w, "neigh", "flush", "dev", "wire0"]);
+    wait_until("c0 forwarding after the storms", || {
+        link_view(&t, "c0")["umacvlan"]["forwarding"] == true
+    });
+    ping(w, "192.0.2.1", 2).unwrap_or_else(|o| panic!("c0 after storms: {o}\n{}", e.log_text()));
+
+    // 6. The TAP deleted from inside its namespace.
+    ip(&["-n", k0, "link", "del", "c0"]);
+    wait_until("c0 not forwarding once deleted", || {
+        link_view(&t, "c0")["umacvlan"]["forwarding"] == false
+    });
+    still_serving(&t, &e, "after c0 was deleted");
+    std::thread::sleep(Duration::from_millis(500));
+    still_serving(&t, &e, "0.5 s after c0 was deleted");
+
+    // Bounded: the engine used well under one CPU over the storms (it was not spinning), and
+    // its log stayed small (rate-limited per port).
+    let (cpu, wall) = (cpu_time(e.pid()) - cpu0, wall0.elapsed());
+    assert!(
+        cpu.as_secs_f64() < 0.25 * wall.as_secs_f64(),
+        "the engine used {cpu:?} of CPU in {wall:?}"
+    );
+    let log = std::fs::metadata(&e.log).unwrap().len();
+    assert!(
+        log < 32 * 1024,
+        "the log grew to {log} bytes: {}",
+        e.log_text()
+    );
+    eprintln!("engine CPU {cpu:?} over {wall:?}; log {log} bytes");
+
+    // And it still stops cleanly on SIGTERM, promptly.
+    let stopped = Instant::now();
+    let (status, report) = e.stop();
+    assert!(status.success(), "{report}");
+    assert!(stopped.elapsed() < Duration::from_secs(5));
 }

@@ -129,27 +129,42 @@ struct PortEntry {
     trust_guest_mac: bool,
 }
 
-/// At most one log line per [`LogGate::EVERY`] for one port. Changes in between are held back:
-/// the next line (written as soon as the gate opens, see [`LogGate::due`]) gives the state
-/// reached and how many changes were not logged.
-#[derive(Debug, Default)]
+/// A port's log lines: a burst of [`LogGate::BURST`], then one per [`LogGate::EVERY`]. Changes in
+/// between are held back: the next line (written as soon as the gate opens, see
+/// [`LogGate::due`]) gives the state reached and how many changes were not logged.
+#[derive(Debug)]
 struct LogGate {
-    last: Option<std::time::Instant>,
+    tokens: u32,
+    refilled: std::time::Instant,
     held: u64,
 }
 
+impl Default for LogGate {
+    fn default() -> Self {
+        LogGate {
+            tokens: Self::BURST,
+            refilled: std::time::Instant::now(),
+            held: 0,
+        }
+    }
+}
+
 impl LogGate {
+    const BURST: u32 = 3;
     const EVERY: Duration = Duration::from_secs(1);
 
     fn open(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
-        {
+        while self.tokens < Self::BURST && self.refilled.elapsed() >= Self::EVERY {
+            self.tokens += 1;
+            self.refilled += Self::EVERY;
+        }
+        if self.tokens == Self::BURST {
+            self.refilled = std::time::Instant::now();
+        }
+        if self.tokens == 0 {
             return false;
         }
-        self.last = Some(now);
+        self.tokens -= 1;
         true
     }
 
@@ -606,7 +621,7 @@ impl Daemon {
                 },
                 recv(self.events) -> ev => match ev {
                     Ok(ev) => {
-                        self.on_event(ev)?;
+                        self.on_events(ev)?;
                         self.report_status();
                         self.write_held_logs();
                     }
@@ -682,14 +697,33 @@ impl Daemon {
         }
     }
 
-    fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+    /// `first` and every event queued behind it. Port changes only record the new live state,
+    /// and each parent they touched is rebuilt once at the end: a port flapping in its namespace
+    /// costs one table per batch of events, not one per event.
+    fn on_events(&mut self, first: Event) -> anyhow::Result<()> {
+        let mut stale: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        while let Some(ev) = next.take().or_else(|| self.events.try_recv().ok()) {
+            if let Some(parent) = self.on_event(ev)?
+                && !stale.contains(&parent)
+            {
+                stale.push(parent);
+            }
+        }
+        for parent in stale {
+            self.rebuild(&parent);
+        }
+        Ok(())
+    }
+
+    /// Applies one event; a port's new state is returned as its parent, to rebuild.
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<Option<String>> {
         match ev {
             Event::Port { key, state } => {
                 self.reattach(key, state.as_ref());
                 if let Some(e) = self.ports.iter_mut().find(|e| e.key == key) {
                     e.live = state;
-                    let parent = e.parent.clone();
-                    self.rebuild(&parent);
+                    return Ok(Some(e.parent.clone()));
                 }
             }
             Event::Carrier { parent, on } => {
@@ -709,7 +743,7 @@ impl Daemon {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// An attached netdev that appeared again under its name (the VM restarted and its
@@ -1736,4 +1770,25 @@ fn create_tap(
         there.set_name(moved.index, p.spec.device())?;
     }
     Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogGate;
+
+    #[test]
+    fn log_gate_lets_a_burst_through_then_holds_and_counts() {
+        let mut g = LogGate::default();
+        for _ in 0..LogGate::BURST {
+            assert_eq!(g.pass(), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(g.pass(), None);
+        }
+        assert_eq!(g.due(), None, "the gate is closed for a second");
+        // A second later, one line shows the state reached and the 999 others held back.
+        g.refilled -= LogGate::EVERY;
+        assert_eq!(g.due(), Some(999));
+        assert_eq!(g.due(), None, "nothing held any more");
+    }
 }

@@ -27,6 +27,9 @@ use crate::net::{LinkEvent, LinkInfo, LinkMonitor, Netlink, Netns, OperState};
 /// How often each namespace's multicast lists are re-read.
 pub const MCAST_POLL: Duration = Duration::from_millis(100);
 
+/// How long a watcher lets link changes gather before it looks at them.
+pub const COALESCE: Duration = Duration::from_millis(2);
+
 /// A port's state as its TAP shows it in its namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveState {
@@ -249,7 +252,11 @@ fn watch(
         }
         let mut fds = [PollFd::new(monitor.as_fd(), PollFlags::POLLIN)];
         let wait = PollTimeout::try_from(MCAST_POLL.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-        let _ = poll(&mut fds, wait);
+        if poll(&mut fds, wait).is_ok_and(|n| n > 0) {
+            // Let a burst of changes (a port flapping in its namespace) arrive, and report
+            // where it ended: at most one look per COALESCE.
+            std::thread::sleep(COALESCE);
+        }
         for ev in monitor.drain()? {
             match ev {
                 LinkEvent::Changed(l) => {

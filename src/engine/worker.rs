@@ -214,11 +214,31 @@ pub struct Worker {
     pub observer_cache: ObserverCache,
 }
 
+/// How reading a port's device ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// Nothing more to read now.
+    Empty,
+    /// [`TAP_BUDGET`] frames read; the rest waits for the next round (epoll is level-triggered).
+    Budget,
+    /// The device is gone for good ([`is_detached`]).
+    Dead,
+}
+
+/// The error of a TAP fd whose device is gone (deleted in its namespace: `tun_detach_all`):
+/// every read fails with it, and epoll reports the fd ready for ever.
+fn is_detached(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBADFD)
+}
+
 /// The worker's epoll, with each port's fd registered under its stable key.
 struct Poller {
     epoll: Epoll,
     /// Port key → its position in the current set.
     ids: HashMap<u64, PortId>,
+    /// Ports whose device can no longer be read (its TAP was deleted under it): out of the
+    /// epoll, so that a dead fd, always ready, cannot make the worker spin.
+    dead: Vec<u64>,
 }
 
 impl Poller {
@@ -228,8 +248,11 @@ impl Poller {
             .iter()
             .filter(|p| p.reads && !set.iter().any(|n| n.key == p.key))
         {
-            self.epoll.delete(p.dev.as_fd())?;
+            if !self.dead.contains(&p.key) {
+                self.epoll.delete(p.dev.as_fd())?;
+            }
         }
+        self.dead.retain(|k| set.iter().any(|n| n.key == *k));
         for p in set
             .iter()
             .filter(|p| p.reads && !self.ids.contains_key(&p.key))
@@ -242,6 +265,15 @@ impl Poller {
             .enumerate()
             .map(|(i, p)| (p.key, PortId(i as u16)))
             .collect();
+        Ok(())
+    }
+
+    /// Stops reading a port whose device failed for good.
+    fn bury(&mut self, p: &PortHandle) -> io::Result<()> {
+        if !self.dead.contains(&p.key) {
+            self.dead.push(p.key);
+            self.epoll.delete(p.dev.as_fd())?;
+        }
         Ok(())
     }
 }
@@ -288,6 +320,7 @@ impl Worker {
         let mut poller = Poller {
             epoll,
             ids: HashMap::new(),
+            dead: Vec::new(),
         };
         poller.follow(&[], &self.set.ports)?;
         if let Some(a) = &self.auto {
@@ -333,8 +366,10 @@ impl Worker {
                     TOKEN_WAKE => woken = true,
                     TOKEN_STEERED => steered = true,
                     t => {
-                        if let Some(id) = poller.ids.get(&(t - TOKEN_TAP0)) {
-                            self.drain_tap(*id, &mut batch);
+                        if let Some(&id) = poller.ids.get(&(t - TOKEN_TAP0))
+                            && self.drain_tap(id, &mut batch) == Drained::Dead
+                        {
+                            poller.bury(&self.set.ports[id.index()])?;
                         }
                     }
                 }
@@ -532,7 +567,7 @@ impl Worker {
         Ok(())
     }
 
-    fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) {
+    fn drain_tap(&mut self, id: PortId, batch: &mut WireBatch) -> Drained {
         let ports = &self.set.ports;
         let dev = &ports[id.index()].dev;
         // One relaxed load per TAP batch when nobody follows.
@@ -543,15 +578,22 @@ impl Worker {
             let slot = &mut batch.slots[batch.queued.len()];
             let n = match dev.recv(slot) {
                 Ok(Recv::Frame(n)) => n,
-                Ok(Recv::Empty) => return,
+                Ok(Recv::Empty) => return Drained::Empty,
                 Ok(Recv::Refused { len, reason }) => {
                     let t = &self.set.table;
                     forward::port_refused(t, ports, id, len, reason, obs.as_ref());
                     continue;
                 }
+                Err(e) if is_detached(&e) => {
+                    tracing::warn!(
+                        port = dev.name(),
+                        "the port's device was deleted under the engine ({e}): no longer read"
+                    );
+                    return Drained::Dead;
+                }
                 Err(e) => {
                     tracing::warn!(port = dev.name(), "reading the port failed: {e}");
-                    return;
+                    return Drained::Empty;
                 }
             };
             let how =
@@ -563,6 +605,7 @@ impl Worker {
                 }
             }
         }
+        Drained::Budget
     }
 
     /// The parent went down: the kernel unhooks the ring and sets its socket error
