@@ -54,6 +54,7 @@ fn view(name: &str, mode: Mode) -> LinkView {
         up: true,
         lower_up: true,
         forwarding: true,
+        refused: None,
         promisc: false,
         allmulti: false,
         mode,

@@ -215,7 +215,14 @@ fn ip_batch(ns: &str, lines: &[String]) -> Duration {
 /// `umacvlan ARGS -j` against the engine, which must answer within 5 s.
 fn ctl_json(t: &Topo, args: &[&str]) -> serde_json::Value {
     let o = Command::new("timeout")
-        .args(["5", "ip", "netns", "exec", t.host.name(), common::engine::BIN])
+        .args([
+            "5",
+            "ip",
+            "netns",
+            "exec",
+            t.host.name(),
+            common::engine::BIN,
+        ])
         .args(args)
         .arg("-j")
         .env("UMACVLAN_CONTROL", t.socket())

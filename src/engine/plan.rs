@@ -3,7 +3,7 @@
 //! so bad input leaves the machine untouched; the daemon uses the same checks for `link add`.
 
 use crate::control::proto::ErrorKind;
-use crate::forward::{ParentConfig, PortConfig, PortTable, TableError};
+use crate::forward::{Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
 use crate::spec::{PortKind, PortSpec};
 
@@ -56,6 +56,13 @@ pub enum PlanError {
     Spec(#[from] crate::spec::SpecError),
     #[error("{0}")]
     Table(#[from] TableError),
+    #[error(
+        "port {port} has MAC {mac}, which is the parent's: it could never come up (EADDRINUSE)"
+    )]
+    ParentMac {
+        port: String,
+        mac: crate::mac::MacAddr,
+    },
     #[error("no parent given and no default route to take one from: name the parent")]
     NoDefaultRoute,
     #[error("{0}")]
@@ -202,6 +209,7 @@ impl PlanError {
             PlanError::Stream(_) => ErrorKind::InvalidArgument,
             PlanError::Spec(_) => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),
+            PlanError::ParentMac { .. } => ErrorKind::AddressInUse,
             PlanError::Netlink(_) => ErrorKind::Internal,
         }
     }
@@ -274,7 +282,8 @@ pub fn plan(
         });
     }
     // At start every port must be able to come up: the kernel checks MACs at open, we refuse a
-    // request that could never work as a whole.
+    // request that could never work as a whole (`link add` follows the kernel's moment: it
+    // checks nothing at creation, see engine::admit).
     let all_up = ports
         .iter()
         .map(|p| PortConfig {
@@ -283,6 +292,15 @@ pub fn plan(
         })
         .collect();
     PortTable::build(parent_config.clone(), all_up)?;
+    let on_parent_mac = ports
+        .iter()
+        .find(|p| p.config.mode != Mode::Passthru && p.config.mac == parent_config.mac);
+    if let Some(p) = on_parent_mac {
+        return Err(PlanError::ParentMac {
+            port: p.config.name.clone(),
+            mac: p.config.mac,
+        });
+    }
     for p in &mut ports {
         p.config.up = false;
     }
