@@ -456,10 +456,16 @@ impl Daemon {
     fn create(
         &mut self,
         parent: &str,
-        p: PlannedPort,
+        mut p: PlannedPort,
         owner: Option<String>,
     ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
+        if p.config.mode == Mode::Passthru {
+            // The kernel's passthru child takes its lower's MAC (`eth_hw_addr_inherit`),
+            // whatever MAC was asked for; its TAP must have it too, or every unicast reaches
+            // the port's stack as OTHERHOST.
+            p.config.mac = self.parents[parent].config.mac;
+        }
         let key = self.next_key;
         self.next_key += 1;
         let name = &p.spec.name;
