@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::engine::ping;
 use common::{
@@ -76,6 +76,29 @@ fn pkttypes_at_child(t: &Topology, dsts: &[(&'static str, MacAddr)]) -> BTreeMap
         }
     });
     seen
+}
+
+/// `promiscuity` of `p0` in H (`ip -d -j link show`).
+fn promiscuity(t: &Topology) -> u64 {
+    let out = ip(t.host_ns.name(), &["-d", "-j", "link", "show", "dev", "p0"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["promiscuity"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no promiscuity in {out}"))
+}
+
+/// The parent's promiscuity once it equals `want` (the kernel's in the same state), or what it
+/// still is after 3 s: the engine learns a port's up/down state through rtnetlink, a moment
+/// after it changes. `None` (the kernel's arm, which changes it synchronously): at once.
+fn promiscuity_settled(t: &Topology, want: Option<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = promiscuity(t);
+        if want.is_none_or(|w| w == now) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Bytes a TCP client in the wire namespace sent to a server at `addr` in child 0's namespace,
@@ -163,6 +186,59 @@ fn passthru_port_takes_the_parents_mac_and_carries_ping_and_tcp_like_the_kernel(
         "umacvlan: ping 2/2 as the kernel: {pinged:?}"
     );
     assert_eq!(*moved, Some(8 << 20), "umacvlan: the whole TCP transfer");
+}
+
+#[test]
+fn parent_promiscuity_follows_the_kernels_rule() {
+    require_root();
+    let mut nopromisc = ChildSpec::new("c0", Mode::Passthru, PARENT_MAC);
+    nopromisc.flags.nopromisc = true;
+    let cases: [(&str, ChildSpec); 3] = [
+        ("passthru nopromisc", nopromisc),
+        ("passthru", ChildSpec::new("c0", Mode::Passthru, PARENT_MAC)),
+        (
+            "bridge",
+            ChildSpec::new("c0", Mode::Bridge, MacAddr([2, 0, 0, 0, 0, 0x0c])),
+        ),
+    ];
+    // (arm, state) -> promiscuity, kernel first so the engine is compared with it.
+    let mut seen: Vec<BTreeMap<String, u64>> = Vec::new();
+    for (arm, provider) in arms() {
+        let mut states = BTreeMap::new();
+        for (i, (what, spec)) in cases.iter().enumerate() {
+            let want = |state: &str| seen.first().map(|k: &BTreeMap<String, u64>| k[state]);
+            let t = build(
+                &format!("prm{}{i}", &arm[..1]),
+                vec![spec.clone()],
+                &provider,
+            );
+            let up = format!("{what} up");
+            states.insert(up.clone(), promiscuity_settled(&t, want(&up)));
+            ip(t.children[0].ns.name(), &["link", "set", "c0", "down"]);
+            let down = format!("{what} down");
+            states.insert(down.clone(), promiscuity_settled(&t, want(&down)));
+        }
+        seen.push(states);
+    }
+    let expected: BTreeMap<String, u64> = [
+        ("passthru nopromisc up", 0),
+        ("passthru nopromisc down", 0),
+        ("passthru up", 1),
+        ("passthru down", 0),
+        ("bridge up", 1),
+        ("bridge down", 0),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_string(), n))
+    .collect();
+    assert_eq!(
+        seen[0], expected,
+        "the kernel's promiscuity (the reference)"
+    );
+    assert_eq!(
+        seen[1], seen[0],
+        "the parent's promiscuity, umacvlan vs kernel"
+    );
 }
 
 #[test]

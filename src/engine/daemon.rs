@@ -44,12 +44,13 @@ use crate::control::proto::{
     LinkView, MAX_SNAPLEN, MacaddrOp, ParentView, ReloadReport, Reply, Request, Response,
     StatsView,
 };
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
+use crate::forward::{LowerFilter, MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
 use crate::service::Service;
 use crate::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::sys::attach::PacketPort;
+use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
@@ -95,6 +96,23 @@ struct ParentRun {
     table: Arc<PortTable>,
     /// Port keys, aligned with `table`.
     keys: Vec<u64>,
+    /// The parent's promiscuity and filters as `table`'s ports ask them (`None` while it is
+    /// gone); kept in step by [`ParentRun::sync_lower`] at every table change.
+    lower: Option<Memberships>,
+}
+
+impl ParentRun {
+    /// Makes the parent's memberships what the table's UP ports ask of it, as the kernel's
+    /// macvlan does to its lower (`LowerFilter`): with no port up, nothing.
+    fn sync_lower(&mut self) {
+        let Some(m) = &mut self.lower else {
+            return;
+        };
+        if let Err(e) = m.apply(&LowerFilter::of(&self.table)) {
+            let parent = &self.link.name;
+            tracing::warn!(%parent, "setting the parent's promiscuity and filters failed: {e}");
+        }
+    }
 }
 
 /// One port.
@@ -200,7 +218,8 @@ impl Daemon {
     }
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
-    /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
+    /// far is gone again (TAPs are non-persistent; the parent's promiscuity ends with the
+    /// membership sockets).
     pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
         let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
@@ -234,6 +253,8 @@ impl Daemon {
             })
             .collect();
         let worker = self.spawn_workers(&link, sets, &counters)?;
+        let lower = Memberships::open(link.index)
+            .with_context(|| format!("opening the membership socket on {}", link.name))?;
         self.watchers.parent(&self.own_ns, &link)?;
         let name = link.name.clone();
         let run = ParentRun {
@@ -243,6 +264,7 @@ impl Daemon {
             counters,
             table,
             keys: Vec::new(),
+            lower: Some(lower),
         };
         self.parents.insert(name, run);
         Ok(())
@@ -332,6 +354,7 @@ impl Daemon {
         {
             tracing::warn!(%parent, "its worker failed: {e}");
         }
+        run.lower = None;
         for e in self.ports.iter().filter(|e| e.parent == parent) {
             if let Err(err) = e.devs[0].set_carrier(false) {
                 tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
@@ -354,9 +377,13 @@ impl Daemon {
         let sets = self.port_sets(parent, &run.table);
         let worker = self.spawn_workers(&link, sets, &run.counters)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
+        let lower = Memberships::open(link.index)
+            .with_context(|| format!("opening the membership socket on {}", link.name))?;
         let mtu = link.mtu;
         let run = self.parents.get_mut(parent).expect("checked above");
         (run.link, run.config, run.worker) = (link, config, Some(worker));
+        run.lower = Some(lower);
+        run.sync_lower();
         self.parent_mtu(parent, mtu);
         tracing::info!(%parent, "parent is back: forwarding again");
         Ok(())
@@ -1376,6 +1403,7 @@ impl Daemon {
         }
         run.table = table;
         run.keys = keys;
+        run.sync_lower();
         if let Some(w) = &run.worker {
             let mut sets = sets.into_iter();
             w.send_each(|_| Command::SetPorts(sets.next().expect("one set per worker")));
@@ -1402,7 +1430,7 @@ impl Daemon {
     }
 
     /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
-    /// ring. Returns the final counters as text.
+    /// membership sockets. Returns the final counters as text.
     pub fn shutdown(mut self) -> anyhow::Result<String> {
         // Workers first: each drains its ring and folds the kernel's ring counters in as it stops,
         // so the text below is final.
