@@ -75,7 +75,8 @@ fn doctor_on_a_veth_parent() {
             .contains("cannot reach its own macvlan children")
     );
 
-    // With an engine on p0: its ports are counted and p0 is promiscuous.
+    // With an engine on p0: its ports are counted, and p0 is promiscuous once a port is up (a
+    // veth has no unicast filter), not before.
     let mut engine = Command::new("ip")
         .args(["netns", "exec", t.host.name(), BIN, "run", "--parent", "p0"])
         .args(["--port", &format!("name=c0,netns={}", t.kid(0))])
@@ -88,6 +89,14 @@ fn doctor_on_a_veth_parent() {
     // The ports exist once the parent's ring is open (the socket is served before that).
     wait_until("the engine's ports", || {
         try_ip(&["-n", t.kid(1), "link", "show", "c1"]).is_ok()
+    });
+    let (f, _) = findings(&t);
+    assert!(f["promiscuous"].1.contains("not promiscuous now"), "{f:?}");
+    ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
+    wait_until("p0 promiscuous for the up port", || {
+        findings(&t).0["promiscuous"]
+            .1
+            .contains("p0 is promiscuous")
     });
     let (f, status) = findings(&t);
     let _ = engine.kill();

@@ -174,10 +174,10 @@ pub fn parent_findings(
             "promiscuous",
             Ok,
             format!(
-                "{p} is not promiscuous now; the engine makes it promiscuous while its ring is open"
+                "{p} is not promiscuous now; umacvlan raises it as the kernel's macvlan does: while a passthru port (without nopromisc) is up, and on a parent without a unicast filter (veth, bridge) while any other port is up"
             ),
             Some(&format!(
-                "while umacvlan runs, `ip -d link show {p}` must show promiscuity 1 or more"
+                "with a passthru port up, or a port up on a veth or bridge parent, `ip -d link show {p}` must show promiscuity 1 or more"
             )),
         ),
     });
@@ -189,7 +189,7 @@ pub fn parent_findings(
         "mac_count",
         Ok,
         format!(
-            "{macs}. A NIC's unicast filter size is not visible from userspace; the engine puts {p} in promiscuous mode, so the NIC accepts them all. What can still drop them is upstream: switch port security, a vSwitch, a cloud fabric (see driver)"
+            "{macs}. The engine adds each up port's MAC to {p}'s unicast filter, as the kernel's macvlan does; a NIC whose filter is full (its size is not visible from userspace) goes promiscuous by itself. What can still drop them is upstream: switch port security, a vSwitch, a cloud fabric (see driver)"
         ),
         None,
     ));

@@ -45,12 +45,13 @@ use crate::control::proto::{
     LinkView, MAX_SNAPLEN, MacaddrOp, ParentView, ReloadReport, Reply, Request, Response,
     StatsView,
 };
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
+use crate::forward::{LowerFilter, MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
 use crate::service::Service;
 use crate::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::sys::attach::PacketPort;
+use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
@@ -96,6 +97,23 @@ struct ParentRun {
     table: Arc<PortTable>,
     /// Port keys, aligned with `table`.
     keys: Vec<u64>,
+    /// The parent's promiscuity and filters as `table`'s ports ask them (`None` while it is
+    /// gone); kept in step by [`ParentRun::sync_lower`] at every table change.
+    lower: Option<Memberships>,
+}
+
+impl ParentRun {
+    /// Makes the parent's memberships what the table's UP ports ask of it, as the kernel's
+    /// macvlan does to its lower (`LowerFilter`): with no port up, nothing.
+    fn sync_lower(&mut self) {
+        let Some(m) = &mut self.lower else {
+            return;
+        };
+        if let Err(e) = m.apply(&LowerFilter::of(&self.table)) {
+            let parent = &self.link.name;
+            tracing::warn!(%parent, "setting the parent's promiscuity and filters failed: {e}");
+        }
+    }
 }
 
 /// One port.
@@ -264,7 +282,8 @@ impl Daemon {
     }
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
-    /// far is gone again (TAPs are non-persistent; promiscuity ends with the ring's socket).
+    /// far is gone again (TAPs are non-persistent; the parent's promiscuity ends with the
+    /// membership sockets).
     pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
         let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
@@ -298,6 +317,8 @@ impl Daemon {
             })
             .collect();
         let worker = self.spawn_workers(&link, sets, &counters)?;
+        let lower = Memberships::open(link.index)
+            .with_context(|| format!("opening the membership socket on {}", link.name))?;
         self.watchers.parent(&self.own_ns, &link)?;
         let name = link.name.clone();
         let run = ParentRun {
@@ -307,6 +328,7 @@ impl Daemon {
             counters,
             table,
             keys: Vec::new(),
+            lower: Some(lower),
         };
         self.parents.insert(name, run);
         Ok(())
@@ -396,6 +418,7 @@ impl Daemon {
         {
             tracing::warn!(%parent, "its worker failed: {e}");
         }
+        run.lower = None;
         for e in self.ports.iter().filter(|e| e.parent == parent) {
             if let Err(err) = e.devs[0].set_carrier(false) {
                 tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
@@ -418,9 +441,13 @@ impl Daemon {
         let sets = self.port_sets(parent, &run.table);
         let worker = self.spawn_workers(&link, sets, &run.counters)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
+        let lower = Memberships::open(link.index)
+            .with_context(|| format!("opening the membership socket on {}", link.name))?;
         let mtu = link.mtu;
         let run = self.parents.get_mut(parent).expect("checked above");
         (run.link, run.config, run.worker) = (link, config, Some(worker));
+        run.lower = Some(lower);
+        run.sync_lower();
         self.parent_mtu(parent, mtu);
         tracing::info!(%parent, "parent is back: forwarding again");
         Ok(())
@@ -477,13 +504,18 @@ impl Daemon {
         };
         tracing::info!(%parent, from = %run.config.mac, to = %mac, "parent MAC changed");
         (run.config.mac, run.link.mac) = (mac, Some(mac));
-        let passthru: Vec<(u64, String)> = self
+        let mut taps = Vec::new();
+        for e in self
             .ports
-            .iter()
-            .filter(|e| e.parent == parent && e.config.mode == Mode::Passthru && !e.kind.is_vm())
-            .map(|e| (e.key, e.config.name.clone()))
-            .collect();
-        for (key, name) in passthru {
+            .iter_mut()
+            .filter(|e| e.parent == parent && e.config.mode == Mode::Passthru)
+        {
+            e.config.mac = mac;
+            if !e.kind.is_vm() {
+                taps.push((e.key, e.config.name.clone()));
+            }
+        }
+        for (key, name) in taps {
             if let Err(e) = self.on_port_link(key, |nl, index| nl.set_mac(index, mac)) {
                 tracing::warn!(port = %name, "giving the passthru port the parent's new MAC failed: {}", e.message);
             }
@@ -544,10 +576,16 @@ impl Daemon {
     fn create(
         &mut self,
         parent: &str,
-        p: PlannedPort,
+        mut p: PlannedPort,
         owner: Option<String>,
     ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
+        if p.config.mode == Mode::Passthru {
+            // The kernel's passthru child takes its lower's MAC (`eth_hw_addr_inherit`),
+            // whatever MAC was asked for; its TAP must have it too, or every unicast reaches
+            // the port's stack as OTHERHOST.
+            p.config.mac = self.parents[parent].config.mac;
+        }
         let key = self.next_key;
         self.next_key += 1;
         let name = &p.spec.name;
@@ -1501,6 +1539,7 @@ impl Daemon {
         let run = self.parents.get_mut(parent).expect("checked above");
         run.table = table;
         run.keys = keys;
+        run.sync_lower();
         if let Some(w) = &run.worker {
             let mut sets = sets.into_iter();
             w.send_each(|_| Command::SetPorts(sets.next().expect("one set per worker")));
@@ -1527,7 +1566,7 @@ impl Daemon {
     }
 
     /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
-    /// ring. Returns the final counters as text.
+    /// membership sockets. Returns the final counters as text.
     pub fn shutdown(mut self) -> anyhow::Result<String> {
         // Workers first: each drains its ring and folds the kernel's ring counters in as it stops,
         // so the text below is final.

@@ -20,7 +20,7 @@ use super::counters::{ParentCounters, PortCounters};
 use smallvec::SmallVec;
 
 use super::observe::{Observe, Seen};
-use crate::forward::{Delivery, DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
+use crate::forward::{DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
 use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
 use crate::sys::ring::Frames;
 use crate::vnet::{VNET_HDR_LEN, VnetHdr};
@@ -77,14 +77,14 @@ struct Record<'t> {
     failed: SmallVec<[(&'t str, &'static str); 2]>,
 }
 
-/// Delivers `iov` to every receiver of the verdict and counts it; records each outcome in `rec`
-/// when someone observes.
+/// Writes the frame to every receiver of the verdict (`write` does it for one port) and counts
+/// it; records each outcome in `rec` when someone observes.
 #[allow(clippy::too_many_arguments)]
 fn deliver<'t, P: PortIo>(
     ports: &[P],
     table: &'t PortTable,
     receivers: impl FnOnce(&mut dyn FnMut(PortId)),
-    iov: &[IoSlice<'_>],
+    mut write: impl FnMut(&P, PortId) -> io::Result<usize>,
     len: usize,
     group: bool,
     mut rec: Option<&mut Record<'t>>,
@@ -93,7 +93,7 @@ fn deliver<'t, P: PortIo>(
     receivers(&mut |id: PortId| {
         let port = &ports[id.index()];
         let c = port.counters();
-        match port.write_frame(iov) {
+        match write(port, id) {
             Ok(_) => {
                 c.rx.count(len);
                 if group {
@@ -207,42 +207,41 @@ pub fn from_parent_observed<P: PortIo>(
         }
     };
     let v = decide(table, Ingress::Parent, &meta);
-    // Passthru gives the port every unicast with pkt_type forced to HOST (§6); a TAP decides
-    // pkt_type from its own MAC, so a foreign destination is rewritten to the port's MAC, or
-    // the port's IP stack would drop the frame as OTHERHOST.
-    let passthru_dst = match v.deliver {
-        Delivery::One(id) if v.rule == Rule::RxUnicastPassthru => {
-            Some(table.port(id).mac().0).filter(|m| *m != meta.dst().0)
-        }
-        _ => None,
-    };
     let tagged_hdr = f.vlan.map(|_| vnet.with_vlan_inserted().to_bytes());
     let tag = f.vlan.map(VlanTag::to_bytes);
-    let mut parts = [IoSlice::new(&[]); 5];
-    let iov: &[IoSlice<'_>] = if tag.is_none() && passthru_dst.is_none() {
-        // The common case: straight from ring memory, header and frame in one piece.
-        parts[0] = IoSlice::new(f.with_vnet);
-        &parts[..1]
-    } else {
-        let pieces: [&[u8]; 5] = [
-            tagged_hdr.as_ref().map_or(hdr, |h| h.as_slice()),
-            passthru_dst.as_ref().map_or(&data[..6], |d| d.as_slice()),
-            &data[6..ETH_HLEN - 2],
-            tag.as_ref().map_or(&[][..], |t| t.as_slice()),
-            &data[ETH_HLEN - 2..],
-        ];
-        for (part, piece) in parts.iter_mut().zip(pieces) {
-            *part = IoSlice::new(piece);
-        }
-        &parts
-    };
+    // Header, destination, source and the tag's place, tag, the rest: a tag goes back inline,
+    // and a copy the kernel gives pkt_type HOST carries its port's MAC as destination
+    // ([`Verdict::host_dst`]: passthru's foreign unicast, a source copy to the parent's MAC).
+    let pieces: [&[u8]; 5] = [
+        tagged_hdr.as_ref().map_or(hdr, |h| h.as_slice()),
+        &data[..6],
+        &data[6..ETH_HLEN - 2],
+        tag.as_ref().map_or(&[][..], |t| t.as_slice()),
+        &data[ETH_HLEN - 2..],
+    ];
     let group = meta.dst().is_group();
+    let may_rewrite = !group && (v.rule == Rule::RxUnicastPassthru || !v.copies.is_empty());
+    let write = |port: &P, id: PortId| {
+        let dst = may_rewrite
+            .then(|| v.host_dst(table, meta.dst(), id))
+            .flatten()
+            .map(|m| m.0);
+        if tag.is_none() && dst.is_none() {
+            // The common case: straight from ring memory, header and frame in one piece.
+            return port.write_frame(&[IoSlice::new(f.with_vnet)]);
+        }
+        let mut parts = pieces.map(IoSlice::new);
+        if let Some(d) = &dst {
+            parts[1] = IoSlice::new(d);
+        }
+        port.write_frame(&parts)
+    };
     let mut rec = obs.map(|_| Record::default());
     let n = deliver(
         ports,
         table,
         |f| v.for_each_receiver(table, f),
-        iov,
+        write,
         meta.len(),
         group,
         rec.as_mut(),
@@ -356,7 +355,7 @@ pub fn from_port_observed<P: PortIo>(
         ports,
         table,
         |f| v.for_each_receiver(table, f),
-        &iov,
+        |port: &P, _| port.write_frame(&iov),
         meta.len(),
         group,
         rec.as_mut(),
@@ -528,6 +527,63 @@ mod tests {
             "the rest unchanged"
         );
         assert_eq!(ports[0].counters.rx.packets.get(), 1);
+    }
+
+    #[test]
+    fn passthru_unicast_to_the_parents_mac_is_untouched() {
+        let (t, c, ports) = setup(&[Mode::Passthru]);
+        let b = with_vnet(mac(100), mac(9), 60);
+        from_parent(&t, &c, &ports, &pf(&b));
+        assert_eq!(ports[0].got.borrow().as_slice(), std::slice::from_ref(&b));
+    }
+
+    /// Two source ports listing the same remote, one of them also a tagged frame's receiver:
+    /// each copy of a frame to the parent's MAC carries its own port's MAC (§7: the kernel's
+    /// copy is HOST); to any other destination it is untouched.
+    #[test]
+    fn source_copies_to_the_parents_mac_carry_each_ports_mac() {
+        let parent = ParentConfig::new("p0", mac(100), 1500);
+        let ports: Vec<PortConfig> = (0..2)
+            .map(|i| {
+                let mut p = PortConfig::new(format!("s{i}"), Mode::Source, mac(i));
+                p.sources.insert(mac(9));
+                p
+            })
+            .collect();
+        let t = PortTable::build(parent, ports).unwrap();
+        let (c, ports) = (
+            ParentCounters::default(),
+            [Fake::default(), Fake::default()],
+        );
+        let to_parent = with_vnet(mac(100), mac(9), 60);
+        from_parent(&t, &c, &ports, &pf(&to_parent));
+        let vlan = Some(VlanTag::dot1q(5));
+        from_parent(
+            &t,
+            &c,
+            &ports,
+            &ParentFrame {
+                vlan,
+                ..pf(&to_parent)
+            },
+        );
+        let foreign = with_vnet(mac(50), mac(9), 60);
+        from_parent(&t, &c, &ports, &pf(&foreign));
+        for (i, p) in ports.iter().enumerate() {
+            let got = p.got.borrow();
+            assert_eq!(got.len(), 3, "s{i}");
+            assert_eq!(&got[0][VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac(i as u8).0);
+            assert_eq!(&got[0][VNET_HDR_LEN + 6..], &to_parent[VNET_HDR_LEN + 6..]);
+            assert_eq!(&got[1][VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac(i as u8).0);
+            assert_eq!(
+                &got[1][VNET_HDR_LEN + 12..VNET_HDR_LEN + 16],
+                &[0x81, 0, 0, 5]
+            );
+            assert_eq!(
+                got[2], foreign,
+                "a foreign destination stays (OTHERHOST, as the kernel)"
+            );
+        }
     }
 
     #[test]

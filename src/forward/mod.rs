@@ -10,12 +10,14 @@
 //! kernel"): the per-port and per-child group filters are exact sets rather than 256-bucket
 //! hashes, and IPv4 fragments of group frames are not reassembled before delivery.
 
+mod lower;
 mod table;
 mod verdict;
 
 #[cfg(test)]
 mod tests;
 
+pub use lower::LowerFilter;
 pub use table::{
     DEFAULT_BC_CUTOFF, DEFAULT_BC_QUEUE_LEN, DEFAULT_MAX_FRAME, MAX_PORTS, MIN_MTU, Mode, ModeMask,
     ModeParseError, ParentConfig, Port, PortConfig, PortFlags, PortId, PortTable, SourceEntry,

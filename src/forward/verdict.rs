@@ -6,7 +6,7 @@ use std::fmt;
 use crate::frame::{ETH_HLEN, FrameError, VLAN_HLEN};
 use crate::mac::MacAddr;
 
-use super::table::{ModeMask, PortId, PortTable};
+use super::table::{Mode, ModeMask, PortId, PortTable};
 
 /// Why a frame (or one port's copy of it) went nowhere. The names are stable: counters, JSON and
 /// metrics use them.
@@ -349,6 +349,25 @@ impl Verdict<'_> {
                 .filter(|id| fl.admits(table, *id).is_ok())
                 .for_each(f),
         }
+    }
+
+    /// The destination port `id`'s copy of a frame to `dst` must carry so that the port's stack
+    /// takes it as PACKET_HOST, as the kernel's child does, when that is not `dst` itself. A TAP
+    /// classifies a frame against its own MAC, while the kernel gives a child pkt_type HOST in
+    /// two cases where the destination is another MAC: a passthru port's foreign unicast (§6,
+    /// forced), and a source copy of a frame to the parent's MAC (§7, `macvlan_forward_source_one`
+    /// keeps the lower's HOST). Both are delivered with the port's own MAC as destination.
+    pub fn host_dst(&self, table: &PortTable, dst: MacAddr, id: PortId) -> Option<MacAddr> {
+        let p = table.port(id);
+        if dst.is_group() || dst == p.mac() {
+            return None;
+        }
+        let host = match p.mode() {
+            Mode::Passthru => self.rule == Rule::RxUnicastPassthru,
+            Mode::Source => dst == table.parent().mac && self.copies.contains(&id),
+            _ => false,
+        };
+        host.then(|| p.mac())
     }
 
     /// Every receiver, sorted: for tests and trace.

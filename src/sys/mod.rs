@@ -1,9 +1,11 @@
 //! The only module with `unsafe`: the parent's TPACKET_V3 ring and TX socket, TAP devices, and
 //! attached netdevs.
 //!
-//! * [`ring`]: [`RxRing`], the parent's receive path: a promiscuous `AF_PACKET` socket with a
+//! * [`ring`]: [`RxRing`], the parent's receive path: an `AF_PACKET` socket with a
 //!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
 //!   (`perf-facts.md` §8 "Parent RX").
+//! * [`membership`]: [`Memberships`], the parent's promiscuity, allmulti and address filters as
+//!   the ports ask them of it, the way the kernel's macvlan asks them of its lower.
 //! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
 //!   never receives (§8 "Wire TX").
 //! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
@@ -17,6 +19,7 @@
 
 pub mod attach;
 pub mod caps;
+pub mod membership;
 pub mod ring;
 pub mod tap;
 pub mod tx;
@@ -25,6 +28,7 @@ pub mod tx;
 pub(crate) mod testns;
 
 pub use attach::{AttachError, PacketPort};
+pub use membership::Memberships;
 pub use ring::{
     Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, Steering, fake_v3_block,
     frames_in,

@@ -1,4 +1,4 @@
-//! `RxRing`: the parent's receive path, a promiscuous TPACKET_V3 `AF_PACKET` ring.
+//! `RxRing`: the parent's receive path, a TPACKET_V3 `AF_PACKET` ring.
 //!
 //! Set up exactly as `perf-facts.md` §8 "Parent RX" prescribes, in this order (the kernel
 //! refuses `PACKET_VNET_HDR` and `PACKET_VERSION` with EBUSY once a ring exists):
@@ -10,9 +10,11 @@
 //!    the host) are not looped back into the ring;
 //! 5. `PACKET_RX_RING` with a [`RingConfig`] validated beforehand, `tp_retire_blk_tov` explicit;
 //! 6. `mmap(MAP_SHARED)` of exactly `block_size × block_nr` bytes;
-//! 7. `bind` to the parent's ifindex (0, "every interface", is refused);
-//! 8. `PACKET_ADD_MEMBERSHIP(PACKET_MR_PROMISC)`, which the kernel drops when the socket closes,
-//!    even after a crash.
+//! 7. `bind` to the parent's ifindex (0, "every interface", is refused).
+//!
+//! A ring takes no membership: it sees what the parent accepts. The parent's promiscuity and
+//! filters follow the ports, as the kernel's macvlan sets its lower's
+//! ([`Memberships`](super::Memberships), which the engine holds beside its rings).
 //!
 //! Ownership protocol of a block: the kernel fills it while `block_status` is `TP_STATUS_KERNEL`
 //! and hands it over by setting `TP_STATUS_USER`. [`RxRing::next_block`] Acquire-loads that word;
@@ -261,12 +263,6 @@ pub enum RingError {
         #[source]
         source: io::Error,
     },
-    #[error("ring for ifindex {ifindex}: PACKET_ADD_MEMBERSHIP(PACKET_MR_PROMISC) failed")]
-    Promisc {
-        ifindex: u32,
-        #[source]
-        source: io::Error,
-    },
     #[error("ring for ifindex {ifindex}: joining the PACKET_FANOUT group failed")]
     Fanout {
         ifindex: u32,
@@ -289,7 +285,7 @@ pub struct RingStats {
     pub freeze_q_cnt: u32,
 }
 
-/// A promiscuous TPACKET_V3 receive ring on one interface. See the module docs.
+/// A TPACKET_V3 (or V2) receive ring on one interface. See the module docs.
 #[derive(Debug)]
 pub struct RxRing {
     map: NonNull<u8>,
@@ -309,12 +305,6 @@ unsafe impl Send for RxRing {}
 impl RxRing {
     /// Opens the ring on `ifindex` with the steps listed in the module docs.
     pub fn open(ifindex: u32, config: RingConfig) -> Result<RxRing, RingError> {
-        RxRing::open_with(ifindex, config, true)
-    }
-
-    /// [`RxRing::open`]; `promisc` false skips the promiscuous membership (a fanout group
-    /// needs one, as the kernel's macvlan raises the parent's promiscuity once).
-    fn open_with(ifindex: u32, config: RingConfig, promisc: bool) -> Result<RxRing, RingError> {
         config
             .validate()
             .map_err(|reason| RingError::InvalidConfig {
@@ -406,20 +396,6 @@ impl RxRing {
 
         bind_packet(ring.fd.as_fd(), ifindex, libc::ETH_P_ALL as u16)
             .map_err(|source| RingError::Bind { ifindex, source })?;
-        if !promisc {
-            return Ok(ring);
-        }
-        let mreq = libc::packet_mreq {
-            mr_ifindex: libc::c_int::try_from(ifindex).map_err(|e| RingError::Promisc {
-                ifindex,
-                source: io::Error::other(e),
-            })?,
-            mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
-            mr_alen: 0,
-            mr_address: [0; 8],
-        };
-        set_packet_opt(ring.fd.as_fd(), libc::PACKET_ADD_MEMBERSHIP, &mreq)
-            .map_err(|source| RingError::Promisc { ifindex, source })?;
         Ok(ring)
     }
 
@@ -498,8 +474,7 @@ impl RxRing {
     /// Opens `n` rings on `ifindex` that share the parent's frames: with `n > 1` they form one
     /// `PACKET_FANOUT` group in HASH mode, so every frame reaches exactly one ring, and both
     /// directions of a flow always the same one (`__skb_get_hash_symmetric`): a flow stays in
-    /// order. Only the first ring makes the parent promiscuous. `n == 1` is a plain
-    /// [`RxRing::open`].
+    /// order. `n == 1` is a plain [`RxRing::open`].
     pub fn open_fanout(
         ifindex: u32,
         config: RingConfig,
@@ -535,7 +510,7 @@ impl RxRing {
     }
 
     /// One ring per config, joined in that order (member `i` is `configs[i]`) into a new fanout
-    /// group of `mode`. Only the first ring makes the parent promiscuous. The group id is picked
+    /// group of `mode`. The group id is picked
     /// by the kernel (`FLAG_UNIQUEID`), so it cannot collide with another engine's group;
     /// `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a fanout member loses
     /// (perf-facts.md §4).
@@ -549,7 +524,7 @@ impl RxRing {
         let mut rings = Vec::with_capacity(configs.len());
         let mut arg = 0;
         for (i, config) in configs.iter().enumerate() {
-            let ring = RxRing::open_with(ifindex, *config, i == 0)?;
+            let ring = RxRing::open(ifindex, *config)?;
             if i == 0 {
                 // id 0 with UNIQUEID: the kernel assigns a free id, which the group's getsockopt
                 // returns in its low 16 bits.
@@ -658,7 +633,6 @@ impl Drop for RxRing {
         // the ring mutably, so none is alive here and no slice into the mapping remains.
         let rc = unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
         debug_assert_eq!(rc, 0, "munmap of the ring failed");
-        // The socket closes when `fd` drops, which also removes the PROMISC membership.
     }
 }
 

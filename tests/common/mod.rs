@@ -478,6 +478,9 @@ pub struct ChildSpec {
     pub flags: PortFlags,
     /// For passthru, the parent's MAC (the kernel ignores any other).
     pub mac: MacAddr,
+    /// The MAC given at creation (`address` / `mac=`) when it is not `mac`: passthru ignores it,
+    /// so the port must still end up with `mac`.
+    pub given_mac: Option<MacAddr>,
     pub mtu: Option<u32>,
     /// Groups joined with `ip maddr add` after the port is up.
     pub groups: Vec<MacAddr>,
@@ -501,6 +504,7 @@ impl ChildSpec {
             mode,
             flags: PortFlags::default(),
             mac,
+            given_mac: None,
             mtu: None,
             groups: Vec::new(),
             sources: Vec::new(),
@@ -834,7 +838,7 @@ impl Topology {
     }
 
     fn add_kernel_child(h: &str, c: &ChildSpec, child_ns: &str) {
-        let mac = c.mac.to_string();
+        let mac = c.given_mac.unwrap_or(c.mac).to_string();
         let mtu = c.mtu.map(|m| m.to_string());
         let bcq = c.bcqueuelen.map(|n| n.to_string());
         let mut args = vec![
@@ -874,7 +878,9 @@ impl Topology {
     pub fn engine_port_arg(c: &ChildSpec, child_ns: &str) -> String {
         let mut s = format!(
             "name={},mode={},netns={child_ns},mac={}",
-            c.name, c.mode, c.mac
+            c.name,
+            c.mode,
+            c.given_mac.unwrap_or(c.mac)
         );
         if let Some(m) = c.mtu {
             s += &format!(",mtu={m}");
