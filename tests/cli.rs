@@ -229,3 +229,17 @@ fn each_cause_is_said_once() {
         assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
     }
 }
+
+/// Issue #15 (8): `run --parent P` alone starts an empty engine (tests/control_parity.rs runs
+/// one); with `--no-control` nothing could ever add a port, so that is refused before anything
+/// is opened.
+#[test]
+fn run_with_no_port_and_no_control_is_refused() {
+    let o = umacvlan(&["run", "--parent", "umv-none0", "--no-control"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--no-control and no --port"),
+        "{}",
+        stderr(&o)
+    );
+}

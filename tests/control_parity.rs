@@ -187,6 +187,7 @@ fn busy_macs_parent_mac_changes_and_a_deleted_parent_match_the_kernel() {
             PARENT_MAC,
         ]);
     }
+    // `run --parent p0` with no port (issue #15, 8): an empty engine, driven by `link add`.
     let engine = ut.start(&[], &[]);
     let u = Umacvlan {
         t: &ut,
