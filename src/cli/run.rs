@@ -85,13 +85,15 @@ pub struct RunArgs {
     /// (one worker only). Default: auto with one worker, v3 with several.
     #[arg(long, value_name = "v2|v3|auto", env = "UMACVLAN_RING", value_parser = parse_ring)]
     ring: Option<RingKind>,
-    /// Receive ring: bytes per block (v3; default 262144) or per frame slot (v2; default 69632),
-    /// a multiple of the page size that must hold the largest frame, GSO super-frames included,
-    /// or they are counted as truncated. With auto, for both rings.
+    /// Receive ring: bytes per block (default 262144), a multiple of the page size that caps the
+    /// largest frame, GSO super-frames included (larger ones are counted as truncated). A v2
+    /// ring's blocks are cut into 2048-byte slots; a frame larger than a slot waits whole in the
+    /// ring socket's receive queue (up to the ring's size). With auto, for both rings.
     #[arg(long, value_name = "BYTES")]
     ring_block_size: Option<u32>,
-    /// Receive ring: number of blocks (v3; default 64) or frame slots (v2; default 256). Memory
-    /// per parent = blocks x block size (auto: both rings, each from its own default).
+    /// Receive ring: number of blocks (default 64). Memory per parent = blocks x block size
+    /// (16 MiB by default), for each ring (auto has two), plus for v2 a receive queue of frames
+    /// larger than a slot of at most as much again.
     #[arg(long, value_name = "N")]
     ring_blocks: Option<u32>,
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics, e.g.
@@ -373,15 +375,9 @@ fn ring_config(a: &RunArgs, version: RingVersion) -> Result<RingConfig, Failure>
         RingVersion::V2 => RingConfig::V2,
         RingVersion::V3 => RingConfig::DEFAULT,
     };
-    let block_size = a.ring_block_size.unwrap_or(base.block_size);
     let ring = RingConfig {
-        block_size,
+        block_size: a.ring_block_size.unwrap_or(base.block_size),
         block_nr: a.ring_blocks.unwrap_or(base.block_nr),
-        // A v2 slot is a whole block.
-        frame_size: match version {
-            RingVersion::V2 => block_size,
-            RingVersion::V3 => base.frame_size,
-        },
         ..base
     };
     ring.validate()

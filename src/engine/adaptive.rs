@@ -47,7 +47,7 @@ pub const LOADED_FACTOR: u64 = 2;
 /// dropped frames: it fills faster than the worker reads it.)
 pub const LOADED_BATCH: u64 = 4;
 pub const LOADED_MIN_FRAMES: u64 = 64;
-/// A quarter of the default V2 ring.
+/// Frames found in one wake-up that count as queued up (the V2 ring holds 8192).
 pub const BURST: u64 = 64;
 /// A switch to V2 stops waiting for V3's open block after this long (the kernel's retire timer
 /// hands it over within two timeouts of 1 ms; this only guards against a timer that never fires).

@@ -389,8 +389,17 @@ impl Daemon {
         }
         let describe = |r: &RingConfig| {
             let mib = f64::from(r.block_nr) * f64::from(r.block_size) / f64::from(1u32 << 20);
+            let slots = match r.version {
+                RingVersion::V2 => format!(
+                    " ({} slots of {} bytes; larger frames queued on its socket, up to as much \
+                     again)",
+                    r.block_size / r.frame_size * r.block_nr,
+                    r.frame_size
+                ),
+                RingVersion::V3 => String::new(),
+            };
             format!(
-                "{:?} ring of {} x {} bytes = {mib:.1} MiB",
+                "{:?} ring of {} x {} bytes = {mib:.1} MiB{slots}",
                 r.version, r.block_nr, r.block_size
             )
         };

@@ -16,6 +16,16 @@
 //! filters follow the ports, as the kernel's macvlan sets its lower's
 //! ([`Memberships`](super::Memberships), which the engine holds beside its rings).
 //!
+//! A V2 ring additionally turns on `PACKET_COPY_THRESH` and raises its socket's receive buffer
+//! to the ring's size (`SO_RCVBUFFORCE`, else `SO_RCVBUF`): its slots are small (2 KiB: an
+//! MTU-sized frame fits), and the kernel's `tpacket_rcv` puts a frame too large for a slot in the
+//! slot truncated, flagged `TP_STATUS_COPY`, and queues the whole frame on the socket's receive
+//! queue, under the same lock and in the same order as it hands out slots. So reading the slots
+//! in order and, for each `TP_STATUS_COPY` slot, the next frame of the queue (`recv`, which also
+//! writes the vnet header first) keeps the stream in order ([`RxRing::next_block`]). When the
+//! queue is over its limit the kernel copies nothing: the slot's frame stays truncated, and is
+//! counted so.
+//!
 //! Ownership protocol of a block: the kernel fills it while `block_status` is `TP_STATUS_KERNEL`
 //! and hands it over by setting `TP_STATUS_USER`. [`RxRing::next_block`] Acquire-loads that word;
 //! the returned [`Block`] guard gives the block back (Release-store of `TP_STATUS_KERNEL`) when
@@ -89,20 +99,27 @@ const MIN_TP2_MAC: usize = TPACKET2_HDR_LEN + SLL_LEN + VNET_HDR_LEN;
 /// * **V3** hands over whole blocks: cheap under load (one wake-up per block), but a lone frame
 ///   waits until its block's retire timer fires (`retire_tov_ms`, at least 1 ms): sparse
 ///   traffic sees up to that much added latency (`perf-facts.md` §5).
-/// * **V2** hands over every frame as it arrives: one wake-up per frame, and fixed slots that
-///   must each hold the largest frame (a 64 KiB super-frame), so the same memory holds fewer
-///   frames.
+/// * **V2** hands over every frame as it arrives: one wake-up per frame, in fixed 2 KiB slots
+///   ([`V2_SLOT`]); a larger frame (a GSO super-frame) waits whole in the socket's receive queue,
+///   its slot marking its place in the stream (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RingVersion {
     V2,
     V3,
 }
 
+/// A V2 ring's slot (`tp_frame_size`): a frame of up to 1972 bytes fits (2048 minus the frame
+/// header, address and vnet header, 76 bytes), so does any frame of a 1500-byte MTU, tagged or
+/// not; larger frames take the socket's receive queue (module docs).
+pub const V2_SLOT: u32 = 2048;
+
 /// Geometry of the receive ring.
 ///
-/// In V3 the **block** caps the frame size (`block_size - 48 - tp_mac`, `perf-facts.md` §2):
-/// larger frames arrive truncated (`tp_snaplen < tp_len`). 256 KiB covers 64 KiB GSO/GRO
-/// super-frames; BIG TCP needs `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
+/// The **block** caps the frame size. In V3 a frame must fit in one (`block_size - 48 - tp_mac`,
+/// `perf-facts.md` §2); in V2 a frame larger than its slot is read from the socket's queue into
+/// a buffer of `block_size` bytes. Larger frames arrive truncated (`tp_snaplen < tp_len`), and
+/// are counted so. 256 KiB covers 64 KiB GSO/GRO super-frames; BIG TCP needs
+/// `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RingConfig {
     pub version: RingVersion,
@@ -111,7 +128,8 @@ pub struct RingConfig {
     /// Number of blocks.
     pub block_nr: u32,
     /// `tp_frame_size`: for V3 it only has to be a multiple of 16 that divides the block and
-    /// holds the frame headers; it does not limit frame length.
+    /// holds the frame headers; it does not limit frame length. For V2 it is the slot
+    /// ([`V2_SLOT`]).
     pub frame_size: u32,
     /// `tp_retire_blk_tov` in ms: how long a partly filled block waits before it is handed over.
     /// It is the added latency under sparse traffic. Must be explicit (0 lets the kernel choose,
@@ -129,13 +147,16 @@ impl RingConfig {
         retire_tov_ms: 1,
     };
 
-    /// A V2 ring: 256 slots of 68 KiB (17 MiB), each holding a 64 KiB super-frame with its
-    /// headers; one slot per block.
+    /// A V2 ring of the same memory as [`RingConfig::DEFAULT`], 256 KiB × 64 blocks (16 MiB),
+    /// in 8192 slots of [`V2_SLOT`] bytes: a burst of 8192 small frames fits even if the worker
+    /// reads none of it meanwhile. Frames larger than a slot, up to a block, go through the
+    /// socket's receive queue, which may hold as much again (its receive buffer is the ring's
+    /// size).
     pub const V2: RingConfig = RingConfig {
         version: RingVersion::V2,
-        block_size: 68 * 1024,
-        block_nr: 256,
-        frame_size: 68 * 1024,
+        block_size: 256 * 1024,
+        block_nr: 64,
+        frame_size: V2_SLOT,
         retire_tov_ms: 1,
     };
 
@@ -250,6 +271,15 @@ pub enum RingError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "ring for ifindex {ifindex}: setsockopt(PACKET_COPY_THRESH) or the receive buffer \
+         (SO_RCVBUFFORCE, SO_RCVBUF) failed"
+    )]
+    CopyPath {
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("ring for ifindex {ifindex}: mmap of {len} bytes failed")]
     Mmap {
         ifindex: u32,
@@ -294,6 +324,9 @@ pub struct RxRing {
     ifindex: u32,
     /// Index of the next block to look at; the kernel fills blocks in order.
     next: u32,
+    /// V2: where a frame larger than its slot is read from the socket's queue (`block_size`
+    /// bytes, allocated at the first such frame).
+    copy_buf: Vec<u8>,
     fd: OwnedFd,
 }
 
@@ -358,6 +391,8 @@ impl RxRing {
                     tp_frame_nr: frame_nr,
                 };
                 set_packet_opt(fd.as_fd(), libc::PACKET_RX_RING, &req).map_err(ring_error)?;
+                copy_path(fd.as_fd(), map_len)
+                    .map_err(|source| RingError::CopyPath { ifindex, source })?;
             }
         }
 
@@ -391,6 +426,7 @@ impl RxRing {
             config,
             ifindex,
             next: 0,
+            copy_buf: Vec::new(),
             fd,
         };
 
@@ -437,13 +473,44 @@ impl RxRing {
             return None;
         }
         self.next = (self.next + 1) % slots;
+        let version = self.config.version;
+        let copy = match version {
+            RingVersion::V2 if status & libc::TP_STATUS_COPY != 0 => self.recv_copy(),
+            _ => None,
+        };
         Some(Block {
             base,
             block_size: slot_size,
-            version: self.config.version,
+            version,
             status,
+            copy,
             _ring: PhantomData,
         })
+    }
+
+    /// The whole frame of a V2 slot flagged `TP_STATUS_COPY`: the next one in the socket's
+    /// receive queue (module docs), with its vnet header, read into the copy buffer; at most
+    /// `block_size` bytes of it (a longer one comes back cut short, and counts as truncated).
+    /// `None` if the queue is empty, which the kernel never allows (it queues the frame before
+    /// it hands the slot over); the slot's truncated frame is used then.
+    fn recv_copy(&mut self) -> Option<&[u8]> {
+        use nix::sys::socket::{MsgFlags, recv};
+        if self.copy_buf.is_empty() {
+            self.copy_buf = vec![0; self.config.block_size as usize];
+        }
+        // MSG_TRUNC: the length returned is the whole frame's (with its vnet header), even
+        // when the buffer held less of it.
+        let flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT;
+        match recv(self.fd.as_raw_fd(), &mut self.copy_buf, flags) {
+            Ok(n) => Some(&self.copy_buf[..n.min(self.copy_buf.len())]),
+            Err(e) => {
+                tracing::warn!(
+                    ifindex = self.ifindex,
+                    "a ring slot flagged TP_STATUS_COPY, but no frame to read: {e}"
+                );
+                None
+            }
+        }
     }
 
     /// The size and number of the units the kernel hands over: blocks (V3) or frames (V2).
@@ -598,6 +665,21 @@ fn steer(fd: BorrowedFd<'_>, to: Steering) -> io::Result<()> {
     set_packet_opt(fd, libc::PACKET_FANOUT_DATA, &fprog)
 }
 
+/// Turns on a V2 ring's path for frames larger than a slot (module docs): `PACKET_COPY_THRESH`
+/// (any non-zero value: the kernel does not compare it with anything) and a receive buffer of
+/// `bytes` for the frames it queues, forced past `net.core.rmem_max` when the engine may
+/// (CAP_NET_ADMIN), else as much of it as `rmem_max` allows.
+fn copy_path(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    set_packet_opt(fd, libc::PACKET_COPY_THRESH, &1 as &libc::c_int)?;
+    // The kernel doubles the value it is given (bookkeeping overhead): ask for half.
+    let half = (bytes / 2).min(i32::MAX as usize / 2);
+    if setsockopt(&fd, sockopt::RcvBufForce, &half).is_err() {
+        setsockopt(&fd, sockopt::RcvBuf, &half)?;
+    }
+    Ok(())
+}
+
 /// A steered ring's socket without its mapping ([`RxRing::steer_handle`]): the socket stays
 /// open, and its group steerable, for as long as either lives.
 #[derive(Debug)]
@@ -670,6 +752,8 @@ pub struct Block<'a> {
     version: RingVersion,
     /// The status word as `next_block` read it (a V2 frame's `tp_status` flags live here).
     status: u32,
+    /// V2, `TP_STATUS_COPY`: the whole frame (vnet header first), read from the socket's queue.
+    copy: Option<&'a [u8]>,
     _ring: PhantomData<&'a mut RxRing>,
 }
 
@@ -723,6 +807,7 @@ impl Block<'_> {
             remaining,
             version: self.version,
             status: self.status,
+            copy: self.copy,
         }
     }
 }
@@ -805,6 +890,7 @@ pub fn frames_in(block: &[u8]) -> Frames<'_> {
         remaining: view.u32_at(NUM_PKTS_OFF).unwrap_or(0),
         version: RingVersion::V3,
         status: libc::TP_STATUS_USER,
+        copy: None,
     }
 }
 
@@ -845,6 +931,8 @@ pub struct Frames<'b> {
     version: RingVersion,
     /// The unit's status word (used by V2, whose frame flags are in it).
     status: u32,
+    /// V2: the slot's whole frame, when it came through the socket's queue.
+    copy: Option<&'b [u8]>,
 }
 
 impl<'b> Frames<'b> {
@@ -863,7 +951,12 @@ impl<'b> Frames<'b> {
         if mac < MIN_TP2_MAC {
             return None;
         }
-        let data = v.range(mac - VNET_HDR_LEN, snaplen.checked_add(VNET_HDR_LEN)?)?;
+        let data = match self.copy {
+            // The frame in the queue, from its vnet header, instead of the slot's truncated
+            // copy; the slot's metadata (length, tag, time, flags) describes it all the same.
+            Some(whole) if whole.len() >= VNET_HDR_LEN => whole,
+            _ => v.range(mac - VNET_HDR_LEN, snaplen.checked_add(VNET_HDR_LEN)?)?,
+        };
         let pkt_type = v.range(TPACKET2_HDR_LEN + SLL_PKTTYPE_OFF, 1)?[0];
         // The status word is not in the view (the kernel owns it); it was read in `next_block`.
         Some(RingFrame {
@@ -1105,6 +1198,11 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.map_len(), Some(16 * 1024 * 1024));
         assert_eq!(c.frame_nr(), Some(128 * 64));
+        // The V2 ring: the same memory in 8192 slots of 2 KiB.
+        let v2 = RingConfig::V2;
+        assert_eq!(v2.validate(), Ok(()));
+        assert_eq!(v2.map_len(), Some(16 * 1024 * 1024));
+        assert_eq!((v2.frame_size, v2.frame_nr()), (V2_SLOT, Some(8192)));
     }
 
     #[test]
@@ -1289,7 +1387,9 @@ mod tests {
         use std::io::IoSlice;
         use std::time::Duration;
 
-        use super::super::super::testns::{NetNs, collect, ifindex, udp_flow_frame, udp_frame};
+        use super::super::super::testns::{
+            NetNs, Seen, collect, ifindex, udp_flow_frame, udp_frame,
+        };
         use super::super::super::{RingError, TxSocket};
         use super::*;
         use crate::vnet::{F_NEEDS_CSUM, VnetHdr};
@@ -1581,6 +1681,59 @@ mod tests {
                     assert_eq!(source.raw_os_error(), Some(libc::ENODEV), "{source}");
                 }
                 other => panic!("expected a Bind error, got {other:?}"),
+            });
+        }
+
+        /// A V2 ring's frames larger than a slot come whole through the socket's queue, in their
+        /// place in the stream; larger than a block, they arrive truncated, as in V3.
+        #[test]
+        fn a_v2_ring_carries_frames_larger_than_a_slot_whole_and_in_order() {
+            let ns = NetNs::new();
+            ns.veth("va", "vb");
+            ns.ip(&["link", "set", "dev", "va", "mtu", "9000"]);
+            ns.ip(&["link", "set", "dev", "vb", "mtu", "9000"]);
+            ns.run(|| {
+                // 16 slots of 2 KiB, frames up to 8 KiB.
+                let cfg = RingConfig {
+                    block_size: 8192,
+                    block_nr: 4,
+                    ..RingConfig::V2
+                };
+                let mut ring = RxRing::open(ifindex("vb"), cfg).expect("ring on vb");
+                let tx = TxSocket::open(ifindex("va")).expect("tx on va");
+                // Small, large, small, large, small, and too large (over the 8 KiB buffer).
+                let sizes = [0, 6000, 100, 3000, 0, 8500];
+                let frames: Vec<Vec<u8>> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let mut f = udp_frame(None, &vec![0x55; *n]);
+                        f.extend_from_slice(format!("umv-copy-{i}").as_bytes());
+                        f
+                    })
+                    .collect();
+                for f in &frames {
+                    tx.send(&[&VnetHdr::NONE.to_bytes()[..], f].concat())
+                        .expect("send");
+                }
+                let seen = collect(&mut ring, WAIT, |s| {
+                    s.iter().filter(|f| f.ours()).count() == frames.len()
+                });
+                let ours: Vec<&Seen> = seen.iter().filter(|f| f.ours()).collect();
+                assert_eq!(ours.len(), frames.len(), "{seen:?}");
+                for (i, (got, sent)) in ours.iter().zip(&frames).enumerate() {
+                    if i == 5 {
+                        assert!(got.truncated, "over the buffer: counted as truncated");
+                        assert_eq!(got.frame[..], sent[..8192 - VNET_HDR_LEN]);
+                    } else {
+                        assert!(!got.truncated, "frame {i}: {} bytes", got.frame.len());
+                        assert!(got.frame == *sent, "frame {i} differs or is out of order");
+                        let vnet = VnetHdr::parse(&got.vnet).expect("a vnet header first");
+                        assert!(!vnet.needs_csum(), "frame {i}: {vnet:?}");
+                    }
+                }
+                let st = ring.stats().expect("stats");
+                assert_eq!(st.drops, 0, "{st:?}");
             });
         }
 
