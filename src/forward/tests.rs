@@ -1,5 +1,5 @@
-//! `decide()` against the kernel's decision tables, one row per cell of macvlan-semantics.md
-//! §4.1-§4.4, §5, §6 and §7, each named after the rule it pins. Properties follow the table.
+//! `decide()` against the kernel's decision tables, one row per cell of docs/design.md's
+//! "Who gets what", multicast, passthru and source-mode sections, each named after the rule it pins. Properties follow the table.
 
 use std::collections::BTreeSet;
 
@@ -1025,6 +1025,35 @@ fn drop_reason_names_are_unique_snake_case() {
         assert!(seen.insert(r.name()));
         assert!(!r.meaning().is_empty());
     }
+}
+
+#[test]
+fn rule_all_lists_every_rule_once_in_order() {
+    let mut seen = BTreeSet::new();
+    for (i, r) in Rule::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i);
+        assert!(seen.insert(r.name()));
+        // A new variant breaks this match: add it to `Rule::ALL` (and to docs/design.md).
+        match r {
+            Rule::RxNodst
+            | Rule::RxGroupEcho
+            | Rule::RxGroupExternal
+            | Rule::RxGroupFromVepa
+            | Rule::RxGroupFromBridge
+            | Rule::RxUnicastToPort
+            | Rule::RxUnicastPassthru
+            | Rule::RxUnicastPassthruDown
+            | Rule::RxUnicastUnknown
+            | Rule::RxUnicastToSourcePort
+            | Rule::TxPortDown
+            | Rule::TxNotBridge
+            | Rule::TxBridgeGroup
+            | Rule::TxBridgeUnicastLocal
+            | Rule::TxBridgeUnicastMtu
+            | Rule::TxBridgeUnicastWire => {}
+        }
+    }
+    assert_eq!(Rule::ALL.len(), Rule::TxBridgeUnicastWire as usize + 1);
 }
 
 // ---- PortTable validation -------------------------------------------------------------------

@@ -173,6 +173,26 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in declaration order (docs/design.md has a section for each).
+    pub const ALL: [Rule; 16] = [
+        Rule::RxNodst,
+        Rule::RxGroupEcho,
+        Rule::RxGroupExternal,
+        Rule::RxGroupFromVepa,
+        Rule::RxGroupFromBridge,
+        Rule::RxUnicastToPort,
+        Rule::RxUnicastPassthru,
+        Rule::RxUnicastPassthruDown,
+        Rule::RxUnicastUnknown,
+        Rule::RxUnicastToSourcePort,
+        Rule::TxPortDown,
+        Rule::TxNotBridge,
+        Rule::TxBridgeGroup,
+        Rule::TxBridgeUnicastLocal,
+        Rule::TxBridgeUnicastMtu,
+        Rule::TxBridgeUnicastWire,
+    ];
+
     /// A stable snake_case name, for JSON.
     pub const fn name(self) -> &'static str {
         match self {
