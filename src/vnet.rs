@@ -3,7 +3,7 @@
 //!
 //! It carries checksum and GSO offload state, so a frame whose checksum is not yet computed
 //! (`CHECKSUM_PARTIAL`) or a 64 KiB TCP super-frame can cross the engine unchanged (see
-//! `perf-facts.md` §1 and §3).
+//! docs/performance.md#the-virtio-net-header-on-rings-and-sockets and #tap-devices).
 //!
 //! Layout (`include/uapi/linux/virtio_net.h`):
 //!
@@ -132,7 +132,7 @@ impl VnetHdr {
     ///
     /// Packet sockets report `csum_start` (and `hdr_len`) relative to the frame the ring holds,
     /// which the kernel has already untagged (`virtio_net_hdr_from_skb(.., vlan_hlen = 0)`,
-    /// `perf-facts.md` §1 "VLAN offset"). When the engine puts the tag back inline, every offset
+    /// docs/performance.md#the-virtio-net-header-on-rings-and-sockets). When the engine puts the tag back inline, every offset
     /// into the frame moves by 4: `csum_start` if `NEEDS_CSUM` is set, `hdr_len` if the frame is
     /// GSO. Saturating, so a hostile header cannot wrap around.
     #[must_use]

@@ -3,7 +3,7 @@
 //!
 //! * a passthru port takes the parent's MAC whatever `mac=` says, answers ping (2/2) and takes a
 //!   TCP transfer from the wire, and sees unicast to the parent's MAC and to a foreign MAC as
-//!   PACKET_HOST (macvlan-semantics.md §6), and follows the parent's MAC when it changes;
+//!   PACKET_HOST (docs/design.md#passthru), and follows the parent's MAC when it changes;
 //! * the parent's promiscuity (`ip -d -j link show`) with a passthru+nopromisc port up, a
 //!   passthru port up and down, and a bridge port up and down on the veth parent (§6, §8);
 //! * a source-mode port's copy of a frame addressed to the parent's MAC is PACKET_HOST in the
@@ -301,7 +301,7 @@ fn source_copy_to_the_parents_mac_is_host_like_the_kernel() {
 }
 
 /// The passthru port's packet socket sees a foreign destination rewritten to its (the parent's)
-/// MAC: the one visible trace of the rewrite (README, "Differences from the kernel").
+/// MAC: the one visible trace of the rewrite (docs/design.md#differences-from-the-kernel).
 #[test]
 fn passthru_foreign_unicast_arrives_with_the_ports_mac_as_destination() {
     require_root();

@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// workers), each with its own receive ring (a
     /// PACKET_FANOUT hash group: a flow always meets the same thread, so it stays in order) and
     /// its own queue of every TAP (IFF_MULTI_QUEUE). Ring memory grows with it. The default, 1,
-    /// is what measured best on 2-CPU machines (README, "Performance").
+    /// is what measured best on 2-CPU machines (docs/performance.md).
     #[arg(long, value_name = "N", env = "UMACVLAN_WORKERS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
     workers: u16,
@@ -171,8 +171,8 @@ enum Checked {
     Empty,
 }
 
-/// The capabilities `run` needs while it sets up, and those it keeps (see README, "Least
-/// privilege"): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings) always; CAP_SYS_ADMIN
+/// The capabilities `run` needs while it sets up, and those it keeps (see
+/// docs/guide.md#least-privilege): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings) always; CAP_SYS_ADMIN
 /// (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a CNI netns path)
 /// while ports may still be added into namespaces, i.e. unless `--no-control` without
 /// `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE for a

@@ -20,7 +20,7 @@ use crate::trace::{TraceFrame, trace_json, trace_text};
 /// Describe the parent and its ports (same --port syntax as `run`, plus the live-state keys
 /// down, promisc, allmulti and join=GROUP+GROUP), then the frame. The answer lists every port
 /// that receives it, whether it goes to the wire and to the parent's own stack, why each other
-/// port was passed over, and the rule (section of macvlan-semantics.md) that decided it.
+/// port was passed over, and the rule that decided it (each explained in docs/design.md).
 ///
 /// Without --parent-mac and --port, the running engine (see --control) decides the frame against
 /// its current ports and live state; --parent then picks the parent when it has several.

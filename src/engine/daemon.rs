@@ -10,7 +10,7 @@
 //! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
-//! threads. Requests follow the kernel's control-plane rules (macvlan-semantics.md §8).
+//! threads. Requests follow the kernel's control-plane rules (docs/design.md#the-parent-and-the-control-plane).
 //!
 //! A VM's port is not a TAP of ours ([`PortDev`]): `attach` opens a packet socket on a netdev
 //! someone else owns (brought up, never deleted; followed by the watchers, and re-bound when a
@@ -57,7 +57,7 @@ use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
-/// under bursts (perf-facts.md §3).
+/// under bursts (docs/performance.md#tap-devices).
 pub const TAP_TXQLEN: u32 = 10_000;
 
 /// How the engine runs every parent.
@@ -365,7 +365,7 @@ impl Daemon {
         let rings = rings.with_context(context)?;
         // Pinned only when CPUs are left over for everything else (the senders, the receiving
         // stacks, softirqs): with a worker on every CPU, pinning kept the scheduler from moving
-        // a worker off a busy CPU, and pings were lost under load (README, "Several workers").
+        // a worker off a busy CPU, and pings were lost under load (docs/design.md#architecture).
         let cores = match core_affinity::get_core_ids() {
             Some(cores) if n > 1 && cores.len() > n => cores,
             _ => Vec::new(),

@@ -17,7 +17,7 @@
 //! is up ([`ObserverCache::flush_due`] tells it when to look). Under load that is one channel
 //! operation, and at most one wake-up of the follower's thread (and, through it, of the client),
 //! per [`HOLD`] or per [`CHUNK_BYTES`], not per batch: on a busy machine those wake-ups, not the
-//! copies, were what following cost the forwarding (README, "What observing costs").
+//! copies, were what following cost the forwarding (docs/performance.md#what-observing-costs).
 //!
 //! The worker never blocks here: the sink list is copied under a `try_lock` only when its version
 //! changed (if the lock is busy, the previous list is used for one more batch), and a chunk that

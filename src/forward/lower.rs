@@ -1,5 +1,5 @@
-//! What the kernel's macvlan asks of its lower device for a table's ports (macvlan-semantics.md
-//! §6, §8): its promiscuity and allmulti counts and the addresses in its unicast and multicast
+//! What the kernel's macvlan asks of its lower device for a table's ports
+//! (docs/design.md#passthru, #the-parent-and-the-control-plane): its promiscuity and allmulti counts and the addresses in its unicast and multicast
 //! filters. Pure: the engine hands the answer to a membership holder on the parent
 //! ([`crate::sys::membership`]), which the kernel drops with the holder's sockets.
 //!

@@ -97,7 +97,7 @@ impl DropReason {
         }
     }
 
-    /// One line for README, `--help` and trace output.
+    /// One line for docs/reference.md#drop-reasons, `--help` and trace output.
     pub const fn meaning(self) -> &'static str {
         match self {
             DropReason::Runt => "shorter than an Ethernet header (14 bytes)",
@@ -151,7 +151,7 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// The kernel rule that decided a frame, named after macvlan-semantics.md.
+/// The kernel rule that decided a frame; each has its section in docs/design.md#the-kernels-rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
     RxNodst,
@@ -215,7 +215,7 @@ impl Rule {
         }
     }
 
-    /// The section of macvlan-semantics.md that states the rule.
+    /// The section label of the rule (§N: docs/design.md#the-kernels-rules maps them).
     pub const fn section(self) -> &'static str {
         match self {
             Rule::RxNodst => "§7, §2 step 1.2/2.1",
@@ -349,7 +349,7 @@ pub struct Verdict<'t> {
     /// Also transmitted on the parent.
     pub to_wire: bool,
     /// In the kernel the parent's own stack gets the frame too (RX only; informational, since an
-    /// AF_PACKET engine cannot take a frame away from the parent's stack: DESIGN.md §4).
+    /// AF_PACKET engine cannot take a frame away from the parent's stack: docs/design.md#differences-from-the-kernel).
     pub to_host: bool,
     /// Why the destination-based delivery gave nothing, when it did not.
     pub reason: Option<DropReason>,

@@ -3,7 +3,7 @@
 //!
 //! * [`ring`]: [`RxRing`], the parent's receive path: an `AF_PACKET` socket with a
 //!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
-//!   (`perf-facts.md` §8 "Parent RX").
+//!   (docs/performance.md#how-the-engine-sets-up-its-sockets).
 //! * [`membership`]: [`Memberships`], the parent's promiscuity, allmulti and address filters as
 //!   the ports ask them of it, the way the kernel's macvlan asks them of its lower.
 //! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
@@ -53,8 +53,8 @@ pub const YIELDING_NICE: i32 = 19;
 /// Two steps: nice [`YIELDING_NICE`], and the `SCHED_IDLE` policy. With nice 19 alone, the fair
 /// scheduler may let the running yielding thread finish its protected slice (about a millisecond
 /// and a half on two CPUs) before a waking worker gets the CPU; a `SCHED_IDLE` task is
-/// preempted at once by any waking normal one (`check_preempt_wakeup_fair`). Measured in README,
-/// "What observing costs".
+/// preempted at once by any waking normal one (`check_preempt_wakeup_fair`). Measured in
+/// docs/performance.md#what-observing-costs.
 pub fn yield_cpu_to_forwarding() -> io::Result<()> {
     let tid = nix::unistd::gettid().as_raw();
     let tid = libc::id_t::try_from(tid).map_err(io::Error::other)?;

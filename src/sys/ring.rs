@@ -1,6 +1,6 @@
 //! `RxRing`: the parent's receive path, a TPACKET_V3 `AF_PACKET` ring.
 //!
-//! Set up exactly as `perf-facts.md` §8 "Parent RX" prescribes, in this order (the kernel
+//! Set up as docs/performance.md#how-the-engine-sets-up-its-sockets says, in this order (the kernel
 //! refuses `PACKET_VNET_HDR` and `PACKET_VERSION` with EBUSY once a ring exists):
 //!
 //! 1. `socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL))`;
@@ -98,7 +98,7 @@ const MIN_TP2_MAC: usize = TPACKET2_HDR_LEN + SLL_LEN + VNET_HDR_LEN;
 ///
 /// * **V3** hands over whole blocks: cheap under load (one wake-up per block), but a lone frame
 ///   waits until its block's retire timer fires (`retire_tov_ms`, at least 1 ms): sparse
-///   traffic sees up to that much added latency (`perf-facts.md` §5).
+///   traffic sees up to that much added latency (docs/performance.md#the-rings-latency).
 /// * **V2** hands over every frame as it arrives: one wake-up per frame, in fixed 2 KiB slots
 ///   ([`V2_SLOT`]); a larger frame (a GSO super-frame) waits whole in the socket's receive queue,
 ///   its slot marking its place in the stream (module docs).
@@ -116,7 +116,7 @@ pub const V2_SLOT: u32 = 2048;
 /// Geometry of the receive ring.
 ///
 /// The **block** caps the frame size. In V3 a frame must fit in one (`block_size - 48 - tp_mac`,
-/// `perf-facts.md` §2); in V2 a frame larger than its slot is read from the socket's queue into
+/// docs/performance.md#super-frames-and-truncation-in-the-ring); in V2 a frame larger than its slot is read from the socket's queue into
 /// a buffer of `block_size` bytes. Larger frames arrive truncated (`tp_snaplen < tp_len`), and
 /// are counted so. 256 KiB covers 64 KiB GSO/GRO super-frames; BIG TCP needs
 /// `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
@@ -138,7 +138,7 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms (`perf-facts.md` §8).
+    /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms (docs/performance.md#how-the-engine-sets-up-its-sockets).
     pub const DEFAULT: RingConfig = RingConfig {
         version: RingVersion::V3,
         block_size: 256 * 1024,
@@ -580,7 +580,7 @@ impl RxRing {
     /// group of `mode`. The group id is picked
     /// by the kernel (`FLAG_UNIQUEID`), so it cannot collide with another engine's group;
     /// `FLAG_IGNORE_OUTGOING` replaces the per-socket option, which a fanout member loses
-    /// (perf-facts.md §4).
+    /// (docs/performance.md#packet-socket-options).
     fn open_group(
         ifindex: u32,
         configs: &[RingConfig],

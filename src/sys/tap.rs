@@ -1,5 +1,5 @@
-//! `Tap`: one child port, a TAP device whose only fd the engine owns (`perf-facts.md` §8
-//! "Children").
+//! `Tap`: one child port, a TAP device whose only fd the engine owns
+//! (docs/performance.md#how-the-engine-sets-up-its-sockets).
 //!
 //! * The name is checked (the kernel's `dev_valid_name` rules, plus no `%d` templates) before any
 //!   syscall.

@@ -1,4 +1,4 @@
-//! `TxSocket`: the parent's transmit path (`perf-facts.md` §8 "Wire TX").
+//! `TxSocket`: the parent's transmit path (docs/performance.md#how-the-engine-sets-up-its-sockets).
 //!
 //! * `socket(AF_PACKET, SOCK_RAW, 0)`, bound with `sll_protocol = 0`: `packet_do_bind` then
 //!   registers no receive hook, so this socket never queues a copy of the parent's traffic.

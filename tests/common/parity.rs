@@ -4,7 +4,7 @@
 //! One topology per scenario carries all its probes: every probe gets a nonce, all are sent,
 //! then the sockets are drained until [`SETTLE`] has passed with the last send behind it.
 //! Delivery *sets* are compared, never order (queued broadcast may overtake nothing, but may be
-//! overtaken: macvlan-semantics.md §11).
+//! overtaken: docs/design.md#what-a-port-sees).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -356,7 +356,7 @@ pub struct Seen {
     pub children: Vec<u32>,
     /// Copies that arrived on the wire from the parent.
     pub wire: u32,
-    /// Copies handed to the host's own stack (recorded, not asserted: DESIGN.md §4).
+    /// Copies handed to the host's own stack (recorded, not asserted: docs/design.md#differences-from-the-kernel).
     pub host: u32,
 }
 

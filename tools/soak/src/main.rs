@@ -457,7 +457,7 @@ fn check(
     );
     // Shown, not checked: in short runs the kernel's PACKET_STATISTICS counted up to about 140
     // frames fewer than the engine took from the ring (each of which reached its receiver);
-    // see README.
+    // see docs/design.md#reliability-crashes-parent-faults-churn-hostile-frames-isolation.
     let parent_rx = numbers(report, "accounting of p0:").and_then(|n| n.first().copied());
     if let (Some(rx), Some([packets, drops, ..])) = (
         parent_rx,
