@@ -1,6 +1,6 @@
 //! Carrying out a verdict: one frame in, copies out to TAPs and the wire, every outcome counted.
 //!
-//! Generic over the I/O ([`PortIo`], [`WireIo`]) so it runs in unit tests without root. Frames
+//! Generic over the ports' I/O ([`PortIo`]) so it runs in unit tests without root. Frames
 //! from the parent are written to TAPs straight from ring memory, the virtio-net header that
 //! precedes them included; a VLAN tag the ring reported out of band is put back inline with a
 //! gathered write, and the header's checksum offsets moved past it.

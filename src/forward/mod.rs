@@ -1,14 +1,15 @@
 //! The forwarding decision: the kernel's macvlan (`drivers/net/macvlan.c`, Linux 6.18) as one pure
-//! function, [`decide`]. Read it side by side with docs/design.md#the-kernels-rules: [`rx`] is
-//! `macvlan_handle_frame` (#the-receive-path), [`tx`] is `macvlan_queue_xmit` (#the-transmit-path), and the flood masks are
-//! `macvlan_multicast_rx`'s.
+//! function, [`decide`]. Read it side by side with docs/design.md#the-kernels-rules: `rx` is
+//! `macvlan_handle_frame` (#the-receive-path), `tx` is `macvlan_queue_xmit`
+//! (#the-transmit-path), and the flood masks are `macvlan_multicast_rx`'s.
 //!
 //! `decide` does no I/O, reads no clock and allocates nothing. The same function drives the data
 //! plane, `umacvlan trace`, the tests and the benchmarks.
 //!
 //! Differences from the kernel are deliberate and listed in
-//! docs/design.md#differences-from-the-kernel: the per-port and per-child group filters are exact sets rather than 256-bucket
-//! hashes, and IPv4 fragments of group frames are not reassembled before delivery.
+//! docs/design.md#differences-from-the-kernel: the per-port and per-child group filters are exact
+//! sets rather than 256-bucket hashes, and IPv4 fragments of group frames are not reassembled
+//! before delivery.
 
 mod lower;
 mod table;

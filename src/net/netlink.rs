@@ -7,7 +7,7 @@
 //! uses its own socket ([`super::LinkMonitor`]) so that notifications never interleave with replies.
 //!
 //! Built on netlink-packet-route's typed attributes; netlink-packet-core does not decode extended
-//! acks, so [`parse_nlmsgerr`] does.
+//! acks, so `parse_nlmsgerr` does.
 
 use std::fmt;
 use std::io;
