@@ -1202,7 +1202,8 @@ mod tests {
                 ["y", "arp", "arp", "-"],
             ]
         );
-        // Unicast itself is not isolated behind a hairpin switch (docs/design.md#who-gets-what): only ARP fails.
+        // Unicast itself is not isolated behind a hairpin switch (docs/design.md#who-gets-what):
+        // only ARP fails.
         let t = replica_table(PARENT_MAC, &[Mode::Vepa, Mode::Vepa, Mode::Private]).unwrap();
         let (c1, c3) = (Endpoint::Port(PortId(0)), Endpoint::Port(PortId(2)));
         assert!(reaches(

@@ -132,9 +132,9 @@ impl VnetHdr {
     ///
     /// Packet sockets report `csum_start` (and `hdr_len`) relative to the frame the ring holds,
     /// which the kernel has already untagged (`virtio_net_hdr_from_skb(.., vlan_hlen = 0)`,
-    /// docs/performance.md#the-virtio-net-header-on-rings-and-sockets). When the engine puts the tag back inline, every offset
-    /// into the frame moves by 4: `csum_start` if `NEEDS_CSUM` is set, `hdr_len` if the frame is
-    /// GSO. Saturating, so a hostile header cannot wrap around.
+    /// docs/performance.md#the-virtio-net-header-on-rings-and-sockets). When the engine puts the
+    /// tag back inline, every offset into the frame moves by 4: `csum_start` if `NEEDS_CSUM` is
+    /// set, `hdr_len` if the frame is GSO. Saturating, so a hostile header cannot wrap around.
     #[must_use]
     pub const fn with_vlan_inserted(self) -> VnetHdr {
         let mut h = self;

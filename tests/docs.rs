@@ -11,7 +11,9 @@ use umacvlan::control::proto::StatsView;
 use umacvlan::forward::{DropReason, Rule};
 
 fn doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -66,12 +68,20 @@ fn drop_reason_table_is_drop_reason_all() {
     same(
         "drop reasons (docs/reference.md)",
         documented,
-        DropReason::ALL.iter().map(|r| r.name().to_string()).collect(),
+        DropReason::ALL
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect(),
     );
     // The meaning column is the code's, word for word.
     for r in DropReason::ALL {
         let row = rows.iter().find(|row| code(&row[0]) == r.name()).unwrap();
-        assert_eq!(row[1], r.meaning(), "meaning of {} in docs/reference.md", r.name());
+        assert_eq!(
+            row[1],
+            r.meaning(),
+            "meaning of {} in docs/reference.md",
+            r.name()
+        );
     }
 }
 
@@ -114,11 +124,17 @@ fn port_keys_table_is_config_keys() {
     same(
         "--port keys (docs/reference.md)",
         rows.iter().map(|r| code(&r[0])).collect(),
-        umacvlan::spec::CONFIG_KEYS.iter().map(|k| k.to_string()).collect(),
+        umacvlan::spec::CONFIG_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
     );
     // The keys beyond --port's are named in the paragraph after the table.
     let reference = doc("reference.md");
-    for k in umacvlan::spec::LINK_KEYS.iter().chain(umacvlan::spec::STATE_KEYS) {
+    for k in umacvlan::spec::LINK_KEYS
+        .iter()
+        .chain(umacvlan::spec::STATE_KEYS)
+    {
         assert!(
             reference.contains(&format!("`{k}`")),
             "docs/reference.md does not name the link/trace key {k:?}"
@@ -163,7 +179,11 @@ fn config_keys_table_is_the_config_files_keys() {
         assert!(!keys.is_empty(), "{place}");
         expected.extend(keys.into_iter().map(|k| format!("{place} {k}")));
     }
-    same("configuration keys (docs/reference.md)", documented, expected);
+    same(
+        "configuration keys (docs/reference.md)",
+        documented,
+        expected,
+    );
 }
 
 #[test]
@@ -220,7 +240,13 @@ fn relative_links_between_docs_resolve() {
     // Every `](file.md#anchor)` and `](#anchor)` in README.md and docs/ names a heading that
     // exists (GitHub's anchor rules: lower case, spaces to '-', punctuation dropped).
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let files = ["README.md", "docs/guide.md", "docs/reference.md", "docs/design.md", "docs/performance.md"];
+    let files = [
+        "README.md",
+        "docs/guide.md",
+        "docs/reference.md",
+        "docs/design.md",
+        "docs/performance.md",
+    ];
     let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
     let anchors = |text: &str| -> BTreeSet<String> {
         let mut fence = false;
@@ -251,7 +277,9 @@ fn relative_links_between_docs_resolve() {
         let dir = Path::new(f).parent().unwrap();
         for (i, _) in text.match_indices("](") {
             let target = &text[i + 2..];
-            let Some(end) = target.find(')') else { continue };
+            let Some(end) = target.find(')') else {
+                continue;
+            };
             let target = &target[..end];
             if target.starts_with("http") || target.contains(' ') {
                 continue;

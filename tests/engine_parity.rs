@@ -3,7 +3,8 @@
 //! is checked against the same `decide()`). Together the two arms say: engine == model ==
 //! kernel, frame by frame, for the children and the wire.
 //!
-//! The engine is started through its stable CLI contract (docs/reference.md#the---port-grammar) in the host namespace:
+//! The engine is started through its stable CLI contract (docs/reference.md#the---port-grammar) in
+//! the host namespace:
 //! `ip netns exec H umacvlan run --parent p0 --port name=cN,mode=M,netns=NS,mac=MAC …`; see
 //! [`common::ChildrenProvider::Umacvlan`] for the extension keys used for flags, source lists and
 //! bcqueuelen, which the contract does not cover yet.

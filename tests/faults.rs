@@ -127,8 +127,8 @@ fn a_lower_parent_mtu_clamps_the_ports_and_a_higher_one_leaves_them() {
         e.log_text()
     );
 
-    // Raised again: the ports stay where they are (docs/design.md#the-parent-and-the-control-plane), and may now be
-    // raised up to the new MTU.
+    // Raised again: the ports stay where they are
+    // (docs/design.md#the-parent-and-the-control-plane), and may now be raised up to the new MTU.
     ip(&["-n", h, "link", "set", "p0", "mtu", "1500"]);
     ip(&["-n", w, "link", "set", "wire0", "mtu", "1500"]);
     std::thread::sleep(Duration::from_millis(500));

@@ -2,10 +2,11 @@
 //!
 //! Every scenario of [`common::parity::Scenario`] is built with kernel macvlan children, once
 //! without and once with a hairpin switch on the wire; every ingress (the wire, each child, the
-//! host) sends a probe to every destination class; the children and the wire must see exactly
-//! what `decide()` predicts, except that the kernel may deliver an unjoined multicast group to
-//! a child whose hashed filter collides with it (docs/design.md#multicast-filters-and-the-broadcast-queue). What the host's own
-//! stack got is printed, not asserted (docs/design.md#differences-from-the-kernel). Needs root; fails without it.
+//! host) sends a probe to every destination class; the children and the wire must see exactly what
+//! `decide()` predicts, except that the kernel may deliver an unjoined multicast group to a child
+//! whose hashed filter collides with it (docs/design.md#multicast-filters-and-the-broadcast-queue).
+//! What the host's own stack got is printed, not asserted
+//! (docs/design.md#differences-from-the-kernel). Needs root; fails without it.
 //!
 //! Run with `cargo test --test kernel_parity -- --nocapture` to see the per-scenario summaries.
 

@@ -1,7 +1,8 @@
 //! `umacvlan trace --follow` and `umacvlan capture`: real frames from the running engine, as
 //! text/JSON lines or as pcapng.
 //!
-//! What a capture contains, per observed frame (see docs/guide.md#where-did-my-frame-go-follow-and-capture):
+//! What a capture contains, per observed frame (see
+//! docs/guide.md#where-did-my-frame-go-follow-and-capture):
 //! * one packet at the interface where the frame entered (the parent for frames from the wire,
 //!   else the sending port), direction **inbound**, with a comment saying where it went (or, for
 //!   a drop, `dropped: REASON — meaning`) and the rule;

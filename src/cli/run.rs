@@ -172,11 +172,11 @@ enum Checked {
 }
 
 /// The capabilities `run` needs while it sets up, and those it keeps (see
-/// docs/guide.md#least-privilege): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings) always; CAP_SYS_ADMIN
-/// (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a CNI netns path)
-/// while ports may still be added into namespaces, i.e. unless `--no-control` without
-/// `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE for a
-/// metrics port below 1024.
+/// docs/guide.md#least-privilege): CAP_NET_ADMIN (TAPs, netlink) and CAP_NET_RAW (the rings)
+/// always; CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a
+/// CNI netns path) while ports may still be added into namespaces, i.e. unless `--no-control`
+/// without `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE
+/// for a metrics port below 1024.
 fn capabilities(a: &RunArgs) -> (CapSet, CapSet) {
     let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW]);
     let runtime_netns = !a.no_control || a.config.is_some();

@@ -10,7 +10,8 @@
 //! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
-//! threads. Requests follow the kernel's control-plane rules (docs/design.md#the-parent-and-the-control-plane).
+//! threads. Requests follow the kernel's control-plane rules
+//! (docs/design.md#the-parent-and-the-control-plane).
 //!
 //! A VM's port is not a TAP of ours ([`PortDev`]): `attach` opens a packet socket on a netdev
 //! someone else owns (brought up, never deleted; followed by the watchers, and re-bound when a

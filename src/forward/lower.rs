@@ -1,7 +1,7 @@
-//! What the kernel's macvlan asks of its lower device for a table's ports
-//! (docs/design.md#passthru, #the-parent-and-the-control-plane): its promiscuity and allmulti counts and the addresses in its unicast and multicast
-//! filters. Pure: the engine hands the answer to a membership holder on the parent
-//! ([`crate::sys::membership`]), which the kernel drops with the holder's sockets.
+//! What the kernel's macvlan asks of its lower device for a table's ports (docs/design.md#passthru,
+//! #the-parent-and-the-control-plane): its promiscuity and allmulti counts and the addresses in its
+//! unicast and multicast filters. Pure: the engine hands the answer to a membership holder on the
+//! parent ([`crate::sys::membership`]), which the kernel drops with the holder's sockets.
 //!
 //! The rule, per UP port (`macvlan_open`, `macvlan_change_rx_flags`, `macvlan_set_mac_lists`):
 //! * passthru: promiscuity +1 unless NOPROMISC; no unicast address (the port has the parent's);

@@ -1,10 +1,11 @@
 //! The port table: everything `decide()` reads, validated once and immutable afterwards.
 //!
-//! It mirrors the kernel's `struct macvlan_port` (docs/design.md#the-model-a-table-of-the-up-ports): a hash of the **UP**
-//! children by MAC (`vlan_hash`), the source-mode hash (`vlan_source_hash`), the passthru flag, and
-//! the two port-wide group filters, which the kernel keeps as lossy 256-bit hashes and we keep
-//! exactly (docs/design.md#differences-from-the-kernel). The control plane builds a new table for every change and swaps it in;
-//! the data plane never locks it.
+//! It mirrors the kernel's `struct macvlan_port`
+//! (docs/design.md#the-model-a-table-of-the-up-ports): a hash of the **UP** children by MAC
+//! (`vlan_hash`), the source-mode hash (`vlan_source_hash`), the passthru flag, and the two
+//! port-wide group filters, which the kernel keeps as lossy 256-bit hashes and we keep exactly
+//! (docs/design.md#differences-from-the-kernel). The control plane builds a new table for every
+//! change and swaps it in; the data plane never locks it.
 
 use std::collections::BTreeSet;
 use std::fmt;

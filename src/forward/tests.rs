@@ -1,5 +1,6 @@
-//! `decide()` against the kernel's decision tables, one row per cell of docs/design.md's
-//! "Who gets what", multicast, passthru and source-mode sections, each named after the rule it pins. Properties follow the table.
+//! `decide()` against the kernel's decision tables, one row per cell of docs/design.md's "Who gets
+//! what", multicast, passthru and source-mode sections, each named after the rule it pins.
+//! Properties follow the table.
 
 use std::collections::BTreeSet;
 

@@ -349,7 +349,8 @@ pub struct Verdict<'t> {
     /// Also transmitted on the parent.
     pub to_wire: bool,
     /// In the kernel the parent's own stack gets the frame too (RX only; informational, since an
-    /// AF_PACKET engine cannot take a frame away from the parent's stack: docs/design.md#differences-from-the-kernel).
+    /// AF_PACKET engine cannot take a frame away from the parent's stack:
+    /// docs/design.md#differences-from-the-kernel).
     pub to_host: bool,
     /// Why the destination-based delivery gave nothing, when it did not.
     pub reason: Option<DropReason>,

@@ -1,6 +1,6 @@
-//! `PacketPort`: a netdev someone else owns (a hypervisor's TAP, typically), used as a port
-//! through one `AF_PACKET` socket bound to it (docs/performance.md#how-the-engine-sets-up-its-sockets, the same calls as the
-//! parent's sockets):
+//! `PacketPort`: a netdev someone else owns (a hypervisor's TAP, typically), used as a port through
+//! one `AF_PACKET` socket bound to it (docs/performance.md#how-the-engine-sets-up-its-sockets, the
+//! same calls as the parent's sockets):
 //!
 //! * `socket(AF_PACKET, SOCK_RAW, 0)`, then `bind` with `ETH_P_ALL` and the ifindex: the receive
 //!   hook exists only for that device (a socket opened with `ETH_P_ALL` would hear every device

@@ -116,9 +116,10 @@ pub const V2_SLOT: u32 = 2048;
 /// Geometry of the receive ring.
 ///
 /// The **block** caps the frame size. In V3 a frame must fit in one (`block_size - 48 - tp_mac`,
-/// docs/performance.md#super-frames-and-truncation-in-the-ring); in V2 a frame larger than its slot is read from the socket's queue into
-/// a buffer of `block_size` bytes. Larger frames arrive truncated (`tp_snaplen < tp_len`), and
-/// are counted so. 256 KiB covers 64 KiB GSO/GRO super-frames; BIG TCP needs
+/// docs/performance.md#super-frames-and-truncation-in-the-ring); in V2 a frame larger than its
+/// slot is read from the socket's queue into a buffer of `block_size` bytes. Larger frames arrive
+/// truncated (`tp_snaplen < tp_len`), and are counted so. 256 KiB covers 64 KiB GSO/GRO
+/// super-frames; BIG TCP needs
 /// `page_round(max(gso_max_size, gro_max_size) + 4 KiB)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RingConfig {
@@ -138,7 +139,8 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms (docs/performance.md#how-the-engine-sets-up-its-sockets).
+    /// 256 KiB × 64 blocks (16 MiB), frame size 2048, retire timeout 1 ms
+    /// (docs/performance.md#how-the-engine-sets-up-its-sockets).
     pub const DEFAULT: RingConfig = RingConfig {
         version: RingVersion::V3,
         block_size: 256 * 1024,

@@ -1,11 +1,11 @@
 //! Shared helpers for the root integration tests: network namespaces with RAII cleanup, `ip` and
 //! `bridge` wrappers, raw AF_PACKET endpoints, and the differential-test topology of
-//! docs/design.md#differential-tests-against-the-kernel: a wire namespace W (optionally a hairpin bridge), a host
-//! namespace H holding the parent veth end `p0`, and one namespace per child.
+//! docs/design.md#differential-tests-against-the-kernel: a wire namespace W (optionally a hairpin
+//! bridge), a host namespace H holding the parent veth end `p0`, and one namespace per child.
 //!
 //! Children come from a [`ChildrenProvider`]: the kernel's macvlan, or the umacvlan engine run
-//! through its stable CLI contract (docs/reference.md#the---port-grammar). Both give the same [`Topology`], so one
-//! scenario list drives both arms (`kernel_parity.rs`, `engine_parity.rs`).
+//! through its stable CLI contract (docs/reference.md#the---port-grammar). Both give the same
+//! [`Topology`], so one scenario list drives both arms (`kernel_parity.rs`, `engine_parity.rs`).
 //!
 //! Every test built on this must call [`require_root`] first: without root it fails loudly,
 //! never passes silently (STYLE.md §9).
@@ -799,8 +799,9 @@ impl Topology {
 
         let mut engine = engine;
         if let Some(e) = engine.as_mut() {
-            // The engine learns the groups joined above from the child namespaces
-            // asynchronously (docs/design.md#differences-from-the-kernel); give it a moment before the first probe.
+            // The engine learns the groups joined above from the child namespaces asynchronously
+            // (docs/design.md#differences-from-the-kernel); give it a moment before the first
+            // probe.
             std::thread::sleep(ENGINE_GROUP_SETTLE);
             e.assert_running();
         }

@@ -356,7 +356,8 @@ pub struct Seen {
     pub children: Vec<u32>,
     /// Copies that arrived on the wire from the parent.
     pub wire: u32,
-    /// Copies handed to the host's own stack (recorded, not asserted: docs/design.md#differences-from-the-kernel).
+    /// Copies handed to the host's own stack (recorded, not asserted:
+    /// docs/design.md#differences-from-the-kernel).
     pub host: u32,
 }
 
