@@ -301,3 +301,38 @@ fn relative_links_between_docs_resolve() {
     }
     assert!(broken.is_empty(), "broken links: {broken:#?}");
 }
+
+/// The names serde expects where it refuses `bad` (its "expected one of `a`, `b`" list).
+fn serde_expected<T: serde::de::DeserializeOwned + std::fmt::Debug>(bad: &str) -> Vec<String> {
+    let err = serde_json::from_str::<T>(bad).unwrap_err().to_string();
+    let list = err.split_once("expected ").unwrap_or_else(|| panic!("{err}")).1;
+    list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+#[test]
+fn control_protocol_names_are_documented() {
+    use umacvlan::control::proto::{ErrorKind, LinkSpec, Request};
+    let reference = doc("reference.md");
+    let section: String = reference
+        .lines()
+        .skip_while(|l| *l != "## The control protocol")
+        .take_while(|l| !l.starts_with("## ") || *l == "## The control protocol")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let names = [
+        ("command", serde_expected::<Request>(r#"{"cmd":"zz-unknown"}"#)),
+        ("link-add field", serde_expected::<LinkSpec>(r#"{"name":"a","zz_unknown":1}"#)),
+        ("error kind", serde_expected::<ErrorKind>(r#""zz-unknown""#)),
+    ];
+    for (what, list) in names {
+        assert!(list.len() > 2, "{what}: {list:?}");
+        let missing: Vec<_> = list
+            .iter()
+            .filter(|n| !section.contains(&format!("`{n}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md, The control protocol: {what}s not named: {missing:?}"
+        );
+    }
+}
