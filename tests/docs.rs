@@ -305,8 +305,15 @@ fn relative_links_between_docs_resolve() {
 /// The names serde expects where it refuses `bad` (its "expected one of `a`, `b`" list).
 fn serde_expected<T: serde::de::DeserializeOwned + std::fmt::Debug>(bad: &str) -> Vec<String> {
     let err = serde_json::from_str::<T>(bad).unwrap_err().to_string();
-    let list = err.split_once("expected ").unwrap_or_else(|| panic!("{err}")).1;
-    list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    let list = err
+        .split_once("expected ")
+        .unwrap_or_else(|| panic!("{err}"))
+        .1;
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -320,8 +327,14 @@ fn control_protocol_names_are_documented() {
         .collect::<Vec<_>>()
         .join("\n");
     let names = [
-        ("command", serde_expected::<Request>(r#"{"cmd":"zz-unknown"}"#)),
-        ("link-add field", serde_expected::<LinkSpec>(r#"{"name":"a","zz_unknown":1}"#)),
+        (
+            "command",
+            serde_expected::<Request>(r#"{"cmd":"zz-unknown"}"#),
+        ),
+        (
+            "link-add field",
+            serde_expected::<LinkSpec>(r#"{"name":"a","zz_unknown":1}"#),
+        ),
         ("error kind", serde_expected::<ErrorKind>(r#""zz-unknown""#)),
     ];
     for (what, list) in names {
