@@ -50,8 +50,7 @@ pub const PARENT_MTU: u32 = 1500;
 
 /// Panics unless the test runs as root. Root tests never pass silently (STYLE.md §9).
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     assert!(
         euid == 0,
         "this test needs root (it creates network namespaces, veths and macvlans and opens raw \
