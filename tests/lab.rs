@@ -9,16 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+use umacvlan::net::testutil::require_root;
 
-fn require_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!(
-            "tests/lab.rs needs root: `umacvlan lab` creates network namespaces, a veth and TAP \
-             devices; run it as root (e.g. `sudo -E cargo test --release --test lab`)"
-        );
-    }
-}
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_umacvlan"))

@@ -13,7 +13,9 @@ pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(
             "this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN: it creates network \
-             namespaces); run it as root, e.g. `sudo -E cargo test`"
+             namespaces, veths, macvlans and TAPs, and opens raw AF_PACKET sockets); run it as \
+             root, e.g. `sudo -E cargo test --release`. It fails rather than being skipped so \
+             CI cannot mistake it for a pass."
         );
     }
 }

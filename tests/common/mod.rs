@@ -48,16 +48,8 @@ pub const UNKNOWN_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0xee, 0xee]);
 /// The MTU of `p0` and `we`.
 pub const PARENT_MTU: u32 = 1500;
 
-/// Panics unless the test runs as root. Root tests never pass silently (STYLE.md §9).
-pub fn require_root() {
-    let euid = nix::unistd::geteuid().as_raw();
-    assert!(
-        euid == 0,
-        "this test needs root (it creates network namespaces, veths and macvlans and opens raw \
-         AF_PACKET sockets); euid is {euid}. Run it as root, e.g. `sudo -E cargo test --test \
-         kernel_parity`. It fails rather than being skipped so CI cannot mistake it for a pass."
-    );
-}
+/// Panics unless the test runs as root (one rule for every suite).
+pub use umacvlan::net::testutil::require_root;
 
 // ---------------------------------------------------------------------------------------------
 // Running `ip` and `bridge`
