@@ -24,7 +24,7 @@ use super::forward::{self, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
-use crate::sys::tx::TxSocket;
+use crate::sys::tx::{MmsgScratch, TxSocket};
 
 /// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
 /// position in the current table and may change when ports come and go.
@@ -90,6 +90,8 @@ struct WireBatch {
     slots: Vec<Vec<u8>>,
     /// (sender, length, what the send decides) of the frames in `slots[..queued.len()]`.
     queued: Vec<(PortId, usize, ToWire)>,
+    /// `sendmmsg`'s headers, reused: a flush allocates nothing.
+    scratch: MmsgScratch,
 }
 
 impl WireBatch {
@@ -97,21 +99,20 @@ impl WireBatch {
         WireBatch {
             slots: (0..slots).map(|_| vec![0u8; READ_BUF]).collect(),
             queued: Vec::with_capacity(slots),
+            scratch: MmsgScratch::default(),
         }
     }
 
     /// Sends every queued frame and counts each outcome; a failed frame is skipped, the rest
     /// are still sent. `ports` must be the set the frames were queued under.
     fn flush(&mut self, wire: &TxSocket, parent: &ParentCounters, ports: &[PortHandle]) {
-        let frames: Vec<&[u8]> = self
-            .queued
-            .iter()
-            .zip(&self.slots)
-            .map(|((_, n, _), s)| &s[..*n])
-            .collect();
         let mut start = 0;
-        while start < frames.len() {
-            match wire.send_batch(&frames[start..]) {
+        while start < self.queued.len() {
+            let frames = self.queued[start..]
+                .iter()
+                .zip(&self.slots[start..])
+                .map(|((_, n, _), s)| &s[..*n]);
+            match wire.send_batch(frames, &mut self.scratch) {
                 Ok(k) if k > 0 => {
                     for (id, n, how) in &self.queued[start..start + k] {
                         forward::wire_sent(parent, &ports[id.index()].counters, *n, *how, true);

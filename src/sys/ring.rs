@@ -1457,7 +1457,12 @@ mod tests {
                     &udp_frame(None, b"umv-batch-2"),
                 ]
                 .concat();
-                assert_eq!(tx.send_batch(&[&b1, &b2]).expect("sendmmsg"), 2);
+                let scratch = &mut crate::sys::tx::MmsgScratch::default();
+                assert_eq!(
+                    tx.send_batch([&b1[..], &b2[..]], scratch)
+                        .expect("sendmmsg"),
+                    2
+                );
 
                 let markers: [&[u8]; 4] =
                     [b"umv-plain", b"umv-tagged", b"umv-batch-1", b"umv-batch-2"];

@@ -78,45 +78,65 @@ impl TxSocket {
         send_whole(self.fd.as_fd(), iov).map(drop)
     }
 
-    /// Sends several frames (each vnet header + frame) with one `sendmmsg`. Returns how many were
-    /// sent, from the front; the rest failed or did not fit (at most 1024 go per call). An error
-    /// means the first frame could not be sent.
-    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+    /// Sends several frames (each vnet header + frame) with one `sendmmsg`, building its
+    /// headers in `scratch` (no allocation once it has grown to the batch size). Returns how
+    /// many were sent, from the front; the rest failed or did not fit (at most 1024 go per
+    /// call). An error means the first frame could not be sent.
+    pub fn send_batch<'f>(
+        &self,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+        scratch: &mut MmsgScratch,
+    ) -> io::Result<usize> {
         const MAX: usize = 1024; // UIO_MAXIOV: the kernel's cap on vlen.
-        let frames = &frames[..frames.len().min(MAX)];
-        if frames.is_empty() {
+        let MmsgScratch { iovs, msgs } = scratch;
+        iovs.clear();
+        msgs.clear();
+        iovs.extend(frames.into_iter().take(MAX).map(|f| libc::iovec {
+            iov_base: f.as_ptr().cast_mut().cast(),
+            iov_len: f.len(),
+        }));
+        if iovs.is_empty() {
             return Ok(0);
         }
-        let mut iovs: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr().cast_mut().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: `msghdr` is a plain C struct for which all-zero bytes are a valid value
-                // (null name/control, zero lengths).
-                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: hdr,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+        for iov in iovs.iter_mut() {
+            // SAFETY: `msghdr` is a plain C struct for which all-zero bytes are a valid value
+            // (null name/control, zero lengths).
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            msgs.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
+        }
         let vlen = libc::c_uint::try_from(msgs.len()).map_err(io::Error::other)?;
         // SAFETY: `msgs` holds `vlen` initialised headers, each pointing at one `iovec` in `iovs`,
         // which in turn point at the caller's frames; all outlive the call. The kernel only reads
         // the buffers (send) and writes `msg_len` into `msgs`, which we own mutably.
         let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), vlen, 0) };
+        // No pointer into the caller's frames stays behind.
+        iovs.clear();
+        msgs.clear();
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(usize::try_from(rc).unwrap_or(0))
+    }
+}
+
+/// The `sendmmsg` headers of [`TxSocket::send_batch`], kept between calls for their capacity:
+/// empty whenever no call is running, so it never holds a pointer to a frame.
+#[derive(Default)]
+pub struct MmsgScratch {
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl std::fmt::Debug for MmsgScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmsgScratch")
+            .field("capacity", &self.msgs.capacity())
+            .finish()
     }
 }
 
