@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use umacvlan::mac::MacAddr;
 use umacvlan::net::{Netlink, Netns, in_netns};
+use umacvlan::sys::ring::{RingConfig, RingVersion, RxRing};
+use umacvlan::sys::tx::{MmsgScratch, TxSocket};
+use umacvlan::vnet::VNET_HDR_LEN;
 
 use crate::lab::ns_command;
 
@@ -33,172 +36,40 @@ fn ifindex(ns: &Netns, dev: &str) -> Result<u32> {
         .index)
 }
 
-/// `socket(AF_PACKET, SOCK_RAW, proto)` bound to `ifindex` (in the calling thread's namespace).
-fn packet_socket(
-    proto: u16,
-    ifindex: u32,
-    rx_ring: Option<&libc::tpacket_req3>,
-) -> Result<OwnedFd> {
-    // SAFETY: plain socket(2) call with constant arguments; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be())) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-    }
-    // SAFETY: `raw` is a fresh fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    if let Some(req) = rx_ring {
-        let v3: libc::c_int = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
-        setsockopt(&fd, libc::PACKET_VERSION, &v3).context("PACKET_VERSION")?;
-        setsockopt(&fd, libc::PACKET_RX_RING, req).context("PACKET_RX_RING")?;
-    }
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const sll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
-    }
-    Ok(fd)
+/// The counting ring at the receiver: 16 blocks of 1 MiB, handed over after 2 ms when partly
+/// filled. It is umacvlan's own audited ring (`umacvlan::sys::ring`), and the blaster sends with
+/// its TX socket: the bench keeps no ring or `sendmmsg` code of its own.
+const COUNT_RING: RingConfig = RingConfig {
+    version: RingVersion::V3,
+    block_size: 1 << 20,
+    block_nr: 16,
+    frame_size: 2048,
+    retire_tov_ms: 2,
+};
+
+/// Whether a ring frame (virtio-net header first) is one of the blaster's.
+fn is_bench_frame(with_vnet: &[u8]) -> bool {
+    with_vnet.get(VNET_HDR_LEN + 12..VNET_HDR_LEN + 14) == Some(&ETH_P_BENCH.to_be_bytes()[..])
 }
 
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) -> std::io::Result<()> {
-    // SAFETY: `val` points to a live T and the length passed is its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            opt,
-            (val as *const T).cast(),
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// `PACKET_STATISTICS` (V3 layout; the kernel clears them on read).
-fn packet_stats(fd: &OwnedFd) -> std::io::Result<libc::tpacket_stats_v3> {
-    let mut st = libc::tpacket_stats_v3 {
-        tp_packets: 0,
-        tp_drops: 0,
-        tp_freeze_q_cnt: 0,
-    };
-    let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as u32;
-    // SAFETY: `st` and `len` are live and `len` is the size of `st`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            (&raw mut st).cast(),
-            &raw mut len,
-        )
-    };
-    if r == 0 {
-        Ok(st)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-const BLOCK_SIZE: u32 = 1 << 20;
-const BLOCK_NR: u32 = 16;
-/// Offsets in `struct tpacket_block_desc`: version, offset_to_priv, then `tpacket_hdr_v1`
-/// (8-byte aligned) whose first fields are block_status and num_pkts.
-const BLOCK_STATUS_OFF: usize = 8;
-const NUM_PKTS_OFF: usize = 12;
-
-/// A mapped TPACKET_V3 RX ring; unmapped on drop.
-struct RingMap {
-    base: *mut u8,
-    len: usize,
-}
-
-impl RingMap {
-    fn map(fd: &OwnedFd) -> Result<RingMap> {
-        let len = (BLOCK_SIZE * BLOCK_NR) as usize;
-        // SAFETY: a fresh shared mapping of the socket's ring; the kernel checks the length.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap the RX ring");
-        }
-        Ok(RingMap {
-            base: base.cast(),
-            len,
-        })
-    }
-
-    fn status(&self, block: usize) -> &std::sync::atomic::AtomicU32 {
-        let off = block * BLOCK_SIZE as usize + BLOCK_STATUS_OFF;
-        assert!(off + 8 <= self.len);
-        // SAFETY: `off` is inside the mapping (checked above) and 4-byte aligned (blocks are
-        // page-aligned); the word is shared with the kernel, so it is only accessed atomically.
-        unsafe {
-            &*self
-                .base
-                .wrapping_add(off)
-                .cast::<std::sync::atomic::AtomicU32>()
-        }
-    }
-
-    /// Frames in a block the kernel handed over (call after seeing TP_STATUS_USER).
-    fn num_pkts(&self, block: usize) -> u32 {
-        let off = block * BLOCK_SIZE as usize + NUM_PKTS_OFF;
-        assert!(off + 4 <= self.len);
-        // SAFETY: inside the mapping and aligned; the kernel no longer writes a user-owned block.
-        unsafe { std::ptr::read_volatile(self.base.wrapping_add(off).cast::<u32>()) }
-    }
-}
-
-impl Drop for RingMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the region mapped in `map`; no reference into it outlives
-        // `self` (status() borrows self).
-        unsafe {
-            libc::munmap(self.base.cast(), self.len);
-        }
-    }
-}
-
-/// Count frames arriving in a V3 ring until `done`, then drain what is left.
-fn count_ring(fd: &OwnedFd, done: &AtomicBool) -> Result<u64> {
-    let ring = RingMap::map(fd)?;
-    let mut next = 0usize;
+/// Count the blaster's frames arriving in `ring` until `done`, then drain what is left.
+fn count_ring(ring: &mut RxRing, done: &AtomicBool) -> u64 {
     let mut count = 0u64;
     loop {
-        let st = ring.status(next);
-        if st.load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
-            count += u64::from(ring.num_pkts(next));
-            st.store(libc::TP_STATUS_KERNEL, Ordering::Release);
-            next = (next + 1) % BLOCK_NR as usize;
-            continue;
+        let finishing = done.load(Ordering::Acquire);
+        let mut got = false;
+        while let Some(block) = ring.next_block() {
+            got = true;
+            count += block
+                .frames()
+                .filter(|f| is_bench_frame(f.with_vnet()))
+                .count() as u64;
         }
-        if done.load(Ordering::Acquire) {
-            return Ok(count);
+        if finishing && !got {
+            return count;
         }
         let mut pfd = [nix::poll::PollFd::new(
-            fd.as_fd(),
+            ring.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
         let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(10u8));
@@ -228,69 +99,52 @@ pub fn pps(
 ) -> Result<Pps> {
     let rx_if = ifindex(rx_ns, dev)?;
     let tx_if = ifindex(wire, "wire0")?;
-    let req = libc::tpacket_req3 {
-        tp_block_size: BLOCK_SIZE,
-        tp_block_nr: BLOCK_NR,
-        tp_frame_size: 2048,
-        tp_frame_nr: BLOCK_SIZE / 2048 * BLOCK_NR,
-        tp_retire_blk_tov: 2,
-        tp_sizeof_priv: 0,
-        tp_feature_req_word: 0,
-    };
-    let rx = in_netns(rx_ns, || packet_socket(ETH_P_BENCH, rx_if, Some(&req)))??;
-    let tx = in_netns(wire, || packet_socket(0, tx_if, None))??;
-    let _ = packet_stats(&rx); // clear
+    let mut rx = in_netns(rx_ns, || RxRing::open(rx_if, COUNT_RING))??;
+    let tx = in_netns(wire, || TxSocket::open(tx_if))??;
+    let _ = rx.stats(); // clear
     let done = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<Pps> {
-        let counter = s.spawn(|| count_ring(&rx, &done));
+        let counter = s.spawn(|| {
+            let received = count_ring(&mut rx, &done);
+            (received, rx.stats())
+        });
         let (sent, elapsed) = blast(&tx, wire_mac, dst, dur, stop);
         // Let the last frames cross the forwarder and the ring's 2 ms block timer fire.
         std::thread::sleep(Duration::from_millis(150));
         done.store(true, Ordering::Release);
-        let received = counter.join().expect("counter thread")?;
-        let st = packet_stats(&rx).context("PACKET_STATISTICS")?;
+        let (received, st) = counter.join().expect("counter thread");
+        let st = st.context("PACKET_STATISTICS")?;
         let secs = elapsed.as_secs_f64();
         Ok(Pps {
             sent: sent as f64 / secs,
             received: received as f64 / secs,
-            rx_socket_drops: u64::from(st.tp_drops),
+            rx_socket_drops: u64::from(st.drops),
         })
     })
 }
 
 /// sendmmsg batches of one 60-byte frame for `dur`; returns (frames sent, time taken).
 fn blast(
-    fd: &OwnedFd,
+    tx: &TxSocket,
     src: MacAddr,
     dst: MacAddr,
     dur: Duration,
     stop: &AtomicBool,
 ) -> (u64, Duration) {
-    let mut frame = [0u8; FRAME_LEN];
-    frame[..6].copy_from_slice(&dst.0);
-    frame[6..12].copy_from_slice(&src.0);
-    frame[12..14].copy_from_slice(&ETH_P_BENCH.to_be_bytes());
-    let mut iov = [libc::iovec {
-        iov_base: frame.as_mut_ptr().cast(),
-        iov_len: FRAME_LEN,
-    }; BATCH];
-    // SAFETY: mmsghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-        m.msg_hdr.msg_iov = v;
-        m.msg_hdr.msg_iovlen = 1;
-    }
+    // A zero virtio-net header (no offload), then the frame.
+    let mut frame = [0u8; VNET_HDR_LEN + FRAME_LEN];
+    let eth = &mut frame[VNET_HDR_LEN..];
+    eth[..6].copy_from_slice(&dst.0);
+    eth[6..12].copy_from_slice(&src.0);
+    eth[12..14].copy_from_slice(&ETH_P_BENCH.to_be_bytes());
+    let mut scratch = MmsgScratch::default();
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < dur && !stop.load(Ordering::Relaxed) {
-        // SAFETY: `msgs` holds BATCH valid headers whose iovecs point into `frame`, all alive
-        // for the call; the socket is bound, so no address is needed.
-        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-        if n > 0 {
-            sent += n as u64;
-        } else {
+        match tx.send_batch(std::iter::repeat_n(&frame[..], BATCH), &mut scratch) {
+            Ok(n) if n > 0 => sent += n as u64,
             // ENOBUFS/EAGAIN: the device queue is full; yield and go on.
-            std::thread::yield_now();
+            _ => std::thread::yield_now(),
         }
     }
     (sent, start.elapsed())
