@@ -25,7 +25,6 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,7 +38,6 @@ use crate::engine::plan::{ParentOptions, plan};
 use crate::forward::{Ingress, Mode, ParentConfig, PortConfig, PortId, PortTable, decide};
 use crate::frame::FrameMeta;
 use crate::mac::MacAddr;
-use crate::net::netns::NETNS_RUN_DIR;
 use crate::net::{Netlink, Netns, OperState, in_netns};
 use crate::spec::PortSpec;
 
@@ -449,30 +447,7 @@ impl Matrix {
 /// Removes `umvlab-<pid>-*` namespaces whose process is gone (a lab that crashed or was killed).
 /// Never touches anything else. Returns the names removed.
 pub fn sweep_stale() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = lab_pid(&name) else { continue };
-        if pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-            && Netns::delete(&name).is_ok()
-        {
-            removed.push(name);
-        }
-    }
-    removed.sort();
-    removed
-}
-
-/// The pid in `umvlab-<pid>-<role>`.
-fn lab_pid(name: &str) -> Option<u32> {
-    let (pid, role) = name.strip_prefix(NAME_PREFIX)?.split_once('-')?;
-    (!role.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| pid.parse().ok())
-        .flatten()
+    crate::net::netns::sweep_orphans(NAME_PREFIX)
 }
 
 /// The names this lab created; removes them (newest first) when dropped.
@@ -1260,14 +1235,18 @@ mod tests {
         );
     }
 
+    fn lab_pid_of(name: &str) -> Option<u32> {
+        crate::net::netns::owner_pid(name, NAME_PREFIX)
+    }
+
     #[test]
     fn lab_names_carry_a_pid() {
-        assert_eq!(lab_pid("umvlab-1234-wire"), Some(1234));
-        assert_eq!(lab_pid("umvlab-1234-c1"), Some(1234));
-        assert_eq!(lab_pid("umvlab-x-c1"), None);
-        assert_eq!(lab_pid("umvlab-1234-"), None);
-        assert_eq!(lab_pid("umv-1234-net-0"), None);
-        assert_eq!(lab_pid("other"), None);
+        assert_eq!(lab_pid_of("umvlab-1234-wire"), Some(1234));
+        assert_eq!(lab_pid_of("umvlab-1234-c1"), Some(1234));
+        assert_eq!(lab_pid_of("umvlab-x-c1"), None);
+        assert_eq!(lab_pid_of("umvlab-1234-"), None);
+        assert_eq!(lab_pid_of("umv-1234-net-0"), None);
+        assert_eq!(lab_pid_of("other"), None);
     }
 
     #[test]

@@ -187,6 +187,38 @@ impl From<OwnedFd> for Netns {
     }
 }
 
+/// The pid in a namespace name `<prefix><pid>-<role>` (how the tests, the lab and the bench
+/// name theirs), if the name has that shape.
+pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let (pid, role) = name.strip_prefix(prefix)?.split_once('-')?;
+    (!role.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Deletes the namespaces named `<prefix><pid>-<role>` whose process is gone (left by a crash),
+/// never this process's own. Returns the names removed, sorted.
+pub fn sweep_orphans(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner_pid(&name, prefix) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && Netns::delete(&name).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
+}
+
 /// Run `f` on a freshly spawned thread that has entered `netns`, wait for it, and return its
 /// result. The caller's thread never changes namespace. A panic in `f` is resumed in the caller.
 ///

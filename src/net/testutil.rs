@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::netns::{NETNS_RUN_DIR, Netns};
+use super::netns::Netns;
 
 /// Panic unless running as root: a root test must never pass silently without root.
 pub fn require_root() {
@@ -107,24 +107,7 @@ pub fn ip_json(args: &[&str]) -> serde_json::Value {
 /// Delete `umv-<pid>-*` namespaces whose process is gone (left by a crashed test run). Returns
 /// the names removed.
 pub fn sweep_dead() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("umv-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() && Netns::delete(&name).is_ok() {
-            removed.push(name);
-        }
-    }
-    removed
+    super::netns::sweep_orphans("umv-")
 }
 
 /// The standard engine test topology: a wire namespace (`wire0`, 192.0.2.254/24) on a veth whose

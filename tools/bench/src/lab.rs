@@ -169,28 +169,7 @@ pub fn which(bin: &str) -> Option<PathBuf> {
 
 /// Remove `umvb-<pid>-*` namespaces whose process is gone. Returns the names removed.
 pub fn sweep_stale() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-            && Netns::delete(&name).is_ok()
-        {
-            removed.push(name);
-        }
-    }
-    removed.sort();
-    removed
+    umacvlan::net::netns::sweep_orphans(PREFIX)
 }
 
 /// Every `umvb-*` namespace that exists now (for the smoke test and the final check).
