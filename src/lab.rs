@@ -34,14 +34,14 @@ use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::sched::CloneFlags;
 
-use crate::engine::daemon::Daemon;
-use crate::engine::plan::{ParentOptions, plan};
+use crate::control::daemon::Daemon;
+use crate::control::plan::{ParentOptions, plan};
+use crate::control::spec::PortSpec;
 use crate::forward::{Ingress, Mode, ParentConfig, PortConfig, PortId, PortTable, decide};
 use crate::frame::FrameMeta;
 use crate::mac::MacAddr;
 use crate::net::netns::NETNS_RUN_DIR;
 use crate::net::{Netlink, Netns, OperState, in_netns};
-use crate::spec::PortSpec;
 
 /// Every lab namespace is named `umvlab-<pid>-<role>`.
 pub const NAME_PREFIX: &str = "umvlab-";
@@ -532,7 +532,7 @@ impl EngineThread {
                     nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
                         .context("entering the lab's host namespace")?;
                     let plan = plan(PARENT, ParentOptions::default(), &specs)?;
-                    Daemon::start(plan, crate::engine::daemon::EngineOptions::default())
+                    Daemon::start(plan, crate::control::daemon::EngineOptions::default())
                 })();
                 let mut engine = match started {
                     Ok(e) => e,

@@ -19,7 +19,6 @@
 
 pub mod cli;
 pub mod cni;
-pub mod config;
 pub mod control;
 pub mod engine;
 pub mod errors;
@@ -29,12 +28,8 @@ pub mod frame;
 pub mod fuzzing;
 pub mod lab;
 pub mod mac;
-pub mod metrics;
 pub mod net;
 pub mod offload;
-pub mod service;
-pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod trace;
 pub mod vnet;

@@ -20,7 +20,7 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::blocks::opt_common::CommonOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
-use umacvlan::control::frames::FrameRecord;
+use umacvlan::engine::record::FrameRecord;
 use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
 

@@ -40,10 +40,10 @@ use pcap_file::pcapng::blocks::opt_common::CommonOption;
 
 use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
-use crate::control::frames::FrameRecord;
 use crate::control::proto::{
     FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request,
 };
+use crate::engine::record::FrameRecord;
 use crate::forward::DropReason;
 
 /// EPB flags, direction bits (pcapng §4.3.1): the frame entered at this interface.
@@ -523,7 +523,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::frames::{Head, encode};
+    use crate::engine::record::{Head, encode};
     use pcap_file::pcapng::{Block, PcapNgReader};
 
     /// One record (its length first): a 60-byte frame from `from` (`None`: the wire) of p0.

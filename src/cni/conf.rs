@@ -238,7 +238,7 @@ impl NetConf {
     pub fn master(&self) -> Result<String, CniError> {
         match &self.master {
             Some(m) => Ok(m.clone()),
-            None => crate::engine::plan::default_route_interface().ok_or_else(|| {
+            None => crate::control::plan::default_route_interface().ok_or_else(|| {
                 CniError::new(
                     code::INVALID_CONFIG,
                     "no master given and no default route interface found",

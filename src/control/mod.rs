@@ -2,9 +2,17 @@
 //! engine, the daemon's socket server ([`server`]) and the commands' client ([`client`]).
 
 pub mod client;
-pub mod frames;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod plan;
 pub mod proto;
+pub mod report;
 pub mod server;
+pub mod service;
+pub mod spec;
+pub mod trace;
+pub mod watch;
 
 pub use client::{ClientError, request};
 pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_into, serve_with};
@@ -15,13 +23,13 @@ pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_into, ser
 /// drops `reply`. `closed` disconnects when the client is gone (the server drops its end): a
 /// stream's producer selects on it to stop. `raw`, given for a binary follow stream only, takes
 /// everything after the stream's first response: chunks of frame records, then the end
-/// ([`frames::Chunk::end`]); the server writes them as they are.
+/// ([`Chunk::end`](crate::engine::record::Chunk::end)); the server writes them as they are.
 #[derive(Debug)]
 pub struct Call {
     pub request: proto::Request,
     pub reply: crossbeam_channel::Sender<proto::Response>,
     pub closed: crossbeam_channel::Receiver<()>,
-    pub raw: Option<crossbeam_channel::Sender<frames::Chunk>>,
+    pub raw: Option<crossbeam_channel::Sender<crate::engine::record::Chunk>>,
 }
 
 #[cfg(test)]
