@@ -13,9 +13,9 @@ use umacvlan::engine::counters::{ParentCounters, PortCounters};
 use umacvlan::engine::deliver::{self, PortIo, ToWire};
 use umacvlan::engine::observe::{Filter, ObserverCache, Observers};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
-use umacvlan::mac::MacAddr;
 use umacvlan::sys::{fake_v3_block, frames_in};
-use umacvlan::vnet::VNET_HDR_LEN;
+use umacvlan::wire::mac::MacAddr;
+use umacvlan::wire::vnet::VNET_HDR_LEN;
 
 /// A port whose writes succeed at once and go nowhere.
 #[derive(Default)]

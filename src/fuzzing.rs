@@ -8,8 +8,8 @@
 use crate::forward::{
     DEFAULT_MAX_FRAME, Delivery, Ingress, Mode, ParentConfig, PortConfig, PortTable, decide,
 };
-use crate::frame::{FrameMeta, VlanTag};
-use crate::mac::MacAddr;
+use crate::wire::frame::{FrameMeta, VlanTag};
+use crate::wire::mac::MacAddr;
 
 /// A table of every mode, built from the fuzzer's first byte (which ports are up, which have
 /// joined a group, the bc_cutoff, a source list), so that frames meet every branch.

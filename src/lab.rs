@@ -38,10 +38,10 @@ use crate::control::daemon::Daemon;
 use crate::control::plan::{ParentOptions, plan};
 use crate::control::spec::PortSpec;
 use crate::forward::{Ingress, Mode, ParentConfig, PortConfig, PortId, PortTable, decide};
-use crate::frame::FrameMeta;
-use crate::mac::MacAddr;
 use crate::net::netns::NETNS_RUN_DIR;
 use crate::net::{Netlink, Netns, OperState, in_netns};
+use crate::wire::frame::FrameMeta;
+use crate::wire::mac::MacAddr;
 
 /// Every lab namespace is named `umvlab-<pid>-<role>`.
 pub const NAME_PREFIX: &str = "umvlab-";

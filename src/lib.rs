@@ -23,13 +23,10 @@ pub mod control;
 pub mod engine;
 pub mod errors;
 pub mod forward;
-pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lab;
-pub mod mac;
 pub mod net;
-pub mod offload;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod vnet;
+pub mod wire;

@@ -264,7 +264,7 @@ fn ingress_comment(c: &mut String, f: &FrameRecord<'_>) {
 pub fn follow_line(f: &ObservedFrame) -> String {
     let secs = f.time_ns / 1_000_000_000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let mac = |m: Option<crate::mac::MacAddr>| m.map_or("-".to_string(), |m| m.to_string());
+    let mac = |m: Option<crate::wire::mac::MacAddr>| m.map_or("-".to_string(), |m| m.to_string());
     let from = if f.from == "parent" {
         format!("parent({})", f.parent)
     } else {

@@ -16,7 +16,7 @@ use crate::control::proto::{
 };
 use crate::control::spec::LinkPortSpec;
 use crate::forward::{DropReason, Mode};
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// Add, remove, change and show the running engine's ports, in `ip link`'s words.
 ///

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{CniError, SUPPORTED_VERSIONS, code};
 use crate::control::proto::DEFAULT_SOCKET;
 use crate::forward::Mode;
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// The `CNI_*` environment of one invocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -37,8 +37,8 @@ use toml::Spanned;
 use crate::control::proto::LinkSpec;
 use crate::control::spec::PortKind;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
-use crate::mac::MacAddr;
 use crate::net::{Cidr, Netlink};
+use crate::wire::mac::MacAddr;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

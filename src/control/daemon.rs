@@ -48,13 +48,13 @@ use crate::engine::record::{self, Chunk, FrameRecord};
 use crate::engine::stream::StreamPort;
 use crate::engine::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::forward::{LowerFilter, MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
-use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
 use crate::sys::attach::PacketPort;
 use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
+use crate::wire::mac::MacAddr;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
 /// under bursts (perf-facts.md §3).

@@ -61,7 +61,7 @@ pub enum PlanError {
     )]
     ParentMac {
         port: String,
-        mac: crate::mac::MacAddr,
+        mac: crate::wire::mac::MacAddr,
     },
     #[error("no parent given and no default route to take one from: name the parent")]
     NoDefaultRoute,

@@ -15,8 +15,8 @@ use crate::control::spec::PortKind;
 /// A frame as an `observation` carries it: the JSON face of the engine's frame record.
 pub use crate::engine::record::{FailedCopy, ObservedFrame};
 use crate::forward::Mode;
-use crate::mac::MacAddr;
 use crate::net::Cidr;
+use crate::wire::mac::MacAddr;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;

@@ -37,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::engine::record::{self, Chunk, Head, Recycler};
 use crate::forward::{DropReason, Rule};
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// A sink's buffer is handed over once it holds this much, even mid-batch.
 pub const CHUNK_BYTES: usize = 256 * 1024;

@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// Ends the records of a binary stream; the follow-end JSON line comes next.
 pub const END: [u8; 4] = [0; 4];

@@ -16,7 +16,7 @@
 //!
 //! Writing: from any thread, one frame (length and body) per `sendmsg` under a lock, so frames
 //! never interleave. A frame with offload state (a TCP super-frame, a partial checksum) is
-//! completed in software first ([`crate::offload`]). A send that only goes part way is finished
+//! completed in software first ([`crate::wire::offload`]). A send that only goes part way is finished
 //! within [`FINISH_WITHIN`] or the peer is disconnected (its framing would be broken).
 //! Without a peer a write fails with `NotConnected`: the copy is counted as `no_peer`.
 
@@ -33,8 +33,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, sendmsg};
 
 use crate::forward::DropReason;
-use crate::offload;
-use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+use crate::wire::offload;
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// The largest frame a peer may announce (QEMU sends at most 69 632 bytes, `NET_BUFSIZE`, and
 /// without offloads an Ethernet frame is far shorter).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns};
 
-use crate::frame::VlanTag;
+use crate::wire::frame::VlanTag;
 
 use super::RxRing;
 

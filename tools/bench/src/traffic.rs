@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::{Netlink, Netns, in_netns};
+use umacvlan::wire::mac::MacAddr;
 
 use crate::lab::ns_command;
 
