@@ -360,7 +360,7 @@ impl Drop for Observe<'_> {
 
 /// Every frame the chunks waiting on `rx` hold, as JSON would carry it, with its bytes.
 #[cfg(test)]
-pub fn received(rx: &Receiver<Chunk>) -> Vec<(crate::control::proto::ObservedFrame, Vec<u8>)> {
+pub fn received(rx: &Receiver<Chunk>) -> Vec<(super::record::ObservedFrame, Vec<u8>)> {
     use crate::engine::record::{FrameRecord, records};
     let mut v = Vec::new();
     for c in rx.try_iter() {
