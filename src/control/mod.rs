@@ -1,18 +1,23 @@
-//! The control plane's wire: the protocol ([`proto`]) between `umacvlan` commands and a running
+//! The control plane: the daemon that runs the engine's parents and ports and changes them while
+//! they forward (`daemon`), the checks before anything is created (`plan`), the watchers that
+//! follow each port in its namespace (`watch`), the configuration file (`config`), port specs
+//! ([`spec`]), `trace` ([`trace`]), metrics, counters as text and systemd (`metrics`, `report`,
+//! `service`); and its wire: the protocol ([`proto`]) between `umacvlan` commands and a running
 //! engine, the daemon's socket server ([`server`]) and the commands' client ([`client`]).
 
 pub mod client;
+#[doc(hidden)]
 pub mod config;
-pub mod daemon;
-pub mod metrics;
-pub mod plan;
+pub(crate) mod daemon;
+pub(crate) mod metrics;
+pub(crate) mod plan;
 pub mod proto;
-pub mod report;
+pub(crate) mod report;
 pub mod server;
-pub mod service;
+pub(crate) mod service;
 pub mod spec;
 pub mod trace;
-pub mod watch;
+pub(crate) mod watch;
 
 pub use client::{ClientError, request};
 pub use server::{ControlServer, ServeError, ServeOptions, serve, serve_into, serve_with};

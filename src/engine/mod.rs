@@ -3,12 +3,14 @@
 //! (dev.rs, stream.rs), and the observers that record the frames they carry (observe.rs, in the
 //! format of record.rs). The control plane ([`crate::control`]) starts and changes it.
 
+#[doc(hidden)]
 pub mod adaptive;
-pub mod admit;
+pub(crate) mod admit;
 pub mod counters;
 pub mod deliver;
-pub mod dev;
+pub(crate) mod dev;
 pub mod observe;
 pub mod record;
+#[doc(hidden)]
 pub mod stream;
-pub mod worker;
+pub(crate) mod worker;
