@@ -9,7 +9,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod daemon;
-pub(crate) mod metrics;
+pub mod metrics;
 pub(crate) mod plan;
 pub mod proto;
 pub(crate) mod report;

@@ -16,9 +16,11 @@
 //!
 //! Writing: from any thread, one frame (length and body) per `sendmsg` under a lock, so frames
 //! never interleave. A frame with offload state (a TCP super-frame, a partial checksum) is
-//! completed in software first ([`crate::wire::offload`]). A send that only goes part way is finished
+//! completed in software first ([`crate::offload`]). A send that only goes part way is finished
 //! within [`FINISH_WITHIN`] or the peer is disconnected (its framing would be broken).
 //! Without a peer a write fails with `NotConnected`: the copy is counted as `no_peer`.
+//!
+//! [`crate::offload`]: crate::wire::offload
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
