@@ -1,6 +1,6 @@
 //! Criterion benches for the engine's per-batch loop, without root: a TPACKET_V3 block built in
 //! memory ([`fake_v3_block`]) is forwarded with the worker's own code
-//! ([`forward::from_parent_block`]), counters included, into ports whose writes cost nothing.
+//! ([`deliver::from_parent_block`]), counters included, into ports whose writes cost nothing.
 //! What remains is the engine's own cost per frame: the ring walk, parsing, `decide()`, the
 //! gathered-write setup and the counting. The TAP writes themselves (the kernel's part) are
 //! measured end to end by `tools/bench`.
@@ -10,12 +10,12 @@ use std::io::{self, IoSlice};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use umacvlan::engine::counters::{ParentCounters, PortCounters};
-use umacvlan::engine::forward::{self, PortIo, ToWire};
+use umacvlan::engine::deliver::{self, PortIo, ToWire};
 use umacvlan::engine::observe::{Filter, ObserverCache, Observers};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
-use umacvlan::mac::MacAddr;
 use umacvlan::sys::{fake_v3_block, frames_in};
-use umacvlan::vnet::VNET_HDR_LEN;
+use umacvlan::wire::mac::MacAddr;
+use umacvlan::wire::vnet::VNET_HDR_LEN;
 
 /// A port whose writes succeed at once and go nowhere.
 #[derive(Default)]
@@ -91,7 +91,7 @@ fn bench_ring_block(c: &mut Criterion) {
             let block = fake_v3_block(&refs, 64 * 1024).expect("a batch fits a 64 KiB block");
             g.bench_with_input(BenchmarkId::new(*name, n), &block, |b, block| {
                 b.iter(|| {
-                    forward::from_parent_block(&t, &pc, &ports, frames_in(black_box(block)), None)
+                    deliver::from_parent_block(&t, &pc, &ports, frames_in(black_box(block)), None)
                 });
             });
         }
@@ -114,7 +114,7 @@ fn bench_tap_batch(c: &mut Criterion) {
             b.iter(|| {
                 let mut wire = 0;
                 for _ in 0..BATCH {
-                    if forward::from_port(&t, &ports, PortId(0), black_box(&f)) != ToWire::No {
+                    if deliver::from_port(&t, &ports, PortId(0), black_box(&f)) != ToWire::No {
                         wire += 1;
                     }
                 }
@@ -155,7 +155,7 @@ fn bench_observed_block(c: &mut Criterion) {
             g.bench_function(id, |b| {
                 b.iter(|| {
                     let obs = observers.batch(&mut cache, "p0");
-                    forward::from_parent_block(
+                    deliver::from_parent_block(
                         &t,
                         &pc,
                         &ports,

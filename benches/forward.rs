@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use umacvlan::forward::{Ingress, Mode, ParentConfig, PortConfig, PortTable, decide};
-use umacvlan::frame::FrameMeta;
-use umacvlan::mac::MacAddr;
+use umacvlan::wire::frame::FrameMeta;
+use umacvlan::wire::mac::MacAddr;
 
 const JOINED: MacAddr = MacAddr([1, 0, 0x5e, 0, 0, 1]);
 const UNJOINED: MacAddr = MacAddr([1, 0, 0x5e, 0, 0, 2]);

@@ -8,8 +8,8 @@
 use crate::forward::{
     DEFAULT_MAX_FRAME, Delivery, Ingress, Mode, ParentConfig, PortConfig, PortTable, decide,
 };
-use crate::frame::{FrameMeta, VlanTag};
-use crate::mac::MacAddr;
+use crate::wire::frame::{FrameMeta, VlanTag};
+use crate::wire::mac::MacAddr;
 
 /// A table of every mode, built from the fuzzer's first byte (which ports are up, which have
 /// joined a group, the bc_cutoff, a source list), so that frames meet every branch.
@@ -100,14 +100,14 @@ pub fn control_request(data: &[u8]) {
 /// A configuration file.
 pub fn config_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::config::Config::parse("fuzz.toml", text);
+        let _ = crate::control::config::Config::parse("fuzz.toml", text);
     }
 }
 
 /// A `--port` value and a MAC address.
 pub fn port_spec(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = text.parse::<crate::spec::PortSpec>();
+        let _ = text.parse::<crate::control::spec::PortSpec>();
         let _ = text.parse::<MacAddr>();
     }
 }

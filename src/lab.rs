@@ -33,13 +33,13 @@ use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::sched::CloneFlags;
 
-use crate::engine::daemon::Daemon;
-use crate::engine::plan::{ParentOptions, plan};
+use crate::control::daemon::Daemon;
+use crate::control::plan::{ParentOptions, plan};
+use crate::control::spec::PortSpec;
 use crate::forward::{Ingress, Mode, ParentConfig, PortConfig, PortId, PortTable, decide};
-use crate::frame::FrameMeta;
-use crate::mac::MacAddr;
 use crate::net::{Netlink, Netns, OperState, in_netns};
-use crate::spec::PortSpec;
+use crate::wire::frame::FrameMeta;
+use crate::wire::mac::MacAddr;
 
 /// Every lab namespace is named `umvlab-<pid>-<role>`.
 pub const NAME_PREFIX: &str = "umvlab-";
@@ -507,7 +507,7 @@ impl EngineThread {
                     nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
                         .context("entering the lab's host namespace")?;
                     let plan = plan(PARENT, ParentOptions::default(), &specs)?;
-                    Daemon::start(plan, crate::engine::daemon::EngineOptions::default())
+                    Daemon::start(plan, crate::control::daemon::EngineOptions::default())
                 })();
                 let mut engine = match started {
                     Ok(e) => e,
@@ -595,7 +595,7 @@ struct Node {
     name: String,
     ns_name: String,
     endpoint: Endpoint,
-    /// The device that carries the address (wire0, br0 or c<i>).
+    /// The device that carries the address (wire0, br0 or `c<i>`).
     dev: String,
     ifindex: u32,
     addr: Ipv4Addr,

@@ -1,40 +1,52 @@
 //! umacvlan: Linux macvlan rebuilt in userspace.
 //!
-//! * [`mac`], [`frame`]: vocabulary — MAC addresses and a checked view of one frame.
-//! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
-//! * [`sys`]: the only `unsafe` code — TPACKET_V3 ring, TX socket, TAP devices.
-//! * [`offload`]: checksum and TCP segmentation in software, for ports without a vnet header.
-//! * [`vnet`]: the `virtio_net_hdr` that rides in front of every frame on the ring, TX socket
-//!   and TAPs.
-//! * [`net`]: rtnetlink and network-namespace helpers.
-//! * [`engine`]: the worker loop that moves frames and counts them.
-//! * [`control`]: the control socket: protocol, server, client.
+//! # Layers
+//!
+//! The modules form layers, from the bottom up. **A module may import only from its own layer
+//! or a layer below it**; `tests/layers.rs` checks every `crate::` path under `src/` against
+//! this table.
+//!
+//! | layer | modules                     | what it is                                         |
+//! |-------|-----------------------------|----------------------------------------------------|
+//! | 0     | [`wire`], [`errors`]        | vocabulary: addresses, frames, headers; error text |
+//! | 1     | [`forward`]                 | the pure forwarding decision                       |
+//! | 2     | [`sys`]                     | the only `unsafe`: sockets, rings, TAPs            |
+//! | 3     | [`net`]                     | rtnetlink and network namespaces                   |
+//! | 4     | [`engine`]                  | the data plane: workers that carry out verdicts    |
+//! | 5     | [`control`]                 | the control plane: the daemon and its socket       |
+//! | 6     | [`cli`], [`cni`], `lab`, `fuzzing` | the programs and test bodies built on it    |
+//!
+//! # Modules
+//!
+//! * [`wire`]: MAC addresses, a checked view of one frame, the `virtio_net_hdr`, and checksum
+//!   and segmentation in software for ports without one.
 //! * [`errors`]: an error and its causes as one line, each cause said once.
-//! * [`trace`]: one frame's decision explained, as JSON and text.
-//! * [`service`]: running under systemd (sd_notify, the watchdog's health rule).
+//! * [`forward`]: the pure forwarding decision, `decide()`, and the port table it reads.
+//! * [`sys`]: the only `unsafe` code: TPACKET ring, TX socket, TAP devices, attached netdevs,
+//!   capabilities.
+//! * [`net`]: rtnetlink and network-namespace helpers.
+//! * [`engine`]: the worker loop that moves frames and counts them, and the observers that record
+//!   them.
+//! * [`control`]: the daemon that runs the engine and changes it while it forwards, its plan
+//!   checks, watchers, configuration and port specs, and its socket: protocol, server, client.
 //! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
-//! * [`lab`]: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
+//! * [`cli`]: the command line `umacvlan`.
+//! * `lab`: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
 //!   the rules.
+//! * `fuzzing`: the fuzz targets' bodies (`fuzz/`), also run as unit tests.
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod cni;
-pub mod config;
 pub mod control;
 pub mod engine;
 pub mod errors;
 pub mod forward;
-pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
 pub mod lab;
-pub mod mac;
-pub mod metrics;
 pub mod net;
-pub mod offload;
-pub mod service;
-pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod trace;
-pub mod vnet;
+pub mod wire;

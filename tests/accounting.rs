@@ -15,8 +15,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{ip, topology, try_ip, wait_until};
+use umacvlan::wire::mac::MacAddr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const FRAMES: u64 = 60_000;

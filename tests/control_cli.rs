@@ -7,10 +7,10 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use umacvlan::control::proto::*;
+use umacvlan::control::trace::{TraceFrame, trace_json};
 use umacvlan::control::{Call, ControlServer, serve};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortTable};
-use umacvlan::mac::MacAddr;
-use umacvlan::trace::{TraceFrame, trace_json};
+use umacvlan::wire::mac::MacAddr;
 
 fn umacvlan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_umacvlan"))

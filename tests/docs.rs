@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::CommandFactory;
-use umacvlan::config::Config;
+use umacvlan::control::config::Config;
 use umacvlan::control::proto::StatsView;
 use umacvlan::forward::{DropReason, Rule};
 
@@ -124,16 +124,16 @@ fn port_keys_table_is_config_keys() {
     same(
         "--port keys (docs/reference.md)",
         rows.iter().map(|r| code(&r[0])).collect(),
-        umacvlan::spec::CONFIG_KEYS
+        umacvlan::control::spec::CONFIG_KEYS
             .iter()
             .map(|k| k.to_string())
             .collect(),
     );
     // The keys beyond --port's are named in the paragraph after the table.
     let reference = doc("reference.md");
-    for k in umacvlan::spec::LINK_KEYS
+    for k in umacvlan::control::spec::LINK_KEYS
         .iter()
-        .chain(umacvlan::spec::STATE_KEYS)
+        .chain(umacvlan::control::spec::STATE_KEYS)
     {
         assert!(
             reference.contains(&format!("`{k}`")),
@@ -189,7 +189,7 @@ fn config_keys_table_is_the_config_files_keys() {
 #[test]
 fn metrics_table_is_what_metrics_serves() {
     // Every family is described even with nothing to count: take the names from the encoder.
-    let text = umacvlan::metrics::encode(&StatsView::default());
+    let text = umacvlan::control::metrics::encode(&StatsView::default());
     let served = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -29,8 +29,8 @@ use std::time::Instant;
 
 use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{ETH_P_ALL, PacketSocket, disable_ipv6, nonce_of, test_frame};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{ip, ip_json, wait_until};
+use umacvlan::wire::mac::MacAddr;
 
 const C0: MacAddr = MacAddr([2, 0, 0, 0, 0x0c, 0]);
 const C1: MacAddr = MacAddr([2, 0, 0, 0, 0x0c, 1]);

@@ -16,7 +16,7 @@ use std::time::Instant;
 use common::parity::{GROUP_A, Probe, Sender, UNJOINED, expected, observe};
 use common::{ChildSpec, ChildrenProvider, Topology, TopologySpec, require_root, test_frame};
 use umacvlan::forward::Mode;
-use umacvlan::mac::MacAddr;
+use umacvlan::wire::mac::MacAddr;
 
 /// Rounds of the flood: each sends every probe kind from both flooders once.
 const ROUNDS: usize = 1500;

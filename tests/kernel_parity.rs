@@ -41,7 +41,7 @@ fn af_packet_send_limits_on_veth() {
     ip(n, &["link", "set", "va", "up"]);
     ip(n, &["link", "set", "vb", "up"]);
     let a = PacketSocket::open(n, "va", ETH_P_ALL);
-    let dst = umacvlan::mac::MacAddr::BROADCAST;
+    let dst = umacvlan::wire::mac::MacAddr::BROADCAST;
     let errno = |len: usize, vlan: Option<u16>| -> Option<i32> {
         let mut f = test_frame(dst, EXT_MAC, vlan, 1, len.max(40));
         f.truncate(len);

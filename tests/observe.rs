@@ -20,9 +20,9 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::blocks::opt_common::CommonOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
-use umacvlan::control::frames::FrameRecord;
-use umacvlan::mac::MacAddr;
+use umacvlan::engine::record::FrameRecord;
 use umacvlan::net::testutil::{Topology, ip, topology, try_ip, wait_until};
+use umacvlan::wire::mac::MacAddr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const C0: MacAddr = MacAddr([0x02, 0, 0, 0, 0x0b, 0x00]);

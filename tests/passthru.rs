@@ -27,7 +27,7 @@ use common::{
     TopologySpec, UNKNOWN_MAC, in_netns, ip, nonce_of, require_root, test_frame,
 };
 use umacvlan::forward::Mode;
-use umacvlan::mac::MacAddr;
+use umacvlan::wire::mac::MacAddr;
 
 const PACKET_HOST: u8 = 0;
 const PACKET_OTHERHOST: u8 = 3;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::engine::{Topo, topo};
 use common::{ETH_P_ALL, PacketSocket, nonce_of, test_frame};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::wait_until;
+use umacvlan::wire::mac::MacAddr;
 
 const C0: &str = "02:00:00:00:00:c0";
 /// Rounds of a sparse phase (one frame every 100 µs, at most 10 kpps: under the V3 → V2

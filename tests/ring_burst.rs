@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use common::engine::{Topo, topo};
 use common::{ETH_P_ALL, MAGIC, PacketSocket, nonce_of, test_frame};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{ip, wait_until};
+use umacvlan::wire::mac::MacAddr;
 
 const C0: MacAddr = MacAddr([2, 0, 0, 0, 0x0b, 0]);
 const SRC: MacAddr = MacAddr([2, 0, 0, 0, 0x0e, 9]);

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use common::{ETHERTYPE, EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, in_netns, nonce_of};
 use serde_json::Value;
-use umacvlan::mac::MacAddr;
 use umacvlan::net::testutil::{Topology, topology, try_ip, wait_until};
+use umacvlan::wire::mac::MacAddr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 /// Frames to c0's MAC.

@@ -251,7 +251,7 @@ fn attach_reaches_the_wire_and_a_tap_sibling_and_pins_the_guest_mac() {
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64, 0x88, 0xb5]);
     tagged.resize(64, 0x5a);
     // Sent on the guest's end with a zero vnet header, as a guest's NIC would.
-    let mut with_vnet = vec![0u8; umacvlan::vnet::VNET_HDR_LEN];
+    let mut with_vnet = vec![0u8; umacvlan::wire::vnet::VNET_HDR_LEN];
     with_vnet.extend_from_slice(&tagged);
     let guest_ns = &l.topo.kids[1];
     let sock = umacvlan::net::in_netns(guest_ns, || {

@@ -41,10 +41,10 @@ use pcap_file::pcapng::blocks::opt_common::CommonOption;
 
 use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
-use crate::control::frames::FrameRecord;
 use crate::control::proto::{
     FollowInterface, FollowRequest, MAX_SNAPLEN, ObservedFrame, Reply, Request,
 };
+use crate::engine::record::FrameRecord;
 use crate::forward::DropReason;
 
 /// EPB flags, direction bits (pcapng §4.3.1): the frame entered at this interface.
@@ -265,7 +265,7 @@ fn ingress_comment(c: &mut String, f: &FrameRecord<'_>) {
 pub fn follow_line(f: &ObservedFrame) -> String {
     let secs = f.time_ns / 1_000_000_000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let mac = |m: Option<crate::mac::MacAddr>| m.map_or("-".to_string(), |m| m.to_string());
+    let mac = |m: Option<crate::wire::mac::MacAddr>| m.map_or("-".to_string(), |m| m.to_string());
     let from = if f.from == "parent" {
         format!("parent({})", f.parent)
     } else {
@@ -524,7 +524,7 @@ pub fn run(a: CaptureArgs) -> Result<ExitCode, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::frames::{Head, encode};
+    use crate::engine::record::{Head, encode};
     use pcap_file::pcapng::{Block, PcapNgReader};
 
     /// One record (its length first): a 60-byte frame from `from` (`None`: the wire) of p0.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::Failure;
-use crate::config::Config;
+use crate::control::config::Config;
 
 /// Work with configuration files.
 #[derive(Debug, Args)]

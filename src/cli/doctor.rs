@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::{ControlArg, Failure};
 use crate::control::client;
+use crate::control::plan::{PlanError, default_route_interface};
 use crate::control::proto::{LinkFilter, Reply, Request};
-use crate::engine::plan::{PlanError, default_route_interface};
 use crate::net::{LinkInfo, Netlink, is_wireless};
 
 /// Check a parent and this machine before running umacvlan, in plain words.

@@ -14,9 +14,9 @@ use crate::control::client;
 use crate::control::proto::{
     Empty, LinkChange, LinkFilter, LinkName, LinkSpec, LinkView, MacaddrOp, Reply, Request,
 };
+use crate::control::spec::LinkPortSpec;
 use crate::forward::{DropReason, Mode};
-use crate::mac::MacAddr;
-use crate::spec::LinkPortSpec;
+use crate::wire::mac::MacAddr;
 
 /// Add, remove, change and show the running engine's ports, in `ip link`'s words.
 ///

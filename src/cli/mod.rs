@@ -6,7 +6,6 @@ mod docs;
 mod doctor;
 mod lab;
 pub mod link;
-pub mod report;
 mod run;
 pub mod stats;
 mod trace;

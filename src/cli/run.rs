@@ -8,14 +8,14 @@ use nix::sys::signal::{SigSet, Signal};
 use super::Failure;
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::control::config::Config;
+use crate::control::daemon::{Daemon, EngineOptions};
+use crate::control::metrics::MetricsServer;
+use crate::control::plan::{ParentOptions, plan};
 use crate::control::proto;
+use crate::control::service::Service;
+use crate::control::spec::PortSpec;
 use crate::control::{Call, ServeOptions, serve_into};
-use crate::engine::daemon::{Daemon, EngineOptions};
-use crate::engine::plan::{ParentOptions, plan};
-use crate::metrics::MetricsServer;
-use crate::service::Service;
-use crate::spec::PortSpec;
 use crate::sys::caps::{self, CapSet};
 use crate::sys::ring::{RingConfig, RingVersion};
 
@@ -166,7 +166,7 @@ pub fn signals(reload: bool) -> anyhow::Result<crossbeam_channel::Receiver<Signa
 /// What the command line asks for, checked: nothing is created yet.
 enum Checked {
     Config(PathBuf, Config),
-    Ports(Box<crate::engine::plan::Plan>),
+    Ports(Box<crate::control::plan::Plan>),
     /// No ports yet: `umacvlan link add` brings them.
     Empty,
 }

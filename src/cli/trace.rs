@@ -10,10 +10,10 @@ use clap::Args;
 use super::{ControlArg, Failure, daemon_failure};
 use crate::control::client;
 use crate::control::proto::{Reply, Request, TraceRequest};
+use crate::control::spec::PortSpec;
+use crate::control::trace::{TraceFrame, trace_json, trace_text};
 use crate::forward::{ParentConfig, PortTable};
-use crate::mac::MacAddr;
-use crate::spec::PortSpec;
-use crate::trace::{TraceFrame, trace_json, trace_text};
+use crate::wire::mac::MacAddr;
 
 /// Explain what the kernel's macvlan would do with one frame, and why.
 ///

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{CniError, SUPPORTED_VERSIONS, code};
 use crate::control::proto::DEFAULT_SOCKET;
 use crate::forward::Mode;
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// The `CNI_*` environment of one invocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -238,7 +238,7 @@ impl NetConf {
     pub fn master(&self) -> Result<String, CniError> {
         match &self.master {
             Some(m) => Ok(m.clone()),
-            None => crate::engine::plan::default_route_interface().ok_or_else(|| {
+            None => crate::control::plan::default_route_interface().ok_or_else(|| {
                 CniError::new(
                     code::INVALID_CONFIG,
                     "no master given and no default route interface found",

@@ -26,7 +26,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// The spec versions this plugin speaks (VERSION's `supportedVersions`).
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use super::conf::{Interface, IpConf, RouteConf};
 use super::{CniError, code};
-use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns, Route, in_netns};
+use crate::wire::mac::MacAddr;
 
 /// The error and its causes, `: `-separated (the kernel's errno is a cause).
 fn chain(e: &dyn std::error::Error) -> String {

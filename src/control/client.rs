@@ -5,9 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::frames::{FrameRecord, MAX_RECORD};
 use super::proto::{ControlError, Envelope, Reply, Request, Response, VERSION};
 use super::server::{Line, read_line};
+use crate::engine::record::{FrameRecord, MAX_RECORD};
 
 /// The longest response line a client reads (a `link show` of every port fits many times over).
 pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -191,7 +191,7 @@ pub fn stream(
 /// How much of a binary follow stream a client reads at once.
 const FRAMES_BUFFER: usize = 1024 * 1024;
 
-/// A binary follow stream (a `follow` request with `binary`, see [`super::frames`]): `start`
+/// A binary follow stream (a `follow` request with `binary`, see [`crate::engine::record`]): `start`
 /// gets the first reply (`following`), `each` every frame record and whether more bytes are
 /// already buffered (when not, the caller should flush its output). Returns the `follow-end`
 /// reply, or `None` when a callback returned `Ok(false)` (the connection is closed). `opened`

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::spec::PortKind;
+/// A frame as an `observation` carries it: the JSON face of the engine's frame record.
+pub use crate::engine::record::{FailedCopy, ObservedFrame};
 use crate::forward::Mode;
-use crate::mac::MacAddr;
 use crate::net::Cidr;
-use crate::spec::PortKind;
+use crate::wire::mac::MacAddr;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -81,7 +83,7 @@ pub struct FollowRequest {
     /// Send each frame's bytes (hex) too.
     #[serde(default)]
     pub with_bytes: bool,
-    /// After `following`, send the frames as binary records (see [`super::frames`]) instead of
+    /// After `following`, send the frames as binary records (see [`crate::engine::record`]) instead of
     /// `observation` lines; then a zero length and the `follow-end` line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub binary: bool,
@@ -100,47 +102,6 @@ pub struct FollowInterface {
     /// `parent`, or the port's mode.
     pub kind: String,
     pub mac: MacAddr,
-}
-
-/// One port whose copy of a frame could not be written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FailedCopy {
-    pub port: String,
-    pub reason: String,
-}
-
-/// One real frame as the engine carried it out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObservedFrame {
-    /// Nanoseconds since the Unix epoch: when the kernel put it in the parent's ring (a frame
-    /// from the wire), or when the worker read it (a frame from a port).
-    pub time_ns: u64,
-    /// The parent whose worker handled it.
-    pub parent: String,
-    /// `parent` (from the wire) or the sending port's name.
-    pub from: String,
-    pub src: Option<MacAddr>,
-    pub dst: Option<MacAddr>,
-    pub vlan: Option<u16>,
-    /// Length on the wire.
-    pub len: usize,
-    /// Ports that got a copy, in delivery order.
-    pub receivers: Vec<String>,
-    /// Ports whose copy could not be written.
-    #[serde(default)]
-    pub failed: Vec<FailedCopy>,
-    /// Sent to the wire (queued: a failed send is counted, not observed).
-    pub to_wire: bool,
-    /// Drop reason when it reached no port and not the wire.
-    pub reason: Option<String>,
-    /// The rule's name, `None` for a frame refused before any decision.
-    pub rule: Option<String>,
-    /// The frame as it entered (an out-of-band VLAN tag put back inline), hex, at most
-    /// `snaplen` bytes; only with `with_bytes`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<String>,
 }
 
 /// A request without arguments.
@@ -222,8 +183,8 @@ pub struct LinkSpec {
 
 impl LinkSpec {
     /// The `--port` form of the request (for the table checks and the derived MAC).
-    pub fn port_spec(&self) -> crate::spec::PortSpec {
-        crate::spec::PortSpec {
+    pub fn port_spec(&self) -> crate::control::spec::PortSpec {
+        crate::control::spec::PortSpec {
             name: self.name.clone(),
             mode: self.mode.unwrap_or(Mode::Bridge),
             netns: self.netns.clone(),

@@ -29,8 +29,8 @@ use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 use nix::unistd::Gid;
 
 use super::Call;
-use super::frames::Chunk;
 use super::proto::{ControlError, Envelope, ErrorKind, MAX_REQUEST, Request, Response, VERSION};
+use crate::engine::record::Chunk;
 
 /// How the server behaves; [`Default`] is what [`serve`] uses.
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@
 //! its MAC or its state changes again. This module is that decision, pure and table-free.
 
 use crate::forward::Mode;
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// One port as the admission rule sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

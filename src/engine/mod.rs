@@ -1,17 +1,16 @@
-//! The data plane and the engine around it: workers that move frames between a parent's ring
-//! and the ports' TAPs carrying out `decide()`'s verdicts (forward.rs, worker.rs), the checks
-//! that run before anything is created (plan.rs), the watchers that follow each port in its
-//! namespace (watch.rs), and the daemon that adds, removes and changes ports while it forwards
-//! (daemon.rs).
+//! The data plane: workers that move frames between a parent's ring and the ports' TAPs
+//! carrying out `decide()`'s verdicts (deliver.rs, worker.rs), their counters, the ports' devices
+//! (dev.rs, stream.rs), and the observers that record the frames they carry (observe.rs, in the
+//! format of record.rs). The control plane ([`crate::control`]) starts and changes it.
 
+#[doc(hidden)]
 pub mod adaptive;
-pub mod admit;
+pub(crate) mod admit;
 pub mod counters;
-pub mod daemon;
-pub mod dev;
-pub mod forward;
+pub mod deliver;
+pub(crate) mod dev;
 pub mod observe;
-pub mod plan;
+pub mod record;
+#[doc(hidden)]
 pub mod stream;
-pub mod watch;
-pub mod worker;
+pub(crate) mod worker;

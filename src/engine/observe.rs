@@ -9,7 +9,7 @@
 //! forwarding path (a predictable branch per frame); no allocation, no copy, no lock.
 //!
 //! Cost when someone does: each frame a sink wants is encoded as one record
-//! ([`frames::encode`]: a fixed header, the names, the bytes up to the sink's snaplen) into that
+//! ([`record::encode`]: a fixed header, the names, the bytes up to the sink's snaplen) into that
 //! sink's buffer; no allocation once the buffers have grown, since they come back through the
 //! sink's [`Recycler`] when the follower's connection has written them. The buffer goes to the
 //! sink as one chunk when it passes [`CHUNK_BYTES`], or at the end of the first batch after its
@@ -35,9 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::control::frames::{self, Chunk, Head, Recycler};
+use crate::engine::record::{self, Chunk, Head, Recycler};
 use crate::forward::{DropReason, Rule};
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// A sink's buffer is handed over once it holds this much, even mid-batch.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -331,7 +331,7 @@ impl Observe<'_> {
                 reason: seen.reason.map(DropReason::name),
                 rule: seen.rule.map(Rule::name),
             });
-            frames::encode(
+            record::encode(
                 &mut p.buf,
                 head,
                 seen.receivers,
@@ -360,8 +360,8 @@ impl Drop for Observe<'_> {
 
 /// Every frame the chunks waiting on `rx` hold, as JSON would carry it, with its bytes.
 #[cfg(test)]
-pub fn received(rx: &Receiver<Chunk>) -> Vec<(crate::control::proto::ObservedFrame, Vec<u8>)> {
-    use crate::control::frames::{FrameRecord, records};
+pub fn received(rx: &Receiver<Chunk>) -> Vec<(super::record::ObservedFrame, Vec<u8>)> {
+    use crate::engine::record::{FrameRecord, records};
     let mut v = Vec::new();
     for c in rx.try_iter() {
         for r in records(c.bytes()) {

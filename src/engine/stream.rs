@@ -19,6 +19,8 @@
 //! completed in software first ([`crate::offload`]). A send that only goes part way is finished
 //! within `FINISH_WITHIN` (200 ms) or the peer is disconnected (its framing would be broken).
 //! Without a peer a write fails with `NotConnected`: the copy is counted as `no_peer`.
+//!
+//! [`crate::offload`]: crate::wire::offload
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -33,8 +35,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, sendmsg};
 
 use crate::forward::DropReason;
-use crate::offload;
-use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+use crate::wire::offload;
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// The largest frame a peer may announce (QEMU sends at most 69 632 bytes, `NET_BUFSIZE`, and
 /// without offloads an Ethernet frame is far shorter).

@@ -19,8 +19,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::adaptive::{Auto, State};
 use super::counters::{ParentCounters, PortCounters};
+use super::deliver::{self, PortIo, ToWire};
 use super::dev::{PortDev, Recv};
-use super::forward::{self, PortIo, ToWire};
 use super::observe::{ObserverCache, Observers};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
@@ -115,7 +115,7 @@ impl WireBatch {
             match wire.send_batch(frames, &mut self.scratch) {
                 Ok(k) if k > 0 => {
                     for (id, n, how) in &self.queued[start..start + k] {
-                        forward::wire_sent(parent, &ports[id.index()].counters, *n, *how, true);
+                        deliver::wire_sent(parent, &ports[id.index()].counters, *n, *how, true);
                     }
                     start += k;
                 }
@@ -124,7 +124,7 @@ impl WireBatch {
                     if let Err(e) = result {
                         tracing::debug!("sending on the parent failed: {e}");
                     }
-                    forward::wire_sent(parent, &ports[id.index()].counters, n, how, false);
+                    deliver::wire_sent(parent, &ports[id.index()].counters, n, how, false);
                     start += 1;
                 }
             }
@@ -468,7 +468,7 @@ impl Worker {
             frames += u64::from(block.num_pkts());
             // One relaxed load per block when nobody follows.
             let obs = observers.batch(observer_cache, &set.table.parent().name);
-            forward::from_parent_block(
+            deliver::from_parent_block(
                 &set.table,
                 counters,
                 &set.ports,
@@ -582,7 +582,7 @@ impl Worker {
                 Ok(Recv::Empty) => return Drained::Empty,
                 Ok(Recv::Refused { len, reason }) => {
                     let t = &self.set.table;
-                    forward::port_refused(t, ports, id, len, reason, obs.as_ref());
+                    deliver::port_refused(t, ports, id, len, reason, obs.as_ref());
                     continue;
                 }
                 Err(e) if is_detached(&e) => {
@@ -598,7 +598,7 @@ impl Worker {
                 }
             };
             let how =
-                forward::from_port_observed(&self.set.table, ports, id, &slot[..n], obs.as_ref());
+                deliver::from_port_observed(&self.set.table, ports, id, &slot[..n], obs.as_ref());
             if how != ToWire::No {
                 batch.queued.push((id, n, how));
                 if batch.queued.len() == batch.slots.len() {

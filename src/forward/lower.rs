@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 use super::table::{Mode, PortTable};
 

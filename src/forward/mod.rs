@@ -26,7 +26,7 @@ pub use table::{
 };
 pub use verdict::{Delivery, DropReason, Flood, Outcome, Rule, Verdict};
 
-use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN};
+use crate::wire::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN};
 
 /// Where a frame entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

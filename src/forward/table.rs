@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use hashbrown::HashMap;
 
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// A macvlan mode, with the kernel's values (`enum macvlan_mode`), which are bits of a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::*;
-use crate::frame::FrameMeta;
-use crate::mac::MacAddr;
+use crate::wire::frame::FrameMeta;
+use crate::wire::mac::MacAddr;
 
 const PARENT: MacAddr = MacAddr([2, 0, 0, 0, 1, 0]);
 const EXTERNAL: MacAddr = MacAddr([2, 0, 0, 0, 9, 9]);
@@ -1290,7 +1290,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
 
 impl Scenario {
     fn meta(&self) -> FrameMeta<'_> {
-        let vlan = self.oob_vlan.then(|| crate::frame::VlanTag::dot1q(7));
+        let vlan = self.oob_vlan.then(|| crate::wire::frame::VlanTag::dot1q(7));
         FrameMeta::parse(&self.frame, vlan, DEFAULT_MAX_FRAME)
             .unwrap()
             .with_gso(self.gso)

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::frame::{ETH_HLEN, FrameError, VLAN_HLEN};
-use crate::mac::MacAddr;
+use crate::wire::frame::{ETH_HLEN, FrameError, VLAN_HLEN};
+use crate::wire::mac::MacAddr;
 
 use super::table::{Mode, ModeMask, PortId, PortTable};
 

@@ -10,7 +10,7 @@ use std::fs;
 
 use super::error::{Error, Result};
 use super::netns::{Netns, in_netns};
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// One line of `dev_mcast`: `ifindex name refcount global_use hexaddr`
 /// (kernel `dev_mc_seq_show`: `"%-4d %-15s %-5d %-5d %*phN\n"`).

@@ -37,7 +37,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::error::{Error, Result};
 use super::netns::{Netns, in_netns};
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// macvlan modes, as the kernel numbers them (`enum macvlan_mode`).
 pub const MACVLAN_MODE_PRIVATE: u32 = 1;

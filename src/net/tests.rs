@@ -10,7 +10,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::netlink::*;
 use super::testutil::{ip, ip_json, netns};
 use super::*;
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 fn nl(ns: &Netns) -> Netlink {
     Netlink::open_in(ns).expect("open netlink in test namespace")

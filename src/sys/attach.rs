@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use super::{bind_packet, packet_socket, send_whole, set_packet_opt, vlan_of};
-use crate::frame::VlanTag;
-use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+use crate::wire::frame::VlanTag;
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// Where an inline tag goes: after the vnet header and the two MAC addresses.
 const TAG_AT: usize = VNET_HDR_LEN + 12;

@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::forward::LowerFilter;
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 use super::{packet_socket, set_packet_opt};
 

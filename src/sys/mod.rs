@@ -177,16 +177,16 @@ fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()
 /// The outermost VLAN tag a packet socket reports out of band (`tp_status`, `tp_vlan_tci`,
 /// `tp_vlan_tpid` of a ring slot or of `PACKET_AUXDATA`): the kernel removed it from the bytes.
 /// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
-fn vlan_of(status: u32, tci: u16, tpid: u16) -> Option<crate::frame::VlanTag> {
+fn vlan_of(status: u32, tci: u16, tpid: u16) -> Option<crate::wire::frame::VlanTag> {
     if status & libc::TP_STATUS_VLAN_VALID == 0 {
         return None;
     }
     let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
         tpid
     } else {
-        crate::frame::ETH_P_8021Q
+        crate::wire::frame::ETH_P_8021Q
     };
-    Some(crate::frame::VlanTag { tpid, tci })
+    Some(crate::wire::frame::VlanTag { tpid, tci })
 }
 
 /// Sends one message gathered from `iov` on a packet socket; a short send is an error (a packet

@@ -43,8 +43,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::SockProtocol;
 
-use crate::frame::VlanTag;
-use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+use crate::wire::frame::VlanTag;
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
 
@@ -188,7 +188,7 @@ impl RingConfig {
             RingVersion::V2 => MIN_TP2_MAC,
             RingVersion::V3 => MIN_TP_MAC,
         };
-        if (self.frame_size as usize) < headers + crate::frame::ETH_HLEN {
+        if (self.frame_size as usize) < headers + crate::wire::frame::ETH_HLEN {
             return Err("frame_size is smaller than the ring's frame headers");
         }
         if self.frame_size > self.block_size || !self.block_size.is_multiple_of(self.frame_size) {
@@ -1394,7 +1394,7 @@ mod tests {
         };
         use super::super::super::{RingError, TxSocket};
         use super::*;
-        use crate::vnet::{F_NEEDS_CSUM, VnetHdr};
+        use crate::wire::vnet::{F_NEEDS_CSUM, VnetHdr};
 
         const WAIT: Duration = Duration::from_secs(3);
 

@@ -142,7 +142,7 @@ impl Tap {
         queues.insert(0, first);
         // The header size and the offloads belong to the device: set once, through any queue.
         let tap = &queues[0];
-        let hdr_sz: libc::c_int = crate::vnet::VNET_HDR_LEN as libc::c_int;
+        let hdr_sz: libc::c_int = crate::wire::vnet::VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_sz` is a live local.
         let rc = unsafe {
             libc::ioctl(
@@ -340,7 +340,7 @@ mod tests {
         };
         use super::super::super::{RingConfig, RxRing, TxSocket};
         use super::*;
-        use crate::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
+        use crate::wire::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
 
         const WAIT: Duration = Duration::from_secs(3);
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns};
 
-use crate::frame::VlanTag;
+use crate::wire::frame::VlanTag;
 
 use super::RxRing;
 
@@ -42,8 +42,7 @@ impl NetNs {
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = NetNs { name };
         // No IPv6 autoconfiguration chatter on the devices we create.
-        ns.run(crate::net::netns::disable_ipv6_here)
-            .expect("disabling IPv6");
+        ns.run(disable_ipv6_here).expect("disabling IPv6");
         ns
     }
 
@@ -215,4 +214,17 @@ pub(crate) fn collect(
         let mut fds = [PollFd::new(ring.fd(), PollFlags::POLLIN)];
         poll(&mut fds, PollTimeout::from(20u8)).expect("poll on the ring");
     }
+}
+
+/// `net::netns::disable_ipv6_here`, repeated here because `sys` sits below `net` (lib.rs): in the
+/// current namespace, no IPv6 on new devices.
+fn disable_ipv6_here() -> std::io::Result<()> {
+    for which in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
+        match std::fs::write(&path, "1") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortFlags, PortTable};
-use umacvlan::mac::MacAddr;
+use umacvlan::wire::mac::MacAddr;
 
 /// The private ethertype every test frame carries (IEEE "local experimental 1").
 pub const ETHERTYPE: u16 = 0x88b5;

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use umacvlan::forward::{Ingress, Mode, PortId, PortTable, decide};
-use umacvlan::frame::FrameMeta;
-use umacvlan::mac::MacAddr;
+use umacvlan::wire::frame::FrameMeta;
+use umacvlan::wire::mac::MacAddr;
 
 use super::{
     ChildSpec, ChildrenProvider, EXT_MAC, MIN_FRAME, PARENT_MAC, PacketSocket, Topology,

@@ -35,12 +35,12 @@ fn set_err(s: &str) -> String {
 #[test]
 fn add_vm_ports_in_both_forms() {
     let words = add("vm1 parent eth0 kind attach address 52:54:00:12:34:56 trust_guest_mac");
-    assert_eq!(words.kind, crate::spec::PortKind::Attach);
+    assert_eq!(words.kind, crate::control::spec::PortKind::Attach);
     assert!(words.trust_guest_mac);
     let kv = add("name=vm1,parent=eth0,kind=attach,mac=52:54:00:12:34:56,trust_guest_mac");
     assert_eq!(words, LinkSpec { mode: None, ..kv });
     let s = add("vm2 kind stream path /run/umacvlan/vm2.sock");
-    assert_eq!(s.kind, crate::spec::PortKind::Stream);
+    assert_eq!(s.kind, crate::control::spec::PortKind::Stream);
     assert_eq!(
         s.path.as_deref(),
         Some(std::path::Path::new("/run/umacvlan/vm2.sock"))
@@ -81,12 +81,12 @@ fn add_in_ip_words() {
 fn add_a_host_port() {
     let s =
         add("shim0 parent eth0 kind host ipaddr 192.0.2.100/32 2001:db8::1/64 route 192.0.2.0/24");
-    assert_eq!(s.kind, crate::spec::PortKind::Host);
+    assert_eq!(s.kind, crate::control::spec::PortKind::Host);
     let addrs: Vec<String> = s.addresses.iter().map(ToString::to_string).collect();
     assert_eq!(addrs, ["192.0.2.100/32", "2001:db8::1/64"]);
     assert_eq!(s.routes, vec!["192.0.2.0/24".parse().unwrap()]);
     let k = add("name=shim1,parent=eth0,kind=host,address=192.0.2.101/32,route=192.0.2.0/25");
-    assert_eq!(k.kind, crate::spec::PortKind::Host);
+    assert_eq!(k.kind, crate::control::spec::PortKind::Host);
     assert_eq!(k.routes, vec!["192.0.2.0/25".parse().unwrap()]);
     for (w, want) in [
         ("h kind vm", "unknown kind \"vm\""),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::metrics::tests::sample_stats;
+use crate::control::metrics::tests::sample_stats;
 
 #[test]
 fn the_text_view_shows_ports_parents_and_top_drops() {

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::{MacvlanSpec, Netlink, Netns, disable_ipv6};
+use umacvlan::wire::mac::MacAddr;
 
 pub const PREFIX: &str = "umvb-";
 pub const WIRE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);

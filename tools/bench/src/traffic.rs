@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use umacvlan::mac::MacAddr;
 use umacvlan::net::{Netlink, Netns, in_netns};
 use umacvlan::sys::ring::{RingConfig, RingVersion, RxRing};
 use umacvlan::sys::tx::{MmsgScratch, TxSocket};
-use umacvlan::vnet::VNET_HDR_LEN;
+use umacvlan::wire::mac::MacAddr;
+use umacvlan::wire::vnet::VNET_HDR_LEN;
 
 use crate::lab::ns_command;
 

@@ -32,9 +32,9 @@ use nix::sys::signal::{SigSet, Signal};
 use umacvlan::control::client::request;
 use umacvlan::control::proto::{LinkChange, LinkName, LinkSpec, Request};
 use umacvlan::forward::Mode;
-use umacvlan::mac::MacAddr;
 use umacvlan::net::in_netns;
 use umacvlan::net::testutil::{Topology, ip, sweep_dead, topology, try_ip};
+use umacvlan::wire::mac::MacAddr;
 
 /// Ports added, changed and removed while the soak runs.
 const CHURN_PORTS: usize = 4;

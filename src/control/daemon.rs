@@ -26,36 +26,36 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, select};
 
-use super::adaptive::Auto;
-use super::admit::{Candidate, Refusal, address_busy, admit};
-use super::counters::{ParentCounters, PortCounters, Sharded};
-use super::dev::PortDev;
-use super::observe::{Filter, ObserverCache, Observers};
 use super::plan::{
     ParentOptions, Plan, PlanError, PlannedPort, check_parent, check_port_place,
     default_route_interface, table_error_kind,
 };
-use super::stream::StreamPort;
 use super::watch::{Event, LiveState, Watchers};
-use super::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
-use crate::config::{Config, diff};
 use crate::control::Call;
-use crate::control::frames::{self, Chunk, FrameRecord};
+use crate::control::config::{Config, diff};
 use crate::control::proto::{
     ControlError, ErrorKind, FollowInterface, FollowRequest, LinkChange, LinkSpec, LinkStats,
     LinkView, MAX_SNAPLEN, MacaddrOp, ParentView, ReloadReport, Reply, Request, Response,
     StatsView,
 };
+use crate::control::service::Service;
+use crate::control::spec::{HOST_MODE, PortKind, derived_mac};
+use crate::engine::adaptive::Auto;
+use crate::engine::admit::{Candidate, Refusal, address_busy, admit};
+use crate::engine::counters::{ParentCounters, PortCounters, Sharded};
+use crate::engine::dev::PortDev;
+use crate::engine::observe::{Filter, ObserverCache, Observers};
+use crate::engine::record::{self, Chunk, FrameRecord};
+use crate::engine::stream::StreamPort;
+use crate::engine::worker::{Command, PortHandle, PortSet, Worker, WorkerGroup};
 use crate::forward::{LowerFilter, MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
-use crate::mac::MacAddr;
 use crate::net::{LinkInfo, Netlink, Netns};
-use crate::service::Service;
-use crate::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::sys::attach::PacketPort;
 use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tap::Tap;
 use crate::sys::tx::TxSocket;
+use crate::wire::mac::MacAddr;
 
 /// TAP transmit queue (frames waiting for the engine to read them): the kernel's 1000 drops
 /// under bursts (docs/performance.md#tap-devices).
@@ -68,7 +68,7 @@ pub struct EngineOptions {
     pub ring: RingConfig,
     /// `--ring auto`: the geometry of a TPACKET_V2 ring opened beside `ring` (then a V3 ring)
     /// in one steered fanout group; the worker reads one or the other by load
-    /// ([`super::adaptive`]). One worker per parent only.
+    /// ([`crate::engine::adaptive`]). One worker per parent only.
     pub per_frame: Option<RingConfig>,
     /// Worker threads per parent (at least 1). More than one: the parent's rings form a
     /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
@@ -934,7 +934,7 @@ impl Daemon {
                             }
                             continue;
                         }
-                        for r in frames::records(chunk.bytes()) {
+                        for r in record::records(chunk.bytes()) {
                             let r = match FrameRecord::decode(r) {
                                 Ok(r) => r,
                                 Err(e) => {
@@ -1019,7 +1019,7 @@ impl Daemon {
             ));
         };
         let path = path.clone();
-        let bad = |e: crate::config::ConfigError| err(ErrorKind::BadConfig, e.to_string());
+        let bad = |e: crate::control::config::ConfigError| err(ErrorKind::BadConfig, e.to_string());
         let text = std::fs::read_to_string(&path)
             .map_err(|e| err(ErrorKind::BadConfig, format!("{}: {e}", path.display())))?;
         let file = path.display().to_string();
@@ -1131,10 +1131,10 @@ impl Daemon {
             .parents
             .get(&parent)
             .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("no parent named {parent}")))?;
-        Ok(crate::trace::trace_json(
+        Ok(crate::control::trace::trace_json(
             &run.table,
             &t.from,
-            &crate::trace::TraceFrame::from(t),
+            &crate::control::trace::TraceFrame::from(t),
         )?)
     }
 
@@ -1572,7 +1572,7 @@ impl Daemon {
             .zip(&parent_totals)
             .map(|(n, c)| (n.as_str(), c))
             .collect();
-        crate::cli::report::counters_text(&ports, &parents)
+        crate::control::report::counters_text(&ports, &parents)
     }
 
     /// Stops everything; the TAPs vanish with their fds and each parent's promiscuity with its
@@ -1635,7 +1635,7 @@ fn ring_mode(v2_workers: u64, workers: usize) -> &'static str {
 }
 
 /// Chunks (one per worker batch) a follower may have waiting before the workers count new
-/// frames as lost (its bytes in flight are bounded too: [`super::observe::SINK_BYTES`]).
+/// frames as lost (its bytes in flight are bounded too: [`crate::engine::observe::SINK_BYTES`]).
 const FOLLOW_BACKLOG: usize = 4096;
 
 impl PortEntry {

@@ -35,10 +35,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
+use crate::control::spec::PortKind;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
-use crate::mac::MacAddr;
 use crate::net::{Cidr, Netlink};
-use crate::spec::PortKind;
+use crate::wire::mac::MacAddr;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,9 +258,9 @@ impl Config {
         for p in &self.ports {
             let parent = p.spec.parent.as_deref().unwrap_or_default();
             if !parents.contains_key(parent) {
-                let opts = crate::engine::plan::ParentOptions::default();
+                let opts = crate::control::plan::ParentOptions::default();
                 let (_, c) =
-                    crate::engine::plan::check_parent(&mut nl, parent, opts).map_err(|e| {
+                    crate::control::plan::check_parent(&mut nl, parent, opts).map_err(|e| {
                         src.error(Some(p.parent_at.clone()), format!("ports.parent: {e}"))
                     })?;
                 parents.insert(parent.to_string(), c);

@@ -11,7 +11,7 @@
 //! AF_PACKET ring gives in `tp_vlan_tci`/`tp_vlan_tpid`, because the kernel strips the outermost
 //! tag before the packet taps run). Both look the same through this view.
 
-use crate::mac::MacAddr;
+use crate::wire::mac::MacAddr;
 
 /// Length of an untagged Ethernet header.
 pub const ETH_HLEN: usize = 14;

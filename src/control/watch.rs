@@ -20,9 +20,9 @@ use hashbrown::HashMap;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
 
-use crate::mac::MacAddr;
 use crate::net::mcast::{DevMcastEntry, parse_dev_mcast};
 use crate::net::{LinkEvent, LinkInfo, LinkMonitor, Netlink, Netns, OperState};
+use crate::wire::mac::MacAddr;
 
 /// How often each namespace's multicast lists are re-read.
 pub const MCAST_POLL: Duration = Duration::from_millis(100);

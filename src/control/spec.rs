@@ -20,9 +20,9 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use crate::forward::{Mode, ModeParseError, PortConfig, PortFlags};
-use crate::mac::{MacAddr, MacParseError};
 use crate::net::Cidr;
 use crate::net::cidr::CidrError;
+use crate::wire::mac::{MacAddr, MacParseError};
 
 /// Why a host port refuses any mode but bridge (also `link set`'s answer).
 pub const HOST_MODE: &str =

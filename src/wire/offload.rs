@@ -9,7 +9,7 @@
 //!
 //! Pure and safe: no I/O.
 
-use crate::vnet::{GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VnetHdr};
+use crate::wire::vnet::{GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VnetHdr};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
@@ -194,7 +194,7 @@ fn segment<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vnet::F_NEEDS_CSUM;
+    use crate::wire::vnet::F_NEEDS_CSUM;
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
     fn tcp_frame(v6: bool, payload: &[u8], flags_fin_psh: bool) -> Vec<u8> {
@@ -323,7 +323,7 @@ mod tests {
     fn unsupported_and_malformed_frames_are_refused() {
         let f = tcp_frame(false, b"x", false);
         let udp = VnetHdr {
-            gso_type: crate::vnet::GSO_UDP_L4,
+            gso_type: crate::wire::vnet::GSO_UDP_L4,
             gso_size: 100,
             ..VnetHdr::NONE
         };

@@ -21,9 +21,9 @@ use smallvec::SmallVec;
 
 use super::observe::{Observe, Seen};
 use crate::forward::{DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
-use crate::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
 use crate::sys::ring::Frames;
-use crate::vnet::{VNET_HDR_LEN, VnetHdr};
+use crate::wire::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.
 pub trait PortIo {
@@ -417,7 +417,7 @@ mod tests {
 
     use super::*;
     use crate::forward::{Mode, ParentConfig, PortConfig};
-    use crate::mac::MacAddr;
+    use crate::wire::mac::MacAddr;
 
     #[derive(Default)]
     struct Fake {
@@ -635,7 +635,7 @@ mod tests {
         let long = with_vnet(mac(1), mac(0), 1519);
         assert_eq!(from_port(&t, &ports, PortId(0), &long), ToWire::No);
         let mut gso = long.clone();
-        gso[1] = crate::vnet::GSO_TCPV4;
+        gso[1] = crate::wire::vnet::GSO_TCPV4;
         gso[4..6].copy_from_slice(&1448u16.to_ne_bytes());
         assert_eq!(from_port(&t, &ports, PortId(0), &gso), ToWire::No);
         assert_eq!(

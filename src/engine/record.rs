@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 use smallvec::SmallVec;
 
-use super::proto::{FailedCopy, ObservedFrame, Response};
-use crate::mac::MacAddr;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::mac::MacAddr;
 
 /// Ends the records of a binary stream; the follow-end JSON line comes next.
 pub const END: [u8; 4] = [0; 4];
@@ -39,6 +40,47 @@ const NO_VLAN: u16 = 0xffff;
 const TO_WIRE: u8 = 1;
 const HAS_SRC: u8 = 2;
 const HAS_DST: u8 = 4;
+
+/// One port whose copy of a frame could not be written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedCopy {
+    pub port: String,
+    pub reason: String,
+}
+
+/// One real frame as the engine carried it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedFrame {
+    /// Nanoseconds since the Unix epoch: when the kernel put it in the parent's ring (a frame
+    /// from the wire), or when the worker read it (a frame from a port).
+    pub time_ns: u64,
+    /// The parent whose worker handled it.
+    pub parent: String,
+    /// `parent` (from the wire) or the sending port's name.
+    pub from: String,
+    pub src: Option<MacAddr>,
+    pub dst: Option<MacAddr>,
+    pub vlan: Option<u16>,
+    /// Length on the wire.
+    pub len: usize,
+    /// Ports that got a copy, in delivery order.
+    pub receivers: Vec<String>,
+    /// Ports whose copy could not be written.
+    #[serde(default)]
+    pub failed: Vec<FailedCopy>,
+    /// Sent to the wire (queued: a failed send is counted, not observed).
+    pub to_wire: bool,
+    /// Drop reason when it reached no port and not the wire.
+    pub reason: Option<String>,
+    /// The rule's name, `None` for a frame refused before any decision.
+    pub rule: Option<String>,
+    /// The frame as it entered (an out-of-band VLAN tag put back inline), hex, at most
+    /// `snaplen` bytes; only with `with_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+}
 
 /// What a record says besides its lists and bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,8 +348,9 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The end of a binary stream: [`END`], then `last` as a JSON line.
-    pub fn end(last: &Response) -> io::Result<Chunk> {
+    /// The end of a binary stream: [`END`], then `last` (the control plane's last response) as
+    /// a JSON line.
+    pub fn end(last: &impl Serialize) -> io::Result<Chunk> {
         let mut buf = END.to_vec();
         serde_json::to_writer(&mut buf, last).map_err(io::Error::other)?;
         buf.push(b'\n');

@@ -3,9 +3,9 @@
 //! so bad input leaves the machine untouched; the daemon uses the same checks for `link add`.
 
 use crate::control::proto::ErrorKind;
+use crate::control::spec::{PortKind, PortSpec};
 use crate::forward::{Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
-use crate::spec::{PortKind, PortSpec};
 
 const ARPHRD_ETHER: u16 = 1;
 
@@ -49,11 +49,11 @@ pub enum PlanError {
     #[error("port {0}: kind=attach cannot attach to the parent itself")]
     AttachToParent(String),
     #[error("{0}")]
-    Stream(#[from] super::stream::StreamError),
+    Stream(#[from] crate::engine::stream::StreamError),
     #[error("ports {0} and {1} cannot both listen on {2}")]
     SamePath(String, String, String),
     #[error("{0}")]
-    Spec(#[from] crate::spec::SpecError),
+    Spec(#[from] crate::control::spec::SpecError),
     #[error("{0}")]
     Table(#[from] TableError),
     #[error(
@@ -61,7 +61,7 @@ pub enum PlanError {
     )]
     ParentMac {
         port: String,
-        mac: crate::mac::MacAddr,
+        mac: crate::wire::mac::MacAddr,
     },
     #[error("no parent given and no default route to take one from: name the parent")]
     NoDefaultRoute,
@@ -144,7 +144,7 @@ pub fn check_port_place(
     parent: &str,
 ) -> Result<Option<Netns>, PlanError> {
     if let (PortKind::Stream, Some(path)) = (spec.kind, &spec.path) {
-        super::stream::check_path(&spec.name, path)?;
+        crate::engine::stream::check_path(&spec.name, path)?;
         return Ok(None);
     }
     let netns = spec
@@ -205,7 +205,7 @@ impl PlanError {
             PlanError::NameInUse { .. } | PlanError::DeviceTwice { .. } => ErrorKind::Exists,
             PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
             PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
-            PlanError::Stream(super::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
+            PlanError::Stream(crate::engine::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
             PlanError::Stream(_) => ErrorKind::InvalidArgument,
             PlanError::Spec(_) => ErrorKind::BadRequest,
             PlanError::Table(e) => table_error_kind(e),

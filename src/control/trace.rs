@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::control::proto::{ControlError, ErrorKind, TraceRequest};
 use crate::forward::{DEFAULT_MAX_FRAME, DropReason, Ingress, Outcome, PortTable, Verdict, decide};
-use crate::frame::{FrameMeta, VlanTag};
-use crate::mac::MacAddr;
+use crate::wire::frame::{FrameMeta, VlanTag};
+use crate::wire::mac::MacAddr;
 
 /// The frame `trace` describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
