@@ -13,8 +13,8 @@ use umacvlan::engine::counters::{ParentCounters, PortCounters};
 use umacvlan::engine::deliver::{self, PortIo, ToWire};
 use umacvlan::engine::observe::{Filter, ObserverCache, Observers};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
-use umacvlan::sys::{fake_v3_block, frames_in};
 use umacvlan::wire::mac::MacAddr;
+use umacvlan::wire::ring_format::{fake_v3_block, frames_in};
 use umacvlan::wire::vnet::VNET_HDR_LEN;
 
 /// A port whose writes succeed at once and go nowhere.

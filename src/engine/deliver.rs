@@ -21,8 +21,8 @@ use smallvec::SmallVec;
 
 use super::observe::{Observe, Seen};
 use crate::forward::{DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
-use crate::sys::ring::Frames;
 use crate::wire::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
+use crate::wire::ring_format::Frames;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.

@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-use super::{bind_packet, packet_socket, send_whole, set_packet_opt, vlan_of};
+use super::{bind_packet, packet_socket, send_whole, set_packet_opt};
 use crate::wire::frame::VlanTag;
+use crate::wire::ring_format::vlan_of;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// Where an inline tag goes: after the vnet header and the two MAC addresses.

@@ -3,7 +3,8 @@
 //!
 //! * [`ring`]: [`RxRing`], the parent's receive path: an `AF_PACKET` socket with a
 //!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
-//!   (docs/performance.md#how-the-engine-sets-up-its-sockets).
+//!   (docs/performance.md#how-the-engine-sets-up-its-sockets). The frames of the blocks it hands
+//!   over are parsed in safe code, [`wire::ring_format`](crate::wire::ring_format).
 //! * [`membership`]: [`Memberships`], the parent's promiscuity, allmulti and address filters as
 //!   the ports ask them of it, the way the kernel's macvlan asks them of its lower.
 //! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
@@ -29,10 +30,7 @@ pub(crate) mod testns;
 
 pub use attach::{AttachError, PacketPort};
 pub use membership::Memberships;
-pub use ring::{
-    Block, Frames, RingConfig, RingError, RingFrame, RingStats, RxRing, Steering, fake_v3_block,
-    frames_in,
-};
+pub use ring::{Block, RingConfig, RingError, RingStats, RxRing, Steering};
 pub use tap::{Tap, TapError};
 pub use tx::{TxError, TxSocket};
 
@@ -172,21 +170,6 @@ fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// The outermost VLAN tag a packet socket reports out of band (`tp_status`, `tp_vlan_tci`,
-/// `tp_vlan_tpid` of a ring slot or of `PACKET_AUXDATA`): the kernel removed it from the bytes.
-/// The TPID is 0x8100 when the kernel did not report one (`TP_STATUS_VLAN_TPID_VALID` unset).
-fn vlan_of(status: u32, tci: u16, tpid: u16) -> Option<crate::wire::frame::VlanTag> {
-    if status & libc::TP_STATUS_VLAN_VALID == 0 {
-        return None;
-    }
-    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-        tpid
-    } else {
-        crate::wire::frame::ETH_P_8021Q
-    };
-    Some(crate::wire::frame::VlanTag { tpid, tci })
 }
 
 /// Sends one message gathered from `iov` on a packet socket; a short send is an error (a packet

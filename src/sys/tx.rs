@@ -67,7 +67,7 @@ impl TxSocket {
     }
 
     /// Sends one frame: `vnet_and_frame` is the 10-byte vnet header followed by the frame, e.g.
-    /// [`RingFrame::with_vnet`](super::RingFrame::with_vnet).
+    /// [`RingFrame::with_vnet`](crate::wire::ring_format::RingFrame::with_vnet).
     pub fn send(&self, vnet_and_frame: &[u8]) -> io::Result<()> {
         let n = send(self.fd.as_raw_fd(), vnet_and_frame, MsgFlags::empty())?;
         check_len(n, vnet_and_frame.len())
