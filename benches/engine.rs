@@ -32,7 +32,7 @@ impl PortIo for Sink {
 }
 
 fn port_mac(i: usize) -> MacAddr {
-    let [_, _, a, b] = (i as u32).to_be_bytes();
+    let [_, _, a, b] = u32::try_from(i).unwrap().to_be_bytes();
     MacAddr([2, 0, 0, 1, a, b])
 }
 

@@ -28,7 +28,11 @@ fn table(knobs: u8) -> PortTable {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let mut p = PortConfig::new(format!("c{i}"), *m, MacAddr([2, 0, 0, 0, 0, i as u8]));
+            let mut p = PortConfig::new(
+                format!("c{i}"),
+                *m,
+                MacAddr([2, 0, 0, 0, 0, u8::try_from(i).expect("a few ports")]),
+            );
             p.up = knobs & (1 << i) != 0 || i == 0;
             if i % 2 == 0 {
                 p.groups.insert(MacAddr([1, 0, 0x5e, 0, 0, 1]));

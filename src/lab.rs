@@ -69,12 +69,17 @@ const ENGINE_TICK: Duration = Duration::from_millis(20);
 
 /// The address of child `i` (1-based).
 pub fn child_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, i as u8)
+    Ipv4Addr::new(192, 0, 2, child_byte(i))
+}
+
+/// A child's number as an address byte (the lab has a handful of children).
+fn child_byte(i: usize) -> u8 {
+    u8::try_from(i).expect("a lab child's number fits in a byte")
 }
 
 /// The MAC of child `i` (1-based): `02:00:5e:00:00:0i`, locally administered.
 pub fn child_mac(i: usize) -> MacAddr {
-    MacAddr([0x02, 0x00, 0x5e, 0x00, 0x00, i as u8])
+    MacAddr([0x02, 0x00, 0x5e, 0x00, 0x00, child_byte(i)])
 }
 
 /// The lab's options.
@@ -720,7 +725,7 @@ impl Lab {
             nodes.push(Node {
                 sock: udp_socket(ns)?,
                 ns_name: format!("{prefix}{name}"),
-                endpoint: Endpoint::Port(PortId(i as u16)),
+                endpoint: Endpoint::Port(PortId::nth(i)),
                 dev: name.clone(),
                 ifindex: port.index,
                 addr: child_addr(i + 1),
@@ -1099,7 +1104,7 @@ mod tests {
     fn exp(modes: [Mode; 3], hairpin: bool) -> Expectation {
         let t = replica_table(PARENT_MAC, &modes).unwrap();
         let mut nodes = vec![(Endpoint::Wire, WIRE_MAC)];
-        nodes.extend((0..3).map(|i| (Endpoint::Port(PortId(i as u16)), child_mac(i + 1))));
+        nodes.extend((0..3).map(|i| (Endpoint::Port(PortId::nth(i)), child_mac(i + 1))));
         expect(&t, &nodes, hairpin)
     }
 

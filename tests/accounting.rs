@@ -79,7 +79,7 @@ fn overrun(tag: &str, ring_args: &[&str]) {
     // Let the last block retire (1 ms timer) and the engine drain it.
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(engine.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(engine.id()).unwrap()),
         nix::sys::signal::SIGTERM,
     )
     .unwrap();

@@ -142,7 +142,11 @@ impl Drop for Engine {
 }
 
 fn signal(e: &Engine, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.0.id() as i32), sig).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(e.0.id()).unwrap()),
+        sig,
+    )
+    .unwrap();
 }
 
 fn exists(ns: &str, dev: &str) -> bool {
@@ -209,7 +213,7 @@ fn reloads_apply_only_the_difference_with_zero_loss_on_untouched_ports() {
         match i % 3 {
             0 => wait_until("c2 added", || exists(k2, "c2")),
             1 => wait_until("c1's MTU changed in place", || {
-                mtu(k1, "c1") == 1400 - i as u64
+                mtu(k1, "c1") == 1400 - u64::try_from(i).unwrap()
             }),
             _ => wait_until("c2 removed", || !exists(k2, "c2")),
         }

@@ -41,10 +41,11 @@ impl Rng {
 fn seed() -> u64 {
     let seed = std::env::var("UMACVLAN_CRASH_SEED").map_or_else(
         |_| {
-            std::time::SystemTime::now()
+            let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
-                .as_nanos() as u64
+                .as_nanos();
+            u64::try_from(nanos & u128::from(u64::MAX)).unwrap()
         },
         |s| s.parse().expect("UMACVLAN_CRASH_SEED must be a number"),
     );
@@ -176,7 +177,9 @@ fn sigkill_at_random_points_leaves_nothing_and_the_restart_forwards() {
                 let alt = rng.next().is_multiple_of(2);
                 std::fs::write(&file, config(&t, alt)).unwrap();
                 nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(e.child.as_ref().unwrap().id() as i32),
+                    nix::unistd::Pid::from_raw(
+                        i32::try_from(e.child.as_ref().unwrap().id()).unwrap(),
+                    ),
                     nix::sys::signal::SIGHUP,
                 )
                 .unwrap();
@@ -238,7 +241,7 @@ fn kill_labs_then_check_the_next_lab_sweeps(rng: &mut Rng) {
         std::thread::sleep(rng.delay(2500));
         let pid = lab.id();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
             nix::sys::signal::SIGKILL,
         )
         .unwrap();

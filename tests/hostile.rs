@@ -56,7 +56,8 @@ fn os_error(r: std::io::Result<()>) -> Option<i32> {
 /// A tagged frame whose tag is `tci`, `len` bytes in all.
 fn tagged(dst: MacAddr, src: MacAddr, tci: u16, nonce: u64, len: usize) -> Vec<u8> {
     let mut f = test_frame(dst, src, None, nonce, len - 4);
-    f.splice(12..12, [0x81, 0x00, (tci >> 8) as u8, tci as u8]);
+    let [hi, lo] = tci.to_be_bytes();
+    f.splice(12..12, [0x81, 0x00, hi, lo]);
     f
 }
 
@@ -190,7 +191,8 @@ fn cpu_time(pid: u32) -> Duration {
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .unwrap()
-        .unwrap() as u64;
+        .unwrap();
+    let hz = u64::try_from(hz).unwrap();
     Duration::from_millis(ticks * 1000 / hz)
 }
 

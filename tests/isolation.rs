@@ -34,7 +34,7 @@ fn spec(hairpin: bool) -> TopologySpec {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let mut c = ChildSpec::new(&format!("c{i}"), *m, mac(i as u8));
+            let mut c = ChildSpec::new(&format!("c{i}"), *m, mac(u8::try_from(i).unwrap()));
             if i >= 2 {
                 c.groups = vec![GROUP_A];
             }

@@ -427,7 +427,7 @@ fn run_with_a_host_port_and_it_goes_with_the_engine() {
     assert!(pings(&h, "192.0.2.1"), "the host reaches c0 through shim0");
     let mut engine = l.engine.take().unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(engine.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(engine.id()).unwrap()),
         nix::sys::signal::SIGTERM,
     )
     .unwrap();

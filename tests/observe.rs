@@ -341,14 +341,14 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
                 dir: INBOUND,
                 comment: Some("to c0; rule rx_unicast_to_port".into()),
                 data: f.clone(),
-                original_len: f.len() as u32,
+                original_len: u32::try_from(f.len()).unwrap(),
             });
             want.push(Packet {
                 at: "c0".into(),
                 dir: OUTBOUND,
                 comment: None,
                 data: f.clone(),
-                original_len: f.len() as u32,
+                original_len: u32::try_from(f.len()).unwrap(),
             });
         } else {
             want.push(Packet {
@@ -360,7 +360,7 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
                         .into(),
                 ),
                 data: f.clone(),
-                original_len: f.len() as u32,
+                original_len: u32::try_from(f.len()).unwrap(),
             });
         }
     }
@@ -665,7 +665,7 @@ fn binary_and_json_streams_and_a_cut_capture_agree() {
         dir,
         comment: comment.map(str::to_string),
         data: f[..SNAP].to_vec(),
-        original_len: f.len() as u32,
+        original_len: u32::try_from(f.len()).unwrap(),
     };
     let want = vec![
         packet(
@@ -708,7 +708,7 @@ fn ctrl_c_ends_a_capture_and_a_follow_with_the_engines_count() {
     // Give the engine time to hand them over, then interrupt both.
     std::thread::sleep(Duration::from_millis(500));
     for c in &guard.0 {
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
     }
     let started = Instant::now();

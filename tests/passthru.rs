@@ -73,7 +73,7 @@ fn pkttypes_at_child(t: &Topology, dsts: &[(&'static str, MacAddr)]) -> BTreeMap
         let Some(n) = nonce_of(&r.bytes).and_then(|n| n.checked_sub(0x7000)) else {
             return;
         };
-        if let Some((name, _)) = dsts.get(n as usize) {
+        if let Some((name, _)) = dsts.get(usize::try_from(n).unwrap()) {
             seen.get_mut(*name).expect("listed").push(r.pkttype);
         }
     });

@@ -79,16 +79,16 @@ fn gso_frame(dst: MacAddr, nonce: u64, len: usize) -> Vec<u8> {
     // csum_start (the TCP header), csum_offset (its checksum field).
     f.push(1);
     f.push(1);
-    f.extend_from_slice(&((ETH + IP + TCP) as u16).to_le_bytes());
+    f.extend_from_slice(&u16::try_from(ETH + IP + TCP).unwrap().to_le_bytes());
     f.extend_from_slice(&1448u16.to_le_bytes());
-    f.extend_from_slice(&((ETH + IP) as u16).to_le_bytes());
+    f.extend_from_slice(&u16::try_from(ETH + IP).unwrap().to_le_bytes());
     f.extend_from_slice(&16u16.to_le_bytes());
     f.extend_from_slice(&dst.0);
     f.extend_from_slice(&SRC.0);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let mut iph = [0u8; IP];
     iph[0] = 0x45;
-    iph[2..4].copy_from_slice(&((len - ETH) as u16).to_be_bytes());
+    iph[2..4].copy_from_slice(&u16::try_from(len - ETH).unwrap().to_be_bytes());
     iph[6] = 0x40; // DF
     iph[8] = 64;
     iph[9] = 6; // TCP
@@ -98,8 +98,11 @@ fn gso_frame(dst: MacAddr, nonce: u64, len: usize) -> Vec<u8> {
         .chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
         .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    let mut sum = sum;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let sum = !u16::try_from(sum).unwrap();
     iph[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&iph);
     let mut tcp = [0u8; TCP];

@@ -61,7 +61,7 @@ impl Notified {
     }
 
     fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.engine.id() as i32), sig).unwrap();
+        kill(Pid::from_raw(i32::try_from(self.engine.id()).unwrap()), sig).unwrap();
     }
 }
 

@@ -26,7 +26,7 @@ struct Proc(Child);
 impl Proc {
     /// SIGTERM, and waits (5 s at most) for a clean exit.
     fn terminate(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.0.try_wait().unwrap().is_none() {
@@ -389,7 +389,7 @@ impl Peer {
     }
 
     fn send(&mut self, frame: &[u8]) {
-        let mut v = (frame.len() as u32).to_be_bytes().to_vec();
+        let mut v = u32::try_from(frame.len()).unwrap().to_be_bytes().to_vec();
         v.extend_from_slice(frame);
         self.0.write_all(&v).unwrap();
     }

@@ -316,7 +316,10 @@ pub fn render(stats: &StatsView, rates: Option<&Rates>) -> String {
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (days, rem) = (
+        i64::try_from(secs / 86_400).unwrap_or(i64::MAX),
+        secs % 86_400,
+    );
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

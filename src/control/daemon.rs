@@ -1440,7 +1440,7 @@ impl Daemon {
     fn view(&self, e: &PortEntry) -> Result<LinkView, ControlError> {
         let run = &self.parents[&e.parent];
         let id = run.keys.iter().position(|k| *k == e.key);
-        let in_table = id.map(|i| run.table.port(crate::forward::PortId(i as u16)));
+        let in_table = id.map(|i| run.table.port(crate::forward::PortId::nth(i)));
         let live = e.live.as_ref();
         let c = &e.counters.total();
         let stream = match &*e.devs[0] {

@@ -211,7 +211,7 @@ impl Collector for Snapshot {
                 "umacvlan_broadcast_queue_depth",
                 "Frames waiting in the broadcast queue: always 0, umacvlan delivers queued \
                  broadcast and multicast frames at once",
-                |p| p.broadcast_queue_depth as i64,
+                |p| i64::try_from(p.broadcast_queue_depth).unwrap_or(i64::MAX),
             ),
             (
                 "umacvlan_broadcast_queue_length",
@@ -245,7 +245,8 @@ impl Collector for Snapshot {
                         .filter(|x| x.parent == p.name && x.mode == mode)
                         .count();
                     let labels = [("parent", &*p.name), ("mode", mode.name())];
-                    ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+                    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                        .encode(m.encode_family(&labels)?)?;
                 }
             }
         }

@@ -120,7 +120,8 @@ impl Service {
     /// A reload begins (systemd ≥ 253 wants the monotonic time with it).
     pub fn reloading(&self) {
         let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-            t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+            let (s, ns) = (u64::try_from(t.tv_sec()), u64::try_from(t.tv_nsec()));
+            s.unwrap_or(0) * 1_000_000 + ns.unwrap_or(0) / 1000
         });
         self.notifier
             .notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));

@@ -251,7 +251,7 @@ fn watch(
             }
         }
         let mut fds = [PollFd::new(monitor.as_fd(), PollFlags::POLLIN)];
-        let wait = PollTimeout::try_from(MCAST_POLL.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+        let wait = PollTimeout::try_from(MCAST_POLL).unwrap_or(PollTimeout::MAX);
         if poll(&mut fds, wait).is_ok_and(|n| n > 0) {
             // Let a burst of changes (a port flapping in its namespace) arrive, and report
             // where it ended: at most one look per COALESCE.

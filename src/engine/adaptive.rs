@@ -122,7 +122,8 @@ impl Policy {
     /// True when the window, `elapsed` long, reached `factor` times [`SPARSE_PPS`] or
     /// [`SPARSE_BYTES`] per second.
     fn over(&self, elapsed: Duration, factor: u64) -> bool {
-        let per_s = |n: u64| n * 1_000_000 / elapsed.as_micros().max(1) as u64;
+        let micros = u64::try_from(elapsed.as_micros().max(1)).unwrap_or(u64::MAX);
+        let per_s = |n: u64| n * 1_000_000 / micros;
         per_s(self.frames) >= factor * SPARSE_PPS || per_s(self.bytes) >= factor * SPARSE_BYTES
     }
 

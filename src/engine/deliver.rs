@@ -451,7 +451,7 @@ mod tests {
         let ports = modes
             .iter()
             .enumerate()
-            .map(|(i, m)| PortConfig::new(format!("c{i}"), *m, mac(i as u8)))
+            .map(|(i, m)| PortConfig::new(format!("c{i}"), *m, mac(u8::try_from(i).unwrap())))
             .collect();
         let t = PortTable::build(parent, ports).unwrap();
         let n = modes.len();
@@ -572,9 +572,15 @@ mod tests {
         for (i, p) in ports.iter().enumerate() {
             let got = p.got.borrow();
             assert_eq!(got.len(), 3, "s{i}");
-            assert_eq!(&got[0][VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac(i as u8).0);
+            assert_eq!(
+                &got[0][VNET_HDR_LEN..VNET_HDR_LEN + 6],
+                &mac(u8::try_from(i).unwrap()).0
+            );
             assert_eq!(&got[0][VNET_HDR_LEN + 6..], &to_parent[VNET_HDR_LEN + 6..]);
-            assert_eq!(&got[1][VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac(i as u8).0);
+            assert_eq!(
+                &got[1][VNET_HDR_LEN..VNET_HDR_LEN + 6],
+                &mac(u8::try_from(i).unwrap()).0
+            );
             assert_eq!(
                 &got[1][VNET_HDR_LEN + 12..VNET_HDR_LEN + 16],
                 &[0x81, 0, 0, 5]

@@ -107,7 +107,8 @@ pub struct Head<'a> {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // Names are far shorter (a control request line is at most 64 KiB).
     let s = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    let len = u16::try_from(s.len()).expect("cut to u16::MAX above");
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(s);
 }
 
@@ -376,7 +377,7 @@ impl Chunk {
             return;
         }
         let len: usize = records(&self.buf)
-            .take(n as usize)
+            .take(usize::try_from(n).unwrap_or(usize::MAX))
             .map(|r| 4 + r.len())
             .sum();
         self.buf.truncate(len);

@@ -463,7 +463,7 @@ mod tests {
     }
 
     fn framed(f: &[u8]) -> Vec<u8> {
-        let mut v = (f.len() as u32).to_be_bytes().to_vec();
+        let mut v = u32::try_from(f.len()).unwrap().to_be_bytes().to_vec();
         v.extend_from_slice(f);
         v
     }

@@ -264,7 +264,7 @@ impl Poller {
         self.ids = set
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.key, PortId(i as u16)))
+            .map(|(i, p)| (p.key, PortId::nth(i)))
             .collect();
         Ok(())
     }

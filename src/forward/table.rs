@@ -142,6 +142,11 @@ impl PortId {
     pub const fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The id of a table's `i`-th port ([`PortTable::build`] refuses more than [`MAX_PORTS`]).
+    pub fn nth(i: usize) -> PortId {
+        PortId(u16::try_from(i).expect("a table holds at most MAX_PORTS ports"))
+    }
 }
 
 /// The kernel's default `bcqueuelen` request.
@@ -452,7 +457,7 @@ impl PortTable {
             ports: Vec::new(),
         };
         for (i, p) in ports.iter().enumerate() {
-            let id = PortId(i as u16); // build() checked the count.
+            let id = PortId::nth(i);
             let c = &p.config;
             t.bc_queue_len_used = t.bc_queue_len_used.max(c.bcqueuelen);
             if c.mode == Mode::Passthru {
@@ -506,7 +511,7 @@ impl PortTable {
     }
 
     pub fn ids(&self) -> impl Iterator<Item = PortId> + '_ {
-        (0..self.ports.len()).map(|i| PortId(i as u16))
+        (0..self.ports.len()).map(PortId::nth)
     }
 
     pub fn by_name(&self, name: &str) -> Option<PortId> {

@@ -1245,7 +1245,11 @@ fn arb_port(i: u8) -> impl Strategy<Value = PortConfig> {
 }
 
 fn arb_scenario() -> impl Strategy<Value = Scenario> {
-    let ports = (1usize..7).prop_flat_map(|n| (0..n as u8).map(arb_port).collect::<Vec<_>>());
+    let ports = (1usize..7).prop_flat_map(|n| {
+        (0..u8::try_from(n).unwrap())
+            .map(arb_port)
+            .collect::<Vec<_>>()
+    });
     (
         ports,
         -1i32..3,
@@ -1270,7 +1274,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
                 parent.host_promisc = pf[1];
                 let table = PortTable::build(parent, ports).ok()?;
                 let ingress = if from_port {
-                    Ingress::Port(PortId(idx.index(table.ports().len()) as u16))
+                    Ingress::Port(PortId::nth(idx.index(table.ports().len())))
                 } else {
                     Ingress::Parent
                 };

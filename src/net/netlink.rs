@@ -1127,7 +1127,7 @@ mod tests {
             let mut v = m.as_bytes().to_vec();
             v.push(0);
             let len = 4 + v.len();
-            p.extend_from_slice(&(len as u16).to_ne_bytes());
+            p.extend_from_slice(&u16::try_from(len).unwrap().to_ne_bytes());
             p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
             p.extend_from_slice(&v);
             p.resize(align4(p.len()), 0);

@@ -234,7 +234,7 @@ fn every_macvlan_mode_is_created_as_ip_shows_it() {
         let spec = MacvlanSpec {
             flags,
             mac: (mode != MACVLAN_MODE_PASSTHRU).then_some(mac),
-            bc_queue_len: Some(1000 + i as u32),
+            bc_queue_len: Some(1000 + u32::try_from(i).unwrap()),
             sources: sources.to_vec(),
             ..MacvlanSpec::new(mv.clone(), parent.index, mode)
         };
@@ -246,7 +246,7 @@ fn every_macvlan_mode_is_created_as_ip_shows_it() {
         assert_eq!(ours.link, Some(parent.index));
         let m = ours.macvlan.clone().unwrap();
         assert_eq!((m.mode, m.flags), (mode, flags), "{mv}");
-        assert_eq!(m.bc_queue_len, Some(1000 + i as u32));
+        assert_eq!(m.bc_queue_len, Some(1000 + u32::try_from(i).unwrap()));
         assert_eq!(m.sources, sources.to_vec());
         assert_eq!(m.macaddr_count as usize, sources.len());
         if mode == MACVLAN_MODE_PASSTHRU {
@@ -267,7 +267,7 @@ fn every_macvlan_mode_is_created_as_ip_shows_it() {
             d["nodst"].as_bool().unwrap_or(false),
             flags & MACVLAN_FLAG_NODST != 0
         );
-        assert_eq!(d["bcqueuelen"], 1000 + i as u32);
+        assert_eq!(d["bcqueuelen"], 1000 + u32::try_from(i).unwrap());
         if !sources.is_empty() {
             let want: Vec<String> = sources.iter().map(MacAddr::to_string).collect();
             assert_eq!(d["macaddr_data"], serde_json::json!(want), "{d}");

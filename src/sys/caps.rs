@@ -84,7 +84,9 @@ fn set(set: CapSet) -> io::Result<()> {
         version: VERSION_3,
         pid: 0,
     };
-    let (lo, hi) = (set.0 as u32, (set.0 >> 32) as u32);
+    // The kernel takes a 64-bit set as two 32-bit words, low first.
+    let lo = u32::try_from(set.0 & 0xffff_ffff).expect("masked to 32 bits");
+    let hi = u32::try_from(set.0 >> 32).expect("the high half of 64 bits");
     let data = [
         Data {
             effective: lo,

@@ -115,7 +115,7 @@ fn mreq(ifindex: libc::c_int, ty: libc::c_int, mac: Option<MacAddr>) -> libc::pa
     }
     libc::packet_mreq {
         mr_ifindex: ifindex,
-        mr_type: ty as libc::c_ushort,
+        mr_type: libc::c_ushort::try_from(ty).expect("PACKET_MR_* values are small"),
         mr_alen: if mac.is_some() { 6 } else { 0 },
         mr_address,
     }

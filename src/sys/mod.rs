@@ -142,11 +142,15 @@ fn get_packet_opt<T: Copy>(
     }
 }
 
+/// `AF_PACKET` as `sockaddr_ll.sll_family` holds it (the constant is an `int`).
+const AF_PACKET_FAMILY: libc::c_ushort = 17;
+const _: () = assert!(AF_PACKET_FAMILY as libc::c_int == libc::AF_PACKET);
+
 /// Binds a packet socket to `ifindex` with `protocol` (host order; 0 means "transmit only").
 fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex).map_err(io::Error::other)?;
     let sll = libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_family: AF_PACKET_FAMILY,
         sll_protocol: protocol.to_be(),
         sll_ifindex: ifindex,
         sll_hatype: 0,

@@ -142,7 +142,7 @@ impl Tap {
         queues.insert(0, first);
         // The header size and the offloads belong to the device: set once, through any queue.
         let tap = &queues[0];
-        let hdr_sz: libc::c_int = crate::wire::vnet::VNET_HDR_LEN as libc::c_int;
+        let hdr_sz = libc::c_int::try_from(crate::wire::vnet::VNET_HDR_LEN).expect("10 bytes");
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_sz` is a live local.
         let rc = unsafe {
             libc::ioctl(
@@ -192,7 +192,7 @@ impl Tap {
 
         let mut ifr = IfReqFlags {
             name: [0; IFNAMSIZ],
-            flags: flags as libc::c_short,
+            flags: libc::c_short::try_from(flags).expect("the TAP flags fit in ifr_flags"),
             _pad: [0; 22],
         };
         ifr.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(size_of::<IfReqFlags>(), size_of::<libc::ifreq>());
         assert_eq!(std::mem::offset_of!(IfReqFlags, flags), IFNAMSIZ);
         // TAP_FLAGS must survive the cast to the c_short ifr_flags field.
-        assert_eq!(i32::from(TAP_FLAGS as libc::c_short) & 0xffff, TAP_FLAGS);
+        assert!(libc::c_short::try_from(TAP_FLAGS).is_ok());
     }
 
     #[test]

@@ -61,7 +61,13 @@ fn fold(mut s: u64) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
-    !(s as u16)
+    !u16::try_from(s).expect("folded to 16 bits above")
+}
+
+/// A length for a 16-bit header field. Segments are at most MTU-sized; were that ever broken,
+/// the field saturates instead of wrapping to a small, plausible-looking value.
+fn len16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 /// Hands `frame` (no vnet header) to `emit` as one or more complete frames: as it is when `hdr`
@@ -148,6 +154,9 @@ fn segment<E>(
     let id = be16(f, ip + 4);
     let chunks = data.chunks(usize::from(mss)).collect::<Vec<_>>();
     let n = chunks.len().max(1);
+    // The IP ID goes up by one per segment and the sequence number by the payload before it,
+    // both modulo their field width.
+    let (mut seg_id, mut off) = (id, 0u32);
     for i in 0..n {
         let chunk = chunks.get(i).copied().unwrap_or_default();
         buf.clear();
@@ -156,16 +165,16 @@ fn segment<E>(
         let (len, tcp_len) = (buf.len(), buf.len() - tcp);
         let last = i + 1 == n;
         if v6 {
-            put16(buf, ip + 4, (len - ip - 40) as u16);
+            put16(buf, ip + 4, len16(len - ip - 40));
         } else {
-            put16(buf, ip + 2, (len - ip) as u16);
-            put16(buf, ip + 4, id.wrapping_add(i as u16));
+            put16(buf, ip + 2, len16(len - ip));
+            put16(buf, ip + 4, seg_id);
             put16(buf, ip + 10, 0);
             let c = fold(sum(&buf[ip..tcp], 0));
             put16(buf, ip + 10, c);
         }
-        let off = (i * usize::from(mss)) as u32;
         buf[tcp + 4..tcp + 8].copy_from_slice(&seq.wrapping_add(off).to_be_bytes());
+        (seg_id, off) = (seg_id.wrapping_add(1), off.wrapping_add(u32::from(mss)));
         let mut fl = flags;
         if !last {
             fl &= !(TCP_FIN | TCP_PSH);
@@ -227,7 +236,7 @@ mod tests {
         put16(f, l.tcp + 16, p);
         VnetHdr {
             flags: F_NEEDS_CSUM,
-            csum_start: l.tcp as u16,
+            csum_start: len16(l.tcp),
             csum_offset: 16,
             ..VnetHdr::NONE
         }
@@ -291,7 +300,7 @@ mod tests {
     #[test]
     fn tso_cuts_at_gso_size_and_fixes_every_header() {
         for v6 in [false, true] {
-            let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+            let payload: Vec<u8> = (0..3000u32).map(|i| i.to_le_bytes()[0]).collect();
             let mut f = tcp_frame(v6, &payload, true);
             let mut hdr = partial(v6, &mut f);
             hdr.gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
@@ -305,13 +314,16 @@ mod tests {
                 let Some(TransportSlice::Tcp(t)) = p.transport else {
                     panic!("not TCP")
                 };
-                assert_eq!(t.sequence_number(), 1_000_000 + 1448 * i as u32);
+                assert_eq!(
+                    t.sequence_number(),
+                    1_000_000 + 1448 * u32::try_from(i).unwrap()
+                );
                 let last = i == 2;
                 assert_eq!((t.fin(), t.psh()), (last, last), "v6={v6} segment {i}");
                 assert!(t.ack());
                 joined.extend_from_slice(t.payload());
                 if let Some(etherparse::NetSlice::Ipv4(ip)) = p.net {
-                    assert_eq!(ip.header().identification(), i as u16);
+                    assert_eq!(ip.header().identification(), u16::try_from(i).unwrap());
                     assert_eq!(usize::from(ip.header().total_len()), s.len() - 14);
                 }
             }

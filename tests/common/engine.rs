@@ -126,7 +126,7 @@ impl Engine {
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         let child = self.child.take().unwrap();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
             nix::sys::signal::SIGTERM,
         )
         .unwrap();

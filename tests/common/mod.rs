@@ -248,12 +248,12 @@ impl PacketSocket {
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUFFORCE,
                 (&raw const rcvbuf).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
+                libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap(),
             )
         };
         check(rc, "SO_RCVBUFFORCE")?;
         let addr = libc::sockaddr_ll {
-            sll_family: libc::AF_PACKET as u16,
+            sll_family: u16::try_from(libc::AF_PACKET).unwrap(),
             sll_protocol: protocol.to_be(),
             sll_ifindex: ifindex,
             sll_hatype: 0,
@@ -266,7 +266,7 @@ impl PacketSocket {
             libc::bind(
                 fd.as_raw_fd(),
                 (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
             )
         };
         check(rc, "bind")?;
@@ -285,7 +285,8 @@ impl PacketSocket {
             tp_packets: 0,
             tp_drops: 0,
         };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        let mut len =
+            libc::socklen_t::try_from(std::mem::size_of::<libc::tpacket_stats>()).unwrap();
         // SAFETY: `st` and `len` are live locals and `len` is the size of `st`; the kernel writes
         // at most that many bytes.
         let rc = unsafe {
@@ -317,7 +318,7 @@ impl PacketSocket {
                 libc::SOL_PACKET,
                 libc::PACKET_VNET_HDR,
                 (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
+                libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap(),
             )
         };
         check(rc, "PACKET_VNET_HDR")
@@ -346,7 +347,7 @@ impl PacketSocket {
             let n =
                 unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             if n >= 0 {
-                return if n as usize == frame.len() {
+                return if usize::try_from(n).ok() == Some(frame.len()) {
                     Ok(())
                 } else {
                     Err(io::Error::other(format!(
@@ -380,7 +381,7 @@ impl PacketSocket {
                 sll_halen: 0,
                 sll_addr: [0; 8],
             };
-            let mut alen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            let mut alen = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap();
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes, `addr` for `alen` bytes,
             // and `alen` is a live socklen_t; all outlive the call.
             let n = unsafe {
@@ -402,7 +403,7 @@ impl PacketSocket {
                 }
             }
             f(Received {
-                bytes: buf[..n as usize].to_vec(),
+                bytes: buf[..usize::try_from(n).unwrap()].to_vec(),
                 pkttype: addr.sll_pkttype,
                 ifindex: addr.sll_ifindex,
             });
@@ -576,7 +577,7 @@ impl EngineProcess {
 impl Drop for EngineProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let pid = self.child.id() as libc::pid_t;
+            let pid = libc::pid_t::try_from(self.child.id()).unwrap();
             // SAFETY: kill(2) on the pid of a child we spawned and have not yet reaped, so
             // the pid cannot have been reused.
             let rc = unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -394,7 +394,7 @@ pub fn expected(table: &PortTable, hairpin: bool, probe: &Probe) -> Seen {
             add(&mut seen, Ingress::Parent);
             false
         }
-        Sender::Child(i) => add(&mut seen, Ingress::Port(PortId(i as u16))),
+        Sender::Child(i) => add(&mut seen, Ingress::Port(PortId::nth(i))),
         Sender::Host => true,
     };
     seen.wire = u32::from(on_wire);
@@ -515,8 +515,7 @@ fn classify(
     let missing: BTreeSet<_> = m.difference(&o).copied().collect();
     let extra: BTreeSet<usize> = o.difference(&m).copied().collect();
     let dst = MacAddr(probe.frame[..6].try_into().expect("6 bytes"));
-    let leak_ok =
-        |i: &usize| dst.is_multicast() && !table.port(PortId(*i as u16)).accepts_group(dst);
+    let leak_ok = |i: &usize| dst.is_multicast() && !table.port(PortId::nth(*i)).accepts_group(dst);
     let wire_same = (obs.wire > 0) == (model.wire > 0);
     if !missing.is_empty() || !wire_same || !extra.iter().all(leak_ok) {
         (Outcome::Differ, extra)
@@ -611,7 +610,7 @@ fn compare_arms(table: &PortTable, kernel: &[Row], engine: &[Row], arm: &str) {
         );
         let (ks, es) = (k.observed.child_set(), e.observed.child_set());
         let kernel_leak =
-            |i: &usize| k.dst.is_multicast() && !table.port(PortId(*i as u16)).accepts_group(k.dst);
+            |i: &usize| k.dst.is_multicast() && !table.port(PortId::nth(*i)).accepts_group(k.dst);
         let same_children = es.is_subset(&ks) && ks.difference(&es).all(kernel_leak);
         let same_wire = (k.observed.wire > 0) == (e.observed.wire > 0);
         if !same_children || !same_wire {

@@ -199,7 +199,9 @@ impl Proc {
         if let Ok(Some(st)) = self.child.try_wait() {
             return Some(st);
         }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(
+            i32::try_from(self.child.id()).expect("a pid fits in pid_t"),
+        );
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {

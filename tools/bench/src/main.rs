@@ -523,7 +523,7 @@ fn measure(
                     bail!("interrupted");
                 }
                 let g = if p.iperf3 {
-                    let secs = p.dur.as_secs_f64().ceil().max(1.0) as u64;
+                    let secs = (p.dur.as_secs() + u64::from(p.dur.subsec_nanos() > 0)).max(1);
                     traffic::iperf3(server, addr, client, secs, streams)?
                 } else {
                     let ns = |n: &str| -> &umacvlan::net::Netns {

@@ -256,6 +256,11 @@ fn ping_pong(client: &UdpSocket, n: u32, stop: &AtomicBool) -> Result<Rtt> {
 }
 
 /// Nearest-rank percentile of sorted samples.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the rank is a small non-negative count (clamped below)"
+)]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

@@ -187,7 +187,8 @@ impl Engine {
     /// SIGTERM; returns the counters it prints on exit.
     fn stop(&mut self) -> Result<String> {
         let child = self.child.take().context("the engine is gone")?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in pid_t"));
         nix::sys::signal::kill(pid, Signal::SIGTERM)?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
@@ -385,11 +386,18 @@ fn churn(t: &Topology, socket: &Path, step: usize, churned: &mut Churned) {
             ..set
         }),
         3 => change(LinkChange {
-            mtu: Some(1400 - (round % 100) as u32),
+            mtu: Some(1400 - u32::try_from(round % 100).expect("under 100")),
             ..set
         }),
         4 => change(LinkChange {
-            address: Some(MacAddr([0x02, 0, 0, 0x5b, i as u8, (round % 250) as u8])),
+            address: Some(MacAddr([
+                0x02,
+                0,
+                0,
+                0x5b,
+                u8::try_from(i).expect("a few ports"),
+                u8::try_from(round % 250).expect("under 250"),
+            ])),
             ..set
         }),
         _ => Request::LinkDel(LinkName { name: name.clone() }),
