@@ -51,6 +51,13 @@ use crate::wire::ring_format::{
 
 use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
 
+/// `ETH_P_ALL` as the 16-bit protocol a packet socket binds to.
+const ETH_P_ALL: u16 = 0x0003;
+const _: () = assert!(ETH_P_ALL as libc::c_int == libc::ETH_P_ALL);
+/// The classic BPF `ret #k` opcode (`BPF_RET | BPF_K`) as `sock_filter.code` holds it.
+const BPF_RET_K: u16 = 0x06;
+const _: () = assert!(BPF_RET_K as u32 == libc::BPF_RET | libc::BPF_K);
+
 /// Which ring the kernel fills.
 ///
 /// * **V3** hands over whole blocks: cheap under load (one wake-up per block), but a lone frame
@@ -389,7 +396,7 @@ impl RxRing {
             fd,
         };
 
-        bind_packet(ring.fd.as_fd(), ifindex, libc::ETH_P_ALL as u16)
+        bind_packet(ring.fd.as_fd(), ifindex, ETH_P_ALL)
             .map_err(|source| RingError::Bind { ifindex, source })?;
         Ok(ring)
     }
@@ -611,7 +618,7 @@ impl RxRing {
 /// [`RxRing::steer`] on the ring's socket `fd`.
 fn steer(fd: BorrowedFd<'_>, to: Steering) -> io::Result<()> {
     let mut program = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        code: BPF_RET_K,
         jt: 0,
         jf: 0,
         k: to as u32,

@@ -192,7 +192,10 @@ impl Tap {
 
         let mut ifr = IfReqFlags {
             name: [0; IFNAMSIZ],
-            flags: libc::c_short::try_from(flags).expect("the TAP flags fit in ifr_flags"),
+            // `ifr_flags` is a C short the kernel reads as 16 bits (IFF_TUN_EXCL is 0x8000).
+            flags: u16::try_from(flags)
+                .expect("the TAP flags fit in 16 bits")
+                .cast_signed(),
             _pad: [0; 22],
         };
         ifr.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -300,7 +303,7 @@ mod tests {
         assert_eq!(size_of::<IfReqFlags>(), size_of::<libc::ifreq>());
         assert_eq!(std::mem::offset_of!(IfReqFlags, flags), IFNAMSIZ);
         // TAP_FLAGS must survive the cast to the c_short ifr_flags field.
-        assert!(libc::c_short::try_from(TAP_FLAGS).is_ok());
+        assert!(u16::try_from(TAP_FLAGS).is_ok(), "ifr_flags holds 16 bits");
     }
 
     #[test]

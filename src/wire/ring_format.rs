@@ -397,20 +397,25 @@ pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
         put_u32(
             &mut b,
             off + TP_NEXT_OFFSET_OFF,
-            if last { 0 } else { (next - off) as u32 },
+            if last {
+                0
+            } else {
+                u32::try_from(next - off).ok()?
+            },
         );
         put_u32(&mut b, off + TP_SEC_OFF, FAKE_SEC);
-        put_u32(&mut b, off + TP_NSEC_OFF, i as u32);
-        put_u32(&mut b, off + TP_SNAPLEN_OFF, len as u32);
-        put_u32(&mut b, off + TP_LEN_OFF, len as u32);
+        put_u32(&mut b, off + TP_NSEC_OFF, u32::try_from(i).ok()?);
+        let len32 = u32::try_from(len).ok()?;
+        put_u32(&mut b, off + TP_SNAPLEN_OFF, len32);
+        put_u32(&mut b, off + TP_LEN_OFF, len32);
         put_u32(&mut b, off + TP_STATUS_OFF, libc::TP_STATUS_USER);
-        put_u16(&mut b, off + TP_MAC_OFF, FAKE_MAC as u16);
+        put_u16(&mut b, off + TP_MAC_OFF, u16::try_from(FAKE_MAC).ok()?);
         b[off + FAKE_MAC - VNET_HDR_LEN..end].copy_from_slice(f);
         off = next;
     }
     put_u32(&mut b, BLOCK_STATUS_OFF, libc::TP_STATUS_USER);
     put_u32(&mut b, NUM_PKTS_OFF, u32::try_from(frames.len()).ok()?);
-    put_u32(&mut b, FIRST_PKT_OFF, first as u32);
+    put_u32(&mut b, FIRST_PKT_OFF, u32::try_from(first).ok()?);
     Some(b)
 }
 
@@ -501,10 +506,11 @@ mod tests {
         fn put_frame(b: &mut [u8], off: usize, next: u32, payload: &[u8], status: u32) {
             let mac = 92usize;
             put_u32(b, off + TP_NEXT_OFFSET_OFF, next);
-            put_u32(b, off + TP_SNAPLEN_OFF, payload.len() as u32);
-            put_u32(b, off + TP_LEN_OFF, payload.len() as u32 + 1);
+            let plen = u32::try_from(payload.len()).unwrap();
+            put_u32(b, off + TP_SNAPLEN_OFF, plen);
+            put_u32(b, off + TP_LEN_OFF, plen + 1);
             put_u32(b, off + TP_STATUS_OFF, status);
-            put_u16(b, off + TP_MAC_OFF, mac as u16);
+            put_u16(b, off + TP_MAC_OFF, u16::try_from(mac).unwrap());
             put_u32(b, off + TP_VLAN_TCI_OFF, 0x6064);
             put_u16(b, off + TP_VLAN_TPID_OFF, 0x88a8);
             b[off + SLL_OFF + SLL_PKTTYPE_OFF] = 3;
@@ -531,7 +537,7 @@ mod tests {
             let frames: Vec<Vec<u8>> = (0..40u8)
                 .map(|i| {
                     (0..VNET_HDR_LEN + 60 + usize::from(i))
-                        .map(|j| j as u8 ^ i)
+                        .map(|j| j.to_le_bytes()[0] ^ i)
                         .collect()
                 })
                 .collect();
@@ -586,14 +592,14 @@ mod tests {
             assert_eq!(frames_of(&b, 50, 48).len(), 2);
             // first offset inside the block descriptor or past the end.
             assert_eq!(frames_of(&b, 2, 0).len(), 0);
-            assert_eq!(frames_of(&b, 2, BS as u32 - 8).len(), 0);
+            assert_eq!(frames_of(&b, 2, u32::try_from(BS).unwrap() - 8).len(), 0);
             assert_eq!(frames_of(&b, 2, u32::MAX).len(), 0);
             // next offset pointing outside the block.
             put_u32(&mut b, 48 + TP_NEXT_OFFSET_OFF, 1 << 20);
             assert_eq!(frames_of(&b, 2, 48).len(), 1);
             put_u32(&mut b, 48 + TP_NEXT_OFFSET_OFF, 160);
             // snaplen running past the block.
-            put_u32(&mut b, 208 + TP_SNAPLEN_OFF, BS as u32);
+            put_u32(&mut b, 208 + TP_SNAPLEN_OFF, u32::try_from(BS).unwrap());
             assert_eq!(frames_of(&b, 2, 48).len(), 1);
             put_u32(&mut b, 208 + TP_SNAPLEN_OFF, u32::MAX);
             assert_eq!(frames_of(&b, 2, 48).len(), 1);
