@@ -343,3 +343,211 @@ pub(super) fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Optio
         macaddr: (old.macaddr != new.macaddr).then(|| MacaddrOp::Set(new.macaddr.clone())),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::forward::DEFAULT_BC_QUEUE_LEN;
+
+    const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 9]);
+    const SOURCE: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 10]);
+
+    fn spec() -> LinkSpec {
+        LinkSpec {
+            name: "p".into(),
+            parent: Some("eth0".into()),
+            ..LinkSpec::default()
+        }
+    }
+
+    /// What reloading `old` as `new` does, on a parent of MTU 1500.
+    fn reload(old: LinkSpec, new: LinkSpec) -> Option<LinkChange> {
+        in_place(&old, &new, 1500)
+    }
+
+    fn nothing() -> LinkChange {
+        LinkChange {
+            name: "p".into(),
+            ..LinkChange::default()
+        }
+    }
+
+    #[test]
+    fn in_place_of_the_same_port_changes_nothing() {
+        assert_eq!(reload(spec(), spec()), Some(nothing()));
+        let full = LinkSpec {
+            mode: Some(Mode::Source),
+            address: Some(MAC),
+            mtu: Some(1400),
+            bcqueuelen: Some(10),
+            bclim: Some(5),
+            macaddr: vec![SOURCE],
+            ..spec()
+        };
+        assert_eq!(reload(full.clone(), full), Some(nothing()));
+    }
+
+    #[test]
+    fn in_place_changes_mode_mac_mtu_bcqueuelen_and_sources() {
+        let changed = |new: LinkSpec| reload(spec(), new).expect("in place");
+        let mode = changed(LinkSpec {
+            mode: Some(Mode::Vepa),
+            ..spec()
+        });
+        assert_eq!(
+            mode,
+            LinkChange {
+                mode: Some(Mode::Vepa),
+                ..nothing()
+            }
+        );
+        let mac = changed(LinkSpec {
+            address: Some(MAC),
+            ..spec()
+        });
+        assert_eq!(mac.address, Some(MAC));
+        let mtu = changed(LinkSpec {
+            mtu: Some(1400),
+            ..spec()
+        });
+        assert_eq!(mtu.mtu, Some(1400));
+        let bcq = changed(LinkSpec {
+            bcqueuelen: Some(10),
+            ..spec()
+        });
+        assert_eq!(bcq.bcqueuelen, Some(10));
+        let sources = changed(LinkSpec {
+            mode: Some(Mode::Source),
+            macaddr: vec![SOURCE],
+            ..spec()
+        });
+        assert_eq!(sources.mode, Some(Mode::Source));
+        assert_eq!(sources.macaddr, Some(MacaddrOp::Set(vec![SOURCE])));
+    }
+
+    #[test]
+    fn in_place_takes_a_dropped_setting_back_to_its_default() {
+        let set = LinkSpec {
+            mode: Some(Mode::Vepa),
+            address: Some(MAC),
+            mtu: Some(1400),
+            bcqueuelen: Some(10),
+            ..spec()
+        };
+        let back = reload(set, spec()).expect("in place");
+        assert_eq!(back.mode, Some(Mode::Bridge), "the default mode");
+        assert_eq!(
+            back.address,
+            Some(derived_mac("eth0", "p")),
+            "the derived MAC"
+        );
+        assert_eq!(back.mtu, Some(1500), "the parent's MTU");
+        assert_eq!(back.bcqueuelen, Some(DEFAULT_BC_QUEUE_LEN));
+        // Writing out a default that was implied changes nothing.
+        let explicit = LinkSpec {
+            mode: Some(Mode::Bridge),
+            address: Some(derived_mac("eth0", "p")),
+            mtu: Some(1500),
+            bcqueuelen: Some(DEFAULT_BC_QUEUE_LEN),
+            ..spec()
+        };
+        let same = reload(spec(), explicit).expect("in place");
+        assert_eq!(
+            same.mode,
+            Some(Mode::Bridge),
+            "None and Some(Bridge) differ as given"
+        );
+        assert_eq!(
+            (same.address, same.mtu, same.bcqueuelen),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn in_place_never_sets_bclim_a_parents_setting() {
+        let new = LinkSpec {
+            bclim: Some(3),
+            ..spec()
+        };
+        assert_eq!(reload(spec(), new), Some(nothing()));
+    }
+
+    #[test]
+    fn in_place_refuses_what_changelink_cannot_do() {
+        let recreated = [
+            LinkSpec {
+                parent: Some("eth1".into()),
+                ..spec()
+            },
+            LinkSpec {
+                netns: Some("ns1".into()),
+                ..spec()
+            },
+            LinkSpec {
+                ifname: Some("eth0".into()),
+                ..spec()
+            },
+            LinkSpec {
+                nopromisc: true,
+                ..spec()
+            },
+            LinkSpec {
+                nodst: true,
+                ..spec()
+            },
+            LinkSpec {
+                kind: PortKind::Host,
+                ..spec()
+            },
+            LinkSpec {
+                kind: PortKind::Stream,
+                path: Some(PathBuf::from("/run/vm.sock")),
+                ..spec()
+            },
+            LinkSpec {
+                trust_guest_mac: true,
+                ..spec()
+            },
+            LinkSpec {
+                addresses: vec!["10.0.0.1/24".parse().unwrap()],
+                ..spec()
+            },
+            LinkSpec {
+                routes: vec!["10.1.0.0/16".parse().unwrap()],
+                ..spec()
+            },
+            LinkSpec {
+                mode: Some(Mode::Passthru),
+                ..spec()
+            },
+        ];
+        for new in recreated {
+            assert_eq!(reload(spec(), new.clone()), None, "{new:?}");
+            assert_eq!(reload(new.clone(), spec()), None, "{new:?}");
+        }
+        let stream = |path: &str| LinkSpec {
+            kind: PortKind::Stream,
+            path: Some(PathBuf::from(path)),
+            ..spec()
+        };
+        assert_eq!(reload(stream("/run/a.sock"), stream("/run/b.sock")), None);
+    }
+
+    #[test]
+    fn in_place_keeps_a_passthru_ports_mac_the_parents() {
+        let passthru = |address| LinkSpec {
+            mode: Some(Mode::Passthru),
+            address,
+            mtu: Some(1400),
+            ..spec()
+        };
+        let change = reload(passthru(None), passthru(Some(MAC))).expect("in place");
+        assert_eq!(
+            change.address, None,
+            "a passthru port's MAC is its parent's"
+        );
+        assert_eq!(change.mtu, None);
+    }
+}

@@ -298,3 +298,18 @@ fn ring_mode(v2_workers: u64, workers: usize) -> &'static str {
 /// Chunks (one per worker batch) a follower may have waiting before the workers count new
 /// frames as lost (its bytes in flight are bounded too: [`crate::engine::observe::SINK_BYTES`]).
 const FOLLOW_BACKLOG: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::ring_mode;
+
+    #[test]
+    fn ring_mode_says_which_ring_the_workers_read() {
+        assert_eq!(ring_mode(0, 1), "v3");
+        assert_eq!(ring_mode(1, 1), "v2");
+        assert_eq!(ring_mode(0, 4), "v3");
+        assert_eq!(ring_mode(4, 4), "v2");
+        assert_eq!(ring_mode(1, 4), "mixed");
+        assert_eq!(ring_mode(3, 4), "mixed");
+    }
+}

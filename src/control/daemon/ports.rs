@@ -486,7 +486,184 @@ fn create_tap(
 
 #[cfg(test)]
 mod tests {
-    use super::LogGate;
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const CONFIGURED: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+    const SEEN: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 2]);
+    const GROUP: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0, 0, 1]);
+
+    fn config(mode: Mode) -> PortConfig {
+        PortConfig {
+            up: false,
+            mtu: Some(1400),
+            ..PortConfig::new("p", mode, CONFIGURED)
+        }
+    }
+
+    /// A netdev up, with another MAC than the configured one, an MTU, promisc and a group.
+    fn live(mtu: u32) -> LiveState {
+        LiveState {
+            ifindex: 7,
+            up: true,
+            lower_up: true,
+            mac: SEEN,
+            mtu,
+            promisc: true,
+            allmulti: false,
+            groups: BTreeSet::from([GROUP]),
+        }
+    }
+
+    /// A port with no device: enough for what reads only its configuration and live state.
+    fn entry(kind: PortKind, mode: Mode, live: Option<LiveState>) -> PortEntry {
+        PortEntry {
+            key: 1,
+            parent: "eth0".into(),
+            config: config(mode),
+            netns: None,
+            devs: Vec::new(),
+            counters: Sharded::new(1),
+            ifname: None,
+            owner: None,
+            live,
+            admitted: None,
+            refused: None,
+            log_gate: LogGate::default(),
+            kind,
+            path: None,
+            trust_guest_mac: false,
+        }
+    }
+
+    #[test]
+    fn apply_live_takes_a_tap_ports_netdev_state() {
+        let p = apply_live(
+            &config(Mode::Bridge),
+            PortKind::Tap,
+            Some(&live(1300)),
+            1500,
+        );
+        assert!(p.up);
+        assert_eq!(p.mac, SEEN, "the TAP's MAC, once seen, is the port's");
+        assert_eq!(p.mtu, Some(1300));
+        assert!(p.promisc);
+        assert!(!p.allmulti);
+        assert_eq!(p.groups, BTreeSet::from([GROUP]));
+        assert_eq!((p.name.as_str(), p.mode), ("p", Mode::Bridge));
+    }
+
+    #[test]
+    fn apply_live_without_a_netdev_is_down_as_configured() {
+        for kind in [PortKind::Tap, PortKind::Host, PortKind::Attach] {
+            let p = apply_live(&config(Mode::Bridge), kind, None, 1500);
+            assert!(!p.up, "{kind}: no netdev seen, not up");
+            assert_eq!(p.mac, CONFIGURED, "{kind}");
+            assert_eq!(p.mtu, Some(1400), "{kind}");
+            assert!(!p.promisc && p.groups.is_empty(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn apply_live_clamps_the_mtu_to_the_parents() {
+        let mtu = |seen| {
+            apply_live(
+                &config(Mode::Bridge),
+                PortKind::Tap,
+                Some(&live(seen)),
+                1500,
+            )
+            .mtu
+        };
+        assert_eq!(mtu(9000), Some(1500), "above the parent's: the parent's");
+        assert_eq!(mtu(1500), Some(1500));
+        assert_eq!(mtu(MIN_MTU), Some(MIN_MTU));
+        assert_eq!(
+            mtu(0),
+            Some(MIN_MTU),
+            "below the kernel's minimum: the minimum"
+        );
+    }
+
+    #[test]
+    fn apply_live_keeps_a_vm_ports_guest_mac_and_takes_every_group() {
+        let p = apply_live(
+            &config(Mode::Bridge),
+            PortKind::Attach,
+            Some(&live(1500)),
+            1500,
+        );
+        assert!(p.up);
+        assert_eq!(
+            p.mac, CONFIGURED,
+            "the guest's MAC, not the host side's netdev's"
+        );
+        assert!(p.allmulti, "the guest filters, as behind a macvtap");
+        assert_eq!(p.mtu, Some(1500));
+        let down = apply_live(&config(Mode::Bridge), PortKind::Attach, None, 1500);
+        assert!(down.allmulti && !down.up);
+    }
+
+    #[test]
+    fn apply_live_has_a_stream_port_always_up() {
+        for seen in [None, Some(live(9000))] {
+            let p = apply_live(&config(Mode::Vepa), PortKind::Stream, seen.as_ref(), 1500);
+            assert!(p.up, "a stream port has no netdev: always up");
+            assert!(p.allmulti);
+            assert_eq!(p.mac, CONFIGURED);
+            assert_eq!(p.mtu, Some(1400), "as configured");
+            assert!(
+                !p.promisc && p.groups.is_empty(),
+                "nothing taken from a netdev"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_live_keeps_a_passthru_ports_configured_mac() {
+        let p = apply_live(
+            &config(Mode::Passthru),
+            PortKind::Tap,
+            Some(&live(1500)),
+            1500,
+        );
+        assert_eq!(p.mac, CONFIGURED, "the parent's MAC, given at creation");
+        assert!(p.up && p.promisc);
+    }
+
+    #[test]
+    fn effective_mac_is_the_taps_once_seen_except_for_passthru_and_vm_ports() {
+        let mac = |kind, mode, live| effective_mac(&entry(kind, mode, live));
+        assert_eq!(mac(PortKind::Tap, Mode::Bridge, None), CONFIGURED);
+        assert_eq!(mac(PortKind::Tap, Mode::Bridge, Some(live(1500))), SEEN);
+        assert_eq!(mac(PortKind::Host, Mode::Bridge, Some(live(1500))), SEEN);
+        assert_eq!(mac(PortKind::Tap, Mode::Source, Some(live(1500))), SEEN);
+        assert_eq!(
+            mac(PortKind::Tap, Mode::Passthru, Some(live(1500))),
+            CONFIGURED
+        );
+        assert_eq!(
+            mac(PortKind::Attach, Mode::Bridge, Some(live(1500))),
+            CONFIGURED
+        );
+        assert_eq!(mac(PortKind::Stream, Mode::Bridge, None), CONFIGURED);
+    }
+
+    #[test]
+    fn temp_name_is_unique_per_key_and_a_valid_interface_name() {
+        let pid = std::process::id() % 100_000;
+        assert_eq!(temp_name(1), format!("umv{pid}p1"));
+        assert_ne!(temp_name(1), temp_name(11), "key 1 and key 11 differ");
+        assert_ne!(temp_name(12), temp_name(112));
+        for key in [1, 42, 999_999] {
+            let name = temp_name(key);
+            // IFNAMSIZ is 16 with the NUL: the kernel refuses a longer name.
+            assert!(name.len() <= 15, "{name} is too long for an interface");
+            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric()), "{name}");
+            assert!(name.ends_with(&format!("p{key}")), "{name}");
+        }
+    }
 
     #[test]
     fn log_gate_lets_a_burst_through_then_holds_and_counts() {
@@ -502,5 +679,52 @@ mod tests {
         g.refilled -= LogGate::EVERY;
         assert_eq!(g.due(), Some(999));
         assert_eq!(g.due(), None, "nothing held any more");
+    }
+
+    #[test]
+    fn log_gate_says_how_many_were_held_on_the_next_line() {
+        let mut g = LogGate::default();
+        for _ in 0..LogGate::BURST {
+            assert_eq!(g.pass(), Some(0));
+        }
+        assert_eq!(g.pass(), None);
+        assert_eq!(g.pass(), None);
+        g.refilled -= LogGate::EVERY;
+        assert_eq!(
+            g.pass(),
+            Some(2),
+            "a new change's line counts the two held back"
+        );
+        assert_eq!(g.due(), None, "nothing held: no extra line");
+    }
+
+    #[test]
+    fn log_gate_held_line_for_a_single_change_counts_none_other() {
+        let mut g = LogGate::default();
+        for _ in 0..LogGate::BURST {
+            g.pass();
+        }
+        assert_eq!(g.pass(), None);
+        g.refilled -= LogGate::EVERY;
+        assert_eq!(g.due(), Some(0), "the line shows that one change's state");
+    }
+
+    #[test]
+    fn log_gate_refills_one_line_a_second_up_to_the_burst() {
+        let mut g = LogGate::default();
+        for _ in 0..LogGate::BURST {
+            g.pass();
+        }
+        // One second: one line.
+        g.refilled -= LogGate::EVERY;
+        assert_eq!(g.pass(), Some(0));
+        assert_eq!(g.pass(), None);
+        // A long quiet time: a full burst again, never more.
+        g.refilled -= LogGate::EVERY * 10;
+        assert_eq!(g.pass(), Some(1), "the change held above is counted");
+        for _ in 1..LogGate::BURST {
+            assert_eq!(g.pass(), Some(0));
+        }
+        assert_eq!(g.pass(), None, "the burst is at most {}", LogGate::BURST);
     }
 }
