@@ -327,6 +327,8 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             .parse()
             .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
     };
+    // The parent's MTU is not known yet (a file may be checked off the machine): the lower bound
+    // now, with its line and column; the whole rule (`forward::check_mtu`) when the table is built.
     if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
         return Err(src.error(
             Some(m.span()),

@@ -22,7 +22,7 @@ pub use lower::LowerFilter;
 pub use table::{
     DEFAULT_BC_CUTOFF, DEFAULT_BC_QUEUE_LEN, DEFAULT_MAX_FRAME, MAX_PORTS, MIN_MTU, Mode, ModeMask,
     ModeParseError, ParentConfig, Port, PortConfig, PortFlags, PortId, PortTable, SourceEntry,
-    TableError,
+    TableError, check_mtu,
 };
 pub use verdict::{Delivery, DropReason, Flood, Outcome, Rule, Verdict};
 

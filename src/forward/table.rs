@@ -153,6 +153,20 @@ impl PortId {
 pub const DEFAULT_BC_QUEUE_LEN: u32 = 1000;
 /// The kernel's default `bc_cutoff` (`bclim`).
 pub const DEFAULT_BC_CUTOFF: i32 = 1;
+/// The one MTU rule (`macvlan_change_mtu`, creation): a port's MTU must lie in
+/// [`MIN_MTU`]`..=` the parent's. The table, `link set mtu` and the configuration file all ask it.
+pub fn check_mtu(port: &str, mtu: u32, parent_mtu: u32) -> Result<u32, TableError> {
+    if (MIN_MTU..=parent_mtu).contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(TableError::Mtu {
+            port: port.to_string(),
+            mtu,
+            max: parent_mtu,
+        })
+    }
+}
+
 /// The smallest MTU the kernel accepts for a macvlan (`ETH_MIN_MTU`).
 pub const MIN_MTU: u32 = 68;
 /// Ports per table; `PortId` is 16 bits.
@@ -392,14 +406,7 @@ impl PortTable {
                     mac: *bad,
                 });
             }
-            let mtu = c.mtu.unwrap_or(parent.mtu);
-            if !(MIN_MTU..=parent.mtu).contains(&mtu) {
-                return Err(TableError::Mtu {
-                    port: c.name,
-                    mtu,
-                    max: parent.mtu,
-                });
-            }
+            let mtu = check_mtu(&c.name, c.mtu.unwrap_or(parent.mtu), parent.mtu)?;
             built.push(Port { config: c, mtu });
         }
         Self::check_passthru(&built)?;

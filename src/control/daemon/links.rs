@@ -13,7 +13,7 @@ use crate::control::proto::{
 use crate::control::spec::{HOST_MODE, PortKind, derived_mac};
 use crate::engine::admit::{Refusal, address_busy};
 use crate::engine::dev::PortDev;
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortTable};
+use crate::forward::{Mode, ParentConfig, PortTable, check_mtu};
 use crate::wire::mac::MacAddr;
 
 impl Daemon {
@@ -168,14 +168,9 @@ impl Daemon {
             }
             self.check_new_address(key, &pconfig, mac)?;
         }
-        if let Some(mtu) = c.mtu.filter(|m| !(MIN_MTU..=pconfig.mtu).contains(m)) {
-            return Err(err(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "MTU {mtu} is outside {MIN_MTU}..={} (the parent's MTU) (EINVAL)",
-                    pconfig.mtu
-                ),
-            ));
+        if let Some(mtu) = c.mtu {
+            check_mtu(&c.name, mtu, pconfig.mtu)
+                .map_err(|e| err(ErrorKind::InvalidArgument, format!("{e} (EINVAL)")))?;
         }
         if let Some(op) = &c.macaddr {
             if new_mode != Mode::Source {
