@@ -16,6 +16,7 @@ use crate::control::proto;
 use crate::control::service::Service;
 use crate::control::spec::PortSpec;
 use crate::control::{Call, ServeOptions, serve_into};
+use crate::engine::priority::WorkerPriority;
 use crate::sys::caps::{self, CapSet};
 use crate::sys::ring::{RingConfig, RingVersion};
 
@@ -113,6 +114,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "UMACVLAN_WORKERS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
     workers: u16,
+    /// The scheduling each worker thread asks for itself at start (only the workers: not the
+    /// daemon or any other thread): normal (the default: no change), nice[:N] (N in -20..=19,
+    /// default -10) or fifo[:P] (SCHED_FIFO at priority P in 1..=99, default 1). Refused fifo
+    /// (no CAP_SYS_NICE, or a cgroup with no real-time budget) falls back to nice -10 with one
+    /// warning; `umacvlan stats -j` shows what applied. A fifo worker can take a whole CPU under
+    /// a flood and starve normal tasks on it: see docs/performance.md#worker-priority. With fifo
+    /// or a nice below 0, the engine keeps CAP_SYS_NICE. Default: the config file's
+    /// `worker_priority`.
+    #[arg(long, value_name = "normal|nice[:N]|fifo[:P]", value_parser = parse_priority)]
+    worker_priority: Option<WorkerPriority>,
 }
 
 /// The most workers per parent: a TAP has at most 256 queues (the kernel's MAX_TAP_QUEUES); 64
@@ -176,9 +187,12 @@ enum Checked {
 /// always; CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening another process's /proc/PID/ns/net, a
 /// CNI netns path) while ports may still be added into namespaces, i.e. unless `--no-control`
 /// without `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE
-/// for a metrics port below 1024.
-fn capabilities(a: &RunArgs) -> (CapSet, CapSet) {
-    let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW]);
+/// for a metrics port below 1024; CAP_SYS_NICE for good when the workers' `priority` needs it
+/// (`fifo`, or a nice below 0: a worker started later, for a port added or a parent back, asks
+/// for it too, and inherits the daemon's set).
+fn capabilities(a: &RunArgs, priority: WorkerPriority) -> (CapSet, CapSet) {
+    let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW])
+        .with(caps::CAP_SYS_NICE, priority.needs_sys_nice());
     let runtime_netns = !a.no_control || a.config.is_some();
     let final_set = keep
         .with(caps::CAP_SYS_ADMIN, runtime_netns)
@@ -212,9 +226,23 @@ fn group(g: &str) -> Result<nix::unistd::Gid, Failure> {
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
+    // The configuration file is read first (parsing it starts no thread): its worker_priority
+    // decides whether CAP_SYS_NICE is kept.
+    let config = match &a.config {
+        Some(path) => {
+            let (file, text) = (path.display().to_string(), read(path)?);
+            let config = Config::parse(&file, &text).map_err(Failure::usage)?;
+            Some((file, text, config))
+        }
+        None => None,
+    };
+    let priority = a
+        .worker_priority
+        .or_else(|| config.as_ref().and_then(|(_, _, c)| c.worker_priority))
+        .unwrap_or_default();
     // Before any thread exists, so that every thread starts without the capabilities the
     // engine never needs (capabilities are per thread).
-    let (setup_caps, final_caps) = capabilities(&a);
+    let (setup_caps, final_caps) = capabilities(&a, priority);
     caps::restrict(setup_caps, final_caps)
         .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
     // Then, still before any thread (checks spawn some): every thread inherits the mask, so a
@@ -244,21 +272,19 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     })?;
     let mut socket = a.control.clone();
     let mut control_group = a.control_group.clone();
-    let checked = match (&a.config, &a.parent) {
-        (Some(path), _) => {
-            let (file, text) = (path.display().to_string(), read(path)?);
-            let config = Config::parse(&file, &text).map_err(Failure::usage)?;
+    let checked = match (&a.config, config, &a.parent) {
+        (Some(path), Some((file, text, config)), _) => {
             config.check_machine(&file, &text).map_err(Failure::usage)?;
             socket = socket.or_else(|| config.control.clone());
             control_group = control_group.or_else(|| config.control_group.clone());
             Checked::Config(path.clone(), config)
         }
-        (None, Some(_)) if a.ports.is_empty() && a.no_control => {
+        (_, _, Some(_)) if a.ports.is_empty() && a.no_control => {
             return Err(Failure::usage(anyhow::anyhow!(
                 "--no-control and no --port: nothing could ever add a port to this engine"
             )));
         }
-        (None, Some(parent)) => {
+        (_, _, Some(parent)) => {
             let specs = a
                 .ports
                 .iter()
@@ -270,8 +296,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
                 plan(parent, opts, &specs).map_err(Failure::usage)?,
             ))
         }
-        (None, None) if a.ports.is_empty() => Checked::Empty,
-        (None, None) => {
+        (_, _, None) if a.ports.is_empty() => Checked::Empty,
+        (_, _, None) => {
             return Err(Failure::usage(anyhow::anyhow!(
                 "--port needs --parent (the interface the ports hang off)"
             )));
@@ -307,6 +333,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         ring,
         per_frame,
         workers: usize::from(a.workers),
+        priority,
     };
     let mut daemon = match checked {
         Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,
@@ -357,6 +384,10 @@ enum RingKind {
     V2,
     V3,
     Auto,
+}
+
+fn parse_priority(s: &str) -> Result<WorkerPriority, String> {
+    s.parse()
 }
 
 fn parse_ring(s: &str) -> Result<RingKind, String> {

@@ -3,6 +3,7 @@
 //! ```toml
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
+//! worker_priority = "fifo:1"                 # optional: normal (default), nice[:N], fifo[:P]
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -36,6 +37,7 @@ use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
 use crate::control::spec::PortKind;
+use crate::engine::priority::WorkerPriority;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
 use crate::net::{Cidr, Netlink};
 use crate::wire::mac::MacAddr;
@@ -45,6 +47,7 @@ use crate::wire::mac::MacAddr;
 struct RawConfig {
     control: Option<PathBuf>,
     control_group: Option<String>,
+    worker_priority: Option<Spanned<String>>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -88,6 +91,9 @@ pub struct Config {
     pub control: Option<PathBuf>,
     /// Members of this group may use the control socket too (`run --control-group`).
     pub control_group: Option<String>,
+    /// The scheduling every worker asks for itself (`run --worker-priority`, which overrides
+    /// it). Read at start only: a reload that changes it applies nothing until a restart.
+    pub worker_priority: Option<WorkerPriority>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -183,9 +189,19 @@ impl Config {
             }
             ports.push(port);
         }
+        let worker_priority = raw
+            .worker_priority
+            .map(|w| {
+                let at = w.span();
+                w.into_inner()
+                    .parse::<WorkerPriority>()
+                    .map_err(|e| src.error(Some(at), format!("worker_priority: {e}")))
+            })
+            .transpose()?;
         let config = Config {
             control: raw.control,
             control_group: raw.control_group,
+            worker_priority,
             bclim: raw
                 .parents
                 .into_iter()
@@ -397,6 +413,7 @@ mod tests {
 
     const GOOD: &str = r#"
 control = "/tmp/u.sock"
+worker_priority = "fifo:2"
 
 [parents.eth0]
 bclim = 2
@@ -427,6 +444,7 @@ macaddr = ["02:00:00:00:00:99"]
         let c = Config::parse("u.toml", GOOD).unwrap();
         assert_eq!(c.control.as_deref(), Some(Path::new("/tmp/u.sock")));
         assert_eq!(c.bclim.get("eth0"), Some(&2));
+        assert_eq!(c.worker_priority, Some(WorkerPriority::Fifo(2)));
         assert_eq!(c.ports.len(), 2);
         assert_eq!(c.ports[0].spec.ifname.as_deref(), Some("eth1"));
         let s = &c.ports[1].spec;
@@ -442,6 +460,11 @@ macaddr = ["02:00:00:00:00:99"]
     #[test]
     fn errors_name_file_line_column_and_key() {
         let cases = [
+            (
+                "control = \"/x\"\nworker_priority = \"fifo:0\"\n",
+                "u.toml:2:19: worker_priority: worker priority \"fifo:0\": expected normal, \
+                 nice[:N] (N in -20..=19, default -10) or fifo[:P] (P in 1..=99, default 1)",
+            ),
             ("[[ports]\nname = \"c1\"", "u.toml:1:"),
             (
                 "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\ncolour = \"red\"\n",

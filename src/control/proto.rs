@@ -457,6 +457,11 @@ pub struct ParentView {
     /// stayed in its mode).
     #[serde(default)]
     pub ring_steer_failures: u64,
+    /// The scheduling the parent's workers applied to themselves (`run --worker-priority`):
+    /// `normal`, `nice:N`, `fifo:P`, or what a refused one fell back to, with why, e.g.
+    /// `nice:-10 (fifo:1 refused: EPERM)`. Empty while the parent is gone.
+    #[serde(default)]
+    pub worker_priority: String,
     /// How many ports hang off this parent.
     pub ports: usize,
     /// The broadcast queue's length in use (the largest `bcqueuelen` of its ports, as the

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod deliver;
 pub(crate) mod dev;
 pub mod observe;
+pub mod priority;
 pub mod record;
 #[doc(hidden)]
 pub mod stream;

@@ -8,6 +8,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use hashbrown::HashMap;
 use std::thread::JoinHandle;
@@ -22,6 +23,7 @@ use super::counters::{ParentCounters, PortCounters};
 use super::deliver::{self, PortIo, ToWire};
 use super::dev::{PortDev, Recv};
 use super::observe::{ObserverCache, Observers};
+use super::priority::WorkerPriority;
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
 use crate::sys::tx::{MmsgScratch, TxSocket};
@@ -162,6 +164,18 @@ impl WorkerGroup {
         result
     }
 
+    /// The scheduling the workers applied to themselves: one text when they all agree, else
+    /// each distinct one, separated by `; `.
+    pub fn priority(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for w in &self.0 {
+            if !seen.contains(&w.priority.as_str()) {
+                seen.push(&w.priority);
+            }
+        }
+        seen.join("; ")
+    }
+
     /// True when any worker has stopped by itself (it failed).
     pub fn is_finished(&self) -> bool {
         self.0.iter().any(WorkerHandle::is_finished)
@@ -174,6 +188,9 @@ pub struct WorkerHandle {
     commands: Sender<Command>,
     wake: Arc<EventFd>,
     thread: JoinHandle<io::Result<()>>,
+    /// The scheduling the worker applied to itself at start, e.g. `fifo:1`, or
+    /// `nice:-10 (fifo:1 refused: EPERM)` ([`WorkerPriority::apply`]).
+    priority: String,
 }
 
 impl WorkerHandle {
@@ -213,6 +230,10 @@ pub struct Worker {
     pub observers: Arc<Observers>,
     /// This worker's copy of the followers' list.
     pub observer_cache: ObserverCache,
+    /// The scheduling the worker asks for itself when it starts (`run --worker-priority`).
+    pub priority: WorkerPriority,
+    /// Set by the first worker of the engine to log that its priority was refused.
+    pub priority_warned: Arc<AtomicBool>,
 }
 
 /// How reading a port's device ended.
@@ -292,18 +313,27 @@ impl Worker {
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let w = Arc::clone(&wake);
+        let (applied_tx, applied_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             if let Some(c) = core
                 && !core_affinity::set_for_current(c)
             {
                 tracing::warn!("pinning the worker to CPU {} failed", c.id);
             }
+            // By the thread itself, so that it is this thread's only, and before `run` settles
+            // its capabilities.
+            let _ = applied_tx.send(self.priority.apply(&self.priority_warned));
             self.run(&rx, &w)
         })?;
+        // The thread sends first thing; a closed channel means it died before.
+        let priority = applied_rx
+            .recv()
+            .unwrap_or_else(|_| "unknown (the worker ended at start)".to_string());
         Ok(WorkerHandle {
             commands: tx,
             wake,
             thread,
+            priority,
         })
     }
 

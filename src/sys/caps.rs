@@ -22,6 +22,7 @@ pub const CAP_NET_ADMIN: u8 = 12;
 pub const CAP_NET_RAW: u8 = 13;
 pub const CAP_SYS_PTRACE: u8 = 19;
 pub const CAP_SYS_ADMIN: u8 = 21;
+pub const CAP_SYS_NICE: u8 = 23;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets as two 32-bit halves.
 const VERSION_3: u32 = 0x2008_0522;
@@ -76,6 +77,11 @@ fn get() -> io::Result<(CapSet, CapSet)> {
         join(data[0].effective, data[1].effective),
         join(data[0].permitted, data[1].permitted),
     ))
+}
+
+/// Whether the calling thread holds `cap` in its effective set.
+pub fn effective_has(cap: u8) -> io::Result<bool> {
+    get().map(|(effective, _)| effective.has(cap))
 }
 
 /// Sets the calling thread's effective and permitted sets to `set`; inheritable to nothing.

@@ -12,6 +12,8 @@
 //! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
 //!   vanishes when its fd closes (§8 "Children").
 //! * [`caps`]: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
+//! * [`sched`]: the calling thread's scheduling: `SCHED_FIFO` or a nice value (`run
+//!   --worker-priority`).
 //! * [`attach`]: [`PacketPort`], a netdev someone else owns (a VM's TAP) used as a port through
 //!   an `AF_PACKET` socket bound to it.
 //!
@@ -22,6 +24,7 @@ pub mod attach;
 pub mod caps;
 pub mod membership;
 pub mod ring;
+pub mod sched;
 pub mod tap;
 pub mod tx;
 

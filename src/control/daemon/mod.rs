@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
@@ -39,6 +40,7 @@ use crate::control::config::Config;
 use crate::control::proto::{ControlError, ErrorKind, Reply, Request, Response};
 use crate::control::service::Service;
 use crate::engine::observe::Observers;
+use crate::engine::priority::WorkerPriority;
 use crate::engine::worker::WorkerGroup;
 use crate::forward::PortTable;
 use crate::net::{Netlink, Netns};
@@ -67,6 +69,8 @@ pub struct EngineOptions {
     /// `PACKET_FANOUT` HASH group and every TAP gets one queue per worker (`IFF_MULTI_QUEUE`);
     /// workers are pinned to distinct CPUs when the machine has more CPUs than workers.
     pub workers: usize,
+    /// The scheduling every worker asks for itself at start (`run --worker-priority`).
+    pub priority: WorkerPriority,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +80,7 @@ impl Default for EngineOptions {
             ring: RingConfig::DEFAULT,
             per_frame: Some(RingConfig::V2),
             workers: 1,
+            priority: WorkerPriority::Normal,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct Daemon {
     observers: Arc<Observers>,
     /// systemd's notification socket and watchdog, when run by systemd (Type=notify).
     pub service: Option<Service>,
+    /// Set once a worker logged that its priority was refused: one warning per engine.
+    priority_warned: Arc<AtomicBool>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -135,6 +142,7 @@ impl Daemon {
             exit_on_parent_loss: false,
             observers: Arc::default(),
             service: None,
+            priority_warned: Arc::default(),
         })
     }
 

@@ -14,6 +14,7 @@ use crate::control::proto::{
 };
 use crate::engine::observe::Filter;
 use crate::engine::record::{self, Chunk, FrameRecord};
+use crate::engine::worker::WorkerGroup;
 use crate::sys::ring::RingVersion;
 
 impl Daemon {
@@ -244,6 +245,10 @@ impl Daemon {
                     ring_mode: ring_mode(c.ring_v2.get(), self.opts.workers).to_string(),
                     ring_mode_switches: c.ring_mode_switches.get(),
                     ring_steer_failures: c.ring_steer_failures.get(),
+                    worker_priority: run
+                        .worker
+                        .as_ref()
+                        .map_or_else(String::new, WorkerGroup::priority),
                     ports: self.ports.iter().filter(|e| e.parent == *name).count(),
                     bcqueuelen_used: run.table.bc_queue_len_used(),
                     // Delivered at once: nothing ever waits (see ParentView).

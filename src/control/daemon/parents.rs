@@ -134,6 +134,8 @@ impl Daemon {
                 carrier: link.flags.lower_up,
                 observers: Arc::clone(&self.observers),
                 observer_cache: ObserverCache::default(),
+                priority: self.opts.priority,
+                priority_warned: Arc::clone(&self.priority_warned),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
@@ -162,8 +164,10 @@ impl Daemon {
             ),
             None => format!("a {}", describe(&self.opts.ring)),
         };
-        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with {rings}");
-        Ok(WorkerGroup::new(workers))
+        let group = WorkerGroup::new(workers);
+        let priority = group.priority();
+        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with {rings}; worker priority {priority}");
+        Ok(group)
     }
 
     /// The parent disappeared: its worker stops, its ports lose carrier and wait, and every

@@ -27,6 +27,20 @@ impl Daemon {
         if let Some(s) = &self.service {
             s.reloading();
         }
+        if let Some((_, old)) = &self.config
+            && old.worker_priority != new.worker_priority
+        {
+            let show = |p: Option<crate::engine::priority::WorkerPriority>| {
+                p.map_or_else(|| "(unset)".to_string(), |p| p.to_string())
+            };
+            tracing::warn!(
+                "worker_priority changed in the file ({} -> {}): it applies at the next start \
+                 only; the engine keeps {}",
+                show(old.worker_priority),
+                show(new.worker_priority),
+                self.opts.priority
+            );
+        }
         let report = self.apply(new);
         self.notify_ready();
         let report = report?;
