@@ -1,5 +1,6 @@
 //! Least privilege (root): after start-up every thread of the engine holds exactly CAP_NET_ADMIN
-//! and CAP_NET_RAW (plus CAP_SYS_ADMIN while ports can still be added into namespaces), in its
+//! and CAP_NET_RAW (plus CAP_SYS_ADMIN while ports can still be added into namespaces, and
+//! CAP_SYS_NICE only when `--worker-priority` asks for fifo or a nice below 0), in its
 //! permitted, effective and bounding sets, nothing inheritable or ambient, and no_new_privs; it
 //! still forwards and still adds ports into namespaces. The control socket is root's (0600) unless
 //! `--control-group` opens it to a group (0660, root:GROUP).
@@ -13,6 +14,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
 /// CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening /proc/PID/ns/net of another process).
 const SYS_ADMIN: u64 = (1 << 21) | (1 << 19);
+/// CAP_SYS_NICE: kept only for `--worker-priority fifo[:P]` or `nice:N` below 0.
+const SYS_NICE: u64 = 1 << 23;
 
 struct Engine(Child);
 
@@ -121,6 +124,33 @@ fn static_engine_keeps_net_admin_and_net_raw_only_and_forwards() {
         pings(t.wire.name(), "192.0.2.1"),
         "forwarding without privileges"
     );
+}
+
+#[test]
+fn a_fifo_worker_priority_also_keeps_sys_nice_and_forwards() {
+    let t = topology("cn", 1);
+    let port = format!("name=c0,netns={}", t.kid(0));
+    let args = ["--no-control", "--parent", "p0", "--port", &port];
+    let e = start(&t, &[&args[..], &["--worker-priority", "fifo:2"]].concat());
+    wait_until("c0", || {
+        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
+    });
+    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_NICE);
+    ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
+    ip(&["-n", t.kid(0), "addr", "add", "192.0.2.1/24", "dev", "c0"]);
+    assert!(
+        pings(t.wire.name(), "192.0.2.1"),
+        "forwarding as a fifo worker"
+    );
+    // A nice above 0 needs no privilege: nothing more is kept.
+    let t = topology("cm", 1);
+    let port = format!("name=c0,netns={}", t.kid(0));
+    let args = ["--no-control", "--parent", "p0", "--port", &port];
+    let e = start(&t, &[&args[..], &["--worker-priority", "nice:5"]].concat());
+    wait_until("c0", || {
+        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
+    });
+    assert_caps(e.0.id(), NET_ADMIN_RAW);
 }
 
 #[test]
