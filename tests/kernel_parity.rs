@@ -12,9 +12,7 @@
 
 mod common;
 
-use common::{
-    ChildrenProvider, ETH_P_ALL, EXT_MAC, NetnsGuard, PacketSocket, ip, require_root, test_frame,
-};
+use common::{ChildrenProvider, ETH_P_ALL, EXT_MAC, PacketSocket, ip, require_root, test_frame};
 
 common::parity::parity_tests!(ChildrenProvider::Kernel, "kernel");
 
@@ -29,7 +27,7 @@ common::parity::parity_tests!(ChildrenProvider::Kernel, "kernel");
 #[test]
 fn af_packet_send_limits_on_veth() {
     require_root();
-    let ns = NetnsGuard::new("limits");
+    let ns = common::netns("limits");
     let n = ns.name();
     common::disable_ipv6(n);
     ip(

@@ -21,8 +21,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child as Process, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortFlags, PortTable};
@@ -80,14 +78,14 @@ fn with_ns<'a>(ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// `ip -n NS args`; panics with ip's stderr on failure.
+/// `ip -n NS args`; panics with ip's stderr on failure (the library's `testutil::ip` in NS).
 pub fn ip(ns: &str, args: &[&str]) -> String {
-    try_run("ip", &with_ns(ns, args)).unwrap_or_else(|e| panic!("{e}"))
+    umacvlan::net::testutil::ip(&with_ns(ns, args))
 }
 
 /// `ip -n NS args`, returning the error instead of panicking.
 pub fn try_ip(ns: &str, args: &[&str]) -> Result<String, String> {
-    try_run("ip", &with_ns(ns, args))
+    umacvlan::net::testutil::try_ip(&with_ns(ns, args))
 }
 
 /// `bridge -n NS args`; panics with bridge's stderr on failure.
@@ -99,66 +97,16 @@ pub fn bridge(ns: &str, args: &[&str]) -> String {
 // Namespaces
 // ---------------------------------------------------------------------------------------------
 
-/// `ip netns add` mounts /run/netns shared on first use; concurrent first uses race, so the
-/// adds of this process are serialized (they are cheap).
-static NETNS_ADD: Mutex<()> = Mutex::new(());
+/// The tests' namespace guard and its constructor are the library's (`net::testutil`): one
+/// naming scheme (`umv-<pid>-<tag>-<n>`), one cleanup, one sweeper.
+pub use umacvlan::net::testutil::{NetnsGuard, netns};
 
-/// A named network namespace (`/run/netns/umv-<pid>-<tag>-<n>`), deleted on drop.
-#[derive(Debug)]
-pub struct NetnsGuard {
-    name: String,
-}
-
-impl NetnsGuard {
-    /// Creates a namespace with a name unique to this process and call; panics on failure.
-    pub fn new(tag: &str) -> NetnsGuard {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("umv-{}-{tag}-{n}", std::process::id());
-        {
-            let _serial = NETNS_ADD.lock().unwrap_or_else(|p| p.into_inner());
-            try_run("ip", &["netns", "add", &name]).unwrap_or_else(|e| panic!("{e}"));
-        }
-        NetnsGuard { name }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let Err(e) = try_run("ip", &["netns", "del", &self.name]) else {
-            return;
-        };
-        let msg = format!("cleanup of netns {} failed: {e}", self.name);
-        if std::thread::panicking() {
-            eprintln!("{msg}");
-        } else {
-            panic!("{msg}");
-        }
-    }
-}
-
-/// Runs `f` on a fresh thread that has entered network namespace `ns` (setns affects only the
-/// calling thread, so the test's own threads never change namespace). Sockets created in `f`
-/// stay bound to `ns` for their whole life.
+/// Runs `f` on a fresh thread that has entered the network namespace named `ns` (setns affects
+/// only the calling thread, so the test's own threads never change namespace). Sockets created
+/// in `f` stay bound to `ns` for their whole life.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: `file` is an open namespace file that outlives the call; CLONE_NEWNET
-            // changes only this thread's network namespace, and the thread ends after `f`.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert!(rc == 0, "setns({path}): {}", io::Error::last_os_error());
-            f()
-        });
-        worker
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
+    let handle = umacvlan::net::Netns::open(ns).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
+    umacvlan::net::in_netns(&handle, f).unwrap_or_else(|e| panic!("enter netns {ns}: {e}"))
 }
 
 /// Turns IPv6 off in `ns` (all existing and future interfaces), so no DAD, RS or MLD frames
@@ -687,10 +635,10 @@ impl Topology {
     /// link is up. Panics (cleaning up what exists) on any failure.
     pub fn build(spec: &TopologySpec, provider: &ChildrenProvider) -> Topology {
         let t = &spec.tag;
-        let wire_ns = NetnsGuard::new(&format!("{t}-w"));
-        let host_ns = NetnsGuard::new(&format!("{t}-h"));
+        let wire_ns = netns(&format!("{t}-w"));
+        let host_ns = netns(&format!("{t}-h"));
         let child_ns: Vec<NetnsGuard> = (0..spec.children.len())
-            .map(|i| NetnsGuard::new(&format!("{t}-c{i}")))
+            .map(|i| netns(&format!("{t}-c{i}")))
             .collect();
         let (w, h) = (wire_ns.name(), host_ns.name());
         for ns in [w, h]
