@@ -13,10 +13,9 @@
 #[allow(unused_imports, unused_macros)]
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::engine::{BIN, Engine, Topo, topo};
+use common::engine::{Engine, Topo, topo};
 use umacvlan::net::testutil::{ip, try_ip};
 
 const PARENT_MAC: &str = "02:00:00:00:aa:01";
@@ -106,22 +105,7 @@ struct Umacvlan<'a> {
 
 impl Umacvlan<'_> {
     fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let o = Command::new("timeout")
-            .args(["5", "ip", "netns", "exec", self.t.host.name(), BIN])
-            .args(args)
-            .env("UMACVLAN_CONTROL", self.t.socket())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_ne!(
-            o.status.code(),
-            Some(124),
-            "umacvlan {args:?}: no answer in 5 s"
-        );
-        match o.status.success() {
-            true => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-            false => Err(err),
-        }
+        self.t.ctl(args)
     }
 
     fn view(&self, name: &str) -> serde_json::Value {

@@ -216,27 +216,11 @@ fn ip_batch(ns: &str, lines: &[String]) -> Duration {
 
 /// `umacvlan ARGS -j` against the engine, which must answer within 5 s.
 fn ctl_json(t: &Topo, args: &[&str]) -> serde_json::Value {
-    let o = Command::new("timeout")
-        .args([
-            "5",
-            "ip",
-            "netns",
-            "exec",
-            t.host.name(),
-            common::engine::BIN,
-        ])
-        .args(args)
-        .arg("-j")
-        .env("UMACVLAN_CONTROL", t.socket())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "umacvlan {args:?} (exit {:?}: 124 is no answer in 5 s): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    let args = [args, &["-j"]].concat();
+    let out = t
+        .ctl(&args)
+        .unwrap_or_else(|e| panic!("umacvlan {args:?}: {e}"));
+    serde_json::from_str(&out).unwrap()
 }
 
 /// The engine answers its control socket and port `c1` still answers pings from the wire.

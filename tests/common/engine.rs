@@ -101,6 +101,26 @@ impl Topo {
         stats_json(self.host.name(), &self.socket())
     }
 
+    /// `umacvlan ARGS` against the running engine, which must answer within 5 s (a hung engine
+    /// fails the test instead of hanging it): stdout on success, stderr on failure.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let o = Command::new("timeout")
+            .args(["5", "ip", "netns", "exec", self.host.name(), BIN])
+            .args(args)
+            .env("UMACVLAN_CONTROL", self.socket())
+            .output()
+            .unwrap();
+        assert_ne!(
+            o.status.code(),
+            Some(124),
+            "umacvlan {args:?}: no answer in 5 s"
+        );
+        match o.status.success() {
+            true => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            false => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+        }
+    }
+
     pub fn up(&self, i: usize, addr: &str) {
         let (ns, dev) = (self.kid(i), format!("c{i}"));
         ip(&["-n", ns, "link", "set", &dev, "up"]);
