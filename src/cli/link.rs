@@ -356,28 +356,7 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
     if let [one] = words
         && one.contains('=')
     {
-        let l: LinkPortSpec = one.parse()?;
-        let p = l.port;
-        return Ok(LinkSpec {
-            name: p.name,
-            parent: l.parent,
-            mode: Some(p.mode),
-            address: p.mac,
-            mtu: p.mtu,
-            netns: p.netns,
-            ifname: p.ifname,
-            owner: None,
-            nopromisc: p.flags.nopromisc,
-            nodst: p.flags.nodst,
-            bcqueuelen: p.bcqueuelen,
-            bclim: l.bclim,
-            macaddr: p.sources.into_iter().collect(),
-            kind: p.kind,
-            path: p.path,
-            trust_guest_mac: p.trust_guest_mac,
-            addresses: p.addresses,
-            routes: p.routes,
-        });
+        return Ok(one.parse::<LinkPortSpec>()?.into());
     }
     let mut name = None;
     let mut s = LinkSpec::default();

@@ -36,9 +36,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::proto::LinkSpec;
-use crate::control::spec::PortKind;
+use crate::control::spec::{PortKind, PortSpec};
 use crate::engine::priority::WorkerPriority;
-use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable};
+use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, check_mtu};
 use crate::net::{Cidr, Netlink};
 use crate::wire::mac::MacAddr;
 
@@ -173,8 +173,7 @@ impl Config {
         let mut names = BTreeSet::new();
         for p in raw.ports {
             let port = convert(&src, p)?;
-            port.spec
-                .port_spec()
+            PortSpec::from(&port.spec)
                 .check_kind(&port.spec.name)
                 .map_err(|e| src.error(Some(port.name_at.clone()), format!("ports: {e}")))?;
             if !names.insert(port.spec.name.clone()) {
@@ -242,7 +241,7 @@ impl Config {
                 .iter()
                 .map(|p| PortConfig {
                     up: true,
-                    ..p.spec.port_spec().to_config(parent)
+                    ..PortSpec::from(&p.spec).to_config(parent)
                 })
                 .collect();
             if let Err(e) = PortTable::build(pconfig, configs) {
@@ -343,9 +342,12 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             .parse()
             .map_err(|e| src.error(Some(k.span()), format!("ports.kind: {e}")))?,
     };
-    // The parent's MTU is not known yet (a file may be checked off the machine): the lower bound
-    // now, with its line and column; the whole rule (`forward::check_mtu`) when the table is built.
-    if let Some(m) = p.mtu.as_ref().filter(|m| *m.get_ref() < MIN_MTU) {
+    // The parent's MTU is not known yet (a file may be checked off the machine): the one rule
+    // (`forward::check_mtu`) under no parent's bound now, for the key's line and column; with the
+    // parent's MTU when the table is built.
+    if let Some(m) = &p.mtu
+        && check_mtu(p.name.get_ref(), *m.get_ref(), u32::MAX).is_err()
+    {
         return Err(src.error(
             Some(m.span()),
             format!("ports.mtu: {} is below {MIN_MTU}", m.get_ref()),

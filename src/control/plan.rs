@@ -69,12 +69,10 @@ pub enum PlanError {
     Netlink(#[from] crate::net::Error),
 }
 
-/// One port, checked and ready to create.
+/// One port, checked and ready to create: its description and its namespace, open.
 #[derive(Debug)]
 pub struct PlannedPort {
     pub spec: PortSpec,
-    /// As the table sees it; `up` is false until the TAP is brought up.
-    pub config: PortConfig,
     pub netns: Option<Netns>,
 }
 
@@ -274,10 +272,8 @@ pub fn plan(
                 });
             }
         }
-        let config = spec.to_config(parent);
         ports.push(PlannedPort {
             spec: spec.clone(),
-            config,
             netns,
         });
     }
@@ -288,21 +284,18 @@ pub fn plan(
         .iter()
         .map(|p| PortConfig {
             up: true,
-            ..p.config.clone()
+            ..p.spec.to_config(parent)
         })
         .collect();
     PortTable::build(parent_config.clone(), all_up)?;
     let on_parent_mac = ports
         .iter()
-        .find(|p| p.config.mode != Mode::Passthru && p.config.mac == parent_config.mac);
+        .find(|p| p.spec.mode != Mode::Passthru && p.spec.mac_on(parent) == parent_config.mac);
     if let Some(p) = on_parent_mac {
         return Err(PlanError::ParentMac {
-            port: p.config.name.clone(),
-            mac: p.config.mac,
+            port: p.spec.name.clone(),
+            mac: p.spec.mac_on(parent),
         });
-    }
-    for p in &mut ports {
-        p.config.up = false;
     }
     Ok(Plan {
         parent: link,

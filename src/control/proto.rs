@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::spec::PortKind;
+use crate::control::spec::{LinkPortSpec, PortKind, PortSpec};
 /// A frame as an `observation` carries it: the JSON face of the engine's frame record.
 pub use crate::engine::record::{FailedCopy, ObservedFrame};
 use crate::forward::Mode;
@@ -181,28 +181,57 @@ pub struct LinkSpec {
     pub routes: Vec<Cidr>,
 }
 
-impl LinkSpec {
-    /// The `--port` form of the request (for the table checks and the derived MAC).
-    pub fn port_spec(&self) -> crate::control::spec::PortSpec {
-        crate::control::spec::PortSpec {
-            name: self.name.clone(),
-            mode: self.mode.unwrap_or(Mode::Bridge),
-            netns: self.netns.clone(),
-            mac: self.address,
-            mtu: self.mtu,
+/// The request as the one description of a port ([`PortSpec`]); `parent`, `owner` and `bclim`
+/// are not the port's. A request's port attributes are read here and nowhere else.
+impl From<&LinkSpec> for PortSpec {
+    fn from(l: &LinkSpec) -> PortSpec {
+        PortSpec {
+            name: l.name.clone(),
+            mode: l.mode.unwrap_or(Mode::Bridge),
+            netns: l.netns.clone(),
+            mac: l.address,
+            mtu: l.mtu,
             flags: crate::forward::PortFlags {
-                nopromisc: self.nopromisc,
-                nodst: self.nodst,
+                nopromisc: l.nopromisc,
+                nodst: l.nodst,
             },
-            bcqueuelen: self.bcqueuelen,
-            sources: self.macaddr.iter().copied().collect(),
+            bcqueuelen: l.bcqueuelen,
+            sources: l.macaddr.iter().copied().collect(),
             state: Default::default(),
-            ifname: self.ifname.clone(),
-            kind: self.kind,
-            path: self.path.clone(),
-            trust_guest_mac: self.trust_guest_mac,
-            addresses: self.addresses.clone(),
-            routes: self.routes.clone(),
+            ifname: l.ifname.clone(),
+            kind: l.kind,
+            path: l.path.clone(),
+            trust_guest_mac: l.trust_guest_mac,
+            addresses: l.addresses.clone(),
+            routes: l.routes.clone(),
+        }
+    }
+}
+
+/// `link add KEY=VALUE,...` (a `--port` spec with `parent` and `bclim`) as a request: the
+/// reverse of `From<&LinkSpec> for PortSpec`.
+impl From<LinkPortSpec> for LinkSpec {
+    fn from(l: LinkPortSpec) -> LinkSpec {
+        let p = l.port;
+        LinkSpec {
+            name: p.name,
+            parent: l.parent,
+            mode: Some(p.mode),
+            address: p.mac,
+            mtu: p.mtu,
+            netns: p.netns,
+            ifname: p.ifname,
+            owner: None,
+            nopromisc: p.flags.nopromisc,
+            nodst: p.flags.nodst,
+            bcqueuelen: p.bcqueuelen,
+            bclim: l.bclim,
+            macaddr: p.sources.into_iter().collect(),
+            kind: p.kind,
+            path: p.path,
+            trust_guest_mac: p.trust_guest_mac,
+            addresses: p.addresses,
+            routes: p.routes,
         }
     }
 }

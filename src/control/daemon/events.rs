@@ -69,7 +69,7 @@ impl Daemon {
         if a.ifindex() == l.ifindex {
             return;
         }
-        let ns = e.netns.as_ref().map(|(_, ns)| ns);
+        let ns = e.netns.as_ref();
         let again = bring_up_attached(&mut self.nl, a.name(), ns)
             .and_then(|index| a.rebind(index).map_err(Into::into));
         match again {

@@ -10,10 +10,10 @@ use crate::control::plan::{
 use crate::control::proto::{
     ControlError, ErrorKind, LinkChange, LinkSpec, LinkStats, LinkView, MacaddrOp,
 };
-use crate::control::spec::{HOST_MODE, PortKind, derived_mac};
+use crate::control::spec::{HOST_MODE, PortKind, PortSpec, derived_mac};
 use crate::engine::admit::{Refusal, address_busy};
 use crate::engine::dev::PortDev;
-use crate::forward::{Mode, ParentConfig, PortTable, check_mtu};
+use crate::forward::{DEFAULT_BC_QUEUE_LEN, Mode, ParentConfig, PortConfig, PortTable, check_mtu};
 use crate::wire::mac::MacAddr;
 
 impl Daemon {
@@ -47,11 +47,13 @@ impl Daemon {
         if let Some(b) = l.bclim {
             pconfig.bc_cutoff = b;
         }
-        let spec = l.port_spec();
+        let spec = PortSpec::from(&l);
         spec.check_kind(&l.name)
             .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
-        let mut config = spec.to_config(&parent);
-        config.up = false;
+        let config = PortConfig {
+            up: false,
+            ..spec.to_config(&parent)
+        };
         // Creation checks no busy address (`macvlan_common_newlink`): that is done when the port
         // comes up. Only a group or zero MAC is refused now.
         if let Some(mac) = l
@@ -70,10 +72,13 @@ impl Daemon {
             .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
         // A path one of our ports listens on: refused before any probe connects to it.
         if let Some(path) = &spec.path
-            && let Some(e) = self.ports.iter().find(|e| e.path.as_ref() == Some(path))
+            && let Some(e) = self
+                .ports
+                .iter()
+                .find(|e| e.spec.path.as_ref() == Some(path))
         {
             let path = path.display().to_string();
-            let same = PlanError::SamePath(e.config.name.clone(), spec.name.clone(), path);
+            let same = PlanError::SamePath(e.spec.name.clone(), spec.name.clone(), path);
             return Err(plan_err(same));
         }
         let netns = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
@@ -82,16 +87,8 @@ impl Daemon {
         if let Some(run) = self.parents.get_mut(&parent) {
             run.config.bc_cutoff = pconfig.bc_cutoff;
         }
-        self.create(
-            &parent,
-            PlannedPort {
-                spec,
-                config,
-                netns,
-            },
-            l.owner.clone(),
-        )
-        .map_err(internal)?;
+        self.create(&parent, PlannedPort { spec, netns }, l.owner.clone())
+            .map_err(internal)?;
         tracing::info!(port = %l.name, %parent, "port added");
         self.view(self.entry(&l.name)?)
     }
@@ -108,7 +105,7 @@ impl Daemon {
             .ports
             .iter()
             .filter(|e| e.parent == parent.name && e.key != key)
-            .map(|e| (e.config.name.clone(), e.admitted));
+            .map(|e| (e.spec.name.clone(), e.admitted));
         match address_busy(parent.mac, mac, others) {
             None => Ok(()),
             Some(r @ Refusal::Invalid { .. }) => {
@@ -127,7 +124,7 @@ impl Daemon {
             .position(|e| e.key == key)
             .expect("found above");
         let e = self.ports.remove(i);
-        let ns = e.netns.as_ref().map_or(&self.own_ns, |(_, ns)| ns);
+        let ns = e.netns.as_ref().unwrap_or(&self.own_ns);
         self.watchers.forget(ns, key).map_err(internal)?;
         self.rebuild(&e.parent);
         if !self.ports.iter().any(|p| p.parent == e.parent) {
@@ -141,10 +138,10 @@ impl Daemon {
     /// `link set`: the kernel's changelink rules (§8), every check before any change.
     pub fn link_set(&mut self, c: LinkChange) -> Result<LinkView, ControlError> {
         let e = self.entry(&c.name)?;
-        let (key, parent, old_mode) = (e.key, e.parent.clone(), e.config.mode);
+        let (key, parent, old_mode) = (e.key, e.parent.clone(), e.spec.mode);
         let pconfig = self.parents[&parent].config.clone();
         let new_mode = c.mode.unwrap_or(old_mode);
-        if e.kind == PortKind::Host && new_mode != Mode::Bridge {
+        if e.spec.kind == PortKind::Host && new_mode != Mode::Bridge {
             return Err(err(
                 ErrorKind::InvalidArgument,
                 format!("{}: {HOST_MODE}, not {new_mode}", c.name),
@@ -195,7 +192,7 @@ impl Daemon {
         }
         // Checked: apply. The device itself first (MAC, MTU), then the configuration. A VM
         // port's MAC is the guest's and its netdev (if any) is not ours: configuration only.
-        if (c.address.is_some() || c.mtu.is_some()) && !self.entry(&c.name)?.kind.is_vm() {
+        if (c.address.is_some() || c.mtu.is_some()) && !self.entry(&c.name)?.spec.kind.is_vm() {
             self.on_port_link(key, |nl, index| {
                 if let Some(mac) = c.address {
                     nl.set_mac(index, mac)?;
@@ -211,15 +208,15 @@ impl Daemon {
             .iter_mut()
             .find(|e| e.key == key)
             .expect("found above");
-        let cfg = &mut e.config;
-        if let Some(mac) = c.address {
-            cfg.mac = mac;
+        let cfg = &mut e.spec;
+        if c.address.is_some() {
+            cfg.mac = c.address;
         }
         if c.mtu.is_some() {
             cfg.mtu = c.mtu;
         }
-        if let Some(q) = c.bcqueuelen {
-            cfg.bcqueuelen = q;
+        if c.bcqueuelen.is_some() {
+            cfg.bcqueuelen = c.bcqueuelen;
         }
         if new_mode != Mode::Source {
             cfg.sources.clear();
@@ -264,13 +261,13 @@ impl Daemon {
             _ => None,
         };
         Ok(LinkView {
-            name: e.config.name.clone(),
+            name: e.spec.name.clone(),
             ifindex: live.map(|l| l.ifindex),
             address: effective_mac(e),
-            mtu: live.map_or(e.config.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
+            mtu: live.map_or(e.spec.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
-            netns: e.netns.as_ref().map(|(n, _)| n.clone()),
-            ifname: e.ifname.clone(),
+            netns: e.spec.netns.clone(),
+            ifname: e.spec.ifname.clone(),
             owner: e.owner.clone(),
             up: stream.is_some() || live.is_some_and(|l| l.up),
             lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
@@ -278,13 +275,13 @@ impl Daemon {
             refused: e.refused.as_ref().map(ToString::to_string),
             promisc: live.is_some_and(|l| l.promisc),
             allmulti: live.is_some_and(|l| l.allmulti),
-            mode: e.config.mode,
-            nopromisc: e.config.flags.nopromisc,
-            nodst: e.config.flags.nodst,
-            bcqueuelen: e.config.bcqueuelen,
+            mode: e.spec.mode,
+            nopromisc: e.spec.flags.nopromisc,
+            nodst: e.spec.flags.nodst,
+            bcqueuelen: e.spec.bcqueuelen.unwrap_or(DEFAULT_BC_QUEUE_LEN),
             usedbcqueuelen: run.table.bc_queue_len_used(),
             bclim: run.config.bc_cutoff,
-            macaddr: e.config.sources.iter().copied().collect(),
+            macaddr: e.spec.sources.iter().copied().collect(),
             stats: LinkStats {
                 rx_packets: c.rx.packets.get(),
                 rx_bytes: c.rx.bytes.get(),
@@ -300,9 +297,9 @@ impl Daemon {
                     .map(|(r, n)| (r.name().to_string(), n))
                     .collect(),
             },
-            kind: e.kind,
-            path: e.path.clone(),
-            trust_guest_mac: e.trust_guest_mac,
+            kind: e.spec.kind,
+            path: e.spec.path.clone(),
+            trust_guest_mac: e.spec.trust_guest_mac,
         })
     }
 }
@@ -327,7 +324,7 @@ pub(super) fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Optio
     }
     let parent = new.parent.as_deref().unwrap_or_default();
     let mac = |s: &LinkSpec| s.address.unwrap_or_else(|| derived_mac(parent, &s.name));
-    let bcq = |s: &LinkSpec| s.bcqueuelen.unwrap_or(crate::forward::DEFAULT_BC_QUEUE_LEN);
+    let bcq = |s: &LinkSpec| s.bcqueuelen.unwrap_or(DEFAULT_BC_QUEUE_LEN);
     Some(LinkChange {
         name: new.name.clone(),
         mode: changed(old.mode, new.mode).map(|m| m.unwrap_or(Mode::Bridge)),
@@ -344,7 +341,6 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::forward::DEFAULT_BC_QUEUE_LEN;
 
     const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 9]);
     const SOURCE: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 10]);

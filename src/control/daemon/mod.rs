@@ -303,7 +303,7 @@ impl Daemon {
     fn entry(&self, name: &str) -> Result<&PortEntry, ControlError> {
         self.ports
             .iter()
-            .find(|e| e.config.name == name)
+            .find(|e| e.spec.name == name)
             .ok_or_else(|| err(ErrorKind::NoSuchLink, format!("no port named {name}")))
     }
 

@@ -94,9 +94,9 @@ impl Daemon {
             });
             for e in self.ports.iter().filter(|e| &e.parent == p) {
                 interfaces.push(FollowInterface {
-                    name: e.config.name.clone(),
+                    name: e.spec.name.clone(),
                     parent: p.clone(),
-                    kind: e.config.mode.name().into(),
+                    kind: e.spec.mode.name().into(),
                     mac: effective_mac(e),
                 });
             }
@@ -279,7 +279,7 @@ impl Daemon {
             .ports
             .iter()
             .zip(&port_totals)
-            .map(|(e, c)| (e.config.name.as_str(), e.config.mode, c))
+            .map(|(e, c)| (e.spec.name.as_str(), e.spec.mode, c))
             .collect();
         let parents: Vec<_> = self
             .parents

@@ -185,7 +185,7 @@ impl Daemon {
         run.lower = None;
         for e in self.ports.iter().filter(|e| e.parent == parent) {
             if let Err(err) = e.devs[0].set_carrier(false) {
-                tracing::warn!(port = %e.config.name, "clearing carrier failed: {err}");
+                tracing::warn!(port = %e.spec.name, "clearing carrier failed: {err}");
             }
         }
         tracing::error!(%parent, "parent disappeared: its ports are down until it comes back");
@@ -229,11 +229,7 @@ impl Daemon {
             tracing::info!(%parent, from = old, to = mtu, "parent MTU changed");
         }
         (run.config.mtu, run.link.mtu) = (mtu, mtu);
-        let now = |e: &PortEntry| {
-            e.live
-                .as_ref()
-                .map_or(e.config.mtu.unwrap_or(old), |l| l.mtu)
-        };
+        let now = |e: &PortEntry| e.live.as_ref().map_or(e.spec.mtu.unwrap_or(old), |l| l.mtu);
         let above: Vec<u64> = self
             .ports
             .iter()
@@ -246,10 +242,10 @@ impl Daemon {
                 .iter_mut()
                 .find(|e| e.key == key)
                 .expect("listed");
-            if e.config.mtu > Some(mtu) {
-                e.config.mtu = Some(mtu);
+            if e.spec.mtu > Some(mtu) {
+                e.spec.mtu = Some(mtu);
             }
-            let name = e.config.name.clone();
+            let name = e.spec.name.clone();
             match self.on_port_link(key, |nl, index| nl.set_mtu(index, mtu)) {
                 Ok(()) => tracing::info!(port = %name, mtu, "port MTU lowered to the parent's"),
                 Err(e) => tracing::warn!(port = %name, "lowering the MTU failed: {}", e.message),
@@ -272,11 +268,11 @@ impl Daemon {
         for e in self
             .ports
             .iter_mut()
-            .filter(|e| e.parent == parent && e.config.mode == Mode::Passthru)
+            .filter(|e| e.parent == parent && e.spec.mode == Mode::Passthru)
         {
-            e.config.mac = mac;
-            if !e.kind.is_vm() {
-                taps.push((e.key, e.config.name.clone()));
+            e.spec.mac = Some(mac);
+            if !e.spec.kind.is_vm() {
+                taps.push((e.key, e.spec.name.clone()));
             }
         }
         for (key, name) in taps {

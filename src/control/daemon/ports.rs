@@ -2,7 +2,6 @@
 //! closed; the table their parent's workers forward with, rebuilt from their configuration and
 //! live state; and the rate-limited lines logged when a port starts or stops forwarding.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use anyhow::Context;
 use super::{Daemon, err, internal};
 use crate::control::plan::PlannedPort;
 use crate::control::proto::{ControlError, ErrorKind};
-use crate::control::spec::PortKind;
+use crate::control::spec::{PortKind, PortSpec};
 use crate::control::watch::LiveState;
 use crate::engine::admit::{Candidate, Refusal, admit};
 use crate::engine::counters::{PortCounters, Sharded};
@@ -33,17 +32,15 @@ const TAP_TXQLEN: u32 = 10_000;
 pub(super) struct PortEntry {
     pub(super) key: u64,
     pub(super) parent: String,
-    /// As configured; the live state is applied on top when tables are built.
-    pub(super) config: PortConfig,
-    /// The namespace's name (`ip netns`) or path and an open handle; `None`: the engine's
-    /// namespace.
-    pub(super) netns: Option<(String, Netns)>,
+    /// As configured: created, then changed by `link set` and by its parent's MAC and MTU. The
+    /// table's port is built from it ([`PortSpec::to_config`]) with the live state on top.
+    pub(super) spec: PortSpec,
+    /// The namespace (`spec.netns`) open; `None`: the engine's namespace.
+    pub(super) netns: Option<Netns>,
     /// What the port's workers read and write: one queue of its TAP per worker, or (attach,
     /// stream) one device that worker 0 reads and every worker writes.
     pub(super) devs: Vec<Arc<PortDev>>,
     pub(super) counters: Sharded<PortCounters>,
-    /// The device's name in its namespace, when it differs from the port's.
-    pub(super) ifname: Option<String>,
     /// Who created the port (`LinkSpec::owner`).
     pub(super) owner: Option<String>,
     pub(super) live: Option<LiveState>,
@@ -54,9 +51,6 @@ pub(super) struct PortEntry {
     pub(super) refused: Option<Refusal>,
     /// Its state-change log lines: a port flapping in its namespace cannot flood the log.
     log_gate: LogGate,
-    pub(super) kind: PortKind,
-    pub(super) path: Option<PathBuf>,
-    pub(super) trust_guest_mac: bool,
 }
 
 /// A port's log lines: a burst of [`LogGate::BURST`], then one per [`LogGate::EVERY`]. Changes in
@@ -124,19 +118,21 @@ impl Daemon {
         owner: Option<String>,
     ) -> anyhow::Result<()> {
         let mtu = self.parents[parent].config.mtu;
-        if p.config.mode == Mode::Passthru {
+        if p.spec.mode == Mode::Passthru {
             // The kernel's passthru child takes its lower's MAC (`eth_hw_addr_inherit`),
             // whatever MAC was asked for; its TAP must have it too, or every unicast reaches
             // the port's stack as OTHERHOST.
-            p.config.mac = self.parents[parent].config.mac;
+            p.spec.mac = Some(self.parents[parent].config.mac);
         }
         let key = self.next_key;
         self.next_key += 1;
         let name = &p.spec.name;
         let workers = self.opts.workers;
         let devs = match (&p.spec.kind, &p.spec.path) {
-            (PortKind::Tap | PortKind::Host, _) => create_tap(&mut self.nl, key, &p, mtu, workers)
-                .map(|queues| queues.into_iter().map(PortDev::Tap).collect()),
+            (PortKind::Tap | PortKind::Host, _) => {
+                create_tap(&mut self.nl, key, &p, parent, mtu, workers)
+                    .map(|queues| queues.into_iter().map(PortDev::Tap).collect())
+            }
             (PortKind::Attach, _) => {
                 attach(&mut self.nl, name, p.netns.as_ref()).map(|a| vec![PortDev::Attach(a)])
             }
@@ -150,23 +146,18 @@ impl Daemon {
             let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
             self.watchers.port(ns, key, p.spec.device())?;
         }
-        let netns = p.spec.netns.clone().zip(p.netns);
         self.ports.push(PortEntry {
             key,
             parent: parent.to_string(),
-            config: p.config,
-            netns,
+            spec: p.spec,
+            netns: p.netns,
             devs: devs.into_iter().map(Arc::new).collect(),
             counters: Sharded::new(self.opts.workers),
-            ifname: p.spec.ifname,
             owner,
             live: None,
             admitted: None,
             refused: None,
             log_gate: LogGate::default(),
-            kind: p.spec.kind,
-            path: p.spec.path,
-            trust_guest_mac: p.spec.trust_guest_mac,
         });
         self.rebuild(parent);
         Ok(())
@@ -183,11 +174,11 @@ impl Daemon {
             .iter()
             .find(|e| e.key == key)
             .ok_or_else(|| err(ErrorKind::NoSuchLink, "the port is gone"))?;
-        let name = e.ifname.clone().unwrap_or_else(|| e.config.name.clone());
+        let name = e.spec.device().to_string();
         let ifindex = e.live.as_ref().map(|l| l.ifindex);
         let mut nl_there;
         let nl = match &e.netns {
-            Some((_, ns)) => {
+            Some(ns) => {
                 nl_there = Netlink::open_in(ns).map_err(internal)?;
                 &mut nl_there
             }
@@ -226,7 +217,10 @@ impl Daemon {
         self.ports
             .iter()
             .filter(|e| e.parent == parent)
-            .map(|e| apply_live(&e.config, e.kind, e.live.as_ref(), parent_mtu))
+            .map(|e| {
+                let config = e.spec.to_config(&e.parent);
+                apply_live(config, e.spec.kind, e.live.as_ref(), parent_mtu)
+            })
             .collect()
     }
 
@@ -319,7 +313,7 @@ fn log_port_state(e: &mut PortEntry) {
 }
 
 fn write_port_state(e: &PortEntry, held: u64) {
-    let port = e.config.name.as_str();
+    let port = e.spec.name.as_str();
     let held = (held > 0).then(|| format!(" ({held} earlier changes not logged)"));
     let held = held.unwrap_or_default();
     match (&e.refused, e.admitted) {
@@ -334,9 +328,9 @@ fn write_port_state(e: &PortEntry, held: u64) {
 /// The MAC a port has now: the TAP's, once seen, else the configured one; a VM port's is always
 /// the configured guest MAC (its netdev's own MAC is the host side's).
 pub(super) fn effective_mac(e: &PortEntry) -> MacAddr {
-    match (&e.live, e.config.mode) {
-        (Some(l), m) if m != Mode::Passthru && !e.kind.is_vm() => l.mac,
-        _ => e.config.mac,
+    match (&e.live, e.spec.mode) {
+        (Some(l), m) if m != Mode::Passthru && !e.spec.kind.is_vm() => l.mac,
+        _ => e.spec.mac_on(&e.parent),
     }
 }
 
@@ -344,12 +338,11 @@ pub(super) fn effective_mac(e: &PortEntry) -> MacAddr {
 /// A VM port keeps its guest MAC and takes every group (the guest filters, as behind a
 /// macvtap); a stream port, which has no netdev, is always up.
 fn apply_live(
-    c: &PortConfig,
+    mut p: PortConfig,
     kind: PortKind,
     live: Option<&LiveState>,
     parent_mtu: u32,
 ) -> PortConfig {
-    let mut p = c.clone();
     p.allmulti = kind.is_vm();
     if kind == PortKind::Stream {
         p.up = true;
@@ -443,6 +436,7 @@ fn create_tap(
     nl: &mut Netlink,
     key: u64,
     p: &PlannedPort,
+    parent: &str,
     parent_mtu: u32,
     workers: usize,
 ) -> anyhow::Result<Vec<Tap>> {
@@ -455,8 +449,8 @@ fn create_tap(
     let link = nl
         .link_by_name(tap.name())?
         .with_context(|| format!("TAP {} vanished after creation", tap.name()))?;
-    nl.set_mac(link.index, p.config.mac)?;
-    nl.set_mtu(link.index, p.config.mtu.unwrap_or(parent_mtu))?;
+    nl.set_mac(link.index, p.spec.mac_on(parent))?;
+    nl.set_mtu(link.index, p.spec.mtu.unwrap_or(parent_mtu))?;
     nl.set_txqlen(link.index, TAP_TXQLEN)?;
     if p.spec.kind == PortKind::Host {
         // Up first: the kernel refuses a route through a device that is down.
@@ -518,33 +512,26 @@ mod tests {
 
     /// A port with no device: enough for what reads only its configuration and live state.
     fn entry(kind: PortKind, mode: Mode, live: Option<LiveState>) -> PortEntry {
+        let mut spec: PortSpec = "name=p".parse().expect("a port spec");
+        (spec.kind, spec.mode, spec.mac, spec.mtu) = (kind, mode, Some(CONFIGURED), Some(1400));
         PortEntry {
             key: 1,
             parent: "eth0".into(),
-            config: config(mode),
+            spec,
             netns: None,
             devs: Vec::new(),
             counters: Sharded::new(1),
-            ifname: None,
             owner: None,
             live,
             admitted: None,
             refused: None,
             log_gate: LogGate::default(),
-            kind,
-            path: None,
-            trust_guest_mac: false,
         }
     }
 
     #[test]
     fn apply_live_takes_a_tap_ports_netdev_state() {
-        let p = apply_live(
-            &config(Mode::Bridge),
-            PortKind::Tap,
-            Some(&live(1300)),
-            1500,
-        );
+        let p = apply_live(config(Mode::Bridge), PortKind::Tap, Some(&live(1300)), 1500);
         assert!(p.up);
         assert_eq!(p.mac, SEEN, "the TAP's MAC, once seen, is the port's");
         assert_eq!(p.mtu, Some(1300));
@@ -557,7 +544,7 @@ mod tests {
     #[test]
     fn apply_live_without_a_netdev_is_down_as_configured() {
         for kind in [PortKind::Tap, PortKind::Host, PortKind::Attach] {
-            let p = apply_live(&config(Mode::Bridge), kind, None, 1500);
+            let p = apply_live(config(Mode::Bridge), kind, None, 1500);
             assert!(!p.up, "{kind}: no netdev seen, not up");
             assert_eq!(p.mac, CONFIGURED, "{kind}");
             assert_eq!(p.mtu, Some(1400), "{kind}");
@@ -567,15 +554,8 @@ mod tests {
 
     #[test]
     fn apply_live_clamps_the_mtu_to_the_parents() {
-        let mtu = |seen| {
-            apply_live(
-                &config(Mode::Bridge),
-                PortKind::Tap,
-                Some(&live(seen)),
-                1500,
-            )
-            .mtu
-        };
+        let mtu =
+            |seen| apply_live(config(Mode::Bridge), PortKind::Tap, Some(&live(seen)), 1500).mtu;
         assert_eq!(mtu(9000), Some(1500), "above the parent's: the parent's");
         assert_eq!(mtu(1500), Some(1500));
         assert_eq!(mtu(MIN_MTU), Some(MIN_MTU));
@@ -589,7 +569,7 @@ mod tests {
     #[test]
     fn apply_live_keeps_a_vm_ports_guest_mac_and_takes_every_group() {
         let p = apply_live(
-            &config(Mode::Bridge),
+            config(Mode::Bridge),
             PortKind::Attach,
             Some(&live(1500)),
             1500,
@@ -601,14 +581,14 @@ mod tests {
         );
         assert!(p.allmulti, "the guest filters, as behind a macvtap");
         assert_eq!(p.mtu, Some(1500));
-        let down = apply_live(&config(Mode::Bridge), PortKind::Attach, None, 1500);
+        let down = apply_live(config(Mode::Bridge), PortKind::Attach, None, 1500);
         assert!(down.allmulti && !down.up);
     }
 
     #[test]
     fn apply_live_has_a_stream_port_always_up() {
         for seen in [None, Some(live(9000))] {
-            let p = apply_live(&config(Mode::Vepa), PortKind::Stream, seen.as_ref(), 1500);
+            let p = apply_live(config(Mode::Vepa), PortKind::Stream, seen.as_ref(), 1500);
             assert!(p.up, "a stream port has no netdev: always up");
             assert!(p.allmulti);
             assert_eq!(p.mac, CONFIGURED);
@@ -623,7 +603,7 @@ mod tests {
     #[test]
     fn apply_live_keeps_a_passthru_ports_configured_mac() {
         let p = apply_live(
-            &config(Mode::Passthru),
+            config(Mode::Passthru),
             PortKind::Tap,
             Some(&live(1500)),
             1500,
