@@ -79,13 +79,13 @@ impl Daemon {
                     }
                     None => {
                         self.link_del(&spec.name)?;
-                        self.link_add(self.with_bclim(spec, &new))?;
+                        self.link_add(with_bclim(spec, &new))?;
                     }
                 }
                 report.changed.push(spec.name.clone());
             }
             for spec in &d.added {
-                self.link_add(self.with_bclim(spec, &new))?;
+                self.link_add(with_bclim(spec, &new))?;
                 report.added.push(spec.name.clone());
             }
             for (parent, b) in &new.bclim {
@@ -102,16 +102,75 @@ impl Daemon {
         self.config = Some((path, new));
         result.map(|()| report)
     }
+}
 
-    fn with_bclim(&self, spec: &LinkSpec, config: &Config) -> LinkSpec {
-        let bclim = spec
-            .parent
-            .as_ref()
-            .and_then(|p| config.bclim.get(p))
-            .copied();
-        LinkSpec {
-            bclim,
-            ..spec.clone()
-        }
+/// The port as `link add` should get it: with its parent's `bclim` from the file (`[parents.P]`),
+/// or none when the file sets none for that parent.
+fn with_bclim(spec: &LinkSpec, config: &Config) -> LinkSpec {
+    let bclim = spec
+        .parent
+        .as_ref()
+        .and_then(|p| config.bclim.get(p))
+        .copied();
+    LinkSpec {
+        bclim,
+        ..spec.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_bclim_gives_a_port_its_own_parents_bclim_and_changes_nothing_else() {
+        let config = Config::parse(
+            "u.toml",
+            r#"
+[parents.eth0]
+bclim = -1
+
+[parents.eth1]
+bclim = 5
+
+[[ports]]
+name = "c0"
+parent = "eth0"
+mode = "vepa"
+mtu = 1400
+
+[[ports]]
+name = "c1"
+parent = "eth1"
+
+[[ports]]
+name = "c2"
+parent = "eth2"
+"#,
+        )
+        .expect("a valid file");
+        let spec = |name: &str| {
+            let p = config.ports.iter().find(|p| p.spec.name == name);
+            p.expect("in the file").spec.clone()
+        };
+        let c0 = with_bclim(&spec("c0"), &config);
+        assert_eq!(c0.bclim, Some(-1), "eth0's");
+        assert_eq!(
+            LinkSpec { bclim: None, ..c0 },
+            spec("c0"),
+            "nothing but bclim changes"
+        );
+        assert_eq!(with_bclim(&spec("c1"), &config).bclim, Some(5), "eth1's");
+        assert_eq!(
+            with_bclim(&spec("c2"), &config).bclim,
+            None,
+            "the file sets none for eth2"
+        );
+        // A bclim the spec carried but the file no longer sets is not kept.
+        let stale = LinkSpec {
+            bclim: Some(3),
+            ..spec("c2")
+        };
+        assert_eq!(with_bclim(&stale, &config).bclim, None);
     }
 }
