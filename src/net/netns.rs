@@ -242,19 +242,9 @@ pub fn in_netns<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> Result<
     })
 }
 
-/// Turns IPv6 off in the calling thread's namespace for every interface, present and future
-/// (`all` and `default`): no link-local addresses, DAD, router solicitations or MLD reports to
-/// muddy a lab's counters. A kernel without IPv6 has no such files: nothing to do then.
-pub fn disable_ipv6_here() -> std::io::Result<()> {
-    for which in ["all", "default"] {
-        let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
-        match std::fs::write(&path, "1") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            r => r?,
-        }
-    }
-    Ok(())
-}
+/// Turns IPv6 off in the calling thread's namespace (defined in `sys`, below both its callers:
+/// this module and `sys`'s own root tests).
+pub use crate::sys::disable_ipv6_here;
 
 /// [`disable_ipv6_here`] in `netns`.
 pub fn disable_ipv6(netns: &Netns) -> std::io::Result<()> {

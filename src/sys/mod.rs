@@ -5,27 +5,29 @@
 //!   memory-mapped TPACKET_V3 ring and a virtio-net header before every frame
 //!   (docs/performance.md#how-the-engine-sets-up-its-sockets). The frames of the blocks it hands
 //!   over are parsed in safe code, [`wire::ring_format`](crate::wire::ring_format).
-//! * [`membership`]: [`Memberships`], the parent's promiscuity, allmulti and address filters as
+//! * `membership`: [`Memberships`], the parent's promiscuity, allmulti and address filters as
 //!   the ports ask them of it, the way the kernel's macvlan asks them of its lower.
 //! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
 //!   never receives (§8 "Wire TX").
-//! * [`tap`]: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
+//! * `tap`: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
 //!   vanishes when its fd closes (§8 "Children").
-//! * [`caps`]: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
-//! * [`sched`]: the calling thread's scheduling: `SCHED_FIFO` or a nice value (`run
+//! * `caps`: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
+//! * `sched`: the calling thread's scheduling: `SCHED_FIFO` or a nice value (`run
 //!   --worker-priority`).
-//! * [`attach`]: [`PacketPort`], a netdev someone else owns (a VM's TAP) used as a port through
+//! * `attach`: [`PacketPort`], a netdev someone else owns (a VM's TAP) used as a port through
 //!   an `AF_PACKET` socket bound to it.
+//! * [`disable_ipv6_here`]: no IPv6 on a namespace's devices (a sysctl write, no `unsafe`;
+//!   here so that `net` and this module's own root tests share it).
 //!
 //! Every fd is an [`OwnedFd`] (or a `File`); every `unsafe` block names the invariant it relies on
 //! in a `// SAFETY:` comment. The helpers below are the few raw calls the three files share.
 
-pub mod attach;
-pub mod caps;
-pub mod membership;
+pub(crate) mod attach;
+pub(crate) mod caps;
+pub(crate) mod membership;
 pub mod ring;
-pub mod sched;
-pub mod tap;
+pub(crate) mod sched;
+pub(crate) mod tap;
 pub mod tx;
 
 #[cfg(test)]
@@ -71,6 +73,20 @@ pub fn yield_cpu_to_forwarding() -> io::Result<()> {
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if r == -1 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns IPv6 off in the calling thread's namespace for every interface, present and future
+/// (`all` and `default`): no link-local addresses, DAD, router solicitations or MLD reports to
+/// muddy a lab's counters. A kernel without IPv6 has no such files: nothing to do then.
+pub fn disable_ipv6_here() -> std::io::Result<()> {
+    for which in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
+        match std::fs::write(&path, "1") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r?,
+        }
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::wire::frame::VlanTag;
 
-use super::RxRing;
+use super::{RxRing, disable_ipv6_here};
 
 /// Panics unless the tests run as root: root tests must never pass silently.
 pub(crate) fn require_root() {
@@ -217,17 +217,4 @@ pub(crate) fn collect(
         let mut fds = [PollFd::new(ring.fd(), PollFlags::POLLIN)];
         poll(&mut fds, PollTimeout::from(20u8)).expect("poll on the ring");
     }
-}
-
-/// `net::netns::disable_ipv6_here`, repeated here because `sys` sits below `net` (lib.rs): in the
-/// current namespace, no IPv6 on new devices.
-fn disable_ipv6_here() -> std::io::Result<()> {
-    for which in ["all", "default"] {
-        let path = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
-        match std::fs::write(&path, "1") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            r => r?,
-        }
-    }
-    Ok(())
 }
