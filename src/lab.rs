@@ -804,18 +804,6 @@ impl Lab {
         }
     }
 
-    /// `umvlab-<pid>-`.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The namespace names, wire first.
-    pub fn namespace_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.nodes.iter().map(|n| n.ns_name.clone()).collect();
-        v.insert(1, format!("{}host", self.prefix));
-        v
-    }
-
     /// What was built, as a small table.
     pub fn describe(&self) -> String {
         let mut s = String::new();
@@ -977,11 +965,6 @@ impl Lab {
                 }
             })
             .collect()
-    }
-
-    /// The engine's current table.
-    pub fn table(&self) -> Arc<PortTable> {
-        self.engine().table()
     }
 
     /// The engine's counters so far, as text.

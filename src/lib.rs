@@ -31,9 +31,25 @@
 //!   checks, watchers, configuration and port specs, and its socket: protocol, server, client.
 //! * [`cni`]: the CNI plugin `umacvlan-cni` (a client of the control socket).
 //! * [`cli`]: the command line `umacvlan`.
-//! * `lab`: `umacvlan lab`, a self-contained lab in namespaces that checks the engine against
-//!   the rules.
-//! * `fuzzing`: the fuzz targets' bodies (`fuzz/`), also run as unit tests.
+//! * `lab` (private): `umacvlan lab`, a self-contained lab in namespaces that checks the engine
+//!   against the rules.
+//! * `fuzzing`: the fuzz targets' bodies (`fuzz/`), also run as unit tests; only with the
+//!   `fuzzing` feature (which `fuzz/` turns on) or under `cargo test`.
+//!
+//! # What is public
+//!
+//! A module is public when something outside the library uses it: `tests/`, `benches/`, the
+//! tools (`tools/bench`, `tools/soak`), the two binaries or `fuzz/`. The others are
+//! `pub(crate)`: `control`'s daemon, plan, watchers, server, report and service; `engine`'s
+//! workers, devices, admission, stream ports, priority and `--ring auto` policy; `sys`'s TAP,
+//! attach, memberships, capabilities and scheduling; `net`'s netlink, monitor, multicast and
+//! CIDR modules (the types used outside are re-exported by `net` and `sys`); the CNI plugin's
+//! parts but its configuration; `cli`'s subcommands but `link`; and `lab`.
+//!
+//! The test kit (`net::testutil`: namespaces that delete themselves, `ip` helpers, the root
+//! check) exists only under `cargo test` and with the `testkit` feature, which `tests/` (through
+//! this package's dev-dependency on itself) and `tools/soak` enable: a normal build of the
+//! library does not have it.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -42,10 +58,10 @@ pub mod control;
 pub mod engine;
 pub mod errors;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-#[doc(hidden)]
-pub mod lab;
+mod lab;
 pub mod net;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -7,7 +7,7 @@ mod doctor;
 mod lab;
 pub mod link;
 mod run;
-pub mod stats;
+pub(crate) mod stats;
 mod trace;
 
 use std::path::PathBuf;

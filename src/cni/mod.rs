@@ -7,20 +7,20 @@
 //! `CNI_IFNAME`; the port's name in the engine is derived from (`CNI_CONTAINERID`,
 //! `CNI_IFNAME`) ([`port_name`]) and the port carries an owner label
 //! (`cni:NETWORK/CONTAINERID/IFNAME`), so DEL and GC find it again without any file. Addresses
-//! come from the IPAM plugin named in `ipam.type` ([`ipam`]); [`setup`] applies them in the
+//! come from the IPAM plugin named in `ipam.type` (`ipam`); `setup` applies them in the
 //! container. Keys and behaviour follow the upstream `macvlan` plugin
 //! (containernetworking/plugins `plugins/main/macvlan`), so a configuration switches with one
 //! word: `"type": "macvlan"` becomes `"type": "umacvlan"`.
 //!
 //! * [`conf`]: the network configuration, the environment, versions, and result shapes.
-//! * [`verbs`]: what each command does.
-//! * [`ipam`]: running the IPAM plugin.
-//! * [`setup`]: addresses, routes and sysctls inside the container's namespace.
+//! * `verbs`: what each command does.
+//! * `ipam`: running the IPAM plugin.
+//! * `setup`: addresses, routes and sysctls inside the container's namespace.
 
 pub mod conf;
-pub mod ipam;
-pub mod setup;
-pub mod verbs;
+pub(crate) mod ipam;
+pub(crate) mod setup;
+pub(crate) mod verbs;
 
 use std::fmt;
 

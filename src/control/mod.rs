@@ -3,7 +3,7 @@
 //! follow each port in its namespace (`watch`), the configuration file (`config`), port specs
 //! ([`spec`]), `trace` ([`trace`]), metrics, counters as text and systemd (`metrics`, `report`,
 //! `service`); and its wire: the protocol ([`proto`]) between `umacvlan` commands and a running
-//! engine, the daemon's socket server ([`server`]) and the commands' client ([`client`]).
+//! engine, the daemon's socket server (`server`) and the commands' client ([`client`]).
 
 pub mod client;
 #[doc(hidden)]
@@ -13,7 +13,7 @@ pub mod metrics;
 pub(crate) mod plan;
 pub mod proto;
 pub(crate) mod report;
-pub mod server;
+pub(crate) mod server;
 pub(crate) mod service;
 pub mod spec;
 pub mod trace;

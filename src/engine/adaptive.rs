@@ -132,6 +132,7 @@ impl Policy {
         *self = Policy::new(mode, now);
     }
 
+    #[cfg(test)]
     pub fn mode(&self) -> Steering {
         self.mode
     }

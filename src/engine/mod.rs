@@ -3,15 +3,13 @@
 //! (dev.rs, stream.rs), and the observers that record the frames they carry (observe.rs, in the
 //! format of record.rs). The control plane ([`crate::control`]) starts and changes it.
 
-#[doc(hidden)]
-pub mod adaptive;
+pub(crate) mod adaptive;
 pub(crate) mod admit;
 pub mod counters;
 pub mod deliver;
 pub(crate) mod dev;
 pub mod observe;
-pub mod priority;
+pub(crate) mod priority;
 pub mod record;
-#[doc(hidden)]
-pub mod stream;
+pub(crate) mod stream;
 pub(crate) mod worker;

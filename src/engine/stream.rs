@@ -202,6 +202,7 @@ impl StreamPort {
         &self.name
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -45,8 +45,10 @@ pub const MACVLAN_MODE_VEPA: u32 = 2;
 pub const MACVLAN_MODE_BRIDGE: u32 = 4;
 pub const MACVLAN_MODE_PASSTHRU: u32 = 8;
 pub const MACVLAN_MODE_SOURCE: u32 = 16;
-/// macvlan flags (`IFLA_MACVLAN_FLAGS`).
+/// macvlan flags (`IFLA_MACVLAN_FLAGS`), which the tests read back from the kernel.
+#[cfg(test)]
 pub const MACVLAN_FLAG_NOPROMISC: u16 = 1;
+#[cfg(test)]
 pub const MACVLAN_FLAG_NODST: u16 = 2;
 
 /// The name iproute2 prints for a macvlan mode (`ip -d link`: "mode bridge").
