@@ -8,17 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::netns::Netns;
 
-/// Panic unless running as root: a root test must never pass silently without root.
-pub fn require_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!(
-            "this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN: it creates network \
-             namespaces, veths, macvlans and TAPs, and opens raw AF_PACKET sockets); run it as \
-             root, e.g. `sudo -E cargo test --release`. It fails rather than being skipped so \
-             CI cannot mistake it for a pass."
-        );
-    }
-}
+/// Panic unless running as root: a root test must never pass silently without root. (In `sys`,
+/// so that `sys`'s own root tests, below this layer, share it.)
+pub use crate::sys::require_root;
 
 /// A named network namespace (`/run/netns/umv-<pid>-<tag>-<n>`), deleted on drop. Drop panics if
 /// the deletion fails, unless the thread is already panicking (then it only prints).

@@ -91,6 +91,21 @@ pub fn disable_ipv6_here() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The test kit's root check (`net::testutil` re-exports it): panics unless running as root, so
+/// a root test never passes silently without root.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN: it creates network \
+             namespaces, veths, macvlans and TAPs, and opens raw AF_PACKET sockets); run it as \
+             root, e.g. `sudo -E cargo test --release`. It fails rather than being skipped so \
+             CI cannot mistake it for a pass."
+        );
+    }
+}
+
 /// Opens a raw, close-on-exec, non-blocking `AF_PACKET` socket. `Some(EthAll)` receives every
 /// protocol once bound; `None` is protocol 0, which registers no receive hook at all.
 fn packet_socket(protocol: Option<SockProtocol>) -> io::Result<OwnedFd> {

@@ -16,16 +16,7 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::wire::frame::VlanTag;
 
-use super::{RxRing, disable_ipv6_here};
-
-/// Panics unless the tests run as root: root tests must never pass silently.
-pub(crate) fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create network namespaces, \
-         packet sockets and TAP devices; run `cargo test` as root"
-    );
-}
+use super::{RxRing, disable_ipv6_here, require_root};
 
 /// A network namespace that exists as long as this guard.
 #[derive(Debug)]
