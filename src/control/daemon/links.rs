@@ -50,10 +50,6 @@ impl Daemon {
         let spec = PortSpec::from(&l);
         spec.check_kind(&l.name)
             .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
-        let config = PortConfig {
-            up: false,
-            ..spec.to_config(&parent)
-        };
         // Creation checks no busy address (`macvlan_common_newlink`): that is done when the port
         // comes up. Only a group or zero MAC is refused now.
         if let Some(mac) = l
@@ -67,7 +63,10 @@ impl Daemon {
         }
         // The table the parent would have: the mode, passthru and MTU rules.
         let mut configs = self.configs_of(&parent, pconfig.mtu);
-        configs.push(config.clone());
+        configs.push(PortConfig {
+            up: false,
+            ..spec.to_config(&parent)
+        });
         PortTable::build(pconfig.clone(), configs)
             .map_err(|e| err(table_error_kind(&e), e.to_string()))?;
         // A path one of our ports listens on: refused before any probe connects to it.
