@@ -47,7 +47,7 @@
 //! parts but its configuration; `cli`'s subcommands but `link`; and `lab`.
 //!
 //! The test kit (`net::testutil`: namespaces that delete themselves, `ip` helpers, the root
-//! check) exists only under `cargo test` and with the `testkit` feature, which `tests/` (through
+//! check; `wire::ring_format::fake_v3_block`, a ring block in memory) exists only under `cargo test` and with the `testkit` feature, which `tests/` (through
 //! this package's dev-dependency on itself) and `tools/soak` enable: a normal build of the
 //! library does not have it.
 #![deny(unsafe_code)]

@@ -12,8 +12,9 @@
 //! [`RingFrame`]s, each a view of one frame and its metadata. The socket, the shared mapping and
 //! the ownership protocol of a block are [`sys::ring`](crate::sys::ring)'s: it hands this module
 //! the bytes of a block it owns, without the status word the kernel may still touch.
-//! [`frames_in`] walks a block in ordinary memory the same way, and [`fake_v3_block`] builds one
-//! (benchmarks and tests run everything downstream of the ring with them, without a socket).
+//! [`frames_in`] walks a block in ordinary memory the same way, and `fake_v3_block` (the test kit:
+//! `cargo test` or the `testkit` feature) builds one (benchmarks and tests run everything
+//! downstream of the ring with them, without a socket).
 //!
 //! The kernel's offsets inside a block (`offset_to_first_pkt`, `tp_next_offset`, `tp_mac`,
 //! `tp_snaplen`) are never trusted: each is bounds-checked against the block, and a bad one ends
@@ -85,7 +86,7 @@ pub(crate) fn vlan_of(status: u32, tci: u16, tpid: u16) -> Option<VlanTag> {
 }
 
 /// The frames of a TPACKET_V3 block held in ordinary memory (a copy of a ring block, or
-/// [`fake_v3_block`]'s): the same checked walk as
+/// `fake_v3_block`'s): the same checked walk as
 /// [`Block::frames`](crate::sys::ring::Block::frames).
 pub fn frames_in(block: &[u8]) -> Frames<'_> {
     let skip = BLOCK_STATUS_OFF + 4;
@@ -372,9 +373,11 @@ impl<'b> RingFrame<'b> {
 
 /// Where [`fake_v3_block`] puts each frame's Ethernet header, from the frame header's start (the
 /// kernel's `tp_mac` for a ring with a vnet header: room for the headers, 16-aligned, + 10).
+#[cfg(any(test, feature = "testkit"))]
 const FAKE_MAC: usize = 92;
 
 /// [`fake_v3_block`]'s `tp_sec` (2027-01-15); frame `i` has `tp_nsec` `i`.
+#[cfg(any(test, feature = "testkit"))]
 pub const FAKE_SEC: u32 = 1_800_000_000;
 
 /// A TPACKET_V3 block in ordinary memory, laid out as the kernel fills one: `frames` are each a
@@ -382,6 +385,7 @@ pub const FAKE_SEC: u32 = 1_800_000_000;
 /// [`FAKE_SEC`] s and their index in ns. With
 /// [`frames_in`] it runs everything downstream of the ring (benchmarks, tests) without a socket.
 /// Returns `None` when the frames do not fit in `block_size` bytes.
+#[cfg(any(test, feature = "testkit"))]
 pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
     let mut b = vec![0u8; block_size];
     let first = 48usize;
@@ -420,11 +424,13 @@ pub fn fake_v3_block(frames: &[&[u8]], block_size: usize) -> Option<Vec<u8>> {
 }
 
 /// Writes a native-endian `u32` at `off` (building blocks in memory).
+#[cfg(any(test, feature = "testkit"))]
 fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// Writes a native-endian `u16` at `off`.
+#[cfg(any(test, feature = "testkit"))]
 fn put_u16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_ne_bytes());
 }
