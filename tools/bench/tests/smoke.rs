@@ -1,11 +1,11 @@
 //! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel,
 //! kernel-observed, umacvlan and umacvlan-observed arms. Asserts that every metric has a positive
 //! number for every arm, that the observed arms' captures ran to the end and the engine was
-//! scraped and compared with plain umacvlan, and that no `umvb-*` namespace is left behind. It
-//! asserts nothing about speed.
+//! scraped and compared with plain umacvlan, and that none of its namespaces (`umvb-PID-*`) is
+//! left behind. It asserts nothing about speed.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_umacvlan-bench");
@@ -26,13 +26,16 @@ const METRICS: [&str; 11] = [
 
 const ARMS: [&str; 4] = ["kernel", "kernel-observed", "umacvlan", "umacvlan-observed"];
 
-fn leftovers() -> Vec<String> {
+/// The namespaces benchmark process `pid` made (`umvb-PID-...`) that are still there: another
+/// benchmark running on the machine at the same time has its own.
+fn leftovers(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
     };
+    let prefix = format!("umvb-{pid}-");
     dir.flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("umvb-"))
+        .filter(|n| n.starts_with(&prefix))
         .collect()
 }
 
@@ -60,16 +63,10 @@ fn umacvlan_binary() -> PathBuf {
 
 #[test]
 fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!(
-            "this test needs root (it creates network namespaces); run it as root, e.g. \
-             `sudo -E cargo test --release -p umacvlan-bench`"
-        );
-    }
+    umacvlan::net::testutil::require_root();
     let umacvlan = umacvlan_binary();
-    let before: Vec<String> = leftovers();
     let t0 = Instant::now();
-    let out = Command::new(BENCH)
+    let child = Command::new(BENCH)
         .args([
             "--quick",
             "--json",
@@ -78,8 +75,12 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
             "--umacvlan",
         ])
         .arg(&umacvlan)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run umacvlan-bench");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("umacvlan-bench's output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -135,10 +136,7 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
         said.contains("packets captured"),
         "tcpdump's report: {said:?}\n{stderr}"
     );
-    let left: Vec<String> = leftovers()
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
+    let left = leftovers(pid);
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     eprintln!(
         "umacvlan-bench smoke: {} metrics x 4 arms in {:.1} s ({}): {}",
