@@ -1,6 +1,7 @@
 //! The parents: each one's workers (rings, send sockets), started with its first port, closed
 //! with its last, and followed as the kernel's macvlan follows its lower: gone and back, MTU, MAC.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tx::TxSocket;
 use crate::wire::mac::MacAddr;
+use crate::wire::vlan::VidSet;
 
 /// One parent and its workers.
 #[derive(Debug)]
@@ -49,6 +51,16 @@ impl ParentRun {
     }
 }
 
+/// The device a parent forwards on: itself, or an emulated sub-interface's lower device.
+pub(super) fn device_of(config: &ParentConfig) -> &str {
+    config.vlan.as_ref().map_or(&config.name, |v| &v.lower)
+}
+
+fn vids_in(vids: &mut BTreeMap<String, Arc<VidSet>>, config: &ParentConfig) -> Arc<VidSet> {
+    let device = device_of(config).to_string();
+    Arc::clone(vids.entry(device).or_default())
+}
+
 impl Daemon {
     /// Starts the workers of a parent that has none yet.
     pub(super) fn ensure_parent(
@@ -67,10 +79,16 @@ impl Daemon {
                 ports: Arc::from(Vec::new()),
             })
             .collect();
-        let worker = self.spawn_workers(&link, sets, &counters)?;
+        let vids = self.vids_of(&config);
+        let worker = self.spawn_workers(&link, sets, &counters, &vids)?;
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
-        self.watchers.parent(&self.own_ns, &link)?;
+        self.watchers
+            .parent(&self.own_ns, &link, device_of(&config))?;
+        if let Some(v) = &config.vlan {
+            vids.insert(v.vid);
+            tracing::info!(parent = %link.name, lower = %v.lower, vid = v.vid, "no such device: the engine is its 802.1Q sub-interface on the lower device");
+        }
         let name = link.name.clone();
         let run = ParentRun {
             link,
@@ -93,6 +111,7 @@ impl Daemon {
         link: &LinkInfo,
         sets: Vec<PortSet>,
         counters: &Sharded<ParentCounters>,
+        vids: &Arc<VidSet>,
     ) -> anyhow::Result<WorkerGroup> {
         let n = self.opts.workers;
         let context = || format!("opening the receive ring on {}", link.name);
@@ -136,6 +155,7 @@ impl Daemon {
                 observer_cache: ObserverCache::default(),
                 priority: self.opts.priority,
                 priority_warned: Arc::clone(&self.priority_warned),
+                vids: Arc::clone(vids),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
@@ -203,7 +223,8 @@ impl Daemon {
         let (link, mut config) = check_parent(&mut self.nl, parent, opts)?;
         config.bc_cutoff = run.config.bc_cutoff;
         let sets = self.port_sets(parent, &run.table);
-        let worker = self.spawn_workers(&link, sets, &run.counters)?;
+        let vids = vids_in(&mut self.vids, &config);
+        let worker = self.spawn_workers(&link, sets, &run.counters, &vids)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
@@ -287,8 +308,17 @@ impl Daemon {
         self.rebuild(parent);
     }
 
+    /// The VIDs emulated on the device a parent with `config` forwards on (the same set for the
+    /// device's own parent and its sub-interfaces).
+    fn vids_of(&mut self, config: &ParentConfig) -> Arc<VidSet> {
+        vids_in(&mut self.vids, config)
+    }
+
     pub(super) fn close_parent(&mut self, name: &str) {
         if let Some(run) = self.parents.remove(name) {
+            if let Some(v) = &run.config.vlan {
+                self.vids_of(&run.config).remove(v.vid);
+            }
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{}", crate::errors::chain(&e));
             }

@@ -1,0 +1,396 @@
+//! 802.1Q parents emulated in userspace (root): `umacvlan run --parent p0.100` on a kernel with
+//! no `8021q` module, against the kernel's own equivalent, side by side.
+//!
+//! The kernel's reference without `8021q` (and without a VLAN-filtering bridge, which needs it):
+//! the kernel's own tag handling (`skb_vlan_pop`/`skb_vlan_push`, from tc programs:
+//! `common::tagger`) between the wire-side device and one veth pair per VLAN: 100, 200 and the
+//! untagged (lower) one. The kernel's macvlans on the veths' peers are the reference. The engine runs on the other
+//! arm's `p0` with three parents at once: `p0.100` and `p0.200` (emulated sub-interfaces) and
+//! `p0` itself. Both arms get the same frames from their wire and from their children; the
+//! receivers and the tags seen on the wire must be the same, for bridge, vepa, private and
+//! passthru. Then ping and TCP (GSO super-frames both ways) through both arms.
+//!
+
+#[allow(unused_imports, unused_macros)]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::engine::{Engine, Topo, ping, topo};
+use common::{EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, netns, tagger, test_frame};
+use umacvlan::net::testutil::{NetnsGuard, ip, wait_until};
+use umacvlan::sys::attach::PacketPort;
+use umacvlan::wire::mac::MacAddr;
+use umacvlan::wire::vnet::VNET_HDR_LEN;
+
+/// The parents' MAC, in both arms (the kernel's access-port peers get it too, so passthru
+/// children have the same MAC in both).
+const P_MAC: &str = "02:00:00:00:10:00";
+/// The VLANs: two emulated sub-interfaces and the untagged parent.
+const VLANS: [Option<u16>; 3] = [Some(100), Some(200), None];
+
+fn suffix(v: Option<u16>) -> String {
+    v.map_or("u".to_string(), |v| v.to_string())
+}
+
+/// The engine's parent for a VLAN.
+fn engine_parent(v: Option<u16>) -> String {
+    v.map_or("p0".to_string(), |v| format!("p0.{v}"))
+}
+
+/// One child: its name (the same in both arms), VLAN and MAC.
+#[derive(Clone, Debug)]
+struct Kid {
+    name: String,
+    vlan: Option<u16>,
+    mac: MacAddr,
+}
+
+fn kids(mode: &str) -> Vec<Kid> {
+    let per = if mode == "passthru" { 1 } else { 2 };
+    let mut out = Vec::new();
+    for (i, v) in VLANS.iter().enumerate() {
+        for j in 0..per {
+            let mac = if mode == "passthru" {
+                P_MAC.parse().unwrap()
+            } else {
+                MacAddr([2, 0, 0, 0x10, u8::try_from(i + 1).unwrap(), j + 1])
+            };
+            out.push(Kid {
+                name: format!("c{}{}", suffix(*v), ["a", "b"][usize::from(j)]),
+                vlan: *v,
+                mac,
+            });
+        }
+    }
+    out
+}
+
+/// One arm: a wire namespace with `wire0`, and a namespace with the children.
+struct Arm {
+    what: &'static str,
+    wire: String,
+    kids_ns: String,
+    kids: Vec<Kid>,
+    /// The engine arm's topology and engine, or the kernel arm's namespaces.
+    engine: Option<(Topo, Engine)>,
+    _guards: Vec<NetnsGuard>,
+}
+
+/// The engine arm: `run --parent p0.100` with its ports, then `link add` for `p0.200` and `p0`.
+fn engine_arm(tag: &str, mode: &str) -> Arm {
+    let t = topo(tag, 1);
+    for ns in [t.wire.name(), t.host.name(), t.kid(0)] {
+        disable_ipv6(ns);
+    }
+    ip(&["-n", t.host.name(), "link", "set", "p0", "address", P_MAC]);
+    let kids = kids(mode);
+    let spec = |k: &Kid| {
+        let mac = match mode {
+            "passthru" => String::new(),
+            _ => format!(",mac={}", k.mac),
+        };
+        format!("name={},mode={mode},netns={}{mac}", k.name, t.kid(0))
+    };
+    let first: Vec<String> = kids
+        .iter()
+        .filter(|k| k.vlan == VLANS[0])
+        .flat_map(|k| ["--port".to_string(), spec(k)])
+        .collect();
+    let mut args = vec!["--parent".to_string(), engine_parent(VLANS[0])];
+    args.extend(first);
+    let here: Vec<(usize, &str)> = kids
+        .iter()
+        .filter(|k| k.vlan == VLANS[0])
+        .map(|k| (0, k.name.as_str()))
+        .collect();
+    let e = t.start(&args, &here);
+    for k in kids.iter().filter(|k| k.vlan != VLANS[0]) {
+        let add = format!("{},parent={}", spec(k), engine_parent(k.vlan));
+        t.ctl(&["link", "add", &add])
+            .unwrap_or_else(|err| panic!("link add {add}: {err}\n{}", e.log_text()));
+    }
+    for k in &kids {
+        ip(&["-n", t.kid(0), "link", "set", &k.name, "up"]);
+    }
+    Arm {
+        what: "engine",
+        wire: t.wire.name().to_string(),
+        kids_ns: t.kid(0).to_string(),
+        kids,
+        engine: Some((t, e)),
+        _guards: Vec::new(),
+    }
+}
+
+/// The kernel arm: the VLAN-filtering bridge and a kernel macvlan per child.
+fn kernel_arm(tag: &str, mode: &str) -> Arm {
+    let wire = netns(&format!("{tag}kw"));
+    let host = netns(&format!("{tag}kh"));
+    let kns = netns(&format!("{tag}kc"));
+    let (w, h, c) = (wire.name(), host.name(), kns.name());
+    for ns in [w, h, c] {
+        disable_ipv6(ns);
+    }
+    ip(&[
+        "-n", h, "link", "add", "k0", "type", "veth", "peer", "name", "wire0", "netns", w,
+    ]);
+    ip(&["-n", w, "link", "set", "wire0", "up"]);
+    ip(&["-n", h, "link", "set", "k0", "up"]);
+    for v in VLANS {
+        let (a, p) = (format!("a{}", suffix(v)), format!("p{}", suffix(v)));
+        ip(&[
+            "-n", h, "link", "add", &a, "type", "veth", "peer", "name", &p,
+        ]);
+        ip(&["-n", h, "link", "set", &a, "up"]);
+        ip(&["-n", h, "link", "set", &p, "address", P_MAC, "up"]);
+    }
+    tagger::install(h, "k0", [(100, "a100"), (200, "a200")], "au");
+    let kids = kids(mode);
+    for k in &kids {
+        let parent = format!("p{}", suffix(k.vlan));
+        let mut args = vec!["link", "add", &k.name, "link", &parent];
+        let mac = k.mac.to_string();
+        if mode != "passthru" {
+            args.extend(["address", &mac]);
+        }
+        args.extend(["type", "macvlan", "mode", mode]);
+        ip(&[&["-n", h][..], &args].concat());
+        ip(&["-n", h, "link", "set", &k.name, "netns", c]);
+        ip(&["-n", c, "link", "set", &k.name, "up"]);
+    }
+    Arm {
+        what: "kernel",
+        wire: w.to_string(),
+        kids_ns: c.to_string(),
+        kids,
+        engine: None,
+        _guards: vec![kns, host, wire],
+    }
+}
+
+/// A receiver that sees a frame's outer tag inline (`PACKET_AUXDATA`).
+fn tap_on(ns: &str, dev: &str) -> PacketPort {
+    common::in_netns(ns, || {
+        let index = nix::net::if_::if_nametoindex(dev).unwrap();
+        PacketPort::open(dev, index).unwrap()
+    })
+}
+
+/// The nonces read from `port` and the outer tag each had (`None`: untagged), as TPID and TCI.
+fn drain(port: &PacketPort) -> Vec<(u64, Option<(u16, u16)>)> {
+    let mut buf = vec![0u8; 70_000];
+    let mut out = Vec::new();
+    while let Ok(n) = port.read(&mut buf) {
+        let f = &buf[VNET_HDR_LEN..n.min(buf.len())];
+        let tpid = u16::from_be_bytes([f[12], f[13]]);
+        let tag =
+            matches!(tpid, 0x8100 | 0x88a8).then(|| (tpid, u16::from_be_bytes([f[14], f[15]])));
+        if let Some(nonce) = common::nonce_of(f) {
+            out.push((nonce, tag));
+        }
+    }
+    out
+}
+
+/// How a probe is tagged on the wire.
+#[derive(Clone, Copy, Debug)]
+enum Tag {
+    None,
+    Q(u16),
+    Ad(u16),
+}
+
+fn tagged(mut f: Vec<u8>, tag: Tag) -> Vec<u8> {
+    let (tpid, vid) = match tag {
+        Tag::None => return f,
+        Tag::Q(v) => (0x8100u16, v),
+        Tag::Ad(v) => (0x88a8, v),
+    };
+    let mut t = tpid.to_be_bytes().to_vec();
+    t.extend_from_slice(&vid.to_be_bytes());
+    f.splice(12..12, t);
+    f
+}
+
+/// What an arm did with a list of probes: per probe, who got it, with the tag they saw.
+type Outcome = BTreeMap<String, BTreeSet<String>>;
+
+/// Sends `probes` (a description, the sender: `None` for the wire or a child's name, the frame)
+/// and records where each one arrived: `wire` with its tag, or a child's name with the tag it
+/// saw (children of a sub-interface must see none).
+fn run_probes(arm: &Arm, probes: &[(String, Option<String>, Vec<u8>)]) -> Outcome {
+    let wire_rx = tap_on(&arm.wire, "wire0");
+    let kid_rx: Vec<(String, PacketPort)> = arm
+        .kids
+        .iter()
+        .map(|k| (k.name.clone(), tap_on(&arm.kids_ns, &k.name)))
+        .collect();
+    let wire_tx = PacketSocket::open(&arm.wire, "wire0", 0);
+    let kid_tx: BTreeMap<String, PacketSocket> = arm
+        .kids
+        .iter()
+        .map(|k| (k.name.clone(), PacketSocket::open(&arm.kids_ns, &k.name, 0)))
+        .collect();
+    // Let the children's own start-up traffic pass.
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&wire_rx);
+    kid_rx.iter().for_each(|(_, p)| drop(drain(p)));
+    for (_, from, frame) in probes {
+        let s = from.as_ref().map_or(&wire_tx, |k| &kid_tx[k]);
+        s.send(frame).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let mut got: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let show =
+        |t: Option<(u16, u16)>| t.map_or(String::new(), |(p, c)| format!(" {p:04x}:{c:04x}"));
+    for (nonce, tag) in drain(&wire_rx) {
+        got.entry(nonce)
+            .or_default()
+            .insert(format!("wire{}", show(tag)));
+    }
+    for (name, p) in &kid_rx {
+        for (nonce, tag) in drain(p) {
+            got.entry(nonce)
+                .or_default()
+                .insert(format!("{name}{}", show(tag)));
+        }
+    }
+    probes
+        .iter()
+        .enumerate()
+        .map(|(i, (what, ..))| {
+            let n = u64::try_from(i).unwrap() + 1;
+            (what.clone(), got.remove(&n).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The probes both arms get: from the wire, tagged 100, 200, untagged, priority-tagged (VID 0),
+/// tagged with a VID no sub-interface has (300) and 802.1ad-tagged with VID 100, to every child, broadcast and an unknown MAC; from every child, to every other child,
+/// broadcast and the wire.
+fn probes(kids: &[Kid]) -> Vec<(String, Option<String>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dsts: Vec<(String, MacAddr)> = kids.iter().map(|k| (k.name.clone(), k.mac)).collect();
+    dsts.push(("bcast".into(), MacAddr::BROADCAST));
+    dsts.push(("unknown".into(), UNKNOWN_MAC));
+    let mut push = |what: String, from: Option<String>, dst: MacAddr, src: MacAddr, tag: Tag| {
+        let nonce = u64::try_from(out.len()).unwrap() + 1;
+        let f = tagged(test_frame(dst, src, None, nonce, 64), tag);
+        out.push((what, from, f));
+    };
+    for tag in [
+        Tag::Q(100),
+        Tag::Q(200),
+        Tag::None,
+        Tag::Q(0),
+        Tag::Q(300),
+        Tag::Ad(100),
+    ] {
+        for (name, mac) in &dsts {
+            push(format!("wire {tag:?} -> {name}"), None, *mac, EXT_MAC, tag);
+        }
+    }
+    for k in kids {
+        for (name, mac) in dsts.iter().filter(|(n, _)| *n != k.name) {
+            let dst = if name == "unknown" { EXT_MAC } else { *mac };
+            let (what, from) = (format!("{} -> {name}", k.name), Some(k.name.clone()));
+            push(what, from, dst, k.mac, Tag::None);
+        }
+    }
+    out
+}
+
+fn differential(mode: &str) {
+    let tag = &format!("vl{}", &mode[..2]);
+    let engine = engine_arm(tag, mode);
+    let kernel = kernel_arm(tag, mode);
+    let probes = probes(&engine.kids);
+    let e = run_probes(&engine, &probes);
+    let k = run_probes(&kernel, &probes);
+    let diff: Vec<String> = probes
+        .iter()
+        .filter(|(what, ..)| e[what] != k[what])
+        .map(|(what, ..)| format!("{what}: engine {:?}, kernel {:?}", e[what], k[what]))
+        .collect();
+    let log = engine
+        .engine
+        .as_ref()
+        .map(|(_, e)| e.log_text())
+        .unwrap_or_default();
+    assert!(
+        diff.is_empty(),
+        "{mode}: {} of {} probes differ from the kernel's:\n{}\n{log}",
+        diff.len(),
+        probes.len(),
+        diff.join("\n")
+    );
+    // Not both wrong the same way: the sub-interfaces' frames reached their children untagged,
+    // and left tagged.
+    let a = "c100a";
+    assert!(e[&format!("wire Q(100) -> {a}")].contains(a), "{e:?}");
+    assert!(!e[&format!("wire Q(200) -> {a}")].contains(a), "{e:?}");
+    assert!(!e[&format!("wire None -> {a}")].contains(a), "{e:?}");
+    assert!(
+        e[&format!("{a} -> bcast")].contains("wire 8100:0064"),
+        "{e:?}"
+    );
+    assert!(e["c200a -> bcast"].contains("wire 8100:00c8"), "{e:?}");
+    assert!(e["cua -> bcast"].contains("wire"), "{e:?}");
+    drop(kernel);
+    if let Some((t, e)) = engine.engine {
+        check_stats(&t, &e, &probes);
+        let (status, report) = e.stop();
+        assert!(status.success(), "{report}");
+    }
+}
+
+/// Each parent counted exactly its own frames from the wire: those tagged with its VID, or
+/// (the untagged parent) the untagged and priority-tagged ones; another VLAN's frames are
+/// neither received nor dropped by it.
+fn check_stats(t: &Topo, e: &Engine, probes: &[(String, Option<String>, Vec<u8>)]) {
+    let s = t.stats();
+    let parents = s["parents"].as_array().unwrap_or_else(|| panic!("{s}"));
+    let count = |p: &str| {
+        let n = probes.iter().filter(|(w, ..)| w.starts_with(p)).count();
+        u64::try_from(n).unwrap()
+    };
+    for (v, sent) in [
+        (VLANS[0], count("wire Q(100)")),
+        (VLANS[1], count("wire Q(200)")),
+        (
+            VLANS[2],
+            count("wire None") + count("wire Q(0)") + count("wire Q(300)") + count("wire Ad(100)"),
+        ),
+    ] {
+        let name = engine_parent(v);
+        let p = parents
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no parent {name} in stats: {s}\n{}", e.log_text()));
+        assert_eq!(p["rx_packets"].as_u64(), Some(sent), "{name}: {p}");
+    }
+}
+
+#[test]
+fn bridge_mode_matches_the_kernel_on_two_vids_and_untagged() {
+    differential("bridge");
+}
+
+#[test]
+fn vepa_mode_matches_the_kernel_on_two_vids_and_untagged() {
+    differential("vepa");
+}
+
+#[test]
+fn private_mode_matches_the_kernel_on_two_vids_and_untagged() {
+    differential("private");
+}
+
+#[test]
+fn passthru_mode_matches_the_kernel_on_two_vids_and_untagged() {
+    differential("passthru");
+}
