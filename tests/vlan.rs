@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::engine::{Engine, Topo, ping, topo};
+use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, netns, tagger, test_frame};
-use umacvlan::net::testutil::{NetnsGuard, ip, wait_until};
+use umacvlan::net::testutil::{NetnsGuard, ip};
 use umacvlan::sys::attach::PacketPort;
 use umacvlan::wire::mac::MacAddr;
 use umacvlan::wire::vnet::VNET_HDR_LEN;
@@ -70,6 +70,7 @@ fn kids(mode: &str) -> Vec<Kid> {
 
 /// One arm: a wire namespace with `wire0`, and a namespace with the children.
 struct Arm {
+    /// `engine` or `kernel`.
     what: &'static str,
     wire: String,
     kids_ns: String,
@@ -393,4 +394,126 @@ fn private_mode_matches_the_kernel_on_two_vids_and_untagged() {
 #[test]
 fn passthru_mode_matches_the_kernel_on_two_vids_and_untagged() {
     differential("passthru");
+}
+
+/// The subnet of a VLAN's hosts: the wire's end is `.1`, the child `..a` is `.2`.
+fn subnet(v: Option<u16>) -> String {
+    format!("10.{}.0", v.unwrap_or(0) / 100)
+}
+
+/// Gives the arm's wire namespace one host per VLAN, behind the same kernel tag handling as the
+/// kernel arm's parents, and the first child of each VLAN an address.
+fn add_hosts(arm: &Arm) {
+    let w = &arm.wire;
+    for v in VLANS {
+        let (x, y) = (format!("x{}", suffix(v)), format!("y{}", suffix(v)));
+        ip(&[
+            "-n", w, "link", "add", &x, "type", "veth", "peer", "name", &y,
+        ]);
+        ip(&["-n", w, "link", "set", &x, "up"]);
+        ip(&["-n", w, "link", "set", &y, "up"]);
+        ip(&[
+            "-n",
+            w,
+            "addr",
+            "add",
+            &format!("{}.1/24", subnet(v)),
+            "dev",
+            &y,
+        ]);
+    }
+    ip(&["-n", w, "addr", "flush", "dev", "wire0"]);
+    tagger::install(w, "wire0", [(100, "x100"), (200, "x200")], "xu");
+    for k in arm.kids.iter().filter(|k| k.name.ends_with('a')) {
+        let addr = format!("{}.2/24", subnet(k.vlan));
+        ip(&["-n", &arm.kids_ns, "addr", "add", &addr, "dev", &k.name]);
+    }
+}
+
+/// One iperf3 run from `client` to `server` at `addr` for 2 s (`reverse`: the server sends);
+/// returns the bytes received and the rate in Gbit/s.
+fn iperf(server: &str, client: &str, addr: &str, reverse: bool) -> (u64, f64) {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns", "exec", server, "iperf3", "-s", "-1", "-B", addr, "-p", "5201",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run iperf3 (apt-get install iperf3)");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec![
+        "netns", "exec", client, "iperf3", "-c", addr, "-p", "5201", "-t", "2", "-J",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let out = Command::new("ip").args(&args).output().unwrap();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 to {addr}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let sum = &j["end"]["sum_received"];
+    let bytes = sum["bytes"].as_u64().unwrap_or(0);
+    (bytes, sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
+}
+
+/// Ping and TCP (both ways, with GSO super-frames) between each VLAN's child and its host on the
+/// wire, through the engine's three parents at once and through the kernel's reference.
+#[test]
+fn ping_and_tcp_with_super_frames_through_two_vids_and_untagged() {
+    let engine = engine_arm("vlip", "bridge");
+    let kernel = kernel_arm("vlip", "bridge");
+    for arm in [&engine, &kernel] {
+        add_hosts(arm);
+    }
+    let log = || {
+        engine
+            .engine
+            .as_ref()
+            .map(|(_, e)| e.log_text())
+            .unwrap_or_default()
+    };
+    for arm in [&engine, &kernel] {
+        for v in VLANS {
+            let to = format!("{}.1", subnet(v));
+            ping(&arm.kids_ns, &to, 5).unwrap_or_else(|out| {
+                panic!("{}: ping {to} lost frames:\n{out}\n{}", arm.what, log())
+            });
+        }
+        for reverse in [false, true] {
+            let (bytes, gbps) = iperf(&arm.wire, &arm.kids_ns, "10.1.0.1", reverse);
+            let dir = if reverse {
+                "wire -> child"
+            } else {
+                "child -> wire"
+            };
+            eprintln!("{}: TCP on VID 100, {dir}: {gbps:.2} Gbit/s", arm.what);
+            assert!(
+                bytes > 10_000_000,
+                "{}: TCP {dir} on VID 100 moved only {bytes} bytes\n{}",
+                arm.what,
+                log()
+            );
+        }
+    }
+    let (_t, e) = engine.engine.unwrap();
+    let (status, report) = e.stop();
+    assert!(status.success(), "{report}");
+    assert!(!report.contains("truncated"), "{report}");
+    let (rx_packets, rx_bytes, tx_packets, tx_bytes, _) = counters_of(&report, "c100a");
+    // GSO super-frames crossed the sub-interface whole, both ways: the average frame is above
+    // the MTU.
+    assert!(
+        rx_bytes / rx_packets.max(1) > 1514,
+        "no super-frames to c100a:\n{report}"
+    );
+    assert!(
+        tx_bytes / tx_packets.max(1) > 1514,
+        "no super-frames from c100a:\n{report}"
+    );
 }
