@@ -125,7 +125,10 @@ impl Default for ParentOptions {
 
 /// The device `name`, or, when there is none and `name` is `LOWER.VID`, its lower device and
 /// the sub-interface the engine emulates on it (docs/design.md#8021q-sub-interfaces-emulated).
-fn find_parent(nl: &mut Netlink, name: &str) -> Result<(LinkInfo, Option<Emulated>), PlanError> {
+pub fn find_parent(
+    nl: &mut Netlink,
+    name: &str,
+) -> Result<(LinkInfo, Option<Emulated>), PlanError> {
     if let Some(link) = nl.link_by_name(name)? {
         return Ok((link, None));
     }
