@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, netns, tagger, test_frame};
-use umacvlan::net::testutil::{NetnsGuard, ip};
+use umacvlan::net::testutil::{NetnsGuard, ip, wait_until};
 use umacvlan::sys::attach::PacketPort;
 use umacvlan::wire::mac::MacAddr;
 use umacvlan::wire::vnet::VNET_HDR_LEN;
@@ -516,4 +516,44 @@ fn ping_and_tcp_with_super_frames_through_two_vids_and_untagged() {
         tx_bytes / tx_packets.max(1) > 1514,
         "no super-frames from c100a:\n{report}"
     );
+}
+
+/// A reserved VID, a VLAN parent with no lower device and stacked tags are refused, with what to
+/// do, by `run` (exit status 2, nothing created) and by `link add` on a running engine.
+#[test]
+fn bad_vlan_parents_are_refused_and_nothing_is_created() {
+    let t = topo("vlbad", 1);
+    let cases = [
+        ("p0.4095", "VID 4095 is out of range"),
+        ("nope.100", "no \"nope\" to emulate it on"),
+        ("nope.7.100", "stacked VLAN tags"),
+    ];
+    for (parent, says) in cases {
+        let args = [
+            "--parent".to_string(),
+            parent.to_string(),
+            "--port".to_string(),
+            format!("name=c0,netns={}", t.kid(0)),
+        ];
+        let o = t.run_fails(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{parent}: {err}");
+        assert!(err.contains(says), "{parent}: {err}");
+        assert!(
+            common::try_ip(t.kid(0), &["link", "show", "c0"]).is_err(),
+            "{parent}: a port was created"
+        );
+    }
+    let args = ["--parent".to_string(), "p0.100".to_string()];
+    let e = t.start(&args, &[]);
+    wait_until("the engine's control socket", || {
+        t.ctl(&["link", "show"]).is_ok()
+    });
+    for (parent, says) in cases {
+        let add = format!("name=c0,netns={},parent={parent}", t.kid(0));
+        let err = t.ctl(&["link", "add", &add]).unwrap_err();
+        assert!(err.contains(says), "{parent}: {err}\n{}", e.log_text());
+    }
+    let (status, _) = e.stop();
+    assert!(status.success());
 }
