@@ -373,6 +373,10 @@ fn check_stats(t: &Topo, e: &Engine, probes: &[(String, Option<String>, Vec<u8>)
             .find(|p| p["name"] == name.as_str())
             .unwrap_or_else(|| panic!("no parent {name} in stats: {s}\n{}", e.log_text()));
         assert_eq!(p["rx_packets"].as_u64(), Some(sent), "{name}: {p}");
+        match v {
+            Some(vid) => assert_eq!(p["vlan"], serde_json::json!({"lower": "p0", "vid": vid})),
+            None => assert!(p.get("vlan").is_none(), "{p}"),
+        }
     }
 }
 
