@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, netns, tagger, test_frame};
-use umacvlan::net::testutil::{NetnsGuard, ip, wait_until};
+use umacvlan::net::testutil::{NetnsGuard, ip, ip_json, wait_until};
 use umacvlan::sys::attach::PacketPort;
 use umacvlan::wire::mac::MacAddr;
 use umacvlan::wire::vnet::VNET_HDR_LEN;
@@ -560,4 +560,27 @@ fn bad_vlan_parents_are_refused_and_nothing_is_created() {
     }
     let (status, _) = e.stop();
     assert!(status.success());
+}
+
+/// An emulated parent follows its lower device as a VLAN device does: carrier (its ports lose
+/// and regain it with the lower's), and MTU (lowered with the lower's, as NETDEV_CHANGEMTU
+/// lowers a VLAN device and then its macvlans).
+#[test]
+fn an_emulated_parent_follows_its_lower_carrier_and_mtu() {
+    let arm = engine_arm("vlcar", "bridge");
+    add_hosts(&arm);
+    let (t, e) = arm.engine.as_ref().unwrap();
+    let kids = &arm.kids_ns;
+    let has = |flag: &str| common::engine::has_flag(kids, "c100a", flag);
+    wait_until("carrier on c100a", || has("LOWER_UP"));
+    ping(kids, "10.1.0.1", 3).unwrap_or_else(|o| panic!("before: {o}\n{}", e.log_text()));
+    ip(&["-n", &arm.wire, "link", "set", "wire0", "down"]);
+    wait_until("c100a to lose its carrier with p0's", || !has("LOWER_UP"));
+    ip(&["-n", &arm.wire, "link", "set", "wire0", "up"]);
+    wait_until("c100a's carrier back", || has("LOWER_UP"));
+    std::thread::sleep(Duration::from_millis(300));
+    ping(kids, "10.1.0.1", 3).unwrap_or_else(|o| panic!("after: {o}\n{}", e.log_text()));
+    ip(&["-n", t.host.name(), "link", "set", "p0", "mtu", "1400"]);
+    let mtu = || ip_json(&["-n", kids, "link", "show", "c100a"])[0]["mtu"].as_u64();
+    wait_until("c100a's MTU lowered to p0's", || mtu() == Some(1400));
 }
