@@ -80,7 +80,7 @@ impl Daemon {
             })
             .collect();
         let vids = self.vids_of(&config);
-        let worker = self.spawn_workers(&link, sets, &counters, &vids)?;
+        let worker = self.spawn_workers(&link, &config, sets, &counters, &vids)?;
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
         self.watchers
@@ -109,6 +109,7 @@ impl Daemon {
     fn spawn_workers(
         &self,
         link: &LinkInfo,
+        config: &ParentConfig,
         sets: Vec<PortSet>,
         counters: &Sharded<ParentCounters>,
         vids: &Arc<VidSet>,
@@ -133,6 +134,15 @@ impl Daemon {
             }
         };
         let rings = rings.with_context(context)?;
+        // A sub-interface's rings take its VID's frames only, filtered in the kernel before any
+        // copy; the lower device's own parent skips them in the worker (`Claim`).
+        if let Some(v) = &config.vlan {
+            let filtered = rings.iter().chain(autos.iter().map(|a| &a.v2));
+            for ring in filtered {
+                ring.keep_only_vid(v.vid)
+                    .with_context(|| format!("filtering {}'s ring for VID {}", link.name, v.vid))?;
+            }
+        }
         // Pinned only when CPUs are left over for everything else (the senders, the receiving
         // stacks, softirqs): with a worker on every CPU, pinning kept the scheduler from moving
         // a worker off a busy CPU, and pings were lost under load (docs/design.md#architecture).
@@ -224,7 +234,7 @@ impl Daemon {
         config.bc_cutoff = run.config.bc_cutoff;
         let sets = self.port_sets(parent, &run.table);
         let vids = vids_in(&mut self.vids, &config);
-        let worker = self.spawn_workers(&link, sets, &run.counters, &vids)?;
+        let worker = self.spawn_workers(&link, &config, sets, &run.counters, &vids)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
