@@ -589,3 +589,67 @@ fn an_emulated_parent_follows_its_lower_carrier_and_mtu() {
     let mtu = || ip_json(&["-n", kids, "link", "show", "c100a"])[0]["mtu"].as_u64();
     wait_until("c100a's MTU lowered to p0's", || mtu() == Some(1400));
 }
+
+/// `trace --follow` and `capture` on an emulated parent see its frames as its ports do: its own
+/// VID's only, untagged, under its name.
+#[test]
+fn follow_and_capture_show_a_sub_interfaces_frames_untagged() {
+    let arm = engine_arm("vlobs", "bridge");
+    let (t, e) = arm.engine.as_ref().unwrap();
+    let follow = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", t.host.name(), common::engine::BIN])
+            .args(args)
+            .env("UMACVLAN_CONTROL", t.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let trace = follow(&["trace", "--follow", "p0.100", "-c", "2", "-j"]);
+    let capture = follow(&["capture", "p0.100", "-c", "2", "-w", "-"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let wire = PacketSocket::open(&arm.wire, "wire0", 0);
+    let mac = |n: &str| arm.kids.iter().find(|k| k.name == n).unwrap().mac;
+    for (to, tag, nonce) in [
+        ("c200a", Tag::Q(200), 1),
+        ("cua", Tag::None, 2),
+        ("c100a", Tag::Q(100), 3),
+        ("c100b", Tag::Q(100), 4),
+    ] {
+        let f = tagged(test_frame(mac(to), EXT_MAC, None, nonce, 64), tag);
+        wire.send(&f).unwrap();
+    }
+    let out = trace.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", e.log_text());
+    let seen: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2, "{text}");
+    for (v, to) in seen.iter().zip(["c100a", "c100b"]) {
+        assert_eq!(v["parent"], "p0.100", "{v}");
+        assert_eq!(v["vlan"], serde_json::Value::Null, "{v}");
+        assert_eq!(v["len"], 64, "68 bytes on the wire, the tag gone: {v}");
+        assert_eq!(v["receivers"], serde_json::json!([to]), "{v}");
+    }
+    let out = capture.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-n", "-e", "-r", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump (apt-get install tcpdump)");
+    std::io::Write::write_all(&mut tcpdump.stdin.take().unwrap(), &out.stdout).unwrap();
+    let dump = String::from_utf8(tcpdump.wait_with_output().unwrap().stdout).unwrap();
+    assert!(dump.contains(&mac("c100a").to_string()), "{dump}");
+    assert!(dump.contains("ethertype Unknown (0x88b5)"), "{dump}");
+    assert!(!dump.contains("vlan") && !dump.contains("802.1Q"), "{dump}");
+}
