@@ -636,9 +636,10 @@ impl RxRing {
 
 /// The kernel's ancillary loads of classic BPF (`SKF_AD_OFF + SKF_AD_VLAN_*`,
 /// `include/uapi/linux/filter.h`): the outer tag the kernel took out of the frame.
-const SKF_AD_VLAN_TAG: u32 = (-0x1000i32) as u32 + 44;
-const SKF_AD_VLAN_TAG_PRESENT: u32 = (-0x1000i32) as u32 + 48;
-const SKF_AD_VLAN_TPID: u32 = (-0x1000i32) as u32 + 60;
+const SKF_AD_OFF: u32 = (-0x1000i32).cast_unsigned();
+const SKF_AD_VLAN_TAG: u32 = SKF_AD_OFF + 44;
+const SKF_AD_VLAN_TAG_PRESENT: u32 = SKF_AD_OFF + 48;
+const SKF_AD_VLAN_TPID: u32 = SKF_AD_OFF + 60;
 
 /// A socket filter that lets through the 802.1Q frames with VID `vid` and nothing else.
 fn vid_filter(vid: u16) -> [libc::sock_filter; 9] {
