@@ -162,7 +162,7 @@ pub fn tag_in_place(buf: &mut [u8], vid: u16) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use crate::wire::frame::ETH_P_8021AD;
-    use crate::wire::vnet::{F_NEEDS_CSUM, GSO_TCPV4};
+    use crate::wire::vnet::SAMPLE_TSO4;
 
     #[test]
     fn names_of_sub_interfaces() {
@@ -252,14 +252,7 @@ mod tests {
 
     #[test]
     fn tagging_moves_the_macs_and_the_offsets() {
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 66,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let hdr = SAMPLE_TSO4;
         let mut buf = vec![0xeeu8; TAG_HEADROOM];
         buf.extend_from_slice(&hdr.to_bytes());
         let macs: Vec<u8> = (1..=12).collect();
