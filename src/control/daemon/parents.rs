@@ -52,10 +52,12 @@ impl ParentRun {
 }
 
 /// The device a parent forwards on: itself, or an emulated sub-interface's lower device.
-pub(super) fn device_of(config: &ParentConfig) -> &str {
+fn device_of(config: &ParentConfig) -> &str {
     config.vlan.as_ref().map_or(&config.name, |v| &v.lower)
 }
 
+/// The VIDs emulated on the device a parent with `config` forwards on: one set for the device's
+/// own parent and its sub-interfaces.
 fn vids_in(vids: &mut BTreeMap<String, Arc<VidSet>>, config: &ParentConfig) -> Arc<VidSet> {
     let device = device_of(config).to_string();
     Arc::clone(vids.entry(device).or_default())
@@ -79,7 +81,7 @@ impl Daemon {
                 ports: Arc::from(Vec::new()),
             })
             .collect();
-        let vids = self.vids_of(&config);
+        let vids = vids_in(&mut self.vids, &config);
         let worker = self.spawn_workers(&link, &config, sets, &counters, &vids)?;
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
@@ -318,16 +320,10 @@ impl Daemon {
         self.rebuild(parent);
     }
 
-    /// The VIDs emulated on the device a parent with `config` forwards on (the same set for the
-    /// device's own parent and its sub-interfaces).
-    fn vids_of(&mut self, config: &ParentConfig) -> Arc<VidSet> {
-        vids_in(&mut self.vids, config)
-    }
-
     pub(super) fn close_parent(&mut self, name: &str) {
         if let Some(run) = self.parents.remove(name) {
             if let Some(v) = &run.config.vlan {
-                self.vids_of(&run.config).remove(v.vid);
+                vids_in(&mut self.vids, &run.config).remove(v.vid);
             }
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{}", crate::errors::chain(&e));
