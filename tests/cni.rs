@@ -845,7 +845,9 @@ fn a_vlan_master_is_an_emulated_sub_interface() {
     ip(&["-n", wire, "addr", "flush", "dev", "wire0"]);
     for x in ["100", "200", "u"] {
         let (a, b) = (format!("x{x}"), format!("y{x}"));
-        ip(&["-n", wire, "link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&[
+            "-n", wire, "link", "add", &a, "type", "veth", "peer", "name", &b,
+        ]);
         ip(&["-n", wire, "link", "set", &a, "up"]);
         ip(&["-n", wire, "link", "set", &b, "up"]);
     }
@@ -873,5 +875,8 @@ fn a_vlan_master_is_an_emulated_sub_interface() {
     conf["master"] = json!("nope.100");
     let o = cni(PLUGIN, host, "STATUS", &conf, None, &[]);
     assert_eq!(code_of(&o), 50, "{o:?}");
-    assert!(o.out["msg"].as_str().unwrap().contains("no \"nope\""), "{o:?}");
+    assert!(
+        o.out["msg"].as_str().unwrap().contains("no \"nope\""),
+        "{o:?}"
+    );
 }

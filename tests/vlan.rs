@@ -653,3 +653,33 @@ fn follow_and_capture_show_a_sub_interfaces_frames_untagged() {
     assert!(dump.contains("ethertype Unknown (0x88b5)"), "{dump}");
     assert!(!dump.contains("vlan") && !dump.contains("802.1Q"), "{dump}");
 }
+
+/// The lower device deleted and made again: the emulated parent's ports lose carrier and wait,
+/// as any parent's do, and forward its VID's frames again once it is back.
+#[test]
+fn an_emulated_parent_waits_for_its_lower_device_to_come_back() {
+    let t = topo("vlgone", 1);
+    let kid = t.kid(0).to_string();
+    let port = format!("name=c0,mode=bridge,netns={kid},mac=02:00:00:00:10:c0");
+    let args = ["--parent".into(), "p0.100".into(), "--port".into(), port];
+    let e = t.start(&args, &[(0, "c0")]);
+    ip(&["-n", &kid, "link", "set", "c0", "up"]);
+    let has = |flag: &str| common::engine::has_flag(&kid, "c0", flag);
+    wait_until("carrier on c0", || has("LOWER_UP"));
+    ip(&["-n", t.host.name(), "link", "del", "p0"]);
+    wait_until("c0 to lose its carrier with p0", || !has("LOWER_UP"));
+    common::engine::recreate_wire(&t);
+    wait_until("c0's carrier back with p0", || has("LOWER_UP"));
+    std::thread::sleep(Duration::from_millis(300));
+    let rx = tap_on(&kid, "c0");
+    let wire = PacketSocket::open(t.wire.name(), "wire0", 0);
+    let c0: MacAddr = "02:00:00:00:10:c0".parse().unwrap();
+    for (tag, nonce) in [(Tag::Q(200), 1), (Tag::None, 2), (Tag::Q(100), 3)] {
+        wire.send(&tagged(test_frame(c0, EXT_MAC, None, nonce, 64), tag))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(drain(&rx), [(3, None)], "{}", e.log_text());
+    let (status, _) = e.stop();
+    assert!(status.success());
+}
