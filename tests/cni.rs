@@ -6,7 +6,7 @@
 //! lease, device or engine port behind.
 
 // The kernel's tag handling on the wire (common::tagger) only.
-#[allow(unused_imports, unused_macros, dead_code)]
+#[allow(unused_imports, unused_macros)]
 mod common;
 
 use std::io::Write;
