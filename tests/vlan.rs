@@ -354,6 +354,10 @@ fn differential(mode: &str) {
 /// another VLAN's frames are neither received nor dropped by it, and a sub-interface's ring
 /// never even holds them.
 fn check_stats(t: &Topo, e: &Engine, probes: &[(String, Option<String>, Vec<u8>)]) {
+    let text = t.ctl(&["stats"]).unwrap();
+    for want in ["p0.100 (VID 100 on p0)", "p0.200 (VID 200 on p0)"] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
     let s = t.stats();
     let parents = s["parents"].as_array().unwrap_or_else(|| panic!("{s}"));
     let count = |p: &str| {
