@@ -4,12 +4,13 @@
 //! The kernel's reference without `8021q` (and without a VLAN-filtering bridge, which needs it):
 //! the kernel's own tag handling (`skb_vlan_pop`/`skb_vlan_push`, from tc programs:
 //! `common::tagger`) between the wire-side device and one veth pair per VLAN: 100, 200 and the
-//! untagged (lower) one. The kernel's macvlans on the veths' peers are the reference. The engine runs on the other
-//! arm's `p0` with three parents at once: `p0.100` and `p0.200` (emulated sub-interfaces) and
-//! `p0` itself. Both arms get the same frames from their wire and from their children; the
-//! receivers and the tags seen on the wire must be the same, for bridge, vepa, private and
-//! passthru. Then ping and TCP (GSO super-frames both ways) through both arms.
-//!
+//! untagged (lower) one. The kernel's macvlans on the veths' peers are the reference. The engine
+//! runs on the other arm's `p0` with three parents at once: `p0.100` and `p0.200` (emulated
+//! sub-interfaces) and `p0` itself. Both arms get the same frames from their wire and from their
+//! children; the receivers, the tags they saw and the tags on the wire must be the same, for
+//! bridge, vepa, private and passthru. Then ping and TCP (GSO super-frames both ways) through
+//! both arms; the counters, stats and metrics of each parent; carrier, MTU and the lower device
+//! deleted and back; follow and capture; and the refusals.
 
 #[allow(unused_imports, unused_macros)]
 mod common;
