@@ -15,7 +15,11 @@ use umacvlan::engine::observe::{Filter, ObserverCache, Observers};
 use umacvlan::forward::{Mode, ParentConfig, PortConfig, PortId, PortTable};
 use umacvlan::wire::mac::MacAddr;
 use umacvlan::wire::ring_format::{fake_v3_block, frames_in};
+use umacvlan::wire::vlan::{Claim, VidSet};
 use umacvlan::wire::vnet::VNET_HDR_LEN;
+
+/// No emulated 802.1Q sub-interfaces: every frame is the parent's.
+static NO_VLANS: VidSet = VidSet::new();
 
 /// A port whose writes succeed at once and go nowhere.
 #[derive(Default)]
@@ -91,7 +95,15 @@ fn bench_ring_block(c: &mut Criterion) {
             let block = fake_v3_block(&refs, 64 * 1024).expect("a batch fits a 64 KiB block");
             g.bench_with_input(BenchmarkId::new(*name, n), &block, |b, block| {
                 b.iter(|| {
-                    deliver::from_parent_block(&t, &pc, &ports, frames_in(black_box(block)), None)
+                    let lower = Claim::Lower(&NO_VLANS);
+                    deliver::from_parent_block(
+                        &t,
+                        &pc,
+                        &ports,
+                        frames_in(black_box(block)),
+                        lower,
+                        None,
+                    )
                 });
             });
         }
@@ -160,6 +172,7 @@ fn bench_observed_block(c: &mut Criterion) {
                         &pc,
                         &ports,
                         frames_in(black_box(&block)),
+                        Claim::Lower(&NO_VLANS),
                         obs.as_ref(),
                     );
                     drop(obs);

@@ -116,6 +116,57 @@ pub fn port_spec(data: &[u8]) {
     }
 }
 
+/// 802.1Q emulation: a parent name, whose frame is whose, and the tag put in a port's frame.
+/// Byte 0 and 1 are an out-of-band tag's TCI (byte 2 bit 0: 802.1ad), byte 3 a claimed VID's low
+/// byte; the rest is a name and, as bytes, a TAP read behind its headroom.
+pub fn vlan(data: &[u8]) {
+    use crate::wire::frame::ETH_P_8021AD;
+    use crate::wire::vlan::{Claim, TAG_HEADROOM, VidSet, parse_name, tag_in_place};
+    use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
+    let [a, b, kind, claimed, rest @ ..] = data else {
+        return;
+    };
+    if let Ok(Some(v)) = std::str::from_utf8(rest)
+        .map(parse_name)
+        .unwrap_or(Ok(None))
+    {
+        assert!(v.vid <= crate::wire::vlan::VID_MAX && !v.lower.is_empty());
+    }
+    let tci = u16::from_be_bytes([*a, *b]);
+    let tpid = if kind & 1 != 0 { ETH_P_8021AD } else { 0x8100 };
+    let tag = (kind & 2 != 0).then_some(VlanTag { tpid, tci });
+    let set = VidSet::new();
+    set.insert(u16::from(*claimed));
+    for claim in [Claim::Vid(u16::from(*claimed)), Claim::Lower(&set)] {
+        // Exactly one of a sub-interface and its lower device takes a frame of this VID.
+        let mine = claim.take(tag);
+        if let Claim::Vid(_) = claim {
+            assert_eq!(mine.is_some(), Claim::Lower(&set).take(tag).is_none());
+            assert!(
+                mine.is_none_or(|t| t.is_none()),
+                "a sub-interface's frame is untagged"
+            );
+        }
+    }
+    let mut buf = vec![0u8; TAG_HEADROOM];
+    buf.extend_from_slice(rest);
+    let before = VnetHdr::parse(rest);
+    if let Some(out) = tag_in_place(&mut buf, tci) {
+        let n = rest.len();
+        assert_eq!(out.len(), n + TAG_HEADROOM);
+        assert_eq!(
+            &out[VNET_HDR_LEN..VNET_HDR_LEN + 12],
+            &rest[VNET_HDR_LEN..VNET_HDR_LEN + 12]
+        );
+        assert_eq!(out[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14], [0x81, 0x00]);
+        assert_eq!(&out[VNET_HDR_LEN + 16..], &rest[VNET_HDR_LEN + 12..]);
+        let after = VnetHdr::parse(out);
+        assert_eq!(after, before.map(VnetHdr::with_vlan_inserted));
+    } else {
+        assert!(rest.len() < VNET_HDR_LEN + 12);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -141,6 +192,7 @@ mod tests {
             ("control_request", super::control_request),
             ("config_file", super::config_file),
             ("port_spec", super::port_spec),
+            ("vlan", super::vlan),
         ] {
             assert!(replay(target, f) > 0, "no saved inputs for {target}");
         }

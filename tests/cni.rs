@@ -5,6 +5,10 @@
 //! are compared. STATUS and GC (1.1.0) are tested on umacvlan alone. Every cycle must leave no
 //! lease, device or engine port behind.
 
+// The kernel's tag handling on the wire (common::tagger) only.
+#[allow(unused_imports, unused_macros)]
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -826,4 +830,53 @@ fn engine_ports_named_apart_from_their_devices() {
         ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
     }
     assert!(pings(k0, "192.0.2.2") && pings(k1, "192.0.2.254"));
+}
+
+/// `"master": "p0.100"` with no such device: the port hangs off the engine's emulated 802.1Q
+/// sub-interface of p0. STATUS says it is available, the container reaches a host behind VID 100
+/// on the wire (the kernel's own tag handling there), and a master with no lower device is not
+/// available.
+#[test]
+fn a_vlan_master_is_an_emulated_sub_interface() {
+    require_plugins();
+    let topo = topology("cnivl", 1);
+    let engine = Engine::start(&topo);
+    let (host, wire) = (topo.host.name(), topo.wire.name());
+    ip(&["-n", wire, "addr", "flush", "dev", "wire0"]);
+    for x in ["100", "200", "u"] {
+        let (a, b) = (format!("x{x}"), format!("y{x}"));
+        ip(&[
+            "-n", wire, "link", "add", &a, "type", "veth", "peer", "name", &b,
+        ]);
+        ip(&["-n", wire, "link", "set", &a, "up"]);
+        ip(&["-n", wire, "link", "set", &b, "up"]);
+    }
+    ip(&["-n", wire, "addr", "add", "192.0.2.254/24", "dev", "y100"]);
+    common::tagger::install(wire, "wire0", [(100, "x100"), (200, "x200")], "xu");
+    let data = TempDir::new("vlan");
+    let network = format!("umvcni-{}-vlan", std::process::id());
+    let mut conf = base_conf("1.1.0", "umacvlan", &network, &data.0, &engine.socket);
+    conf["master"] = json!("p0.100");
+    let status = cni(PLUGIN, host, "STATUS", &conf, None, &[]);
+    assert!(status.ok, "{status:?}");
+    let path = format!("/run/netns/{}", topo.kid(0));
+    let a = Att {
+        container: "ctrv",
+        netns: &path,
+        ifname: "eth0",
+    };
+    succeed(PLUGIN, host, "ADD", &conf, Some(a));
+    let ports = engine.ports();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["link"], "p0.100", "{}", ports[0]);
+    assert!(pings(topo.kid(0), "192.0.2.254"), "no ping through VID 100");
+    succeed(PLUGIN, host, "DEL", &conf, Some(a));
+    assert!(engine.ports().is_empty());
+    conf["master"] = json!("nope.100");
+    let o = cni(PLUGIN, host, "STATUS", &conf, None, &[]);
+    assert_eq!(code_of(&o), 50, "{o:?}");
+    assert!(
+        o.out["msg"].as_str().unwrap().contains("no \"nope\""),
+        "{o:?}"
+    );
 }

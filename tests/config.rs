@@ -101,6 +101,16 @@ fn config_check_names_file_line_column_and_changes_nothing() {
             ":3:10: ports.parent: unknown parent \"nosuch\"".into(),
         ),
         (
+            "reserved VID",
+            good.replace("\"p0\"", "\"p0.4095\""),
+            ":3:10: ports.parent: parent p0.4095: VID 4095 is out of range".into(),
+        ),
+        (
+            "no lower device for a VLAN parent",
+            good.replace("\"p0\"", "\"nosuch.100\""),
+            ":3:10: ports.parent: unknown parent \"nosuch.100\": no such network interface in this namespace, and no \"nosuch\" to emulate it on".into(),
+        ),
+        (
             "unknown namespace",
             good.replace(t.kids[0].name(), "umv-no-such-ns"),
             ":4:9: ports.netns: no network namespace named \"umv-no-such-ns\"".into(),
@@ -130,6 +140,16 @@ fn config_check_names_file_line_column_and_changes_nothing() {
     let o = t.in_host(&["config", "check", &file]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ok: 1 ports on 1 parents"));
+    // 802.1Q parents emulated on p0, beside p0 itself.
+    let vlans = format!(
+        "{good}{}{}",
+        t.port("c1", 0, "").replace("\"p0\"", "\"p0.100\""),
+        t.port("c2", 0, "").replace("\"p0\"", "\"p0.0200\"")
+    );
+    let file = t.write("vlans.toml", &vlans);
+    let o = t.in_host(&["config", "check", &file]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok: 3 ports on 3 parents"));
 }
 
 struct Engine(Child);

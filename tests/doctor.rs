@@ -124,3 +124,38 @@ fn doctor_on_a_veth_parent() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown parent \"nope0\""), "{err}");
 }
+
+/// `p0.100` with no such device: the engine's emulated 802.1Q sub-interface, explained, and the
+/// rest of the checks are p0's; a reserved VID or a missing lower device is bad input.
+#[test]
+fn doctor_explains_an_emulated_vlan_parent() {
+    let t = topology("drv", 0);
+    let out = doctor(&t, &["--parent", "p0.100", "-j"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["parent"], "p0.100");
+    let f = v["findings"].as_array().unwrap();
+    let vlan = f
+        .iter()
+        .find(|f| f["check"] == "vlan")
+        .expect("a vlan finding");
+    assert_eq!(vlan["level"], "ok");
+    let msg = vlan["message"].as_str().unwrap();
+    assert!(
+        msg.contains("802.1Q sub-interface of p0 with VID 100"),
+        "{msg}"
+    );
+    assert!(vlan["fix"].as_str().unwrap().contains("VID 100 tagged"));
+    let parent = f.iter().find(|f| f["check"] == "parent").unwrap();
+    assert!(parent["message"].as_str().unwrap().starts_with("p0 exists"));
+    for (bad, says) in [
+        ("p0.4095", "out of range"),
+        ("nope.100", "no \"nope\" to emulate it on"),
+        ("nope.5.100", "stacked VLAN tags"),
+    ] {
+        let out = doctor(&t, &["--parent", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

@@ -50,6 +50,10 @@ fn a_flow_stays_in_order_and_complete_across_ring_mode_switches() {
         .collect();
     let engine = t.start(&args, &[(0, "c0")]);
     umacvlan::net::testutil::ip(&["-n", t.kid(0), "link", "set", "c0", "up"]);
+    // Frames sent before the engine saw c0 up would be `unknown_destination` at the parent.
+    wait_until("c0 forwarding", || {
+        t.stats()["ports"][0]["forwarding"] == true
+    });
     wait_until("the engine reads its V2 ring", || mode(&t) == "v2");
     let p = parent(&t);
     assert_eq!(p["ring"], "auto", "{p}");

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::{ControlArg, Failure};
 use crate::control::client;
-use crate::control::plan::{PlanError, default_route_interface};
+use crate::control::plan::{PlanError, default_route_interface, find_parent};
 use crate::control::proto::{LinkFilter, Reply, Request};
 use crate::net::{LinkInfo, Netlink, is_wireless};
+use crate::wire::vlan::Emulated;
 
 /// Check a parent and this machine before running umacvlan, in plain words.
 ///
@@ -22,6 +23,9 @@ use crate::net::{LinkInfo, Netlink, is_wireless};
 /// work there); its driver (a hypervisor or cloud NIC needs a setting outside this machine to
 /// accept extra MACs); promiscuity; how many MACs the ports need; the kernel features the engine
 /// uses (/dev/net/tun, AF_PACKET, TPACKET_V3); and the host<->child rule. Nothing is changed.
+///
+/// A parent named LOWER.VID that does not exist is the 802.1Q sub-interface the engine emulates
+/// on LOWER: the `vlan` finding says so, and the other checks are LOWER's.
 ///
 /// Without --parent, the interface of the default route. Exit status: 0 no error found, 1 at
 /// least one error finding, 2 bad input (an unknown parent: nothing to check).
@@ -206,6 +210,22 @@ pub fn parent_findings(
     out
 }
 
+/// A parent named `LOWER.VID` with no device of its own: what the engine does instead of the
+/// `8021q` module (the findings after it are the lower device's).
+fn vlan_finding(parent: &str, v: &Emulated) -> Finding {
+    let (lower, vid) = (&v.lower, v.vid);
+    finding(
+        "vlan",
+        Level::Ok,
+        format!(
+            "{parent} does not exist: umacvlan emulates it as the 802.1Q sub-interface of {lower} with VID {vid} (no 8021q module needed). Frames tagged {vid} on {lower} are its ports' (untagged when they get them); its ports' frames leave {lower} tagged {vid}, priority 0; untagged frames, priority tags (VID 0), other VIDs and 802.1ad tags stay {lower}'s. Carrier, MTU and MAC are {lower}'s; the checks below are of {lower}"
+        ),
+        Some(&format!(
+            "the switch port behind {lower} must carry VID {vid} tagged (a trunk)"
+        )),
+    )
+}
+
 /// The kernel features the engine needs.
 pub fn kernel_findings() -> Vec<Finding> {
     use Level::{Error, Ok};
@@ -276,15 +296,21 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode, Failure> {
         }
     };
     let mut nl = Netlink::open().map_err(anyhow::Error::from)?;
-    let link = nl
-        .link_by_name(&parent)
-        .map_err(anyhow::Error::from)?
-        .ok_or_else(|| Failure::usage(PlanError::UnknownParent(parent.clone())))?;
+    let (link, vlan) = match find_parent(&mut nl, &parent) {
+        Ok(found) => found,
+        Err(PlanError::Netlink(e)) => return Err(anyhow::Error::from(e).into()),
+        Err(e) => return Err(Failure::usage(e)),
+    };
     let ports = match client::request(&a.control.path, Request::LinkShow(LinkFilter::default())) {
         Ok(Reply::Links { links }) => Some(links.iter().filter(|l| l.parent == parent).count()),
         _ => None,
     };
-    let mut findings = parent_findings(&link, driver_of(&parent).as_deref(), ports);
+    let mut findings: Vec<Finding> = vlan.iter().map(|v| vlan_finding(&parent, v)).collect();
+    findings.extend(parent_findings(
+        &link,
+        driver_of(&link.name).as_deref(),
+        ports,
+    ));
     findings.extend(kernel_findings());
     let out = if a.json {
         let v = serde_json::json!({"parent": parent, "findings": findings});

@@ -274,8 +274,12 @@ pub fn render(stats: &StatsView, rates: Option<&Rates>) -> String {
         .parents
         .iter()
         .map(|p| {
+            let name = match &p.vlan {
+                Some(v) => format!("{} (VID {} on {})", p.name, v.vid, v.lower),
+                None => p.name.clone(),
+            };
             let mut r = vec![
-                p.name.clone(),
+                name,
                 p.ports.to_string(),
                 p.rx_packets.to_string(),
                 p.rx_bytes.to_string(),

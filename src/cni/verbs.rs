@@ -290,9 +290,11 @@ impl Call<'_> {
         request(self.socket(), Request::LinkShow(LinkFilter::default()))
             .map_err(|e| unavailable(e.to_string()))?;
         let mut nl = crate::net::Netlink::open().map_err(|e| unavailable(e.to_string()))?;
-        match nl.link_by_name(&master) {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(unavailable(format!("the parent {master} does not exist"))),
+        // The engine's own check: an emulated 802.1Q sub-interface (`eth0.100` with no such
+        // device) is available when its lower device is.
+        let opts = crate::control::plan::ParentOptions::default();
+        match crate::control::plan::check_parent(&mut nl, &master, opts) {
+            Ok(_) => Ok(()),
             Err(e) => Err(unavailable(e.to_string())),
         }
     }

@@ -232,6 +232,21 @@ impl Collector for Snapshot {
         }
         {
             let mut m = enc.encode_descriptor(
+                "umacvlan_parent_vlan",
+                "The VID of a parent the engine emulates as an 802.1Q sub-interface of its lower \
+                 device (no device of its name exists); no series for a real device",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for p in &s.parents {
+                if let Some(v) = &p.vlan {
+                    let labels = [("parent", &*p.name), ("lower", &*v.lower)];
+                    ConstGauge::new(i64::from(v.vid)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
                 "umacvlan_ports",
                 "Ports by parent and mode (every mode listed, zeros included)",
                 None,

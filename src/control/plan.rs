@@ -6,6 +6,7 @@ use crate::control::proto::ErrorKind;
 use crate::control::spec::{PortKind, PortSpec};
 use crate::forward::{Mode, ParentConfig, PortConfig, PortTable, TableError};
 use crate::net::{LinkInfo, Netlink, Netns, is_wireless};
+use crate::wire::vlan::{Emulated, parse_name};
 
 const ARPHRD_ETHER: u16 = 1;
 
@@ -14,6 +15,20 @@ const ARPHRD_ETHER: u16 = 1;
 pub enum PlanError {
     #[error("unknown parent {0:?}: no such network interface in this namespace")]
     UnknownParent(String),
+    #[error(
+        "unknown parent {name:?}: no such network interface in this namespace, and no {lower:?} to emulate it on as its 802.1Q sub-interface with VID {vid}"
+    )]
+    UnknownVlanLower {
+        name: String,
+        lower: String,
+        vid: u16,
+    },
+    #[error(
+        "parent {name:?}: stacked VLAN tags (802.1Q in 802.1Q or 802.1ad) are not emulated: {lower:?} does not exist either; create {lower} as a real VLAN device (ip link add link ... type vlan) and use {name} on it"
+    )]
+    StackedVlan { name: String, lower: String },
+    #[error("{0}")]
+    Vlan(#[from] crate::wire::vlan::VlanNameError),
     #[error("parent {0} is a loopback device; macvlan needs an Ethernet parent")]
     ParentLoopback(String),
     #[error(
@@ -106,15 +121,47 @@ impl Default for ParentOptions {
     }
 }
 
+/// The device `name`, or, when there is none and `name` is `LOWER.VID`, its lower device and
+/// the sub-interface the engine emulates on it (docs/design.md#8021q-sub-interfaces-emulated).
+pub fn find_parent(
+    nl: &mut Netlink,
+    name: &str,
+) -> Result<(LinkInfo, Option<Emulated>), PlanError> {
+    if let Some(link) = nl.link_by_name(name)? {
+        return Ok((link, None));
+    }
+    let Some(v) = parse_name(name)? else {
+        return Err(PlanError::UnknownParent(name.to_string()));
+    };
+    match nl.link_by_name(v.lower)? {
+        Some(lower) => Ok((
+            lower,
+            Some(Emulated {
+                lower: v.lower.to_string(),
+                vid: v.vid,
+            }),
+        )),
+        None if parse_name(v.lower).ok().flatten().is_some() => Err(PlanError::StackedVlan {
+            name: name.to_string(),
+            lower: v.lower.to_string(),
+        }),
+        None => Err(PlanError::UnknownVlanLower {
+            name: name.to_string(),
+            lower: v.lower.to_string(),
+            vid: v.vid,
+        }),
+    }
+}
+
 /// Checks that `name` can be a parent (Ethernet, not loopback, not wireless) and describes it.
+/// A `LOWER.VID` name with no device of its own is the 802.1Q sub-interface of `LOWER`, emulated:
+/// the checks are the lower device's, and the returned link is the lower's under `name`.
 pub fn check_parent(
     nl: &mut Netlink,
     name: &str,
     opts: ParentOptions,
 ) -> Result<(LinkInfo, ParentConfig), PlanError> {
-    let link = nl
-        .link_by_name(name)?
-        .ok_or_else(|| PlanError::UnknownParent(name.to_string()))?;
+    let (mut link, vlan) = find_parent(nl, name)?;
     if link.flags.loopback {
         return Err(PlanError::ParentLoopback(link.name));
     }
@@ -128,9 +175,17 @@ pub fn check_parent(
     if is_wireless(&link.name) {
         return Err(PlanError::ParentWireless(link.name));
     }
-    let mut config = ParentConfig::new(link.name.clone(), mac, link.mtu);
-    config.unicast_filter = has_unicast_filter(link.kind.as_deref());
+    let kind = match vlan {
+        // The kernel's VLAN device filters unicast (and syncs its list to the lower device).
+        Some(_) => Some("vlan"),
+        None => link.kind.as_deref(),
+    };
+    let unicast_filter = has_unicast_filter(kind);
+    link.name = name.to_string();
+    let mut config = ParentConfig::new(name, mac, link.mtu);
+    config.unicast_filter = unicast_filter;
     config.bc_cutoff = opts.bc_cutoff;
+    config.vlan = vlan;
     Ok((link, config))
 }
 
@@ -195,7 +250,10 @@ impl PlanError {
     /// The control protocol's error kind for this refusal.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            PlanError::UnknownParent(_) | PlanError::NoDefaultRoute => ErrorKind::NoSuchLink,
+            PlanError::UnknownParent(_)
+            | PlanError::UnknownVlanLower { .. }
+            | PlanError::NoDefaultRoute => ErrorKind::NoSuchLink,
+            PlanError::StackedVlan { .. } | PlanError::Vlan(_) => ErrorKind::InvalidArgument,
             PlanError::ParentLoopback(_)
             | PlanError::ParentNotEthernet { .. }
             | PlanError::ParentWireless(_) => ErrorKind::Busy,

@@ -461,6 +461,10 @@ pub struct StatsView {
 #[serde(deny_unknown_fields)]
 pub struct ParentView {
     pub name: String,
+    /// The parent is the 802.1Q sub-interface the engine emulates on a lower device (no device
+    /// of its name exists): which, and its VID. Absent for a real device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<VlanView>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -501,6 +505,14 @@ pub struct ParentView {
     /// the worker's loop, so nothing is ever left waiting between two looks. A frame the queue
     /// cannot take is still counted (`bcqueue_full`). Kept for parity with the kernel's knobs.
     pub broadcast_queue_depth: u64,
+}
+
+/// An emulated 802.1Q sub-interface: its lower device and VID.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanView {
+    pub lower: String,
+    pub vid: u16,
 }
 
 /// What a reload changed.

@@ -87,6 +87,7 @@ enum WatchCmd {
     /// Follow a parent's carrier, MTU and MAC, starting from what the daemon knows of it.
     Parent {
         name: String,
+        device: String,
         known: ParentLook,
     },
     ForgetParent {
@@ -151,10 +152,12 @@ impl Watchers {
         self.send(ns, WatchCmd::Forget { key })
     }
 
-    /// Follows the carrier, MTU and MAC of parent `link` in `ns` (the engine's namespace).
-    pub fn parent(&mut self, ns: &Netns, link: &LinkInfo) -> anyhow::Result<()> {
+    /// Follows the carrier, MTU and MAC of parent `link` in `ns` (the engine's namespace), which
+    /// is the device named `device` (an emulated 802.1Q sub-interface's is its lower device).
+    pub fn parent(&mut self, ns: &Netns, link: &LinkInfo, device: &str) -> anyhow::Result<()> {
         let cmd = WatchCmd::Parent {
             name: link.name.clone(),
+            device: device.to_string(),
             known: ParentLook::of(link),
         };
         self.send(ns, cmd)
@@ -203,6 +206,8 @@ impl ParentLook {
 
 struct WatchedParent {
     name: String,
+    /// The device looked at: the parent itself, or an emulated sub-interface's lower device.
+    device: String,
     /// What the daemon was last told: the worker's carrier, the MTU the ports were sized by,
     /// the MAC the table holds.
     known: ParentLook,
@@ -240,8 +245,13 @@ fn watch(
                     });
                 }
                 WatchCmd::Forget { key } => ports.retain(|p| p.key != key),
-                WatchCmd::Parent { name, known } => parents.push(WatchedParent {
+                WatchCmd::Parent {
                     name,
+                    device,
+                    known,
+                } => parents.push(WatchedParent {
+                    name,
+                    device,
                     known,
                     fresh: true,
                     seen: None,
@@ -260,7 +270,7 @@ fn watch(
         for ev in monitor.drain()? {
             match ev {
                 LinkEvent::Changed(l) => {
-                    if let Some(p) = parents.iter_mut().find(|p| p.name == l.name) {
+                    for p in parents.iter_mut().filter(|p| p.device == l.name) {
                         p.seen = Some(Some(ParentLook::of(&l)));
                     }
                     if let Some(p) = ports.iter_mut().find(|p| p.name == l.name) {
@@ -268,7 +278,7 @@ fn watch(
                     }
                 }
                 LinkEvent::Removed { name, .. } => {
-                    if let Some(p) = parents.iter_mut().find(|p| p.name == name) {
+                    for p in parents.iter_mut().filter(|p| p.device == name) {
                         p.seen = Some(None);
                     }
                     if let Some(p) = ports.iter_mut().find(|p| p.name == name) {
@@ -319,7 +329,7 @@ fn watch(
 fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<Event>> {
     let now = match p.seen.take() {
         Some(s) => s,
-        None if p.fresh => nl.link_by_name(&p.name)?.as_ref().map(ParentLook::of),
+        None if p.fresh => nl.link_by_name(&p.device)?.as_ref().map(ParentLook::of),
         None if p.gone => None,
         None => Some(p.known),
     };

@@ -23,6 +23,7 @@ use super::observe::{Observe, Seen};
 use crate::forward::{DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
 use crate::wire::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
 use crate::wire::ring_format::Frames;
+use crate::wire::vlan::Claim;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// A port as the data path sees it: where its frames go, and its counters.
@@ -151,20 +152,26 @@ pub fn from_parent<P: PortIo>(
     from_parent_observed(table, pc, ports, f, None);
 }
 
-/// Every frame of one ring block, in order, as the worker forwards them (`obs` as in
-/// [`from_parent_observed`]).
+/// Every frame of one ring block that is the parent's (`claim`: an emulated 802.1Q
+/// sub-interface takes its VID's frames untagged, the lower device the rest), in order, as the
+/// worker forwards them (`obs` as in [`from_parent_observed`]). Another parent's frames are not
+/// this one's: neither received nor dropped here.
 pub fn from_parent_block<P: PortIo>(
     table: &PortTable,
     pc: &ParentCounters,
     ports: &[P],
     frames: Frames<'_>,
+    claim: Claim<'_>,
     obs: Option<&Observe<'_>>,
 ) {
     for f in frames {
+        let Some(vlan) = claim.take(f.vlan()) else {
+            continue;
+        };
         let pf = ParentFrame {
             with_vnet: f.with_vnet(),
             wire_len: f.wire_len(),
-            vlan: f.vlan(),
+            vlan,
             time_ns: f.time_ns(),
         };
         from_parent_observed(table, pc, ports, &pf, obs);

@@ -27,6 +27,7 @@ use super::priority::WorkerPriority;
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
 use crate::sys::tx::{MmsgScratch, TxSocket};
+use crate::wire::vlan::{Claim, TAG_HEADROOM, VidSet, tag_in_place};
 
 /// One port as the worker holds it. `key` is stable for the port's life; its `PortId` is its
 /// position in the current table and may change when ports come and go.
@@ -89,19 +90,51 @@ const TOKEN_TAP0: u64 = 4;
 /// Sent with one `sendmmsg` when full and at the end of every loop iteration.
 #[derive(Debug)]
 struct WireBatch {
+    /// Each read lands at [`TAG_HEADROOM`], so that an emulated sub-interface's tag can be put in
+    /// front of it in place.
     slots: Vec<Vec<u8>>,
-    /// (sender, length, what the send decides) of the frames in `slots[..queued.len()]`.
+    /// (sender, length as read, what the send decides) of the frames in `slots[..queued.len()]`.
     queued: Vec<(PortId, usize, ToWire)>,
     /// `sendmmsg`'s headers, reused: a flush allocates nothing.
     scratch: MmsgScratch,
+    /// The VID every frame is tagged with on its way out (the parent is an emulated 802.1Q
+    /// sub-interface).
+    vid: Option<u16>,
 }
 
 impl WireBatch {
-    fn new(slots: usize) -> WireBatch {
+    fn new(slots: usize, vid: Option<u16>) -> WireBatch {
         WireBatch {
-            slots: (0..slots).map(|_| vec![0u8; READ_BUF]).collect(),
+            slots: (0..slots)
+                .map(|_| vec![0u8; TAG_HEADROOM + READ_BUF])
+                .collect(),
             queued: Vec::with_capacity(slots),
             scratch: MmsgScratch::default(),
+            vid,
+        }
+    }
+
+    /// Where the next frame is read: the next free slot, behind its headroom.
+    fn next_slot(&mut self) -> &mut [u8] {
+        &mut self.slots[self.queued.len()][TAG_HEADROOM..]
+    }
+
+    /// Queues the frame of `n` bytes just read into [`WireBatch::next_slot`], tagged when the
+    /// parent is a sub-interface.
+    fn push(&mut self, id: PortId, n: usize, how: ToWire) {
+        if let Some(vid) = self.vid {
+            let slot = &mut self.slots[self.queued.len()];
+            // A read shorter than a vnet header and two MACs was refused before (runt).
+            let _ = tag_in_place(&mut slot[..TAG_HEADROOM + n], vid);
+        }
+        self.queued.push((id, n, how));
+    }
+
+    /// The bytes to send for a queued frame of `n` bytes in `slot`.
+    fn frame(vid: Option<u16>, slot: &[u8], n: usize) -> &[u8] {
+        match vid {
+            Some(_) => &slot[..TAG_HEADROOM + n],
+            None => &slot[TAG_HEADROOM..TAG_HEADROOM + n],
         }
     }
 
@@ -109,11 +142,12 @@ impl WireBatch {
     /// are still sent. `ports` must be the set the frames were queued under.
     fn flush(&mut self, wire: &TxSocket, parent: &ParentCounters, ports: &[PortHandle]) {
         let mut start = 0;
+        let vid = self.vid;
         while start < self.queued.len() {
             let frames = self.queued[start..]
                 .iter()
                 .zip(&self.slots[start..])
-                .map(|((_, n, _), s)| &s[..*n]);
+                .map(|((_, n, _), s)| WireBatch::frame(vid, s, *n));
             match wire.send_batch(frames, &mut self.scratch) {
                 Ok(k) if k > 0 => {
                     for (id, n, how) in &self.queued[start..start + k] {
@@ -234,6 +268,9 @@ pub struct Worker {
     pub priority: WorkerPriority,
     /// Set by the first worker of the engine to log that its priority was refused.
     pub priority_warned: Arc<AtomicBool>,
+    /// The VIDs of the emulated 802.1Q sub-interfaces on this parent's device: when the parent
+    /// is the device itself, their frames are theirs, not its.
+    pub vids: Arc<VidSet>,
 }
 
 /// How reading a port's device ended.
@@ -362,7 +399,8 @@ impl Worker {
             self.counters.ring_v2.set(1);
         }
         let mut events = vec![EpollEvent::empty(); 64];
-        let mut batch = WireBatch::new(WIRE_BATCH);
+        let vid = self.set.table.parent().vlan.as_ref().map(|v| v.vid);
+        let mut batch = WireBatch::new(WIRE_BATCH, vid);
         let mut last_stats = Instant::now();
         loop {
             self.counters.heartbeat.add(1);
@@ -485,8 +523,13 @@ impl Worker {
             counters,
             observers,
             observer_cache,
+            vids,
             ..
         } = self;
+        let claim = match &set.table.parent().vlan {
+            Some(v) => Claim::Vid(v.vid),
+            None => Claim::Lower(vids),
+        };
         let ring = match auto {
             Some(a) if v2 => &mut a.v2,
             _ if v2 => return (0, 0),
@@ -503,6 +546,7 @@ impl Worker {
                 counters,
                 &set.ports,
                 block.frames(),
+                claim,
                 obs.as_ref(),
             );
         }
@@ -606,7 +650,7 @@ impl Worker {
             .observers
             .batch(&mut self.observer_cache, &self.set.table.parent().name);
         for _ in 0..TAP_BUDGET {
-            let slot = &mut batch.slots[batch.queued.len()];
+            let slot = batch.next_slot();
             let n = match dev.recv(slot) {
                 Ok(Recv::Frame(n)) => n,
                 Ok(Recv::Empty) => return Drained::Empty,
@@ -630,7 +674,7 @@ impl Worker {
             let how =
                 deliver::from_port_observed(&self.set.table, ports, id, &slot[..n], obs.as_ref());
             if how != ToWire::No {
-                batch.queued.push((id, n, how));
+                batch.push(id, n, how);
                 if batch.queued.len() == batch.slots.len() {
                     batch.flush(&self.wire, &self.counters, ports);
                 }

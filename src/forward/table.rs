@@ -14,6 +14,7 @@ use std::str::FromStr;
 use hashbrown::HashMap;
 
 use crate::wire::mac::MacAddr;
+use crate::wire::vlan::Emulated;
 
 /// A macvlan mode, with the kernel's values (`enum macvlan_mode`), which are bits of a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -233,6 +234,9 @@ pub struct ParentConfig {
     pub host_promisc: bool,
     /// Largest frame accepted from the parent or a port, on the wire (GSO super-frames included).
     pub max_frame: usize,
+    /// The parent is an 802.1Q sub-interface the engine emulates on its lower device (no such
+    /// device exists): its frames are the lower's tagged with this VID.
+    pub vlan: Option<Emulated>,
 }
 
 impl ParentConfig {
@@ -245,6 +249,7 @@ impl ParentConfig {
             unicast_filter: false,
             host_promisc: false,
             max_frame: DEFAULT_MAX_FRAME,
+            vlan: None,
         }
     }
 }

@@ -129,18 +129,21 @@ pub fn probe_packet() -> Result<(), (&'static str, io::Error)> {
 
 /// `setsockopt(fd, SOL_PACKET, name, value, sizeof *value)`.
 fn set_packet_opt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result<()> {
+    set_opt(fd, libc::SOL_PACKET, name, value)
+}
+
+/// `setsockopt(fd, level, name, value, sizeof value)`.
+fn set_opt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     let len = libc::socklen_t::try_from(size_of::<T>()).map_err(io::Error::other)?;
     // SAFETY: `value` is a live reference, so the pointer is valid for reads of `len` =
     // `size_of::<T>()` bytes for the whole call; `fd` is borrowed, so it stays open.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            name,
-            (value as *const T).cast(),
-            len,
-        )
-    };
+    let rc =
+        unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (value as *const T).cast(), len) };
     if rc == 0 {
         Ok(())
     } else {

@@ -45,11 +45,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::SockProtocol;
 
+use crate::wire::frame::ETH_P_8021Q;
 use crate::wire::ring_format::{
     BLOCK_STATUS_OFF, BlockView, Frames, MIN_TP_MAC, MIN_TP2_MAC, NUM_PKTS_OFF, TP2_STATUS_OFF,
 };
 
-use super::{bind_packet, get_packet_opt, packet_socket, set_packet_opt};
+use super::{bind_packet, get_packet_opt, packet_socket, set_opt, set_packet_opt};
 
 /// `ETH_P_ALL` as the 16-bit protocol a packet socket binds to.
 const ETH_P_ALL: u16 = 0x0003;
@@ -586,6 +587,24 @@ impl RxRing {
         steer(self.fd.as_fd(), to)
     }
 
+    /// Lets only the 802.1Q frames with VID `vid` into the ring: the kernel's socket filter
+    /// drops every other frame before it is copied (the ring of a sub-interface emulated on its
+    /// lower device, which need not pay for the lower's other traffic).
+    pub fn keep_only_vid(&self, vid: u16) -> io::Result<()> {
+        let mut program = vid_filter(vid);
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(program.len()).expect("a short program"),
+            filter: program.as_mut_ptr(),
+        };
+        // `program` outlives the call: the kernel copies it (`copy_bpf_fprog_from_user`).
+        set_opt(
+            self.fd.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog,
+        )
+    }
+
     /// A second handle on this ring's socket (a dup of its fd, no mapping) that can steer its
     /// group from another thread: [`SteerHandle::steer`] is [`RxRing::steer`].
     pub fn steer_handle(&self) -> io::Result<SteerHandle> {
@@ -613,6 +632,37 @@ impl RxRing {
         let n = unsafe { status_word(base, NUM_PKTS_OFF) }.load(Ordering::Acquire);
         status & libc::TP_STATUS_USER == 0 && n == 0
     }
+}
+
+/// The kernel's ancillary loads of classic BPF (`SKF_AD_OFF + SKF_AD_VLAN_*`,
+/// `include/uapi/linux/filter.h`): the outer tag the kernel took out of the frame.
+const SKF_AD_OFF: u32 = (-0x1000i32).cast_unsigned();
+const SKF_AD_VLAN_TAG: u32 = SKF_AD_OFF + 44;
+const SKF_AD_VLAN_TAG_PRESENT: u32 = SKF_AD_OFF + 48;
+const SKF_AD_VLAN_TPID: u32 = SKF_AD_OFF + 60;
+
+/// A socket filter that lets through the 802.1Q frames with VID `vid` and nothing else.
+fn vid_filter(vid: u16) -> [libc::sock_filter; 9] {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: u16::try_from(code).expect("a cBPF opcode"),
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    [
+        op(ld, 0, 0, SKF_AD_VLAN_TAG_PRESENT),
+        op(jeq, 5, 0, 0), // untagged: drop
+        op(ld, 0, 0, SKF_AD_VLAN_TPID),
+        op(jeq, 0, 3, u32::from(ETH_P_8021Q)), // 802.1ad: drop
+        op(ld, 0, 0, SKF_AD_VLAN_TAG),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, 0x0fff),
+        op(jeq, 1, 0, u32::from(vid)),
+        op(ret, 0, 0, 0),        // drop
+        op(ret, 0, 0, u32::MAX), // the whole frame
+    ]
 }
 
 /// [`RxRing::steer`] on the ring's socket `fd`.

@@ -148,6 +148,17 @@ impl VnetHdr {
     }
 }
 
+/// A TCPv4 super-frame's header as a veth with TSO hands it over (tests).
+#[cfg(test)]
+pub(crate) const SAMPLE_TSO4: VnetHdr = VnetHdr {
+    flags: F_NEEDS_CSUM,
+    gso_type: GSO_TCPV4,
+    hdr_len: 66,
+    gso_size: 1448,
+    csum_start: 34,
+    csum_offset: 16,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,14 +208,7 @@ mod tests {
 
     #[test]
     fn parse_is_native_endian_and_round_trips() {
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 66,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = SAMPLE_TSO4;
         let b = h.to_bytes();
         assert_eq!(b[0], 1);
         assert_eq!(b[1], 1);
@@ -251,15 +255,7 @@ mod tests {
         let t = csum.with_vlan_inserted();
         assert_eq!((t.csum_start, t.csum_offset, t.hdr_len), (38, 6, 0));
 
-        let gso = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 66,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        let t = gso.with_vlan_inserted();
+        let t = SAMPLE_TSO4.with_vlan_inserted();
         assert_eq!((t.csum_start, t.hdr_len, t.gso_size), (38, 70, 1448));
 
         // DATA_VALID carries no offsets: nothing moves.

@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod parity;
+pub mod tagger;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;

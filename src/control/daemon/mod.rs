@@ -45,6 +45,7 @@ use crate::engine::worker::WorkerGroup;
 use crate::forward::PortTable;
 use crate::net::{Netlink, Netns};
 use crate::sys::ring::RingConfig;
+use crate::wire::vlan::VidSet;
 
 mod events;
 mod links;
@@ -107,6 +108,9 @@ pub struct Daemon {
     pub service: Option<Service>,
     /// Set once a worker logged that its priority was refused: one warning per engine.
     priority_warned: Arc<AtomicBool>,
+    /// Per device: the VIDs of the 802.1Q sub-interfaces emulated on it, which its own parent
+    /// leaves to them.
+    vids: BTreeMap<String, Arc<VidSet>>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -130,6 +134,7 @@ impl Daemon {
             nl: Netlink::open()?,
             own_ns: Netns::current()?,
             parents: BTreeMap::new(),
+            vids: BTreeMap::new(),
             ports: Vec::new(),
             next_key: 1,
             watchers: Watchers::new(tx),

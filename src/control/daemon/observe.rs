@@ -10,7 +10,7 @@ use super::{Daemon, err, internal};
 use crate::control::Call;
 use crate::control::proto::{
     ControlError, ErrorKind, FollowInterface, FollowRequest, MAX_SNAPLEN, ParentView, Reply,
-    Request, Response, StatsView,
+    Request, Response, StatsView, VlanView,
 };
 use crate::engine::observe::Filter;
 use crate::engine::record::{self, Chunk, FrameRecord};
@@ -228,6 +228,10 @@ impl Daemon {
                 let c = &run.counters.total();
                 ParentView {
                     name: name.clone(),
+                    vlan: run.config.vlan.as_ref().map(|v| VlanView {
+                        lower: v.lower.clone(),
+                        vid: v.vid,
+                    }),
                     rx_packets: c.rx.packets.get(),
                     rx_bytes: c.rx.bytes.get(),
                     tx_packets: c.tx.packets.get(),

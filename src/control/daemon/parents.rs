@@ -1,6 +1,7 @@
 //! The parents: each one's workers (rings, send sockets), started with its first port, closed
 //! with its last, and followed as the kernel's macvlan follows its lower: gone and back, MTU, MAC.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use crate::sys::membership::Memberships;
 use crate::sys::ring::{RingConfig, RingVersion, RxRing};
 use crate::sys::tx::TxSocket;
 use crate::wire::mac::MacAddr;
+use crate::wire::vlan::VidSet;
 
 /// One parent and its workers.
 #[derive(Debug)]
@@ -49,6 +51,18 @@ impl ParentRun {
     }
 }
 
+/// The device a parent forwards on: itself, or an emulated sub-interface's lower device.
+fn device_of(config: &ParentConfig) -> &str {
+    config.vlan.as_ref().map_or(&config.name, |v| &v.lower)
+}
+
+/// The VIDs emulated on the device a parent with `config` forwards on: one set for the device's
+/// own parent and its sub-interfaces.
+fn vids_in(vids: &mut BTreeMap<String, Arc<VidSet>>, config: &ParentConfig) -> Arc<VidSet> {
+    let device = device_of(config).to_string();
+    Arc::clone(vids.entry(device).or_default())
+}
+
 impl Daemon {
     /// Starts the workers of a parent that has none yet.
     pub(super) fn ensure_parent(
@@ -67,10 +81,16 @@ impl Daemon {
                 ports: Arc::from(Vec::new()),
             })
             .collect();
-        let worker = self.spawn_workers(&link, sets, &counters)?;
+        let vids = vids_in(&mut self.vids, &config);
+        let worker = self.spawn_workers(&link, &config, sets, &counters, &vids)?;
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
-        self.watchers.parent(&self.own_ns, &link)?;
+        self.watchers
+            .parent(&self.own_ns, &link, device_of(&config))?;
+        if let Some(v) = &config.vlan {
+            vids.insert(v.vid);
+            tracing::info!(parent = %link.name, lower = %v.lower, vid = v.vid, "no such device: the engine is its 802.1Q sub-interface on the lower device");
+        }
         let name = link.name.clone();
         let run = ParentRun {
             link,
@@ -91,8 +111,10 @@ impl Daemon {
     fn spawn_workers(
         &self,
         link: &LinkInfo,
+        config: &ParentConfig,
         sets: Vec<PortSet>,
         counters: &Sharded<ParentCounters>,
+        vids: &Arc<VidSet>,
     ) -> anyhow::Result<WorkerGroup> {
         let n = self.opts.workers;
         let context = || format!("opening the receive ring on {}", link.name);
@@ -114,6 +136,15 @@ impl Daemon {
             }
         };
         let rings = rings.with_context(context)?;
+        // A sub-interface's rings take its VID's frames only, filtered in the kernel before any
+        // copy; the lower device's own parent skips them in the worker (`Claim`).
+        if let Some(v) = &config.vlan {
+            let filtered = rings.iter().chain(autos.iter().map(|a| &a.v2));
+            for ring in filtered {
+                ring.keep_only_vid(v.vid)
+                    .with_context(|| format!("filtering {}'s ring for VID {}", link.name, v.vid))?;
+            }
+        }
         // Pinned only when CPUs are left over for everything else (the senders, the receiving
         // stacks, softirqs): with a worker on every CPU, pinning kept the scheduler from moving
         // a worker off a busy CPU, and pings were lost under load (docs/design.md#architecture).
@@ -136,6 +167,7 @@ impl Daemon {
                 observer_cache: ObserverCache::default(),
                 priority: self.opts.priority,
                 priority_warned: Arc::clone(&self.priority_warned),
+                vids: Arc::clone(vids),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
@@ -203,7 +235,8 @@ impl Daemon {
         let (link, mut config) = check_parent(&mut self.nl, parent, opts)?;
         config.bc_cutoff = run.config.bc_cutoff;
         let sets = self.port_sets(parent, &run.table);
-        let worker = self.spawn_workers(&link, sets, &run.counters)?;
+        let vids = vids_in(&mut self.vids, &config);
+        let worker = self.spawn_workers(&link, &config, sets, &run.counters, &vids)?;
         worker.send_each(|_| Command::SetCarrier(carrier));
         let lower = Memberships::open(link.index)
             .with_context(|| format!("opening the membership socket on {}", link.name))?;
@@ -285,6 +318,9 @@ impl Daemon {
 
     pub(super) fn close_parent(&mut self, name: &str) {
         if let Some(run) = self.parents.remove(name) {
+            if let Some(v) = &run.config.vlan {
+                vids_in(&mut self.vids, &run.config).remove(v.vid);
+            }
             if let Err(e) = self.watchers.forget_parent(&self.own_ns, name) {
                 tracing::warn!("{}", crate::errors::chain(&e));
             }

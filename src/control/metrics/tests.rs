@@ -63,6 +63,7 @@ pub(crate) fn sample_stats() -> StatsView {
         ],
         parents: vec![ParentView {
             name: "p0".into(),
+            vlan: None,
             rx_packets: 17,
             rx_bytes: 1100,
             tx_packets: 4,
@@ -202,6 +203,30 @@ fn the_encoder_turns_a_snapshot_into_openmetrics() {
     }
     // Every sample line ends in an integer.
     assert!(s.values().all(|v| v.parse::<u64>().is_ok()), "{text}");
+}
+
+#[test]
+fn an_emulated_vlan_parent_has_its_vid_and_a_real_one_none() {
+    let mut stats = sample_stats();
+    let mut vlan = stats.parents[0].clone();
+    vlan.name = "p0.100".into();
+    vlan.vlan = Some(crate::control::proto::VlanView {
+        lower: "p0".into(),
+        vid: 100,
+    });
+    stats.parents.push(vlan);
+    let s = samples(&encode(&stats));
+    assert_eq!(
+        s.get(r#"umacvlan_parent_vlan{parent="p0.100",lower="p0"}"#)
+            .map(String::as_str),
+        Some("100")
+    );
+    assert_eq!(
+        s.keys()
+            .filter(|k| k.starts_with("umacvlan_parent_vlan"))
+            .count(),
+        1
+    );
 }
 
 #[test]
