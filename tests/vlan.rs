@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::engine::{Engine, Topo, counters_of, ping, topo};
 use common::{EXT_MAC, PacketSocket, UNKNOWN_MAC, disable_ipv6, netns, tagger, test_frame};
 use umacvlan::net::testutil::{NetnsGuard, ip, ip_json, wait_until};
-use umacvlan::sys::attach::PacketPort;
+use umacvlan::sys::PacketPort;
 use umacvlan::wire::mac::MacAddr;
 use umacvlan::wire::vnet::VNET_HDR_LEN;
 
