@@ -284,8 +284,17 @@ fn capture_and_follow_show_exactly_the_frames_sent() {
     });
     // Following yields the CPU to forwarding: the engine's relays and stream writers, and the
     // capture processes (`ip netns exec` execs them), run at nice 19 under SCHED_IDLE;
-    // --keep-priority keeps the shell's.
-    for name in ["umacvlan-follow", "umacvlan-stream"] {
+    // --keep-priority keeps the shell's. A thread lowers its own priority as it starts, just
+    // after it got its name: give it that moment.
+    let names = ["umacvlan-follow", "umacvlan-stream"];
+    wait_until("every follower and stream thread to yield", || {
+        names.iter().all(|name| {
+            threads_named_dirs(engine_pid, name)
+                .iter()
+                .all(|d| priority_of(d) == YIELDING)
+        })
+    });
+    for name in names {
         for dir in threads_named_dirs(engine_pid, name) {
             assert_eq!(
                 priority_of(&dir),
