@@ -86,6 +86,8 @@ enum LinkCommand {
 /// in its namespace when it is not NAME (many containers each want an eth0).
 /// MODE is private, vepa, bridge (the default here, as in Docker and CNI), passthru
 /// (or passthrough) or source. Without parent, the engine uses the default route's interface.
+/// A parent LOWER.VID (eth0.100) with no such device is an 802.1Q sub-interface the engine
+/// emulates on LOWER.
 /// Without address, the port gets a stable MAC derived from the parent's and the port's names.
 /// With -j, prints the new port as `link show -j` would.
 ///

@@ -51,7 +51,9 @@ use crate::sys::ring::{RingConfig, RingVersion};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
-    /// The parent interface (an Ethernet device in the engine's namespace).
+    /// The parent interface (an Ethernet device in the engine's namespace). LOWER.VID (eth0.100)
+    /// names an 802.1Q sub-interface: a real one if it exists, else the engine emulates it on
+    /// LOWER (frames tagged VID are its own, its ports' frames leave tagged; no 8021q needed).
     #[arg(long, value_name = "P")]
     parent: Option<String>,
     /// A port: name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst]
