@@ -27,6 +27,10 @@ pub const C2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const C1_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
 pub const C2_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x02]);
 const MACVLAN_MODE_BRIDGE: u32 = 4;
+/// The generator's sink in the wire namespace: a veth pair, both ends up, nothing receives the
+/// frames at `SINK_PEER` (foreign MAC, unknown ethertype: dropped on arrival).
+pub const SINK: &str = "sink0";
+pub const SINK_PEER: &str = "sink1";
 /// The observing processes of the observed arms, as [`Proc::what`] names them.
 const CAPTURE: &str = "umacvlan capture";
 const TCPDUMP: &str = "tcpdump";
@@ -49,6 +53,9 @@ pub enum Arm {
     /// scraped every second by the benchmark, and `umacvlan capture parent -w /dev/null`
     /// recording every frame.
     UmacvlanObserved,
+    /// `umacvlan run --worker-priority fifo` (falls back to nice when refused; the lab records
+    /// what applied): the contended case with the opt-in priority.
+    UmacvlanFifo,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
     /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
@@ -57,20 +64,22 @@ pub enum Arm {
 
 impl Arm {
     /// What `--all` runs.
-    pub const ALL: [Arm; 6] = [
+    pub const ALL: [Arm; 7] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
+        Arm::UmacvlanFifo,
         Arm::Ovs,
         Arm::Vde,
     ];
     /// Every arm `--arms` takes, in table order.
-    pub const KNOWN: [Arm; 9] = [
+    pub const KNOWN: [Arm; 10] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
+        Arm::UmacvlanFifo,
         Arm::UmacvlanV2,
         Arm::UmacvlanV3,
         Arm::UmacvlanAuto,
@@ -87,6 +96,7 @@ impl Arm {
             Arm::UmacvlanV3 => "umacvlan-v3",
             Arm::UmacvlanAuto => "umacvlan-auto",
             Arm::UmacvlanObserved => "umacvlan-observed",
+            Arm::UmacvlanFifo => "umacvlan-fifo",
             Arm::Ovs => "ovs",
             Arm::Vde => "vde",
         }
@@ -115,7 +125,7 @@ impl Arm {
     /// The engine arms' `--ring` (`""`: the engine's default).
     fn ring(self) -> Option<&'static str> {
         match self {
-            Arm::Umacvlan | Arm::UmacvlanObserved => Some(""),
+            Arm::Umacvlan | Arm::UmacvlanObserved | Arm::UmacvlanFifo => Some(""),
             Arm::UmacvlanV2 => Some("v2"),
             Arm::UmacvlanV3 => Some("v3"),
             Arm::UmacvlanAuto => Some("auto"),
@@ -132,6 +142,7 @@ impl Arm {
                 .then(|| "not installed (apt-get install tcpdump)".to_string()),
             Arm::Umacvlan
             | Arm::UmacvlanObserved
+            | Arm::UmacvlanFifo
             | Arm::UmacvlanV2
             | Arm::UmacvlanV3
             | Arm::UmacvlanAuto => (!umacvlan.exists()).then(|| {
@@ -493,6 +504,7 @@ impl Lab {
             Arm::Kernel | Arm::KernelObserved => lab.kernel()?,
             Arm::Umacvlan
             | Arm::UmacvlanObserved
+            | Arm::UmacvlanFifo
             | Arm::UmacvlanV2
             | Arm::UmacvlanV3
             | Arm::UmacvlanAuto => lab.umacvlan(umacvlan)?,
@@ -523,7 +535,45 @@ impl Lab {
             .link_by_name("wire0")?
             .and_then(|l| l.mac)
             .context("wire0 has no MAC")?;
+        nlw.add_veth(SINK, SINK_PEER, None)?;
+        for dev in [SINK, SINK_PEER] {
+            let i = index_of(&mut nlw, dev)?;
+            nlw.set_up(i, true)?;
+        }
         Ok(())
+    }
+
+    /// The engine's pid (umacvlan arms): `ip netns exec` execs it, so it is the child's.
+    pub fn engine_pid(&self) -> Option<i32> {
+        self.procs
+            .iter()
+            .find(|p| p.what == "umacvlan run")
+            .and_then(|p| i32::try_from(p.child.id()).ok())
+    }
+
+    /// The engine's control socket.
+    fn control_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.sock", self.prefix))
+    }
+
+    /// What scheduling the engine's workers run with, as `umacvlan stats -j` says
+    /// (`worker_priority`, e.g. `nice:-10 (fifo:1 refused: EPERM)`).
+    pub fn engine_priority(&self, bin: &Path) -> Result<String> {
+        let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
+        c.args(["stats", "-j", "--control"])
+            .arg(self.control_path());
+        let v: serde_json::Value = serde_json::from_str(&run_ok(c)?)?;
+        fn find(v: &serde_json::Value) -> Option<String> {
+            match v {
+                serde_json::Value::Object(m) => m
+                    .get("worker_priority")
+                    .and_then(|p| p.as_str().map(String::from))
+                    .or_else(|| m.values().find_map(find)),
+                serde_json::Value::Array(a) => a.iter().find_map(find),
+                _ => None,
+            }
+        }
+        find(&v).context("stats -j has no worker_priority")
     }
 
     fn kernel(&mut self) -> Result<()> {
@@ -600,13 +650,16 @@ impl Lab {
         }
         let log = std::env::temp_dir().join(format!("{}-engine.log", self.prefix));
         let host = self.ns_name("host");
-        let control = std::env::temp_dir().join(format!("{}.sock", self.prefix));
+        let control = self.control_path();
         let mut c = ns_command(&host, &bin.to_string_lossy());
         c.args(["run", "--parent", "eth0"])
             .arg("--control")
             .arg(&control);
         if let Some(ring) = self.arm.ring().filter(|r| !r.is_empty()) {
             c.args(["--ring", ring]);
+        }
+        if self.arm == Arm::UmacvlanFifo {
+            c.args(["--worker-priority", "fifo"]);
         }
         let observed = self.arm == Arm::UmacvlanObserved;
         if observed {
