@@ -56,6 +56,8 @@ pub enum Arm {
     /// `umacvlan run --worker-priority fifo` (falls back to nice when refused; the lab records
     /// what applied): the contended case with the opt-in priority.
     UmacvlanFifo,
+    /// The minimal ring→TAP relay (`crate::relay`), c1 only: the RTT floor.
+    Relay,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
     /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
@@ -64,22 +66,24 @@ pub enum Arm {
 
 impl Arm {
     /// What `--all` runs.
-    pub const ALL: [Arm; 7] = [
+    pub const ALL: [Arm; 8] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
         Arm::UmacvlanFifo,
+        Arm::Relay,
         Arm::Ovs,
         Arm::Vde,
     ];
     /// Every arm `--arms` takes, in table order.
-    pub const KNOWN: [Arm; 10] = [
+    pub const KNOWN: [Arm; 11] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
         Arm::UmacvlanFifo,
+        Arm::Relay,
         Arm::UmacvlanV2,
         Arm::UmacvlanV3,
         Arm::UmacvlanAuto,
@@ -97,6 +101,7 @@ impl Arm {
             Arm::UmacvlanAuto => "umacvlan-auto",
             Arm::UmacvlanObserved => "umacvlan-observed",
             Arm::UmacvlanFifo => "umacvlan-fifo",
+            Arm::Relay => "relay",
             Arm::Ovs => "ovs",
             Arm::Vde => "vde",
         }
@@ -129,14 +134,14 @@ impl Arm {
             Arm::UmacvlanV2 => Some("v2"),
             Arm::UmacvlanV3 => Some("v3"),
             Arm::UmacvlanAuto => Some("auto"),
-            Arm::Kernel | Arm::KernelObserved | Arm::Ovs | Arm::Vde => None,
+            Arm::Kernel | Arm::KernelObserved | Arm::Relay | Arm::Ovs | Arm::Vde => None,
         }
     }
 
     /// `None` when the arm can run here, else why not.
     pub fn missing(self, umacvlan: &Path) -> Option<String> {
         match self {
-            Arm::Kernel => None,
+            Arm::Kernel | Arm::Relay => None,
             Arm::KernelObserved => which("tcpdump")
                 .is_none()
                 .then(|| "not installed (apt-get install tcpdump)".to_string()),
@@ -300,6 +305,8 @@ pub struct Lab {
     pub startup: Option<Duration>,
     /// umacvlan-observed: the scraper (the capture is one of `procs`).
     observer: Option<Observer>,
+    /// The relay arm's relay thread.
+    relay: Option<crate::relay::Relay>,
 }
 
 /// An engine's memory, from /proc: resident total, anonymous, and the part that is ring memory
@@ -496,6 +503,7 @@ impl Lab {
             capture_snaplen,
             startup: None,
             observer: None,
+            relay: None,
         };
         if arm != Arm::Vde {
             lab.wire_up()?;
@@ -508,11 +516,15 @@ impl Lab {
             | Arm::UmacvlanV2
             | Arm::UmacvlanV3
             | Arm::UmacvlanAuto => lab.umacvlan(umacvlan)?,
+            Arm::Relay => lab.relay()?,
             Arm::Ovs => lab.ovs()?,
             Arm::Vde => lab.vde()?,
         }
         configure(&lab.c1, "c1", C1_ADDR)?;
-        configure(&lab.c2, "c2", C2_ADDR)?;
+        // The relay serves c1 only.
+        if arm != Arm::Relay {
+            configure(&lab.c2, "c2", C2_ADDR)?;
+        }
         if arm == Arm::KernelObserved {
             lab.tcpdump()?;
         }
@@ -541,6 +553,11 @@ impl Lab {
             nlw.set_up(i, true)?;
         }
         Ok(())
+    }
+
+    /// The index of `dev` in the wire namespace.
+    pub fn wire_ifindex(&self, dev: &str) -> Result<u32> {
+        index_of(&mut nl_in(&self.wire)?, dev)
     }
 
     /// The engine's pid (umacvlan arms): `ip netns exec` execs it, so it is the child's.
@@ -574,6 +591,19 @@ impl Lab {
             }
         }
         find(&v).context("stats -j has no worker_priority")
+    }
+
+    /// The relay arm: a TAP `c1` made here (in the host namespace, where the relay's fd stays),
+    /// moved into c1's namespace with c1's MAC, and the relay thread on eth0.
+    fn relay(&mut self) -> Result<()> {
+        let tap = umacvlan::net::in_netns(&self.host, || umacvlan::sys::Tap::create("c1"))??;
+        let mut nl = nl_in(&self.host)?;
+        let i = index_of(&mut nl, "c1")?;
+        nl.set_mac(i, C1_MAC)?;
+        nl.set_netns(i, &self.c1)?;
+        let eth0 = index_of(&mut nl, "eth0")?;
+        self.relay = Some(crate::relay::Relay::start(&self.host, eth0, tap, C1_MAC)?);
+        Ok(())
     }
 
     fn kernel(&mut self) -> Result<()> {
@@ -969,6 +999,7 @@ impl Lab {
     /// the errors met while removing.
     pub fn teardown(&mut self) -> Vec<String> {
         self.observer = None;
+        self.relay = None;
         while let Some(mut p) = self.procs.pop() {
             p.stop();
             if p.what == CAPTURE || p.what == TCPDUMP {

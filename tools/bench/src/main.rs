@@ -8,6 +8,8 @@
 
 mod lab;
 mod modes;
+mod paced;
+mod relay;
 mod traffic;
 mod trafgen;
 
@@ -38,12 +40,13 @@ struct Args {
     /// capturing c1 throughout), umacvlan, umacvlan-observed (the same engine with a 1 s scrape
     /// of /metrics and a capture of every frame running throughout), ovs, vde, and umacvlan-v2,
     /// umacvlan-v3, umacvlan-auto (the engine with that `--ring`), umacvlan-fifo (the engine with
-    /// `--worker-priority fifo`; contended test only, left out without it). The kernel is always
-    /// run (the ratios are against it).
+    /// `--worker-priority fifo`; contended test only, left out without it), relay (a minimal
+    /// ring→TAP relay in the benchmark itself, c1 only: the RTT floor; rtt test only, left out
+    /// without it). The kernel is always run (the ratios are against it).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,umacvlan,umacvlan-fifo"
+        default_value = "kernel,umacvlan,umacvlan-fifo,relay"
     )]
     arms: Vec<String>,
     /// Tests to run, comma-separated: capacity, zeroloss, cost, contended (trafgen, with the
@@ -403,11 +406,10 @@ fn plan(a: &Args) -> Result<Plan> {
     };
     let mut arms = Vec::new();
     let mut skipped = Vec::new();
-    let contended = a.only.iter().any(|g| g.trim() == "contended");
-    for arm in wanted
-        .into_iter()
-        .filter(|&a| a != Arm::UmacvlanFifo || contended)
-    {
+    let has = |g: &str| a.only.iter().any(|o| o.trim() == g);
+    for arm in wanted.into_iter().filter(|&a| {
+        (a != Arm::UmacvlanFifo || has("contended")) && (a != Arm::Relay || has("rtt"))
+    }) {
         match arm.missing(&umacvlan) {
             None => arms.push(arm),
             // umacvlan itself is the point: refuse rather than skip.
@@ -543,6 +545,7 @@ fn run(a: Args) -> Result<ExitCode> {
                 // the fifo arm exists for the contended test only.
                 if (group == "calib" && lab.arm != Arm::Kernel)
                     || (lab.arm == Arm::UmacvlanFifo && group != "contended")
+                    || (lab.arm == Arm::Relay && group != "rtt")
                 {
                     continue;
                 }
@@ -799,6 +802,12 @@ fn measure(
         }
         "rtt" => {
             let a = traffic::rtt(&lab.c1, C1_ADDR, &lab.wire, p.rtt_count, &STOP)?;
+            if lab.arm == Arm::Relay {
+                return Ok(vec![
+                    ("rtt_wire_c1_p50", a.median_us),
+                    ("rtt_wire_c1_p99", a.p99_us),
+                ]);
+            }
             let b = traffic::rtt(&lab.c2, C2_ADDR, &lab.c1, p.rtt_count, &STOP)?;
             if a.lost + b.lost > 0 {
                 detail(
@@ -1075,6 +1084,13 @@ fn table(
             out.push('\n');
         }
     }
+    if let Some((u, floor, met)) = rtt_floor(samples) {
+        out.push_str(&format!(
+            "RTT goal: umacvlan's median wire<->c1 {u:.1} us <= the minimal relay's {floor:.1} us \
+             + {RTT_FLOOR_SLACK_US:.0} us: {}\n",
+            if met { "met" } else { "NOT met" }
+        ));
+    }
     if p.groups.iter().any(|g| g == "calib") {
         out.push_str(&notes(p, arms, extra));
     }
@@ -1082,6 +1098,16 @@ fn table(
         out.push_str(&format!("{}: not run: {why}\n", arm.name()));
     }
     out
+}
+
+/// How far above the minimal relay's RTT median umacvlan's may be (issue #17).
+const RTT_FLOOR_SLACK_US: f64 = 3.0;
+
+/// umacvlan's and the relay's median RTT wire<->c1, and whether the goal is met.
+fn rtt_floor(samples: &Samples) -> Option<(f64, f64, bool)> {
+    let u = med(samples, "umacvlan", "rtt_wire_c1_p50")?;
+    let floor = med(samples, "relay", "rtt_wire_c1_p50")?;
+    Some((u, floor, u <= floor + RTT_FLOOR_SLACK_US))
 }
 
 /// What the trafgen rows need beside them: the bound marks, the CPUs, the priority that
@@ -1227,6 +1253,10 @@ fn json(
         "arms": arms,
         "not_run": skipped.iter().map(|(a, w)| json!({"arm": a.name(), "why": w})).collect::<Vec<_>>(),
         "metrics": metrics,
+        "rtt_floor": rtt_floor(samples).map(|(u, floor, met)| json!({
+            "umacvlan_median_us": u, "relay_median_us": floor,
+            "slack_us": RTT_FLOOR_SLACK_US, "met": met,
+        })),
         "details": extra,
         "umacvlan_counters": engine_report,
     })

@@ -1,12 +1,14 @@
-//! The modes the generator cannot fake (issue #17): every number here is a trial of trafgen
-//! ([`crate::trafgen`]) measured from the devices' counters and /proc.
+//! The modes the generator cannot fake (issue #17): every number here is a trial of a
+//! generator (trafgen flat out, [`crate::trafgen`]; the paced sender at a fixed rate,
+//! [`crate::paced`]) measured from the devices' counters and /proc.
 //!
 //! * calibration: trafgen into a sink (a veth whose far end has no receiver for the frames)
 //!   on one CPU and on every CPU: the generator's own ceiling; an arm that reaches 95 % of it is
 //!   generator-bound.
 //! * capacity: trafgen on the first CPU, the engine's threads pinned to the others.
-//! * zero-loss: the highest paced rate with no loss (RFC 2544 §26.1, a loss tolerance for the
-//!   VM's noise), by binary search, trafgen on the first CPU, the engine on the others.
+//! * zero-loss: the highest rate with no loss (RFC 2544 §26.1, with a loss tolerance for the
+//!   VM's noise): trafgen flat out first, then a binary search on the paced rate, the generator
+//!   on the first CPU, the engine on the others.
 //! * cost: CPU time per delivered frame at fixed paced rates (generator + engine +
 //!   `ksoftirqd`), same pinning.
 //! * contended: trafgen on every CPU, the engine unpinned.
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::lab::{self, C1_MAC, Lab};
+use crate::paced::Paced;
 use crate::trafgen::{self, Trafgen, link_counters};
 
 /// The CPUs given to the bench (`--cpus`): the generator's (the first), the engine's (the
@@ -93,7 +96,8 @@ pub struct Trial {
     pub softirqd_cpu: f64,
     pub machine_busy: f64,
     pub secs: f64,
-    /// What trafgen itself says it sent.
+    /// What the generator itself says it sent (trafgen: its exit report; the paced sender: its
+    /// count).
     pub gen_reported: u64,
 }
 
@@ -113,7 +117,7 @@ impl Trial {
             "lost": self.lost, "loss": self.loss, "secs": self.secs,
             "generator_cpu_s": self.gen_cpu, "engine_cpu_s": self.engine_cpu,
             "ksoftirqd_cpu_s": self.softirqd_cpu, "machine_busy_cpu_s": self.machine_busy,
-            "cost_us_per_delivered": self.cost_us(), "trafgen_reported_sent": self.gen_reported,
+            "cost_us_per_delivered": self.cost_us(), "generator_reported_sent": self.gen_reported,
         })
     }
 }
@@ -123,7 +127,31 @@ const WARMUP: Duration = Duration::from_millis(300);
 /// After the generator stops: let the last frames cross (the V3 ring's 1 ms timer and more).
 const DRAIN: Duration = Duration::from_millis(200);
 
-/// One trial on `lab`: trafgen on `gen_cpus` at `rate` (None: flat out) for `dur`.
+/// The generator of a trial: trafgen flat out, or the paced sender at a fixed rate.
+enum Generator {
+    Trafgen(Trafgen),
+    Paced(Paced),
+}
+
+impl Generator {
+    fn cpu(&self) -> f64 {
+        match self {
+            Generator::Trafgen(g) => g.cpu(),
+            Generator::Paced(g) => g.cpu(),
+        }
+    }
+
+    /// Stops it; the frames it says it sent.
+    fn stop(self) -> Result<u64> {
+        match self {
+            Generator::Trafgen(g) => g.stop(),
+            Generator::Paced(g) => Ok(g.stop()),
+        }
+    }
+}
+
+/// One trial on `lab` for `dur`: trafgen on `gen_cpus` flat out (`rate` None), or the paced
+/// sender on the first of them at `rate`.
 pub fn trial(
     lab: &Lab,
     target: Target,
@@ -142,9 +170,22 @@ pub fn trial(
     let count = |dev_ns: &str, d: &str| link_counters(dev_ns, d);
     let tx0 = count(&wire, dev)?;
     let rx0 = count(rx_ns, rx_dev)?;
-    let g = Trafgen::start(&wire, dev, lab.wire_mac, C1_MAC, gen_cpus, rate)?;
+    let g = match rate {
+        None => Generator::Trafgen(Trafgen::start(&wire, dev, lab.wire_mac, C1_MAC, gen_cpus)?),
+        Some(r) => {
+            let ifindex = lab.wire_ifindex(dev)?;
+            Generator::Paced(Paced::start(
+                &lab.wire,
+                ifindex,
+                lab.wire_mac,
+                C1_MAC,
+                gen_cpus[0],
+                r,
+            )?)
+        }
+    };
     std::thread::sleep(WARMUP);
-    let snap = |g: &Trafgen| -> Result<(Instant, u64, u64, f64, f64, f64, f64)> {
+    let snap = |g: &Generator| -> Result<(Instant, u64, u64, f64, f64, f64, f64)> {
         let tx = count(&wire, dev)?;
         let rx = count(rx_ns, rx_dev)?;
         Ok((

@@ -1,7 +1,7 @@
 //! The generator the engine cannot outrun: trafgen (netsniff-ng), which sends from a TPACKET TX
 //! ring with the qdisc bypassed (its default; `-q` would put the qdisc back), one forked process
-//! per CPU (`-P`), optionally paced (`-b Npps`). What a trial measures comes from counters, not
-//! from the generator's word: the wire device's TX counters (offered), the child's RX counter
+//! per CPU (`-P`). What a trial measures comes from counters, not from the generator's word: the
+//! wire device's TX counters (offered), the child's RX counter
 //! (delivered), and CPU time from /proc (the generator's processes, the engine, `ksoftirqd`).
 //!
 //! trafgen forks its senders and pins the i-th to CPU i; the bench re-pins them to the CPUs it
@@ -21,9 +21,7 @@ use nix::unistd::Pid;
 use umacvlan::wire::mac::MacAddr;
 
 use crate::lab::{self, ns_command};
-
-/// IEEE 802 "local experimental" ethertype, as the built-in blaster uses: children drop it.
-const ETH_P_BENCH: u16 = 0x88b5;
+use crate::traffic::ETH_P_BENCH;
 
 /// Whether trafgen is installed (else why not).
 pub fn missing() -> Option<String> {
@@ -60,6 +58,11 @@ fn clk_tck() -> f64 {
         .ok()
         .flatten()
         .map_or(100.0, |t| t as f64)
+}
+
+/// CPU time (s) of thread `tid` of process `pid`.
+pub fn cpu_of_task(pid: u32, tid: i32) -> f64 {
+    stat_of(&format!("/proc/{pid}/task/{tid}/stat")).map_or(0.0, |(t, _)| t)
 }
 
 /// CPU time (s) of process `pid`, all its threads.
@@ -146,26 +149,20 @@ pub struct Trafgen {
 
 impl Trafgen {
     /// trafgen in namespace `ns` on `dev`, one sender per CPU of `cpus` (pinned there),
-    /// sending 60-byte frames `src` → `dst`, at `rate` frames/s in total (None: as fast as it
-    /// can).
+    /// sending 60-byte frames `src` → `dst` as fast as it can. (Its pacing, `-b`, is not used:
+    /// it sends each second's frames in one burst; [`crate::paced`] paces instead.)
     pub fn start(
         ns: &str,
         dev: &str,
         src: MacAddr,
         dst: MacAddr,
         cpus: &[usize],
-        rate: Option<f64>,
     ) -> Result<Trafgen> {
         if let Some(why) = missing() {
             bail!("{why}");
         }
         let mut c = ns_command(ns, "trafgen");
         c.args(["-C", "-o", dev, "-P", &cpus.len().to_string()]);
-        if let Some(r) = rate {
-            // trafgen paces each sender at the rate given.
-            let per = (r / cpus.len() as f64).round().max(1.0);
-            c.args(["-b", &format!("{per:.0}pps")]);
-        }
         c.arg(packet(src, dst))
             .process_group(0)
             .stdin(Stdio::null())
