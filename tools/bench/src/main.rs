@@ -1168,15 +1168,29 @@ fn notes(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -
                     .collect()
             };
             let (loss, offered) = (field("loss"), field("offered_pps"));
+            let busy: Vec<f64> = field("machine_busy_cpu_s")
+                .iter()
+                .zip(field("secs"))
+                .map(|(b, s)| b / s)
+                .collect();
+            let offered = median(&offered);
+            // The paced sender falls short when the machine has no CPU left for it.
+            let short = if offered < GENERATOR_BOUND * rate {
+                " (the rate asked was NOT reached: compare per-frame costs at equal rates only)"
+            } else {
+                ""
+            };
             out.push_str(&format!(
                 "cost at {:.0} kpps, {a}: generator {:.2} + engine {:.2} + ksoftirqd {:.2} us \
-                 per delivered frame (medians), {:.0} kpps offered, loss {:.2} %\n",
+                 per delivered frame (medians), {:.0} kpps offered{short}, loss {:.2} %, machine \
+                 busy {:.2} CPUs\n",
                 rate / 1e3,
                 m(0),
                 m(1),
                 m(2),
-                median(&offered) / 1e3,
+                offered / 1e3,
                 median(&loss) * 100.0,
+                median(&busy),
             ));
         }
     }
