@@ -894,13 +894,27 @@ impl Ratio {
     }
 }
 
-/// Whether `arm`'s median for `m` is at [`GENERATOR_BOUND`] of the generator's ceiling or more.
+/// Whether `arm` is generator-bound for `m`: in most repetitions its value reached
+/// [`GENERATOR_BOUND`] of that repetition's calibration (each repetition calibrates first, and
+/// the machine's load moves both together); by the medians when the repetitions do not pair up.
 fn generator_bound(samples: &Samples, m: &Metric, arm: &str) -> bool {
-    m.calib
-        .and_then(|c| {
-            Some(med(samples, arm, m.id)? >= GENERATOR_BOUND * med(samples, "kernel", c)?)
-        })
-        .unwrap_or(false)
+    let Some(c) = m.calib else {
+        return false;
+    };
+    let series = |a: &str, id: &str| samples.get(a).and_then(|s| s.get(id));
+    match (series(arm, m.id), series("kernel", c)) {
+        (Some(v), Some(cal)) if v.len() == cal.len() && !v.is_empty() => {
+            let hits = v
+                .iter()
+                .zip(cal)
+                .filter(|(x, g)| **x >= GENERATOR_BOUND * **g)
+                .count();
+            2 * hits > v.len()
+        }
+        _ => med(samples, arm, m.id)
+            .zip(med(samples, "kernel", c))
+            .is_some_and(|(x, g)| x >= GENERATOR_BOUND * g),
+    }
 }
 
 fn ratio(samples: &Samples, m: &Metric, arm: &str) -> Option<Ratio> {
@@ -1115,8 +1129,8 @@ fn rtt_floor(samples: &Samples) -> Option<(f64, f64, bool)> {
 fn notes(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -> String {
     let mut out = format!(
         "* generator-bound: at >= {:.0} % of the generator's own ceiling into a sink (the \
-         calibration rows, same CPUs); a ratio against such an arm is a bound (>= / <=), `?` \
-         when both are.\nCPUs {:?}: trafgen on {:?}, engine threads pinned to {:?} (capacity, \
+         calibration rows, same CPUs) in most repetitions, each against its own calibration; a \
+         ratio against such an arm is a bound (>= / <=), `?` when both are.\nCPUs {:?}: trafgen on {:?}, engine threads pinned to {:?} (capacity, \
          zero-loss, cost); contended: trafgen on all of {:?}, engine unpinned. Zero-loss: loss \
          <= {} of the offered frames, {} search steps.\n",
         GENERATOR_BOUND * 100.0,
