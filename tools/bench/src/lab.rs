@@ -27,6 +27,10 @@ pub const C2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const C1_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
 pub const C2_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x02]);
 const MACVLAN_MODE_BRIDGE: u32 = 4;
+/// The generator's sink in the wire namespace: a veth pair, both ends up, nothing receives the
+/// frames at `SINK_PEER` (foreign MAC, unknown ethertype: dropped on arrival).
+pub const SINK: &str = "sink0";
+pub const SINK_PEER: &str = "sink1";
 /// The observing processes of the observed arms, as [`Proc::what`] names them.
 const CAPTURE: &str = "umacvlan capture";
 const TCPDUMP: &str = "tcpdump";
@@ -49,6 +53,11 @@ pub enum Arm {
     /// scraped every second by the benchmark, and `umacvlan capture parent -w /dev/null`
     /// recording every frame.
     UmacvlanObserved,
+    /// `umacvlan run --worker-priority fifo` (falls back to nice when refused; the lab records
+    /// what applied): the contended case with the opt-in priority.
+    UmacvlanFifo,
+    /// The minimal ring→TAP relay (`crate::relay`), c1 only: the RTT floor.
+    Relay,
     /// Open vSwitch, userspace (netdev) datapath, NORMAL switching; children on veth pairs.
     Ovs,
     /// `vde_switch`: children and the wire on its TAPs (no veth parent: see [`Lab::vde`]).
@@ -57,20 +66,24 @@ pub enum Arm {
 
 impl Arm {
     /// What `--all` runs.
-    pub const ALL: [Arm; 6] = [
+    pub const ALL: [Arm; 8] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
+        Arm::UmacvlanFifo,
+        Arm::Relay,
         Arm::Ovs,
         Arm::Vde,
     ];
     /// Every arm `--arms` takes, in table order.
-    pub const KNOWN: [Arm; 9] = [
+    pub const KNOWN: [Arm; 11] = [
         Arm::Kernel,
         Arm::KernelObserved,
         Arm::Umacvlan,
         Arm::UmacvlanObserved,
+        Arm::UmacvlanFifo,
+        Arm::Relay,
         Arm::UmacvlanV2,
         Arm::UmacvlanV3,
         Arm::UmacvlanAuto,
@@ -87,6 +100,8 @@ impl Arm {
             Arm::UmacvlanV3 => "umacvlan-v3",
             Arm::UmacvlanAuto => "umacvlan-auto",
             Arm::UmacvlanObserved => "umacvlan-observed",
+            Arm::UmacvlanFifo => "umacvlan-fifo",
+            Arm::Relay => "relay",
             Arm::Ovs => "ovs",
             Arm::Vde => "vde",
         }
@@ -115,23 +130,24 @@ impl Arm {
     /// The engine arms' `--ring` (`""`: the engine's default).
     fn ring(self) -> Option<&'static str> {
         match self {
-            Arm::Umacvlan | Arm::UmacvlanObserved => Some(""),
+            Arm::Umacvlan | Arm::UmacvlanObserved | Arm::UmacvlanFifo => Some(""),
             Arm::UmacvlanV2 => Some("v2"),
             Arm::UmacvlanV3 => Some("v3"),
             Arm::UmacvlanAuto => Some("auto"),
-            Arm::Kernel | Arm::KernelObserved | Arm::Ovs | Arm::Vde => None,
+            Arm::Kernel | Arm::KernelObserved | Arm::Relay | Arm::Ovs | Arm::Vde => None,
         }
     }
 
     /// `None` when the arm can run here, else why not.
     pub fn missing(self, umacvlan: &Path) -> Option<String> {
         match self {
-            Arm::Kernel => None,
+            Arm::Kernel | Arm::Relay => None,
             Arm::KernelObserved => which("tcpdump")
                 .is_none()
                 .then(|| "not installed (apt-get install tcpdump)".to_string()),
             Arm::Umacvlan
             | Arm::UmacvlanObserved
+            | Arm::UmacvlanFifo
             | Arm::UmacvlanV2
             | Arm::UmacvlanV3
             | Arm::UmacvlanAuto => (!umacvlan.exists()).then(|| {
@@ -289,6 +305,8 @@ pub struct Lab {
     pub startup: Option<Duration>,
     /// umacvlan-observed: the scraper (the capture is one of `procs`).
     observer: Option<Observer>,
+    /// The relay arm's relay thread.
+    relay: Option<crate::relay::Relay>,
 }
 
 /// An engine's memory, from /proc: resident total, anonymous, and the part that is ring memory
@@ -485,6 +503,7 @@ impl Lab {
             capture_snaplen,
             startup: None,
             observer: None,
+            relay: None,
         };
         if arm != Arm::Vde {
             lab.wire_up()?;
@@ -493,14 +512,19 @@ impl Lab {
             Arm::Kernel | Arm::KernelObserved => lab.kernel()?,
             Arm::Umacvlan
             | Arm::UmacvlanObserved
+            | Arm::UmacvlanFifo
             | Arm::UmacvlanV2
             | Arm::UmacvlanV3
             | Arm::UmacvlanAuto => lab.umacvlan(umacvlan)?,
+            Arm::Relay => lab.relay()?,
             Arm::Ovs => lab.ovs()?,
             Arm::Vde => lab.vde()?,
         }
         configure(&lab.c1, "c1", C1_ADDR)?;
-        configure(&lab.c2, "c2", C2_ADDR)?;
+        // The relay serves c1 only.
+        if arm != Arm::Relay {
+            configure(&lab.c2, "c2", C2_ADDR)?;
+        }
         if arm == Arm::KernelObserved {
             lab.tcpdump()?;
         }
@@ -523,6 +547,62 @@ impl Lab {
             .link_by_name("wire0")?
             .and_then(|l| l.mac)
             .context("wire0 has no MAC")?;
+        nlw.add_veth(SINK, SINK_PEER, None)?;
+        for dev in [SINK, SINK_PEER] {
+            let i = index_of(&mut nlw, dev)?;
+            nlw.set_up(i, true)?;
+        }
+        Ok(())
+    }
+
+    /// The index of `dev` in the wire namespace.
+    pub fn wire_ifindex(&self, dev: &str) -> Result<u32> {
+        index_of(&mut nl_in(&self.wire)?, dev)
+    }
+
+    /// The engine's pid (umacvlan arms): `ip netns exec` execs it, so it is the child's.
+    pub fn engine_pid(&self) -> Option<i32> {
+        self.procs
+            .iter()
+            .find(|p| p.what == "umacvlan run")
+            .and_then(|p| i32::try_from(p.child.id()).ok())
+    }
+
+    /// The engine's control socket.
+    fn control_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.sock", self.prefix))
+    }
+
+    /// What scheduling the engine's workers run with, as `umacvlan stats -j` says
+    /// (`worker_priority`, e.g. `nice:-10 (fifo:1 refused: EPERM)`).
+    pub fn engine_priority(&self, bin: &Path) -> Result<String> {
+        let mut c = ns_command(&self.ns_name("host"), &bin.to_string_lossy());
+        c.args(["stats", "-j", "--control"])
+            .arg(self.control_path());
+        let v: serde_json::Value = serde_json::from_str(&run_ok(c)?)?;
+        fn find(v: &serde_json::Value) -> Option<String> {
+            match v {
+                serde_json::Value::Object(m) => m
+                    .get("worker_priority")
+                    .and_then(|p| p.as_str().map(String::from))
+                    .or_else(|| m.values().find_map(find)),
+                serde_json::Value::Array(a) => a.iter().find_map(find),
+                _ => None,
+            }
+        }
+        find(&v).context("stats -j has no worker_priority")
+    }
+
+    /// The relay arm: a TAP `c1` made here (in the host namespace, where the relay's fd stays),
+    /// moved into c1's namespace with c1's MAC, and the relay thread on eth0.
+    fn relay(&mut self) -> Result<()> {
+        let tap = umacvlan::net::in_netns(&self.host, || umacvlan::sys::Tap::create("c1"))??;
+        let mut nl = nl_in(&self.host)?;
+        let i = index_of(&mut nl, "c1")?;
+        nl.set_mac(i, C1_MAC)?;
+        nl.set_netns(i, &self.c1)?;
+        let eth0 = index_of(&mut nl, "eth0")?;
+        self.relay = Some(crate::relay::Relay::start(&self.host, eth0, tap, C1_MAC)?);
         Ok(())
     }
 
@@ -600,13 +680,16 @@ impl Lab {
         }
         let log = std::env::temp_dir().join(format!("{}-engine.log", self.prefix));
         let host = self.ns_name("host");
-        let control = std::env::temp_dir().join(format!("{}.sock", self.prefix));
+        let control = self.control_path();
         let mut c = ns_command(&host, &bin.to_string_lossy());
         c.args(["run", "--parent", "eth0"])
             .arg("--control")
             .arg(&control);
         if let Some(ring) = self.arm.ring().filter(|r| !r.is_empty()) {
             c.args(["--ring", ring]);
+        }
+        if self.arm == Arm::UmacvlanFifo {
+            c.args(["--worker-priority", "fifo"]);
         }
         let observed = self.arm == Arm::UmacvlanObserved;
         if observed {
@@ -916,6 +999,7 @@ impl Lab {
     /// the errors met while removing.
     pub fn teardown(&mut self) -> Vec<String> {
         self.observer = None;
+        self.relay = None;
         while let Some(mut p) = self.procs.pop() {
             p.stop();
             if p.what == CAPTURE || p.what == TCPDUMP {

@@ -23,10 +23,10 @@ use crate::lab::ns_command;
 
 /// IEEE 802 "local experimental" ethertype: the children's stacks drop it at once, and the
 /// counting socket sees nothing else.
-const ETH_P_BENCH: u16 = 0x88b5;
+pub const ETH_P_BENCH: u16 = 0x88b5;
 /// 60 bytes + the 4-byte FCS a real wire would add = a minimum-size 64-byte Ethernet frame.
 const FRAME_LEN: usize = 60;
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 
 fn ifindex(ns: &Netns, dev: &str) -> Result<u32> {
     let mut nl = Netlink::open_in(ns)?;
@@ -123,6 +123,17 @@ pub fn pps(
     })
 }
 
+/// A zero virtio-net header (no offload), then a 60-byte frame `src` → `dst` of the bench's
+/// ethertype: what the blasters send (a [`TxSocket`] takes the header first).
+pub fn bench_frame(src: MacAddr, dst: MacAddr) -> [u8; VNET_HDR_LEN + FRAME_LEN] {
+    let mut frame = [0u8; VNET_HDR_LEN + FRAME_LEN];
+    let eth = &mut frame[VNET_HDR_LEN..];
+    eth[..6].copy_from_slice(&dst.0);
+    eth[6..12].copy_from_slice(&src.0);
+    eth[12..14].copy_from_slice(&ETH_P_BENCH.to_be_bytes());
+    frame
+}
+
 /// sendmmsg batches of one 60-byte frame for `dur`; returns (frames sent, time taken).
 fn blast(
     tx: &TxSocket,
@@ -131,12 +142,7 @@ fn blast(
     dur: Duration,
     stop: &AtomicBool,
 ) -> (u64, Duration) {
-    // A zero virtio-net header (no offload), then the frame.
-    let mut frame = [0u8; VNET_HDR_LEN + FRAME_LEN];
-    let eth = &mut frame[VNET_HDR_LEN..];
-    eth[..6].copy_from_slice(&dst.0);
-    eth[6..12].copy_from_slice(&src.0);
-    eth[12..14].copy_from_slice(&ETH_P_BENCH.to_be_bytes());
+    let frame = bench_frame(src, dst);
     let mut scratch = MmsgScratch::default();
     let start = Instant::now();
     let mut sent = 0u64;

@@ -1,12 +1,19 @@
-//! CI smoke of the benchmark (root): `umacvlan-bench --quick --json` for the kernel,
-//! kernel-observed, umacvlan and umacvlan-observed arms. Asserts that every metric has a positive
-//! number for every arm, that the observed arms' captures ran to the end and the engine was
-//! scraped and compared with plain umacvlan, and that none of its namespaces (`umvb-PID-*`) is
-//! left behind. It asserts nothing about speed.
+//! CI smoke of the benchmark (root), two runs one after the other: `umacvlan-bench --quick
+//! --json --only pps,tcp,rtt` for the kernel, kernel-observed, umacvlan and umacvlan-observed
+//! arms and the minimal relay (RTT only), and the trafgen modes (`--only capacity,zeroloss,cost,contended`) for the kernel,
+//! umacvlan and umacvlan-fifo arms. Asserts that every metric has a positive number for every
+//! arm, that the observed arms' captures ran to the end and the engine was scraped and compared
+//! with plain umacvlan, that the generator was calibrated and every trafgen row says whether it
+//! was generator-bound, that the fifo arm reports the priority that applied, and that none of
+//! its namespaces (`umvb-PID-*`) is left behind. It asserts nothing about speed.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// One benchmark at a time: both would compete for the same 2 CPUs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const BENCH: &str = env!("CARGO_BIN_EXE_umacvlan-bench");
 
@@ -61,19 +68,15 @@ fn umacvlan_binary() -> PathBuf {
     bin
 }
 
-#[test]
-fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
+/// Runs `umacvlan-bench --quick --json ARGS`; returns its JSON and stderr, after checking it
+/// succeeded and left none of its namespaces behind.
+fn quick(args: &[&str]) -> (serde_json::Value, String) {
     umacvlan::net::testutil::require_root();
     let umacvlan = umacvlan_binary();
-    let t0 = Instant::now();
     let child = Command::new(BENCH)
-        .args([
-            "--quick",
-            "--json",
-            "--arms",
-            "kernel,kernel-observed,umacvlan,umacvlan-observed",
-            "--umacvlan",
-        ])
+        .args(["--quick", "--json"])
+        .args(args)
+        .arg("--umacvlan")
         .arg(&umacvlan)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,14 +84,29 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
         .expect("run umacvlan-bench");
     let pid = child.id();
     let out = child.wait_with_output().expect("umacvlan-bench's output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "umacvlan-bench --quick failed ({}):\n{stderr}",
+        "umacvlan-bench --quick {args:?} failed ({}):\n{stderr}",
         out.status
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    let left = leftovers(pid);
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    (v, stderr)
+}
+
+#[test]
+fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let (v, stderr) = quick(&[
+        "--only",
+        "pps,tcp,rtt",
+        "--arms",
+        "kernel,kernel-observed,umacvlan,umacvlan-observed,relay",
+    ]);
     let metrics = v["metrics"].as_array().expect("metrics array");
     let mut summary = Vec::new();
     for id in METRICS {
@@ -114,6 +132,15 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
             .collect();
         summary.push(format!("{id} {}", v.join("/")));
     }
+    // The minimal relay answered the wire<->c1 RTT test, and the floor goal was evaluated.
+    let floor = &v["rtt_floor"];
+    assert!(
+        floor["relay_median_us"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0 && x.is_finite())
+            && floor["met"].is_boolean(),
+        "rtt_floor: {floor:#}\n{stderr}"
+    );
     // The observed arm was observed: its /metrics answered the 1 s scrapes throughout.
     let scrapes = v["details"]["observed"]["metrics_scrapes"].as_u64();
     assert!(
@@ -136,13 +163,86 @@ fn quick_run_reports_every_metric_for_every_arm_and_leaves_nothing() {
         said.contains("packets captured"),
         "tcpdump's report: {said:?}\n{stderr}"
     );
-    let left = leftovers(pid);
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
     eprintln!(
         "umacvlan-bench smoke: {} metrics x 4 arms in {:.1} s ({}): {}",
         METRICS.len(),
         t0.elapsed().as_secs_f64(),
         ARMS.join("/"),
+        summary.join(", ")
+    );
+}
+
+/// The trafgen rows and, for each, the arms that must have a number.
+const TRAFGEN_ROWS: [(&str, &[&str]); 7] = [
+    ("calib_1", &["kernel"]),
+    ("calib_all", &["kernel"]),
+    ("capacity", &["kernel", "umacvlan"]),
+    ("zeroloss", &["kernel", "umacvlan"]),
+    ("cost_1", &["kernel", "umacvlan"]),
+    ("contended", &["kernel", "umacvlan"]),
+    ("contended_prio", &["kernel", "umacvlan-fifo"]),
+];
+
+#[test]
+fn quick_trafgen_modes_calibrate_flag_and_report_the_priority() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let (v, stderr) = quick(&[
+        "--only",
+        "capacity,zeroloss,cost,contended",
+        "--arms",
+        "kernel,umacvlan,umacvlan-fifo",
+        "--rates",
+        "50000",
+    ]);
+    let metrics = v["metrics"].as_array().expect("metrics array");
+    let mut summary = Vec::new();
+    for (id, arms) in TRAFGEN_ROWS {
+        let m = metrics
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("metric {id} missing:\n{v:#}"));
+        for arm in arms {
+            let x = m["arms"][arm]["median"].as_f64();
+            assert!(
+                x.is_some_and(|x| x > 0.0 && x.is_finite()),
+                "{id} for {arm}: {x:?}\n{stderr}"
+            );
+            assert!(
+                m["arms"][arm]["generator_bound"].is_boolean(),
+                "{id} for {arm}: no generator_bound\n{m:#}"
+            );
+            summary.push(format!("{id}/{arm} {:.3}", x.unwrap()));
+        }
+        if *arms.last().unwrap() != "kernel" {
+            let kind = m["arms"][arms[1]]["ratio_kind"].as_str();
+            assert!(
+                kind.is_some_and(|k| ["exact", "at_least", "at_most", "unknown"].contains(&k)),
+                "{id}: ratio kind {kind:?}"
+            );
+        }
+    }
+    // Each trafgen trial kept its accounting: offered, delivered, CPU.
+    let cost = &v["details"]["cost_50000/umacvlan/rep1"];
+    assert!(
+        cost["offered_pps"].as_f64().is_some_and(|x| x > 0.0)
+            && cost["engine_cpu_s"].as_f64().is_some_and(|x| x > 0.0)
+            && cost["generator_reported_sent"]
+                .as_u64()
+                .is_some_and(|x| x > 0),
+        "cost trial: {cost:#}"
+    );
+    // The fifo arm says what applied: fifo, or the fallback with its reason.
+    let pr = v["details"]["worker_priority/umacvlan-fifo"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        pr.starts_with("fifo:") || pr.contains("fifo:1 refused"),
+        "worker priority of the fifo arm: {pr:?}"
+    );
+    eprintln!(
+        "umacvlan-bench trafgen smoke in {:.1} s (priority {pr}): {}",
+        t0.elapsed().as_secs_f64(),
         summary.join(", ")
     );
 }
