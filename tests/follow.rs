@@ -169,6 +169,17 @@ fn a_port_follows_its_device_through_docker_s_moves_like_a_macvlan() {
         after.0 >= before.0 + 6 && after.1 >= before.1 + 6,
         "counters did not grow: {before:?} -> {after:?}"
     );
+    // A rename in place is followed too (the device is known by its ifindex).
+    for (from, to) in [("eth0", "eth1"), ("eth1", "eth0")] {
+        ip(&["-n", ctr, "link", "set", from, "down"]);
+        ip(&["-n", ctr, "link", "set", from, "name", to]);
+        ip(&["-n", ctr, "link", "set", to, "up"]);
+        wait_until("the rename followed", || {
+            let p = port(&t, "umvd0");
+            p["ifname"] == to && p["forwarding"] == true
+        });
+        wait_pings(&t, ctr, "192.0.2.10", Some(&e));
+    }
     let shown = t.ctl(&["link", "show", "umvd0"]).unwrap();
     assert!(
         shown.contains(&format!("netns {ctr}")) && shown.contains("ifname eth0"),
