@@ -33,6 +33,15 @@ fn set_err(s: &str) -> String {
 }
 
 #[test]
+fn add_persist_in_both_forms() {
+    let words = add("c1 parent eth0 netns /var/run/docker/netns/abc persist");
+    assert!(words.persist);
+    let kv = add("name=c1,parent=eth0,netns=/var/run/docker/netns/abc,persist");
+    assert_eq!(words, LinkSpec { mode: None, ..kv });
+    assert!(!add("c1 parent eth0").persist);
+}
+
+#[test]
 fn add_vm_ports_in_both_forms() {
     let words = add("vm1 parent eth0 kind attach address 52:54:00:12:34:56 trust_guest_mac");
     assert_eq!(words.kind, crate::control::spec::PortKind::Attach);
@@ -280,6 +289,7 @@ pub(crate) fn sample() -> Vec<LinkView> {
         kind: Default::default(),
         path: None,
         trust_guest_mac: false,
+        persist: false,
     };
     let s1 = LinkView {
         name: "s1".into(),
@@ -364,6 +374,33 @@ fn text_reads_like_ip_link() {
     assert!(s1.contains(
         "    RX:  bytes packets errors dropped  missed   mcast\n             0       0      0       0       0       0\n"
     ), "{s1}");
+}
+
+/// A port whose device someone moved and renamed (Docker's eth0), persistent: the engine's
+/// name first, where the device is now and `persist` after, in text and JSON.
+#[test]
+fn a_moved_persistent_port_shows_its_device_and_the_engines_name() {
+    let moved = LinkView {
+        name: "umv0123".into(),
+        netns: Some("/run/docker/netns/1f2e3d4c5b6a".into()),
+        ifname: Some("eth0".into()),
+        persist: true,
+        ..sample()[0].clone()
+    };
+    let text = links_text(std::slice::from_ref(&moved), &ShowOptions::default());
+    assert!(text.starts_with("4: umv0123@eth0: "), "{text}");
+    assert!(
+        text.contains("netns /run/docker/netns/1f2e3d4c5b6a ifname eth0 persist\n"),
+        "{text}"
+    );
+    let json = links_json(&[moved], &ShowOptions::default());
+    let extra = &json[0]["umacvlan"];
+    assert_eq!(json[0]["ifname"], "umv0123");
+    assert_eq!(extra["ifname"], "eth0");
+    assert_eq!(extra["netns"], "/run/docker/netns/1f2e3d4c5b6a");
+    assert_eq!(extra["persist"], true);
+    let plain = links_json(&sample(), &ShowOptions::default());
+    assert_eq!(plain[0]["umacvlan"]["persist"], false);
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! workers together with the new port sets ([`PortSet`]): the forwarding path never takes a lock,
 //! and no other port loses or reorders a frame.
 //!
-//! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
+//! Ports are TAPs created non-persistent (a crashed engine leaves none behind) unless asked
+//! (`persist`: they outlive the engine, and an existing one is adopted), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
 //! threads. Requests follow the kernel's control-plane rules
@@ -111,6 +112,9 @@ pub struct Daemon {
     /// Per device: the VIDs of the 802.1Q sub-interfaces emulated on it, which its own parent
     /// leaves to them.
     vids: BTreeMap<String, Arc<VidSet>>,
+    /// When the namespaces ports followed their devices into were last checked for being
+    /// held by anything but the engine.
+    held_checked: std::time::Instant,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -148,6 +152,7 @@ impl Daemon {
             observers: Arc::default(),
             service: None,
             priority_warned: Arc::default(),
+            held_checked: std::time::Instant::now(),
         })
     }
 
@@ -172,14 +177,22 @@ impl Daemon {
     }
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
-    /// far is gone again (TAPs are non-persistent; the parent's promiscuity ends with the
-    /// membership sockets).
+    /// far is gone again (TAPs are non-persistent, persistent ones made here are deleted, adopted
+    /// ones are left as they were; the parent's promiscuity ends with the membership sockets).
     pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
         let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
+        let mut made: Vec<String> = Vec::new();
         for p in plan.ports {
-            d.create(&parent, p, None)?;
+            let persistent = (p.spec.persist && !p.adopt).then(|| p.spec.name.clone());
+            if let Err(e) = d.create(&parent, p, None) {
+                for name in &made {
+                    let _ = d.link_del(name);
+                }
+                return Err(e);
+            }
+            made.extend(persistent);
         }
         Ok(d)
     }
@@ -218,12 +231,14 @@ impl Daemon {
                         self.on_events(ev)?;
                         self.report_status();
                         self.write_held_logs();
+                        self.let_go_of_orphans();
                     }
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
                 recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
                     self.write_held_logs();
+                    self.let_go_of_orphans();
                     let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");
