@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::engine::{cpu_ticks, ping, topo};
+use umacvlan::net::testutil::{try_ip, wait_until};
 
 #[test]
 fn spin_applies_and_an_idle_engine_spends_no_cpu() {
@@ -38,4 +39,28 @@ fn no_spin_by_default() {
     let t = topo("s0", 1);
     let _e = t.start(&t.port(0, "bridge"), &[(0, "c0")]);
     assert_eq!(t.stats()["parents"][0]["spin_us"], 0);
+}
+
+#[test]
+fn the_config_key_applies_and_the_flag_wins() {
+    let t = topo("sc", 1);
+    let file = std::env::temp_dir().join(format!("{}.toml", t.host.name()));
+    let toml = format!(
+        "spin_us = 30\n\n[[ports]]\nname = \"c0\"\nparent = \"p0\"\nnetns = \"{}\"\n",
+        t.kid(0)
+    );
+    std::fs::write(&file, toml).unwrap();
+    let config = ["--config".to_string(), file.display().to_string()];
+    let e = t.start(&config, &[(0, "c0")]);
+    assert_eq!(t.stats()["parents"][0]["spin_us"], 30, "{}", e.log_text());
+    drop(e);
+    // The killed engine's TAP goes with its fd; the next one makes its own.
+    wait_until("the first engine's c0 to go", || {
+        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_err()
+    });
+    let flag = [&config[..], &["--spin-us".into(), "7".into()]].concat();
+    let e = t.start(&flag, &[(0, "c0")]);
+    assert_eq!(t.stats()["parents"][0]["spin_us"], 7, "{}", e.log_text());
+    drop(e);
+    let _ = std::fs::remove_file(&file);
 }
