@@ -39,12 +39,12 @@ use toml::Spanned;
 use crate::control::proto::LinkSpec;
 use crate::control::spec::{PortKind, PortSpec};
 use crate::engine::priority::WorkerPriority;
-
-/// The longest `spin_us` (and `run --spin-us`): 10 ms, far beyond where spinning pays.
-pub const MAX_SPIN_US: u32 = 10_000;
 use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, check_mtu};
 use crate::net::{Cidr, Netlink};
 use crate::wire::mac::MacAddr;
+
+/// The longest `spin_us` (and `run --spin-us`): 10 ms, far beyond where spinning pays.
+pub const MAX_SPIN_US: u32 = 10_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
