@@ -9,18 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::engine::{Engine, ctl_ok, has_flag, ping, topo};
+use common::engine::{Engine, cpu_ticks, ctl_ok, has_flag, ping, topo};
 use umacvlan::net::testutil::{ip, ip_json, wait_until};
-
-/// CPU time (user + system, in clock ticks) the process has used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
 
 fn engine_pid(e: &Engine) -> u32 {
     e.child.as_ref().unwrap().id()

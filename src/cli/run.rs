@@ -8,7 +8,7 @@ use nix::sys::signal::{SigSet, Signal};
 use super::Failure;
 use std::path::PathBuf;
 
-use crate::control::config::Config;
+use crate::control::config::{Config, MAX_SPIN_US};
 use crate::control::daemon::{Daemon, EngineOptions};
 use crate::control::metrics::MetricsServer;
 use crate::control::plan::{ParentOptions, plan};
@@ -126,6 +126,15 @@ pub struct RunArgs {
     /// `worker_priority`.
     #[arg(long, value_name = "normal|nice[:N]|fifo[:P]", value_parser = parse_priority)]
     worker_priority: Option<WorkerPriority>,
+    /// Opt-in adaptive busy-polling: after forwarding something, each worker keeps polling its
+    /// ring and ports for up to N microseconds before it sleeps again (0, the default: it always
+    /// sleeps). Lower latency for a CPU that spins while traffic flows; an idle engine still
+    /// uses no CPU. Worth it only where the worker has a CPU to itself; never with
+    /// --worker-priority fifo (docs/performance.md#adaptive-spin). Default: the config file's
+    /// `spin_us`.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SPIN_US)))]
+    spin_us: Option<u32>,
 }
 
 /// The most workers per parent: a TAP has at most 256 queues (the kernel's MAX_TAP_QUEUES); 64
@@ -242,6 +251,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         .worker_priority
         .or_else(|| config.as_ref().and_then(|(_, _, c)| c.worker_priority))
         .unwrap_or_default();
+    let spin_us = a
+        .spin_us
+        .or_else(|| config.as_ref().and_then(|(_, _, c)| c.spin_us))
+        .unwrap_or(0);
     // Before any thread exists, so that every thread starts without the capabilities the
     // engine never needs (capabilities are per thread).
     let (setup_caps, final_caps) = capabilities(&a, priority);
@@ -336,6 +349,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         per_frame,
         workers: usize::from(a.workers),
         priority,
+        spin_us,
     };
     let mut daemon = match checked {
         Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,

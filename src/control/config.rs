@@ -4,6 +4,7 @@
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
 //! worker_priority = "fifo:1"                 # optional: normal (default), nice[:N], fifo[:P]
+//! spin_us = 50                               # optional: poll 50 µs after activity (default 0)
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -43,12 +44,16 @@ use crate::forward::{MIN_MTU, Mode, ParentConfig, PortConfig, PortTable, check_m
 use crate::net::{Cidr, Netlink};
 use crate::wire::mac::MacAddr;
 
+/// The longest `spin_us` (and `run --spin-us`): 10 ms, far beyond where spinning pays.
+pub const MAX_SPIN_US: u32 = 10_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     control: Option<PathBuf>,
     control_group: Option<String>,
     worker_priority: Option<Spanned<String>>,
+    spin_us: Option<Spanned<u32>>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -97,6 +102,9 @@ pub struct Config {
     /// The scheduling every worker asks for itself (`run --worker-priority`, which overrides
     /// it). Read at start only: a reload that changes it applies nothing until a restart.
     pub worker_priority: Option<WorkerPriority>,
+    /// How long each worker polls after activity before sleeping, µs (`run --spin-us`, which
+    /// overrides it). Read at start only, like `worker_priority`.
+    pub spin_us: Option<u32>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -200,10 +208,25 @@ impl Config {
                     .map_err(|e| src.error(Some(at), format!("worker_priority: {e}")))
             })
             .transpose()?;
+        let spin_us = raw
+            .spin_us
+            .map(|s| {
+                let at = s.span();
+                let us = s.into_inner();
+                if us > MAX_SPIN_US {
+                    return Err(src.error(
+                        Some(at),
+                        format!("spin_us: {us} is more than {MAX_SPIN_US} (10 ms)"),
+                    ));
+                }
+                Ok(us)
+            })
+            .transpose()?;
         let config = Config {
             control: raw.control,
             control_group: raw.control_group,
             worker_priority,
+            spin_us,
             bclim: raw
                 .parents
                 .into_iter()
@@ -420,6 +443,7 @@ mod tests {
     const GOOD: &str = r#"
 control = "/tmp/u.sock"
 worker_priority = "fifo:2"
+spin_us = 40
 
 [parents.eth0]
 bclim = 2
@@ -451,6 +475,7 @@ macaddr = ["02:00:00:00:00:99"]
         assert_eq!(c.control.as_deref(), Some(Path::new("/tmp/u.sock")));
         assert_eq!(c.bclim.get("eth0"), Some(&2));
         assert_eq!(c.worker_priority, Some(WorkerPriority::Fifo(2)));
+        assert_eq!(c.spin_us, Some(40));
         assert_eq!(c.ports.len(), 2);
         assert_eq!(c.ports[0].spec.ifname.as_deref(), Some("eth1"));
         let s = &c.ports[1].spec;
@@ -470,6 +495,10 @@ macaddr = ["02:00:00:00:00:99"]
                 "control = \"/x\"\nworker_priority = \"fifo:0\"\n",
                 "u.toml:2:19: worker_priority: worker priority \"fifo:0\": expected normal, \
                  nice[:N] (N in -20..=19, default -10) or fifo[:P] (P in 1..=99, default 1)",
+            ),
+            (
+                "spin_us = 10001\n",
+                "u.toml:1:11: spin_us: 10001 is more than 10000 (10 ms)",
             ),
             ("[[ports]\nname = \"c1\"", "u.toml:1:"),
             (

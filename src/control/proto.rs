@@ -506,6 +506,10 @@ pub struct ParentView {
     /// `nice:-10 (fifo:1 refused: EPERM)`. Empty while the parent is gone.
     #[serde(default)]
     pub worker_priority: String,
+    /// How long the parent's workers poll after activity before sleeping, µs (`run
+    /// --spin-us`; 0: they always sleep).
+    #[serde(default)]
+    pub spin_us: u32,
     /// How many ports hang off this parent.
     pub ports: usize,
     /// The broadcast queue's length in use (the largest `bcqueuelen` of its ports, as the

@@ -271,6 +271,9 @@ pub struct Worker {
     /// The VIDs of the emulated 802.1Q sub-interfaces on this parent's device: when the parent
     /// is the device itself, their frames are theirs, not its.
     pub vids: Arc<VidSet>,
+    /// `run --spin-us`: after a round that had something to do, poll (`epoll_wait` without a
+    /// timeout) for up to this long before sleeping again. Zero: always sleep.
+    pub spin: Duration,
 }
 
 /// How reading a port's device ended.
@@ -402,6 +405,8 @@ impl Worker {
         let vid = self.set.table.parent().vlan.as_ref().map(|v| v.vid);
         let mut batch = WireBatch::new(WIRE_BATCH, vid);
         let mut last_stats = Instant::now();
+        // The last round with events (`--spin-us`): until `spin` after it, the worker polls.
+        let mut active = Instant::now();
         loop {
             self.counters.heartbeat.add(1);
             // While a switch to V2 waits for V3's open block, look again every millisecond.
@@ -414,11 +419,17 @@ impl Worker {
                 let ms = due.as_micros().div_ceil(1000).max(1);
                 timeout = timeout.min(u16::try_from(ms).unwrap_or(u16::MAX));
             }
+            if !self.spin.is_zero() && active.elapsed() < self.spin {
+                timeout = 0;
+            }
             let n = match poller.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e.into()),
             };
+            if n > 0 && !self.spin.is_zero() {
+                active = Instant::now();
+            }
             let (mut woken, mut steered) = (false, false);
             for ev in &events[..n] {
                 match ev.data() {

@@ -267,3 +267,13 @@ pub fn stats_json(ns: &str, socket: &std::path::Path) -> serde_json::Value {
     let o = ctl_ok(ns, socket, &["stats", "-j"], "stats -j");
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}

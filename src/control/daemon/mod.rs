@@ -73,6 +73,8 @@ pub struct EngineOptions {
     pub workers: usize,
     /// The scheduling every worker asks for itself at start (`run --worker-priority`).
     pub priority: WorkerPriority,
+    /// `run --spin-us`: how long each worker polls after activity before sleeping (0: never).
+    pub spin_us: u32,
 }
 
 impl Default for EngineOptions {
@@ -83,6 +85,7 @@ impl Default for EngineOptions {
             per_frame: Some(RingConfig::V2),
             workers: 1,
             priority: WorkerPriority::Normal,
+            spin_us: 0,
         }
     }
 }

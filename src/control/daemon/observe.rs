@@ -253,6 +253,7 @@ impl Daemon {
                         .worker
                         .as_ref()
                         .map_or_else(String::new, WorkerGroup::priority),
+                    spin_us: self.opts.spin_us,
                     ports: self.ports.iter().filter(|e| e.parent == *name).count(),
                     bcqueuelen_used: run.table.bc_queue_len_used(),
                     // Delivered at once: nothing ever waits (see ParentView).

@@ -168,6 +168,7 @@ impl Daemon {
                 priority: self.opts.priority,
                 priority_warned: Arc::clone(&self.priority_warned),
                 vids: Arc::clone(vids),
+                spin: std::time::Duration::from_micros(u64::from(self.opts.spin_us)),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker.spawn(format!("umv-{}-{i}", link.name), core)?);
@@ -198,7 +199,7 @@ impl Daemon {
         };
         let group = WorkerGroup::new(workers);
         let priority = group.priority();
-        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with {rings}; worker priority {priority}");
+        tracing::info!(parent = %link.name, "parent opened; {n} worker(s), each with {rings}; worker priority {priority}; spin {} us", self.opts.spin_us);
         Ok(group)
     }
 

@@ -41,6 +41,17 @@ impl Daemon {
                 self.opts.priority
             );
         }
+        if let Some((_, old)) = &self.config
+            && old.spin_us != new.spin_us
+        {
+            tracing::warn!(
+                "spin_us changed in the file ({:?} -> {:?}): it applies at the next start only; \
+                 the engine keeps {}",
+                old.spin_us,
+                new.spin_us,
+                self.opts.spin_us
+            );
+        }
         let report = self.apply(new);
         self.notify_ready();
         let report = report?;

@@ -83,6 +83,7 @@ pub(crate) fn sample_stats() -> StatsView {
             ring_mode_switches: 6,
             ring_steer_failures: 1,
             worker_priority: "fifo:1".into(),
+            spin_us: 0,
             ports: 2,
             bcqueuelen_used: 1000,
             broadcast_queue_depth: 0,
