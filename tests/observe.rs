@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ETH_P_ALL, PacketSocket, disable_ipv6, test_frame};
+use common::{
+    ETH_P_ALL, PacketSocket, disable_ipv6, test_frame, threads_named, threads_named_dirs,
+};
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::blocks::opt_common::CommonOption;
@@ -48,23 +50,6 @@ fn umacvlan(t: &Topology, socket: &Path, args: &[&str]) -> Command {
         .args(args)
         .env("UMACVLAN_CONTROL", socket);
     c
-}
-
-/// The /proc directories of process `pid`'s threads named `name`.
-fn threads_named_dirs(pid: u32, name: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .map(|t| t.path())
-                .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Threads of process `pid` named `name`.
-fn threads_named(pid: u32, name: &str) -> usize {
-    threads_named_dirs(pid, name).len()
 }
 
 /// The nice value of the process or thread whose /proc directory is `dir` (field 19 of `stat`).

@@ -613,7 +613,11 @@ fn follow_and_capture_show_a_sub_interfaces_frames_untagged() {
     };
     let trace = follow(&["trace", "--follow", "p0.100", "-c", "2", "-j"]);
     let capture = follow(&["capture", "p0.100", "-c", "2", "-w", "-"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Frames sent before both followers are attached would never reach them (`-c 2` would
+    // wait for ever): wait for the engine's two relays.
+    wait_until("the engine's two followers", || {
+        common::threads_named(e.pid(), "umacvlan-follow") == 2
+    });
     let wire = PacketSocket::open(&arm.wire, "wire0", 0);
     let mac = |n: &str| arm.kids.iter().find(|k| k.name == n).unwrap().mac;
     for (to, tag, nonce) in [

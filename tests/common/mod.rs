@@ -54,6 +54,23 @@ pub use umacvlan::net::testutil::require_root;
 // Running `ip` and `bridge`
 // ---------------------------------------------------------------------------------------------
 
+/// The /proc directories of process `pid`'s threads named `name`.
+pub fn threads_named_dirs(pid: u32, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|t| t.path())
+                .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Threads of process `pid` named `name`.
+pub fn threads_named(pid: u32, name: &str) -> usize {
+    threads_named_dirs(pid, name).len()
+}
+
 /// Runs `prog args`, returning stdout, or a message with the command line and its stderr.
 pub fn try_run(prog: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(prog)
