@@ -4,6 +4,8 @@
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
 //! worker_priority = "fifo:1"                 # optional: normal (default), nice[:N], fifo[:P]
+//! docker_plugin = "/run/docker/plugins/umacvlan.sock"  # optional: serve `-d umacvlan`
+//! docker_state = "/var/lib/umacvlan/docker.json"       # optional: its networks and endpoints
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -48,6 +50,8 @@ struct RawConfig {
     control: Option<PathBuf>,
     control_group: Option<String>,
     worker_priority: Option<Spanned<String>>,
+    docker_plugin: Option<PathBuf>,
+    docker_state: Option<PathBuf>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -94,6 +98,10 @@ pub struct Config {
     /// The scheduling every worker asks for itself (`run --worker-priority`, which overrides
     /// it). Read at start only: a reload that changes it applies nothing until a restart.
     pub worker_priority: Option<WorkerPriority>,
+    /// Serve the Docker network driver on this socket (`run --docker-plugin`).
+    pub docker_plugin: Option<PathBuf>,
+    /// The Docker driver's state file (`run --docker-state`).
+    pub docker_state: Option<PathBuf>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -200,6 +208,8 @@ impl Config {
         let config = Config {
             control: raw.control,
             control_group: raw.control_group,
+            docker_plugin: raw.docker_plugin,
+            docker_state: raw.docker_state,
             worker_priority,
             bclim: raw
                 .parents
