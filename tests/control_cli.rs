@@ -72,6 +72,7 @@ fn view(name: &str, mode: Mode) -> LinkView {
         kind: Default::default(),
         path: None,
         trust_guest_mac: false,
+        persist: false,
     }
 }
 

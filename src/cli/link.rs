@@ -77,10 +77,11 @@ enum LinkCommand {
 ///       [address MAC] [mtu N] [netns NS] [flag nopromisc|nodst|null] [bcqueuelen N]
 ///       [bclim N] [macaddr MAC [MAC ...]] [kind tap|host|attach|stream] [path SOCKET]
 ///       [trust_guest_mac] [ipaddr CIDR [CIDR ...]] [route CIDR [CIDR ...]]
+///       [persist]
 ///   umacvlan link add name=N[,parent=P][,mode=M][,netns=NS][,mac=MAC][,mtu=N]
 ///       [,flag=nopromisc|nodst][,bcqueuelen=N][,bclim=N][,source=MAC+MAC..][,ifname=DEV]
 ///       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
-///       [,address=CIDR+CIDR..][,route=CIDR+CIDR..]
+///       [,address=CIDR+CIDR..][,route=CIDR+CIDR..][,persist]
 ///
 /// NS is a name from `ip netns add` or a path (/proc/PID/ns/net); ifname=DEV names the device
 /// in its namespace when it is not NAME (many containers each want an eth0).
@@ -409,6 +410,7 @@ fn parse_add_inner(words: &[String]) -> anyhow::Result<LinkSpec> {
             }
             "path" => s.path = Some(w.value(word, "SOCKET")?.into()),
             "trust_guest_mac" => s.trust_guest_mac = true,
+            "persist" => s.persist = true,
             "ipaddr" => s.addresses.extend(values::<crate::net::Cidr>(
                 &mut w,
                 word,
@@ -679,6 +681,9 @@ pub fn links_text(links: &[LinkView], o: &ShowOptions) -> String {
         if let Some(owner) = &l.owner {
             let _ = write!(s, " owner {owner}");
         }
+        if l.persist {
+            s.push_str(" persist");
+        }
         if o.details {
             let _ = write!(
                 s,
@@ -759,6 +764,7 @@ pub fn link_json(l: &LinkView, o: &ShowOptions) -> Value {
         }
     }
     extra.insert("forwarding".into(), json!(l.forwarding));
+    extra.insert("persist".into(), json!(l.persist));
     if let Some(why) = &l.refused {
         extra.insert("refused".into(), json!(why));
     }

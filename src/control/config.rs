@@ -24,6 +24,7 @@
 //! kind = "tap"                               # tap (default), attach, stream
 //! path = "/run/umacvlan/vm2.sock"            # kind = "stream" only
 //! trust_guest_mac = false                    # VM ports (attach, stream) only
+//! persist = false                            # TAP ports only: the device outlives the engine
 //! ```
 //!
 //! [`Config::parse`] checks the syntax, the schema (unknown keys are errors) and every rule that
@@ -87,6 +88,8 @@ struct RawPort {
     path: Option<PathBuf>,
     #[serde(default)]
     trust_guest_mac: bool,
+    #[serde(default)]
+    persist: bool,
 }
 
 /// A configuration that parsed and passed every check that needs no machine.
@@ -387,6 +390,7 @@ fn convert(src: &Source<'_>, p: RawPort) -> Result<ConfigPort, ConfigError> {
             routes,
             path: p.path,
             trust_guest_mac: p.trust_guest_mac,
+            persist: p.persist,
         },
     })
 }
@@ -524,6 +528,19 @@ macaddr = ["02:00:00:00:00:99"]
             let e = err(text);
             assert!(e.contains(want), "{text:?}\nwant {want:?}\ngot  {e}");
         }
+    }
+
+    #[test]
+    fn persist_is_a_tap_ports_boolean() {
+        let tap = "[[ports]]\nname = \"c1\"\nparent = \"eth0\"\npersist = true\n";
+        assert!(Config::parse("u.toml", tap).unwrap().ports[0].spec.persist);
+        let host = format!("{tap}kind = \"host\"\n");
+        let e = Config::parse("u.toml", &host).unwrap_err().to_string();
+        assert!(e.contains("persist is for TAP ports"), "{e}");
+        // Making a port persistent re-creates it (no in-place change).
+        let plain = Config::parse("a", &tap.replace("persist = true\n", "")).unwrap();
+        let persistent = Config::parse("a", tap).unwrap();
+        assert_eq!(diff(&plain, &persistent).changed.len(), 1);
     }
 
     #[test]

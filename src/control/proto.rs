@@ -179,6 +179,12 @@ pub struct LinkSpec {
     /// Networks routed through a host port.
     #[serde(default)]
     pub routes: Vec<Cidr>,
+    /// A TAP port whose device outlives the engine (`TUNSETPERSIST`): an engine's exit (even
+    /// SIGKILL) leaves it where it is, and `link add` of a persistent port whose device already
+    /// exists as a persistent TAP (`ifname` or `name` in `netns`) adopts it
+    /// (docs/design.md#ports-that-move-and-ports-that-persist).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persist: bool,
 }
 
 /// The request as the one description of a port ([`PortSpec`]); `parent`, `owner` and `bclim`
@@ -199,6 +205,7 @@ impl From<&LinkSpec> for PortSpec {
             sources: l.macaddr.iter().copied().collect(),
             state: Default::default(),
             ifname: l.ifname.clone(),
+            persist: l.persist,
             kind: l.kind,
             path: l.path.clone(),
             trust_guest_mac: l.trust_guest_mac,
@@ -232,6 +239,7 @@ impl From<LinkPortSpec> for LinkSpec {
             trust_guest_mac: p.trust_guest_mac,
             addresses: p.addresses,
             routes: p.routes,
+            persist: p.persist,
         }
     }
 }
@@ -426,6 +434,9 @@ pub struct LinkView {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub trust_guest_mac: bool,
+    /// A persistent TAP ([`LinkSpec::persist`]).
+    #[serde(default)]
+    pub persist: bool,
 }
 
 /// Counters from the port's side, as `ip -s link` shows them.

@@ -3,7 +3,7 @@
 //! ```text
 //! name=N[,mode=M][,netns=NS][,mac=MAC][,mtu=N][,flag=nopromisc|nodst][,bcqueuelen=N][,source=MAC+MAC..]
 //!       [,kind=tap|host|attach|stream][,path=SOCKET][,trust_guest_mac]
-//!       [,ifname=DEV][,address=CIDR+CIDR..][,route=CIDR+CIDR..]
+//!       [,ifname=DEV][,address=CIDR+CIDR..][,route=CIDR+CIDR..][,persist]
 //! ```
 //!
 //! `netns` is a name from `ip netns add` or an absolute path to a namespace file
@@ -44,6 +44,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "path",
     "trust_guest_mac",
     "ifname",
+    "persist",
 ];
 /// The keys `umacvlan link add KEY=VALUE,...` accepts besides [`CONFIG_KEYS`]: the parent
 /// (`link` is a synonym, ip's word) and the parent-wide `bclim`.
@@ -157,6 +158,8 @@ pub struct PortSpec {
     pub trust_guest_mac: bool,
     /// The device's name in its namespace; `None`: the port's name.
     pub ifname: Option<String>,
+    /// A persistent TAP: it outlives the engine, and an existing one is adopted.
+    pub persist: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,6 +224,7 @@ impl FromStr for PortSpec {
             path: None,
             trust_guest_mac: false,
             ifname: None,
+            persist: false,
         };
         for item in spec.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = match item.split_once('=') {
@@ -235,7 +239,10 @@ impl FromStr for PortSpec {
                 });
             }
             seen.push(key);
-            let is_flag_key = matches!(key, "down" | "promisc" | "allmulti" | "trust_guest_mac");
+            let is_flag_key = matches!(
+                key,
+                "down" | "promisc" | "allmulti" | "trust_guest_mac" | "persist"
+            );
             let value = match (value, is_flag_key) {
                 (Some(_), true) => {
                     return Err(SpecError::UnexpectedValue {
@@ -308,6 +315,7 @@ impl FromStr for PortSpec {
                 "route" => out.routes = cidrs(value)?,
                 "path" => out.path = Some(value.into()),
                 "trust_guest_mac" => out.trust_guest_mac = true,
+                "persist" => out.persist = true,
                 "join" => out.state.groups = macs(value)?,
                 "down" => out.state.down = true,
                 "promisc" => out.state.promisc = true,
@@ -353,6 +361,9 @@ impl PortSpec {
             }
             PortKind::Tap | PortKind::Host if self.trust_guest_mac => {
                 "trust_guest_mac is for VM ports only (kind=attach or kind=stream)"
+            }
+            k if k != PortKind::Tap && self.persist => {
+                "persist is for TAP ports (kind=tap): only those are TAPs that can outlive the engine"
             }
             PortKind::Host if self.netns.is_some() => {
                 "a host port stays in the engine's namespace: it takes no netns"
@@ -646,6 +657,30 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn persist_is_a_flag_of_tap_ports() {
+        assert!(!parse("name=c1").unwrap().persist, "off by default");
+        let p = parse("name=c1,netns=/var/run/docker/netns/abc,ifname=eth0,persist").unwrap();
+        assert!(p.persist);
+        assert_eq!(p.device(), "eth0");
+        assert!(parse("name=c1,kind=tap,persist").unwrap().persist);
+        for (bad, want) in [
+            ("name=c1,persist=yes", "takes no value"),
+            ("name=c1,persist,persist", "given twice"),
+            ("name=h,kind=host,persist", "persist is for TAP ports"),
+            ("name=v,kind=attach,persist", "persist is for TAP ports"),
+            (
+                "name=v,kind=stream,path=/x,persist",
+                "persist is for TAP ports",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let link: LinkPortSpec = "name=c1,parent=p0,persist".parse().unwrap();
+        assert!(link.port.persist);
     }
 
     #[test]

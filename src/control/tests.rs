@@ -60,6 +60,7 @@ fn view(name: &str) -> LinkView {
         kind: Default::default(),
         path: None,
         trust_guest_mac: false,
+        persist: false,
     }
 }
 

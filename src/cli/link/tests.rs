@@ -33,6 +33,15 @@ fn set_err(s: &str) -> String {
 }
 
 #[test]
+fn add_persist_in_both_forms() {
+    let words = add("c1 parent eth0 netns /var/run/docker/netns/abc persist");
+    assert!(words.persist);
+    let kv = add("name=c1,parent=eth0,netns=/var/run/docker/netns/abc,persist");
+    assert_eq!(words, LinkSpec { mode: None, ..kv });
+    assert!(!add("c1 parent eth0").persist);
+}
+
+#[test]
 fn add_vm_ports_in_both_forms() {
     let words = add("vm1 parent eth0 kind attach address 52:54:00:12:34:56 trust_guest_mac");
     assert_eq!(words.kind, crate::control::spec::PortKind::Attach);
@@ -280,6 +289,7 @@ pub(crate) fn sample() -> Vec<LinkView> {
         kind: Default::default(),
         path: None,
         trust_guest_mac: false,
+        persist: false,
     };
     let s1 = LinkView {
         name: "s1".into(),

@@ -299,6 +299,7 @@ impl Daemon {
             kind: e.spec.kind,
             path: e.spec.path.clone(),
             trust_guest_mac: e.spec.trust_guest_mac,
+            persist: e.spec.persist,
         })
     }
 }
@@ -312,7 +313,7 @@ pub(super) fn in_place(old: &LinkSpec, new: &LinkSpec, parent_mtu: u32) -> Optio
         let vm = (s.kind, s.path.clone(), s.trust_guest_mac);
         let host = (s.addresses.clone(), s.routes.clone());
         let place = (s.parent.clone(), s.netns.clone(), s.ifname.clone());
-        (place, s.nopromisc, s.nodst, vm, host)
+        (place, s.nopromisc, s.nodst, vm, host, s.persist)
     };
     let passthru = |s: &LinkSpec| s.mode == Some(Mode::Passthru);
     if fixed(old) != fixed(new) || passthru(old) != passthru(new) {

@@ -37,6 +37,7 @@ fn port(name: &str, mode: Mode, forwarding: bool, stats: LinkStats) -> LinkView 
         kind: Default::default(),
         path: None,
         trust_guest_mac: false,
+        persist: false,
     }
 }
 
