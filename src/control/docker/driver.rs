@@ -287,8 +287,9 @@ impl<E: Engine> Driver<E> {
         Ok(json!({}))
     }
 
-    /// The `link add` of an endpoint's port: a TAP in the engine's namespace (`place`: where
-    /// its device is, to adopt it).
+    /// The `link add` of an endpoint's port: a persistent TAP (a killed engine leaves the
+    /// container's interface in place) in the engine's namespace, or, given `place` (where its
+    /// device is now), the adoption of that device.
     fn endpoint_spec(id: &str, e: &Endpoint, n: &Network, place: Option<Place>) -> LinkSpec {
         let (netns, ifname) = match place {
             Some(p) => (p.netns, Some(p.ifname)),
@@ -302,6 +303,7 @@ impl<E: Engine> Driver<E> {
             owner: Some(proto::owner(&e.network, id)),
             netns,
             ifname,
+            persist: true,
             ..LinkSpec::default()
         }
     }

@@ -270,6 +270,7 @@ fn a_whole_container_lifecycle() {
             mode: Some(Mode::Bridge),
             address: Some("02:42:c0:a8:01:64".parse().unwrap()),
             owner: Some("docker:4b1e2c0a7f3d/0123456789ab".into()),
+            persist: true,
             ..LinkSpec::default()
         }
     );
