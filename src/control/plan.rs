@@ -51,6 +51,15 @@ pub enum PlanError {
         device: String,
         place: String,
     },
+    #[error(
+        "port {port}: an interface named {device} already exists in {place} and is a {kind} device: a persistent port adopts only a persistent TAP"
+    )]
+    NotAdoptable {
+        port: String,
+        device: String,
+        place: String,
+        kind: String,
+    },
     #[error("ports {first} and {second} both want the device name {device} in one namespace")]
     DeviceTwice {
         first: String,
@@ -89,6 +98,9 @@ pub enum PlanError {
 pub struct PlannedPort {
     pub spec: PortSpec,
     pub netns: Option<Netns>,
+    /// A persistent port whose TAP exists already: the engine attaches to it
+    /// ([`check_port_place`]).
+    pub adopt: bool,
 }
 
 /// A validated request.
@@ -191,14 +203,16 @@ pub fn check_parent(
 
 /// Opens the port's namespace and checks that its name is free there (a TAP), that the netdev to
 /// attach to exists there (`attach`), or that the socket path can be listened on (`stream`).
+/// A persistent port's name may be taken by a TAP, which it then adopts (`true`; whether that
+/// TAP is persistent and free is for the attach to tell); by any other device, it is refused.
 pub fn check_port_place(
     nl: &mut Netlink,
     spec: &PortSpec,
     parent: &str,
-) -> Result<Option<Netns>, PlanError> {
+) -> Result<(Option<Netns>, bool), PlanError> {
     if let (PortKind::Stream, Some(path)) = (spec.kind, &spec.path) {
         crate::engine::stream::check_path(&spec.name, path)?;
-        return Ok(None);
+        return Ok((None, false));
     }
     let netns = spec
         .netns
@@ -227,7 +241,16 @@ pub fn check_port_place(
         (PortKind::Attach, Some(_)) if netns.is_none() && spec.name == parent => {
             Err(PlanError::AttachToParent(port))
         }
-        (PortKind::Attach, Some(_)) | (_, None) => Ok(netns),
+        (PortKind::Attach, Some(_)) | (_, None) => Ok((netns, false)),
+        (PortKind::Tap, Some(l)) if spec.persist => match l.kind.as_deref() {
+            Some("tun") => Ok((netns, true)),
+            kind => Err(PlanError::NotAdoptable {
+                port,
+                device: spec.device().to_string(),
+                place: place(),
+                kind: kind.unwrap_or("physical").to_string(),
+            }),
+        },
         (_, Some(_)) => Err(PlanError::NameInUse {
             port,
             device: spec.device().to_string(),
@@ -258,7 +281,9 @@ impl PlanError {
             | PlanError::ParentNotEthernet { .. }
             | PlanError::ParentWireless(_) => ErrorKind::Busy,
             PlanError::Netns { .. } => ErrorKind::NoSuchNetns,
-            PlanError::NameInUse { .. } | PlanError::DeviceTwice { .. } => ErrorKind::Exists,
+            PlanError::NameInUse { .. }
+            | PlanError::DeviceTwice { .. }
+            | PlanError::NotAdoptable { .. } => ErrorKind::Exists,
             PlanError::NoSuchNetdev { .. } => ErrorKind::NoSuchLink,
             PlanError::AttachToParent(_) | PlanError::SamePath(..) => ErrorKind::InvalidArgument,
             PlanError::Stream(crate::engine::stream::StreamError::InUse { .. }) => ErrorKind::Busy,
@@ -312,7 +337,7 @@ pub fn plan(
                 path,
             ));
         }
-        let netns = check_port_place(&mut nl, spec, parent)?;
+        let (netns, adopt) = check_port_place(&mut nl, spec, parent)?;
         // Two ports of this command line may not take one device name in one namespace
         // (however each names it: `ip netns` name or path). Attached netdevs are someone
         // else's and stream ports have none.
@@ -333,6 +358,7 @@ pub fn plan(
         ports.push(PlannedPort {
             spec: spec.clone(),
             netns,
+            adopt,
         });
     }
     // At start every port must be able to come up: the kernel checks MACs at open, we refuse a

@@ -6,6 +6,12 @@
 //! link-layer multicast list from `/proc/thread-self/net/dev_mcast` every [`MCAST_POLL`] (joins
 //! made with `ip maddr` produce no netlink event). The watcher of the engine's own namespace also
 //! follows the parents' carrier and MTU. Changes go to the daemon as [`Event`]s.
+//!
+//! A port's device is followed by its ifindex once seen, so a rename in its namespace is a new
+//! state (with the new name), not a disappearance. A device moved to another namespace is gone
+//! from this one: the daemon asks the TAP's fd where it went and watches it there under a new
+//! key. A watcher with nothing left to watch stops, and lets go of its namespace (which could
+//! otherwise never die, nor delete the TAPs in it, as the kernel does).
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
@@ -15,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use hashbrown::HashMap;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
@@ -34,6 +40,8 @@ pub const COALESCE: Duration = Duration::from_millis(2);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveState {
     pub ifindex: u32,
+    /// The device's name now (someone may have renamed it).
+    pub name: String,
     pub up: bool,
     pub lower_up: bool,
     pub mac: MacAddr,
@@ -99,12 +107,16 @@ enum WatchCmd {
 struct Watcher {
     cmds: Sender<WatchCmd>,
     thread: JoinHandle<()>,
+    /// Ports and parents it follows: at 0 it stops.
+    users: usize,
 }
 
 /// Every watcher thread, one per namespace (by inode).
 #[derive(Debug)]
 pub struct Watchers {
     by_inode: HashMap<u64, Watcher>,
+    /// Watchers told to stop (nothing left to follow), joined at [`Watchers::stop`].
+    retired: Vec<JoinHandle<()>>,
     events: Sender<Event>,
     stop: Arc<AtomicBool>,
 }
@@ -113,12 +125,13 @@ impl Watchers {
     pub fn new(events: Sender<Event>) -> Watchers {
         Watchers {
             by_inode: HashMap::new(),
+            retired: Vec::new(),
             events,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn watcher(&mut self, ns: &Netns) -> anyhow::Result<&Watcher> {
+    fn watcher(&mut self, ns: &Netns) -> anyhow::Result<&mut Watcher> {
         let inode = ns.inode()?;
         if !self.by_inode.contains_key(&inode) {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -130,16 +143,44 @@ impl Watchers {
                         tracing::error!("watching {ns} stopped: {}", crate::errors::chain(&e));
                     }
                 })?;
-            self.by_inode.insert(inode, Watcher { cmds: tx, thread });
+            let users = 0;
+            self.by_inode.insert(
+                inode,
+                Watcher {
+                    cmds: tx,
+                    thread,
+                    users,
+                },
+            );
         }
-        Ok(&self.by_inode[&inode])
+        Ok(self.by_inode.get_mut(&inode).expect("inserted above"))
     }
 
+    /// Something more to follow in `ns`.
     fn send(&mut self, ns: &Netns, cmd: WatchCmd) -> anyhow::Result<()> {
-        self.watcher(ns)?
-            .cmds
+        let w = self.watcher(ns)?;
+        w.cmds
             .send(cmd)
-            .map_err(|_| anyhow::anyhow!("the watcher of {ns} stopped"))
+            .map_err(|_| anyhow::anyhow!("the watcher of {ns} stopped"))?;
+        w.users += 1;
+        Ok(())
+    }
+
+    /// One thing less to follow in `ns`; the watcher stops when nothing is left.
+    fn release(&mut self, ns: &Netns, cmd: WatchCmd) -> anyhow::Result<()> {
+        let inode = ns.inode()?;
+        let Some(w) = self.by_inode.get_mut(&inode) else {
+            return Ok(());
+        };
+        w.users = w.users.saturating_sub(1);
+        let sent = w.cmds.send(cmd);
+        if w.users == 0 {
+            let w = self.by_inode.remove(&inode).expect("found above");
+            // The closed channel stops the thread once it has read the commands before.
+            drop(w.cmds);
+            self.retired.push(w.thread);
+        }
+        sent.map_err(|_| anyhow::anyhow!("the watcher of {ns} stopped"))
     }
 
     /// Follows port `key`, a device called `name` in `ns`.
@@ -149,7 +190,7 @@ impl Watchers {
     }
 
     pub fn forget(&mut self, ns: &Netns, key: u64) -> anyhow::Result<()> {
-        self.send(ns, WatchCmd::Forget { key })
+        self.release(ns, WatchCmd::Forget { key })
     }
 
     /// Follows the carrier, MTU and MAC of parent `link` in `ns` (the engine's namespace), which
@@ -165,7 +206,7 @@ impl Watchers {
 
     pub fn forget_parent(&mut self, ns: &Netns, name: &str) -> anyhow::Result<()> {
         let name = name.to_string();
-        self.send(ns, WatchCmd::ForgetParent { name })
+        self.release(ns, WatchCmd::ForgetParent { name })
     }
 
     /// Stops and joins every watcher.
@@ -174,6 +215,9 @@ impl Watchers {
         for (_, w) in self.by_inode {
             drop(w.cmds);
             let _ = w.thread.join();
+        }
+        for t in self.retired {
+            let _ = t.join();
         }
     }
 }
@@ -184,6 +228,17 @@ struct WatchedPort {
     link: Option<LinkInfo>,
     /// What was last reported (`None`: nothing yet).
     sent: Option<Option<LiveState>>,
+}
+
+impl WatchedPort {
+    /// Whether the device `index` called `name` is this port's: by ifindex once the device
+    /// was seen (it may have been renamed), else by name.
+    fn is(&self, index: u32, name: &str) -> bool {
+        match &self.link {
+            Some(l) => l.index == index,
+            None => self.name == name,
+        }
+    }
 }
 
 /// What the daemon follows of a parent.
@@ -233,7 +288,13 @@ fn watch(
     let mut ports: Vec<WatchedPort> = Vec::new();
     let mut parents: Vec<WatchedParent> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(cmd) = cmds.try_recv() {
+        loop {
+            let cmd = match cmds.try_recv() {
+                Ok(cmd) => cmd,
+                Err(TryRecvError::Empty) => break,
+                // Nothing left to follow here: let go of the namespace.
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            };
             match cmd {
                 WatchCmd::Port { key, name } => {
                     let link = nl.link_by_name(&name)?;
@@ -273,21 +334,29 @@ fn watch(
                     for p in parents.iter_mut().filter(|p| p.device == l.name) {
                         p.seen = Some(Some(ParentLook::of(&l)));
                     }
-                    if let Some(p) = ports.iter_mut().find(|p| p.name == l.name) {
+                    if let Some(p) = ports.iter_mut().find(|p| p.is(l.index, &l.name)) {
+                        // A rename is followed: the device is known by its ifindex.
+                        p.name.clone_from(&l.name);
                         p.link = Some(l);
                     }
                 }
-                LinkEvent::Removed { name, .. } => {
+                LinkEvent::Removed { name, index } => {
                     for p in parents.iter_mut().filter(|p| p.device == name) {
                         p.seen = Some(None);
                     }
-                    if let Some(p) = ports.iter_mut().find(|p| p.name == name) {
+                    if let Some(p) = ports.iter_mut().find(|p| p.is(index, &name)) {
                         p.link = None;
                     }
                 }
                 LinkEvent::Overrun => {
                     for p in &mut ports {
-                        p.link = nl.link_by_name(&p.name)?;
+                        p.link = match &p.link {
+                            Some(l) => nl.link_by_index(l.index)?,
+                            None => nl.link_by_name(&p.name)?,
+                        };
+                        if let Some(l) = &p.link {
+                            p.name.clone_from(&l.name);
+                        }
                     }
                     for p in &mut parents {
                         p.fresh = true;
@@ -377,6 +446,7 @@ fn parent_events(p: &mut WatchedParent, nl: &mut Netlink) -> anyhow::Result<Vec<
 fn live_state(l: &LinkInfo, groups: &[DevMcastEntry]) -> Option<LiveState> {
     Some(LiveState {
         ifindex: l.index,
+        name: l.name.clone(),
         up: l.flags.up,
         lower_up: l.flags.lower_up,
         mac: l.mac?,
@@ -396,4 +466,32 @@ fn read_groups() -> anyhow::Result<Vec<DevMcastEntry>> {
     let text = std::fs::read_to_string("/proc/thread-self/net/dev_mcast")
         .context("reading /proc/thread-self/net/dev_mcast")?;
     parse_dev_mcast(&text).map_err(|e| anyhow::anyhow!("parsing dev_mcast: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched(name: &str, seen: Option<u32>) -> WatchedPort {
+        WatchedPort {
+            key: 1,
+            name: name.into(),
+            link: seen.map(|index| LinkInfo {
+                index,
+                name: name.into(),
+                ..LinkInfo::default()
+            }),
+            sent: None,
+        }
+    }
+
+    #[test]
+    fn a_port_is_its_device_by_ifindex_once_seen_else_by_name() {
+        let unseen = watched("c0", None);
+        assert!(unseen.is(7, "c0"));
+        assert!(!unseen.is(7, "eth0"));
+        let seen = watched("c0", Some(7));
+        assert!(seen.is(7, "eth0"), "renamed: still the port's device");
+        assert!(!seen.is(8, "c0"), "another device that took the old name");
+    }
 }

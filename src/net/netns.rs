@@ -187,6 +187,70 @@ impl From<OwnedFd> for Netns {
     }
 }
 
+/// Where Docker mounts its sandboxes' namespaces (`<exec-root>/netns`, default exec-root).
+pub const DOCKER_NETNS_DIR: &str = "/run/docker/netns";
+
+/// How a namespace known only by its inode is shown: its `ip netns` name, else the path of the
+/// Docker sandbox mounted on it (`/run/docker/netns/X`), else `net:[INODE]` (as
+/// `/proc/PID/ns/net` and `lsns` say).
+pub fn describe(inode: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mounted_on = |dir: &str| {
+        fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let path = e.path();
+            fs::metadata(&path)
+                .is_ok_and(|m| m.ino() == inode && m.dev() == nsfs_dev())
+                .then_some(path)
+        })
+    };
+    if let Some(p) = mounted_on(NETNS_RUN_DIR) {
+        return p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    }
+    match mounted_on(DOCKER_NETNS_DIR) {
+        Some(p) => p.display().to_string(),
+        None => format!("net:[{inode}]"),
+    }
+}
+
+/// The device number of nsfs (the filesystem of every namespace file).
+fn nsfs_dev() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/net").map_or(u64::MAX, |m| m.dev())
+}
+
+/// Whether anything but this process holds the namespace `inode`: a process in it, or a
+/// namespace file mounted on a path (`ip netns add`, a Docker sandbox) in this process's mount
+/// namespace. An fd another process holds is not seen.
+pub fn held_elsewhere(inode: u64) -> bool {
+    let me = std::process::id().to_string();
+    let link = format!("net:[{inode}]");
+    let in_it = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let pid = e.file_name();
+            let pid = pid.to_string_lossy();
+            pid.bytes().all(|b| b.is_ascii_digit())
+                && pid != me
+                && fs::read_link(e.path().join("ns/net"))
+                    .is_ok_and(|l| l.as_os_str() == link.as_str())
+        });
+    in_it
+        || fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|text| mountinfo_has_netns(&text, inode))
+}
+
+/// Whether a `/proc/PID/mountinfo` text has a namespace file of `inode` mounted (fields: id,
+/// parent, dev, root, mount point, ...; an nsfs mount's root is `net:[INODE]`).
+fn mountinfo_has_netns(text: &str, inode: u64) -> bool {
+    let root = format!("net:[{inode}]");
+    text.lines()
+        .any(|l| l.split_whitespace().nth(3) == Some(root.as_str()))
+}
+
 /// The pid in a namespace name `<prefix><pid>-<role>` (how the tests, the lab and the bench
 /// name theirs), if the name has that shape.
 pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
@@ -356,6 +420,33 @@ mod tests {
         let gone = format!("/run/netns/umv-{}-no-such", std::process::id());
         let e = Netns::open(&gone).unwrap_err();
         assert!(matches!(e, Error::NoSuchNetns { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn mountinfo_names_the_mounted_namespaces() {
+        let text = "25 1 0:23 / /run rw,nosuid - tmpfs tmpfs rw\n\
+                    612 25 0:4 net:[4026532285] /run/netns/umv-1-w rw shared:5 - nsfs nsfs rw\n\
+                    613 25 0:4 net:[4026532999] /run/docker/netns/0a1b2c rw - nsfs nsfs rw\n";
+        assert!(mountinfo_has_netns(text, 4_026_532_285));
+        assert!(mountinfo_has_netns(text, 4_026_532_999));
+        assert!(
+            !mountinfo_has_netns(text, 4_026_532_28),
+            "a prefix is not the inode"
+        );
+        assert!(!mountinfo_has_netns("", 1));
+    }
+
+    #[test]
+    fn describe_and_held_elsewhere_of_this_namespace() {
+        let inode = Netns::current().unwrap().inode().unwrap();
+        let shown = describe(inode);
+        assert!(
+            !shown.is_empty() && (shown.starts_with("net:[") || !shown.contains('/')),
+            "{shown}"
+        );
+        assert_eq!(describe(1), "net:[1]", "no namespace has inode 1");
+        // PID 1 (and the test harness) are in some namespace; inode 1 is nobody's.
+        assert!(!held_elsewhere(1));
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //!   with several workers: one fd, a queue, per worker; see [`Tap::create_queues`]). `IFF_TUN_EXCL` makes the
 //!   kernel refuse (`EBUSY`) *any* existing device of that name, instead of attaching to an
 //!   existing persistent TAP or failing with a vague `EINVAL` for a non-TUN device; both surface
-//!   as [`TapError::NameInUse`]. `TUNSETPERSIST` is never issued: the device disappears when
-//!   the `Tap` (its only fd) is dropped, even if the engine crashes.
+//!   as [`TapError::NameInUse`]. A port's TAP is not persistent unless asked
+//!   ([`Tap::set_persist`]): the device disappears when the `Tap` (its only fd) is dropped, even
+//!   if the engine crashes. A persistent port's TAP is always multi-queue, so that an engine
+//!   with any number of workers can attach to it again ([`Tap::adopt`]).
 //! * The kernel's name is read back from the `ifreq`.
 //! * `TUNSETVNETHDRSZ 10`: every read and write starts with a `virtio_net_hdr`, the same layout
 //!   the parent ring delivers, so ring frames can be written as they are.
@@ -17,12 +19,16 @@
 //!   hand the engine partial-checksum frames and 64 KiB TCP super-frames. Never the UDP tunnel
 //!   bits: the parent's packet socket cannot express them.
 //!
+//! The fd stays attached to its device when someone moves the device to another namespace or
+//! renames it: [`Tap::device`] (`TUNGETIFF`) gives its current name and [`Tap::device_netns`]
+//! (`TUNGETDEVNETNS`) its current namespace; both fail once the device is gone.
+//!
 //! Not done here: raising `txqueuelen` (a netlink job; the default 1000 tail-drops with no
 //! backpressure) and moving the device to the child's namespace.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// `IFNAMSIZ`: names are at most 15 bytes plus the NUL.
@@ -79,6 +85,34 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    /// An existing device that a persistent port cannot take over (see [`Tap::adopt`]).
+    #[error("{name} exists and cannot be adopted: {reason}")]
+    NotAdoptable { name: String, reason: String },
+    #[error("TAP {name}: TUNGETIFF failed")]
+    GetIff {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `TUNGETIFF` says of the device a TAP fd is attached to, now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapDevice {
+    /// Its current name (someone may have renamed it).
+    pub name: String,
+    /// `IFF_*` flags: `IFF_TAP`, `IFF_PERSIST`, `IFF_MULTI_QUEUE`, ...
+    pub flags: libc::c_int,
+}
+
+impl TapDevice {
+    pub fn persistent(&self) -> bool {
+        self.flags & libc::IFF_PERSIST != 0
+    }
+
+    pub fn multi_queue(&self) -> bool {
+        self.flags & libc::IFF_MULTI_QUEUE != 0
+    }
 }
 
 /// Checks `name` against the kernel's `dev_valid_name` and the engine's own rule (no templates).
@@ -107,7 +141,28 @@ pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A TAP device with a virtio-net header on every frame; it exists as long as this value does.
+/// [`validate_name`] as a [`TapError`].
+fn check_name(name: &str) -> Result<(), TapError> {
+    validate_name(name).map_err(|reason| TapError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// A failed attach to an existing device, said as such.
+fn adopt_error(e: TapError, name: &str) -> TapError {
+    match e {
+        // EBUSY without IFF_TUN_EXCL: a single-queue TAP that someone holds.
+        TapError::NameInUse { .. } => TapError::NotAdoptable {
+            name: name.to_owned(),
+            reason: "it is a single-queue TAP that another program holds (EBUSY)".to_owned(),
+        },
+        e => e,
+    }
+}
+
+/// A TAP device with a virtio-net header on every frame; it exists as long as this value does
+/// (or, persistent, until it is deleted).
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -126,14 +181,76 @@ impl Tap {
     /// child sends by its flow hash, so a flow stays on one queue and in order). The device
     /// exists while any of the returned values does. `n` 0 is taken as 1.
     pub fn create_queues(name: &str, n: usize) -> Result<Vec<Tap>, TapError> {
-        validate_name(name).map_err(|reason| TapError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })?;
-        let multi = if n > 1 { libc::IFF_MULTI_QUEUE } else { 0 };
+        Tap::create_with(name, n, n > 1)
+    }
+
+    /// Like [`Tap::create_queues`], always `IFF_MULTI_QUEUE` (even with one queue): what a
+    /// persistent TAP is made as, so that an engine with any number of workers can adopt it.
+    pub fn create_multi_queue(name: &str, n: usize) -> Result<Vec<Tap>, TapError> {
+        Tap::create_with(name, n, true)
+    }
+
+    fn create_with(name: &str, n: usize, multi: bool) -> Result<Vec<Tap>, TapError> {
+        check_name(name)?;
+        let multi = if multi { libc::IFF_MULTI_QUEUE } else { 0 };
         // IFF_TUN_EXCL on the first queue only: the others attach to the device it created (its
         // name as the kernel returned it).
         let first = Tap::open_queue(name, TAP_FLAGS | multi)?;
+        Tap::more_queues(first, n, multi)
+    }
+
+    /// Attaches `n` queues to the existing **persistent** TAP `name` in the calling thread's
+    /// namespace (`TUNSETIFF` by name resolves there), as a restarted engine takes its
+    /// persistent port back. Refused ([`TapError::NotAdoptable`]), with no queue left attached:
+    /// a device that is not a TAP, a TAP that is not persistent (someone else's), a single-queue
+    /// TAP when `n` > 1, and a single-queue TAP someone holds. The device's name, MAC, MTU,
+    /// state and addresses are left as they are; its vnet header size and offloads are set as
+    /// for a new TAP.
+    pub fn adopt(name: &str, n: usize) -> Result<Vec<Tap>, TapError> {
+        check_name(name)?;
+        let attach = TAP_FLAGS & !libc::IFF_TUN_EXCL;
+        let refuse = |reason: &str| TapError::NotAdoptable {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        // A persistent port's TAP is multi-queue; one made by `ip tuntap add` is not.
+        let first = match Tap::open_queue(name, attach | libc::IFF_MULTI_QUEUE) {
+            Err(TapError::SetIff { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                match Tap::open_queue(name, attach) {
+                    Ok(_) if n > 1 => {
+                        return Err(refuse(&format!(
+                            "a single-queue TAP takes one queue, and this engine has {n} workers (run it with --workers 1, or let the engine make the TAP)"
+                        )));
+                    }
+                    Ok(t) => t,
+                    Err(TapError::SetIff { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        return Err(refuse("it is not a TAP device"));
+                    }
+                    Err(e) => return Err(adopt_error(e, name)),
+                }
+            }
+            Err(e) => return Err(adopt_error(e, name)),
+            Ok(t) => t,
+        };
+        let dev = first.device().map_err(|source| TapError::GetIff {
+            name: name.to_owned(),
+            source,
+        })?;
+        if !dev.persistent() {
+            // Dropping `first` detaches the queue just attached: the owner's device is untouched.
+            return Err(refuse(
+                "it is a TAP that is not persistent (another program's)",
+            ));
+        }
+        let multi = dev.flags & libc::IFF_MULTI_QUEUE;
+        Tap::more_queues(first, n, multi)
+    }
+
+    /// `first` and `n` - 1 more queues of its device, with the device's header size and
+    /// offloads set.
+    fn more_queues(first: Tap, n: usize, multi: libc::c_int) -> Result<Vec<Tap>, TapError> {
         let attach = (TAP_FLAGS & !libc::IFF_TUN_EXCL) | multi;
         let mut queues = Vec::with_capacity(n.max(1));
         for _ in 1..n {
@@ -227,9 +344,70 @@ impl Tap {
         Ok(Tap { file, name })
     }
 
-    /// The device name the kernel gave the TAP.
+    /// The device name the kernel gave the TAP when it was made or adopted (see
+    /// [`Tap::device`] for its name now).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The device this fd is attached to as it is now (`TUNGETIFF`), wherever it was moved and
+    /// whatever it was renamed to. Fails (`EBADFD`) once the device is gone: deleted, or
+    /// destroyed with its namespace.
+    pub fn device(&self) -> io::Result<TapDevice> {
+        let mut ifr = IfReqFlags {
+            name: [0; IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes one `struct ifreq` through the pointer; `ifr` is a live,
+        // exclusively borrowed `repr(C)` value of exactly that size (pinned in a test).
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNGETIFF,
+                &mut ifr as *mut IfReqFlags,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = ifr.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
+        Ok(TapDevice {
+            name: String::from_utf8_lossy(&ifr.name[..len]).into_owned(),
+            flags: libc::c_int::from(ifr.flags.cast_unsigned()),
+        })
+    }
+
+    /// The network namespace the device is in now (`TUNGETDEVNETNS`, Linux 5.2), as an fd of
+    /// nsfs; the fd's own socket stays in the namespace it was opened in.
+    pub fn device_netns(&self) -> io::Result<OwnedFd> {
+        // SAFETY: TUNGETDEVNETNS takes no argument and accesses no memory of ours; it returns a
+        // new file descriptor (O_CLOEXEC) or -1.
+        let fd = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNGETDEVNETNS) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel, is open, and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Makes the device persistent or not (`TUNSETPERSIST`). A persistent TAP outlives its
+    /// fds; one made non-persistent again goes when its last fd closes.
+    pub fn set_persist(&self, on: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value (0 or 1), not as a pointer: no
+        // memory is accessed.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(on),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// The TAP's ifindex, looked up by name in the **calling thread's** network namespace. Valid
@@ -294,6 +472,12 @@ mod tests {
         assert_eq!(i128::from(libc::TUNSETOFFLOAD), 0x4004_54d0);
         assert_eq!(i128::from(libc::TUNSETVNETHDRSZ), 0x4004_54d8);
         assert_eq!(i128::from(libc::TUNSETCARRIER), 0x4004_54e2);
+        assert_eq!(i128::from(libc::TUNSETPERSIST), 0x4004_54cb);
+        assert_eq!(i128::from(libc::TUNGETIFF), 0x8004_54d2);
+        // _IO('T', 227): no argument.
+        assert_eq!(i128::from(libc::TUNGETDEVNETNS), 0x54e3);
+        assert_eq!(libc::IFF_PERSIST, 0x0800);
+        assert_eq!(libc::IFF_MULTI_QUEUE, 0x0100);
         assert_eq!(libc::IFF_TAP, 0x0002);
         assert_eq!(libc::IFF_NO_PI, 0x1000);
         assert_eq!(libc::IFF_VNET_HDR, 0x4000);
@@ -550,6 +734,85 @@ mod tests {
                     other => panic!("TAP over an existing persistent TAP: {other:?}"),
                 }
                 assert!(first.ifindex().is_ok(), "the first TAP is untouched");
+            });
+        }
+
+        /// The inode of the namespace an nsfs fd refers to.
+        fn inode(fd: &impl AsFd) -> u64 {
+            nix::sys::stat::fstat(fd).expect("fstat").st_ino
+        }
+
+        #[test]
+        fn the_fd_follows_its_device_across_a_move_and_a_rename() {
+            let (a, b) = (NetNs::new(), NetNs::new());
+            let b_inode = b.run(|| inode(&File::open("/proc/thread-self/ns/net").unwrap()));
+            let (tap, a_inode) = a.run(|| {
+                let tap = Tap::create("umvmove").expect("create");
+                let here = inode(&File::open("/proc/thread-self/ns/net").unwrap());
+                (tap, here)
+            });
+            assert_eq!(inode(&tap.device_netns().expect("TUNGETDEVNETNS")), a_inode);
+            assert!(!tap.device().unwrap().persistent());
+            // libnetwork's AddInterface: move, rename.
+            a.ip(&["link", "set", "umvmove", "netns", &b.name]);
+            b.ip(&["link", "set", "umvmove", "name", "eth0"]);
+            let dev = tap.device().expect("still attached after the move");
+            assert_eq!(dev.name, "eth0");
+            assert_eq!(inode(&tap.device_netns().unwrap()), b_inode);
+            assert_eq!(tap.name(), "umvmove", "the name it was made with");
+            // The namespace goes: the kernel deletes the TAP, the fd is detached.
+            drop(b);
+            let deadline = Instant::now() + WAIT;
+            while tap.device().is_ok() {
+                assert!(Instant::now() < deadline, "the TAP outlived its namespace");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let e = tap.device_netns().expect_err("no device, no namespace");
+            assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "{e}");
+        }
+
+        #[test]
+        fn a_persistent_tap_outlives_its_fds_and_is_adopted_with_all_its_queues() {
+            let ns = NetNs::new();
+            ns.veth("umvveth", "umvpeer");
+            ns.run(|| {
+                let queues = Tap::create_multi_queue("umvpst", 1).expect("create");
+                queues[0].set_persist(true).expect("TUNSETPERSIST");
+                assert!(queues[0].device().unwrap().persistent());
+                assert!(queues[0].device().unwrap().multi_queue());
+                let index = queues[0].ifindex().unwrap();
+                drop(queues);
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(ifindex("umvpst"), index, "a persistent TAP stays");
+                // Another engine, with two workers: two queues of the same device.
+                let adopted = Tap::adopt("umvpst", 2).expect("adopt");
+                assert_eq!(adopted.len(), 2);
+                assert!(adopted.iter().all(|q| q.device().unwrap().name == "umvpst"));
+                assert_eq!(ifindex("umvpst"), index, "the same device");
+                // Not persistent any more: it goes with its last fd.
+                adopted[0].set_persist(false).unwrap();
+                drop(adopted);
+                let deadline = Instant::now() + WAIT;
+                while nix::net::if_::if_nametoindex("umvpst").is_ok() {
+                    assert!(Instant::now() < deadline, "the TAP outlived its fds");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // What cannot be adopted, with the reason.
+                let refused = |name: &str, n: usize| match Tap::adopt(name, n) {
+                    Err(TapError::NotAdoptable { reason, .. }) => reason,
+                    other => panic!("adopting {name}: {other:?}"),
+                };
+                assert!(refused("umvveth", 1).contains("not a TAP"));
+                let mine = Tap::create("umvmine").expect("create");
+                assert!(refused("umvmine", 1).contains("another program holds"));
+                let mq = Tap::create_queues("umvmq2", 2).expect("create");
+                assert!(refused("umvmq2", 2).contains("not persistent"));
+                assert_eq!(mine.device().unwrap().name, "umvmine", "untouched");
+                drop(mq);
+                ns.ip(&["tuntap", "add", "dev", "umvsq", "mode", "tap"]);
+                assert!(refused("umvsq", 2).contains("single-queue TAP takes one queue"));
+                let one = Tap::adopt("umvsq", 1).expect("one queue of a single-queue TAP");
+                assert!(one[0].device().unwrap().persistent());
             });
         }
 

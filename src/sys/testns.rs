@@ -21,7 +21,7 @@ use super::{RxRing, disable_ipv6_here, require_root};
 /// A network namespace that exists as long as this guard.
 #[derive(Debug)]
 pub(crate) struct NetNs {
-    name: String,
+    pub(crate) name: String,
 }
 
 impl NetNs {

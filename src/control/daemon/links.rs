@@ -80,14 +80,18 @@ impl Daemon {
             let same = PlanError::SamePath(e.spec.name.clone(), spec.name.clone(), path);
             return Err(plan_err(same));
         }
-        let netns = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
+        let (netns, adopt) = check_port_place(&mut self.nl, &spec, &parent).map_err(plan_err)?;
         self.ensure_parent(link, pconfig.clone())
             .map_err(internal)?;
         if let Some(run) = self.parents.get_mut(&parent) {
             run.config.bc_cutoff = pconfig.bc_cutoff;
         }
-        self.create(&parent, PlannedPort { spec, netns }, l.owner.clone())
-            .map_err(internal)?;
+        let planned = PlannedPort { spec, netns, adopt };
+        self.create(&parent, planned, l.owner.clone())
+            .map_err(|e| match not_adoptable(&e) {
+                true => err(ErrorKind::Exists, crate::errors::chain(&e)),
+                false => internal(e),
+            })?;
         tracing::info!(port = %l.name, %parent, "port added");
         self.view(self.entry(&l.name)?)
     }
@@ -123,8 +127,16 @@ impl Daemon {
             .position(|e| e.key == key)
             .expect("found above");
         let e = self.ports.remove(i);
-        let ns = e.netns.as_ref().unwrap_or(&self.own_ns);
-        self.watchers.forget(ns, key).map_err(internal)?;
+        if let Some(watch) = e.place.watch {
+            let ns = e.place.netns.as_ref().unwrap_or(&self.own_ns);
+            self.watchers.forget(ns, watch).map_err(internal)?;
+        }
+        if let (true, PortDev::Tap(t)) = (e.spec.persist, &*e.devs[0]) {
+            // The device goes with the last queue, as a non-persistent TAP does.
+            if let Err(err) = t.set_persist(false) {
+                tracing::warn!(port = name, "TUNSETPERSIST 0 failed: {err}");
+            }
+        }
         self.rebuild(&e.parent);
         if !self.ports.iter().any(|p| p.parent == e.parent) {
             self.close_parent(&e.parent);
@@ -265,8 +277,8 @@ impl Daemon {
             address: effective_mac(e),
             mtu: live.map_or(e.spec.mtu.unwrap_or(run.config.mtu), |l| l.mtu),
             parent: e.parent.clone(),
-            netns: e.spec.netns.clone(),
-            ifname: e.spec.ifname.clone(),
+            netns: e.place.shown.clone(),
+            ifname: (e.place.dev != e.spec.name).then(|| e.place.dev.clone()),
             owner: e.owner.clone(),
             up: stream.is_some() || live.is_some_and(|l| l.up),
             lower_up: stream.unwrap_or(false) || live.is_some_and(|l| l.lower_up),
@@ -302,6 +314,16 @@ impl Daemon {
             persist: e.spec.persist,
         })
     }
+}
+
+/// Whether creating a port failed because its existing device cannot be adopted.
+fn not_adoptable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::sys::tap::TapError>(),
+            Some(crate::sys::tap::TapError::NotAdoptable { .. })
+        )
+    })
 }
 
 /// The `link set` that turns port `old` into `new`, when changelink can (same parent,

@@ -111,6 +111,9 @@ pub struct Daemon {
     /// Per device: the VIDs of the 802.1Q sub-interfaces emulated on it, which its own parent
     /// leaves to them.
     vids: BTreeMap<String, Arc<VidSet>>,
+    /// When the namespaces ports followed their devices into were last checked for being
+    /// held by anything but the engine.
+    held_checked: std::time::Instant,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
@@ -148,6 +151,7 @@ impl Daemon {
             observers: Arc::default(),
             service: None,
             priority_warned: Arc::default(),
+            held_checked: std::time::Instant::now(),
         })
     }
 
@@ -224,6 +228,7 @@ impl Daemon {
                 recv(ticks) -> _ => self.watchdog(),
                 default(Duration::from_millis(200)) => {
                     self.write_held_logs();
+                    self.let_go_of_orphans();
                     let finished = |p: &ParentRun| p.worker.as_ref().is_some_and(WorkerGroup::is_finished);
                     if let Some((name, _)) = self.parents.iter().find(|(_, p)| finished(p)) {
                         anyhow::bail!("the forwarding worker of {name} stopped");

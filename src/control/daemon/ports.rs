@@ -35,8 +35,8 @@ pub(super) struct PortEntry {
     /// As configured: created, then changed by `link set` and by its parent's MAC and MTU. The
     /// table's port is built from it ([`PortSpec::to_config`]) with the live state on top.
     pub(super) spec: PortSpec,
-    /// The namespace (`spec.netns`) open; `None`: the engine's namespace.
-    pub(super) netns: Option<Netns>,
+    /// Where its device is now.
+    pub(super) place: Place,
     /// What the port's workers read and write: one queue of its TAP per worker, or (attach,
     /// stream) one device that worker 0 reads and every worker writes.
     pub(super) devs: Vec<Arc<PortDev>>,
@@ -51,6 +51,25 @@ pub(super) struct PortEntry {
     pub(super) refused: Option<Refusal>,
     /// Its state-change log lines: a port flapping in its namespace cannot flood the log.
     log_gate: LogGate,
+}
+
+/// Where a port's device is: where the spec put it, until someone else moves or renames it
+/// (Docker's AddInterface and Remove); the port follows (`Daemon::follow_device`).
+#[derive(Debug)]
+pub(super) struct Place {
+    /// The key the watchers report the device under: a new one each time the port follows its
+    /// device to another namespace, so that a late report from the old one is not taken for it;
+    /// `None`: not watched (a stream port, or a device the engine let go of).
+    pub(super) watch: Option<u64>,
+    /// The device's name now.
+    pub(super) dev: String,
+    /// Its namespace, open; `None`: the engine's namespace.
+    pub(super) netns: Option<Netns>,
+    /// That namespace as `link show` names it (`None`: the engine's).
+    pub(super) shown: Option<String>,
+    /// Followed into a namespace nobody named to the engine: it lets go of it once nothing else
+    /// holds it, so that the namespace can die and the kernel delete the TAP.
+    pub(super) followed: bool,
 }
 
 /// A port's log lines: a burst of [`LogGate::BURST`], then one per [`LogGate::EVERY`]. Changes in
@@ -126,31 +145,43 @@ impl Daemon {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let name = &p.spec.name;
         let workers = self.opts.workers;
-        let devs = match (&p.spec.kind, &p.spec.path) {
+        let devs = match (p.spec.kind, p.spec.path.clone()) {
+            (PortKind::Tap, _) if p.adopt => adopt_tap(&mut self.nl, &mut p, parent, workers)
+                .map(|queues| queues.into_iter().map(PortDev::Tap).collect()),
             (PortKind::Tap | PortKind::Host, _) => {
                 create_tap(&mut self.nl, key, &p, parent, mtu, workers)
                     .map(|queues| queues.into_iter().map(PortDev::Tap).collect())
             }
-            (PortKind::Attach, _) => {
-                attach(&mut self.nl, name, p.netns.as_ref()).map(|a| vec![PortDev::Attach(a)])
-            }
-            (PortKind::Stream, Some(path)) => StreamPort::listen(name, path)
+            (PortKind::Attach, _) => attach(&mut self.nl, &p.spec.name, p.netns.as_ref())
+                .map(|a| vec![PortDev::Attach(a)]),
+            (PortKind::Stream, Some(path)) => StreamPort::listen(&p.spec.name, &path)
                 .map(|s| vec![PortDev::Stream(s)])
                 .map_err(Into::into),
             (PortKind::Stream, None) => Err(anyhow::anyhow!("a stream port needs path=")),
         }
-        .with_context(|| format!("creating port {name}"))?;
+        .with_context(|| format!("creating port {}", p.spec.name))?;
+        if let (true, Some(PortDev::Tap(t))) = (p.spec.persist, devs.first()) {
+            // Once made: a port that failed on its way is not left behind.
+            t.set_persist(true)
+                .with_context(|| format!("making port {}'s TAP persistent", p.spec.name))?;
+        }
         if p.spec.kind != PortKind::Stream {
             let ns = p.netns.as_ref().unwrap_or(&self.own_ns);
             self.watchers.port(ns, key, p.spec.device())?;
         }
+        let place = Place {
+            watch: (p.spec.kind != PortKind::Stream).then_some(key),
+            dev: p.spec.device().to_string(),
+            shown: p.spec.netns.clone(),
+            netns: p.netns,
+            followed: false,
+        };
         self.ports.push(PortEntry {
             key,
             parent: parent.to_string(),
             spec: p.spec,
-            netns: p.netns,
+            place,
             devs: devs.into_iter().map(Arc::new).collect(),
             counters: Sharded::new(self.opts.workers),
             owner,
@@ -174,10 +205,17 @@ impl Daemon {
             .iter()
             .find(|e| e.key == key)
             .ok_or_else(|| err(ErrorKind::NoSuchLink, "the port is gone"))?;
-        let name = e.spec.device().to_string();
+        if e.place.watch.is_none() {
+            let name = &e.spec.name;
+            return Err(err(
+                ErrorKind::NoSuchLink,
+                format!("port {name} has no device any more"),
+            ));
+        }
+        let name = e.place.dev.clone();
         let ifindex = e.live.as_ref().map(|l| l.ifindex);
         let mut nl_there;
-        let nl = match &e.netns {
+        let nl = match &e.place.netns {
             Some(ns) => {
                 nl_there = Netlink::open_in(ns).map_err(internal)?;
                 &mut nl_there
@@ -431,6 +469,45 @@ fn temp_name(key: u64) -> String {
     format!("umv{}p{key}", std::process::id() % 100_000)
 }
 
+/// Attaches one queue per worker to the existing persistent TAP of a persistent port (in its
+/// namespace: `TUNSETIFF` by name resolves in the caller's). Only what the spec sets explicitly
+/// is applied: its MAC (a passthru port's is the parent's) and its MTU; the device keeps its
+/// name, state, addresses and routes, so a container using it notices nothing. A port given no
+/// MAC takes the device's.
+fn adopt_tap(
+    nl: &mut Netlink,
+    p: &mut PlannedPort,
+    parent: &str,
+    workers: usize,
+) -> anyhow::Result<Vec<Tap>> {
+    let name = p.spec.device().to_string();
+    let adopt = || Tap::adopt(&name, workers);
+    let queues = match &p.netns {
+        Some(ns) => crate::net::in_netns(ns, adopt)??,
+        None => adopt()?,
+    };
+    let mut there;
+    let nl = match &p.netns {
+        Some(ns) => {
+            there = Netlink::open_in(ns)?;
+            &mut there
+        }
+        None => nl,
+    };
+    let link = nl
+        .link_by_name(&name)?
+        .with_context(|| format!("TAP {name} vanished while being adopted"))?;
+    match p.spec.mac {
+        Some(_) => nl.set_mac(link.index, p.spec.mac_on(parent))?,
+        None => p.spec.mac = link.mac,
+    }
+    if let Some(mtu) = p.spec.mtu {
+        nl.set_mtu(link.index, mtu)?;
+    }
+    tracing::info!(port = %p.spec.name, device = name, "adopted an existing persistent TAP");
+    Ok(queues)
+}
+
 /// Creates a port's TAP with one queue per worker, sets it up and moves it to its namespace.
 fn create_tap(
     nl: &mut Netlink,
@@ -444,7 +521,11 @@ fn create_tap(
         Some(_) => temp_name(key),
         None => p.spec.device().to_string(),
     };
-    let queues = Tap::create_queues(&name, workers)?;
+    // A persistent TAP is always multi-queue: an engine with any number of workers can adopt it.
+    let queues = match p.spec.persist {
+        true => Tap::create_multi_queue(&name, workers)?,
+        false => Tap::create_queues(&name, workers)?,
+    };
     let tap = &queues[0];
     let link = nl
         .link_by_name(tap.name())?
@@ -500,6 +581,7 @@ mod tests {
     fn live(mtu: u32) -> LiveState {
         LiveState {
             ifindex: 7,
+            name: "p".into(),
             up: true,
             lower_up: true,
             mac: SEEN,
@@ -517,8 +599,14 @@ mod tests {
         PortEntry {
             key: 1,
             parent: "eth0".into(),
+            place: Place {
+                watch: Some(1),
+                dev: "p".into(),
+                netns: None,
+                shown: None,
+                followed: false,
+            },
             spec,
-            netns: None,
             devs: Vec::new(),
             counters: Sharded::new(1),
             owner: None,
