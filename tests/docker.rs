@@ -106,7 +106,7 @@ impl Dockerd {
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -152,7 +152,7 @@ impl Dockerd {
         for a in ["sh", "ip", "ping", "sleep", "cat"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
         }
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .args(["-C", &root.display().to_string(), "-c", "."])
             .stdout(Stdio::piped())
             .spawn()
@@ -160,9 +160,10 @@ impl Dockerd {
         let out = Command::new(docker_bin())
             .args(["import", "-c", r#"CMD ["/bin/sh"]"#, "-", "bb:local"])
             .env("DOCKER_HOST", &self.host)
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the busybox root");
         assert!(out.status.success(), "docker import: {out:?}");
     }
 }
@@ -273,7 +274,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
@@ -532,8 +533,8 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     } = &mut lab;
 
     // 1. The same script, both drivers, compared.
-    let kernel = script(&d, "macvlan", &lan.parents[0], &net);
-    let ours = script(&d, &driver, &lan.parents[1], &net);
+    let kernel = script(d, "macvlan", &lan.parents[0], &net);
+    let ours = script(d, &driver, &lan.parents[1], &net);
     assert_eq!(
         kernel.c1.0,
         format!("02:42:0a:c7:{:02x}:64", pid % 250),
@@ -551,7 +552,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         "umacvlan (left) against macvlan (right)\n{}",
         engine.log()
     );
-    assert_no_gwbridge(&d);
+    assert_no_gwbridge(d);
 
     // 2. The host option: the host reaches its containers; the port goes with the network.
     let host_opt = format!("host={}", net.host);
@@ -615,13 +616,13 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     );
     d.ok(&["start", "c1"]);
     assert!(
-        ping_from(&d, "c1", &net.gw_ip),
+        ping_from(d, "c1", &net.gw_ip),
         "after start\n{}",
         engine.log()
     );
     d.ok(&["restart", "-t", "0", "c1"]);
     assert!(
-        ping_from(&d, "c1", &net.gw_ip),
+        ping_from(d, "c1", &net.gw_ip),
         "after restart\n{}",
         engine.log()
     );
@@ -657,7 +658,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     );
     d.ok(&["network", "connect", "--ip", &net.c3, "net1", "c3"]);
     assert!(
-        ping_from(&d, "c3", &net.c1),
+        ping_from(d, "c3", &net.c1),
         "c3 -> c1 after connect\n{}",
         engine.log()
     );
@@ -672,7 +673,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     );
     engine.start();
     wait_for("c1 -> gateway after the engine's restart", 15, || {
-        ping_from(&d, "c1", &net.gw_ip)
+        ping_from(d, "c1", &net.gw_ip)
     });
     wait_for("host -> c1 through the host port made again", 10, || {
         ping_host(&net.c1)
@@ -683,11 +684,11 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     d.start();
     d.ok(&["start", "c1"]);
     assert!(
-        ping_from(&d, "c1", &net.gw_ip),
+        ping_from(d, "c1", &net.gw_ip),
         "after dockerd's restart\n{}",
         engine.log()
     );
-    assert_no_gwbridge(&d);
+    assert_no_gwbridge(d);
 
     // 7. Everything removed: no port, no TAP, no state entry, no sandbox left.
     d.ok(&["rm", "-f", "c1", "c3"]);

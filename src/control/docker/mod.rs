@@ -97,7 +97,7 @@ impl Engine for Daemon {
         }
         let mut nl = Netlink::open().ok()?;
         let l = nl.link_by_name(src_name).ok()??;
-        is_ours(&l).then(|| Place {
+        is_ours(&l).then_some(Place {
             netns: None,
             ifname: l.name,
         })
