@@ -300,9 +300,12 @@ fn a_persistent_port_survives_its_engine_and_is_adopted() {
         try_ip(&["-n", ctr, "link", "show", "eth0"]).is_err()
     });
 
-    // SIGTERM leaves a persistent port too.
+    // SIGTERM leaves a persistent port too, and `run` with the same --port adopts it.
     t.ctl(&["link", "add", "name=umvq0,parent=p0,persist"])
         .unwrap();
+    let index = |p: serde_json::Value| p["ifindex"].as_u64();
+    wait_until("the new port seen", || index(port(&t, "umvq0")).is_some());
+    let was = index(port(&t, "umvq0"));
     let (status, _) = e.stop();
     assert!(status.success());
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -310,5 +313,12 @@ fn a_persistent_port_survives_its_engine_and_is_adopted() {
         try_ip(&["-n", host, "link", "show", "umvq0"]).is_ok(),
         "a persistent port outlives a stopped engine"
     );
+    let args = ["--port".to_string(), "name=umvq0,persist".to_string()];
+    let e = t.start(&args, &[]);
+    wait_until("the restarted engine's port", || {
+        t.ctl(&["link", "show"]).is_ok() && index(port(&t, "umvq0")).is_some()
+    });
+    assert_eq!(index(port(&t, "umvq0")), was, "the same device, adopted");
+    e.kill9();
     ip(&["-n", host, "link", "del", "umvq0"]);
 }

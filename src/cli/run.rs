@@ -24,7 +24,7 @@ use crate::sys::ring::{RingConfig, RingVersion};
 /// Run the engine: macvlan ports on PARENT, as TAPs in their namespaces.
 ///
 /// Each --port becomes a TAP named N, or DEV with ifname=DEV (non-persistent: it vanishes when
-/// the engine exits or dies), in the namespace NS (a name from `ip netns add`, or a path such as
+/// the engine exits or dies; with persist it stays, and an existing persistent TAP is adopted), in the namespace NS (a name from `ip netns add`, or a path such as
 /// /proc/PID/ns/net) or in the engine's own namespace, with
 /// the given MAC (default: stable, derived from the parent's and the port's names; passthru takes
 /// the parent's), admin-down like a fresh `ip link add ... type macvlan`. Bring it up where it

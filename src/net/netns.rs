@@ -430,7 +430,7 @@ mod tests {
         assert!(mountinfo_has_netns(text, 4_026_532_285));
         assert!(mountinfo_has_netns(text, 4_026_532_999));
         assert!(
-            !mountinfo_has_netns(text, 4_026_532_28),
+            !mountinfo_has_netns(text, 402_653_228),
             "a prefix is not the inode"
         );
         assert!(!mountinfo_has_netns("", 1));

@@ -10,7 +10,8 @@
 //! * [`tx`]: [`TxSocket`], the parent's transmit path: an `AF_PACKET` socket with protocol 0 that
 //!   never receives (§8 "Wire TX").
 //! * `tap`: [`Tap`], one child port: a non-persistent `IFF_TAP | IFF_VNET_HDR` device that
-//!   vanishes when its fd closes (§8 "Children").
+//!   vanishes when its fd closes (§8 "Children"), or a persistent one that outlives its fds and
+//!   is adopted again; its fd follows the device across moves and renames.
 //! * `caps`: least privilege: `capset`, the bounding set, `PR_SET_NO_NEW_PRIVS`.
 //! * `sched`: the calling thread's scheduling: `SCHED_FIFO` or a nice value (`run
 //!   --worker-priority`).

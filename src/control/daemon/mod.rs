@@ -7,7 +7,8 @@
 //! workers together with the new port sets ([`PortSet`]): the forwarding path never takes a lock,
 //! and no other port loses or reorders a frame.
 //!
-//! Ports are TAPs created non-persistent (a crashed engine leaves none behind), under a temporary
+//! Ports are TAPs created non-persistent (a crashed engine leaves none behind) unless asked
+//! (`persist`: they outlive the engine, and an existing one is adopted), under a temporary
 //! name, given their MAC and MTU, then moved and renamed into their namespace, admin-down like a
 //! fresh `ip link add ... type macvlan`. Their live state comes from the [`watch`](super::watch)
 //! threads. Requests follow the kernel's control-plane rules
@@ -176,14 +177,22 @@ impl Daemon {
     }
 
     /// An engine with the ports of a checked `run` command line. On error everything created so
-    /// far is gone again (TAPs are non-persistent; the parent's promiscuity ends with the
-    /// membership sockets).
+    /// far is gone again (TAPs are non-persistent, persistent ones made here are deleted, adopted
+    /// ones are left as they were; the parent's promiscuity ends with the membership sockets).
     pub fn start(plan: Plan, opts: EngineOptions) -> anyhow::Result<Daemon> {
         let mut d = Daemon::new(opts)?;
         let parent = plan.parent.name.clone();
         d.ensure_parent(plan.parent, plan.parent_config)?;
+        let mut made: Vec<String> = Vec::new();
         for p in plan.ports {
-            d.create(&parent, p, None)?;
+            let persistent = (p.spec.persist && !p.adopt).then(|| p.spec.name.clone());
+            if let Err(e) = d.create(&parent, p, None) {
+                for name in &made {
+                    let _ = d.link_del(name);
+                }
+                return Err(e);
+            }
+            made.extend(persistent);
         }
         Ok(d)
     }
