@@ -663,6 +663,46 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         engine.log()
     );
 
+    // 4b. A VLAN parent (`IF.VID`): emulated by the engine, nothing created on the host.
+    let vlan_parent = format!("parent={}.7", lan.parents[1]);
+    let subnet2 = net.subnet.replacen("10.199.", "10.198.", 1);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--subnet",
+        &subnet2,
+        "-o",
+        &vlan_parent,
+        "net2",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c4",
+        "--network",
+        "net2",
+        "bb:local",
+        "sleep",
+        "1d",
+    ]);
+    let parents: Vec<String> = engine
+        .link_show()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["link"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        parents.contains(&format!("{}.7", lan.parents[1])),
+        "{parents:?}"
+    );
+    assert!(try_ip(&["link", "show", &format!("{}.7", lan.parents[1])]).is_err());
+    d.ok(&["rm", "-f", "c4"]);
+    d.ok(&["network", "rm", "net2"]);
+
     // 5. The engine killed under a running container, then restarted: eth0 stays, and
     // forwarding resumes once the restarted engine adopts it.
     engine.kill();
@@ -725,4 +765,71 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     }
     assert!(!ping_host(&net.c1));
     drop(lab);
+}
+
+/// The plugin socket without Docker: HTTP as Docker's client speaks it (no Content-Type), a 404
+/// for an unknown method, a 405 for another verb, and a refusal as `{"Err"}`.
+#[test]
+fn plugin_socket_speaks_docker_http() {
+    use std::io::{Read, Write};
+    require_root();
+    let dir = std::env::temp_dir().join(format!("umvdkh{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let engine = Engine::new(&dir, &format!("umvh{}", std::process::id()));
+    let call = |head: &str, body: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&engine.plugin).unwrap();
+        let req = format!(
+            "{head} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (status, body) = out.split_once("\r\n\r\n").unwrap();
+        let code: u16 = status.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        )
+    };
+    assert_eq!(
+        call("POST /Plugin.Activate", ""),
+        (200, serde_json::json!({"Implements": ["NetworkDriver"]}))
+    );
+    assert_eq!(
+        call("POST /NetworkDriver.GetCapabilities", ""),
+        (
+            200,
+            serde_json::json!({"Scope": "local", "ConnectivityScope": "global"})
+        )
+    );
+    assert_eq!(call("POST /NetworkDriver.Nope", "{}").0, 404);
+    assert_eq!(call("GET /Plugin.Activate", "").0, 405);
+    let (code, body) = call(
+        "POST /NetworkDriver.CreateNetwork",
+        r#"{"NetworkID":"0123456789abcdef0123","Options":{"com.docker.network.generic":{"parent":"lo"}},"IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[]}
+"#,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        body["Err"],
+        "loopback interface is not a valid macvlan parent link"
+    );
+    assert_eq!(
+        call(
+            "POST /NetworkDriver.DeleteEndpoint",
+            r#"{"NetworkID":"0123456789abcdef0123","EndpointID":"0123456789abcdef0123"}"#
+        ),
+        (200, serde_json::json!({})),
+        "an unknown endpoint is deleted"
+    );
+    drop(engine);
+    assert!(
+        !PathBuf::from(format!(
+            "/run/docker/plugins/umvh{}.sock",
+            std::process::id()
+        ))
+        .exists()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
