@@ -342,18 +342,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         })?),
         None => None,
     };
-    let opts = EngineOptions {
-        ring,
-        per_frame,
-        workers: usize::from(a.workers),
-        priority,
-    };
-    let mut daemon = match checked {
-        Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,
-        Checked::Ports(plan) => Daemon::start(*plan, opts)?,
-        Checked::Empty => Daemon::new(opts)?,
-    };
-    // The Docker driver last: it adopts its ports through the daemon, which exists now.
+    // The Docker driver's socket and state too, before anything is created. Its thread adopts
+    // the ports of running containers through the daemon: those requests wait on the channel
+    // until the daemon below serves it.
     let plugin = match &docker {
         Some(opts) => Some(DockerPlugin::start(opts, calls_tx.clone()).map_err(|e| {
             Failure::usage(anyhow::anyhow!(
@@ -362,6 +353,26 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             ))
         })?),
         None => None,
+    };
+    let opts = EngineOptions {
+        ring,
+        per_frame,
+        workers: usize::from(a.workers),
+        priority,
+    };
+    let daemon = match checked {
+        Checked::Config(path, config) => Daemon::from_config(&path, config, opts),
+        Checked::Ports(plan) => Daemon::start(*plan, opts),
+        Checked::Empty => Daemon::new(opts),
+    };
+    let mut daemon = match daemon {
+        Ok(d) => d,
+        Err(e) => {
+            // Unblocks a Docker driver still adopting its ports (its requests fail at once).
+            drop(calls);
+            drop(plugin);
+            return Err(e.into());
+        }
     };
     // Only the servers hold senders now: with none, the daemon sees a closed channel.
     drop(calls_tx);
