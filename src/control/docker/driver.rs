@@ -245,6 +245,29 @@ impl<E: Engine> Driver<E> {
         if !mac.is_valid_unicast() {
             return Err(format!("{mac} is a group or zero address"));
         }
+        // Docker's IPAM gives an address to one endpoint of a network at a time: an endpoint
+        // we still have with it is one Docker deleted while the engine was away.
+        let stale: Vec<String> = self
+            .store
+            .state
+            .endpoints
+            .iter()
+            .filter(|(id, e)| {
+                e.network == r.network_id
+                    && **id != r.endpoint_id
+                    && ((address.is_some() && e.address == address)
+                        || (address_ipv6.is_some() && e.address_ipv6 == address_ipv6))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            tracing::info!(
+                endpoint = proto::short(&id),
+                "docker: forgetting a stale endpoint"
+            );
+            self.store.state.endpoints.remove(&id);
+            self.del_port(&proto::port_name(&id));
+        }
         if let Some((other, _)) = self
             .store
             .state
@@ -417,9 +440,22 @@ impl<E: Engine> Driver<E> {
                 ));
                 continue;
             };
+            // Back in the engine's namespace under its own name: Docker took it out of its
+            // container while the engine was away (Leave and DeleteEndpoint went unanswered).
+            let left = place.netns.is_none();
             let spec = Self::endpoint_spec(&id, &e, n, Some(place));
             if let Err(err) = self.engine.request(Request::LinkAdd(spec)) {
                 failed.push(format!("endpoint {}: {}", proto::short(&id), err.message));
+            } else if left {
+                tracing::info!(
+                    endpoint = proto::short(&id),
+                    "docker: removing an endpoint its container left"
+                );
+                self.del_port(&src);
+                self.store.state.endpoints.remove(&id);
+                if let Err(err) = self.save() {
+                    failed.push(err);
+                }
             }
         }
         failed

@@ -473,3 +473,50 @@ fn the_mac_rule_is_docker_20_10s() {
     assert_eq!(proto::port_name(EP).len(), 15);
     assert_eq!(proto::host_port_name(NET).len(), 15);
 }
+
+#[test]
+fn an_endpoint_docker_deleted_while_the_engine_was_away_is_forgotten() {
+    let mut d = driver();
+    net1(&mut d);
+    ok(
+        &mut d,
+        "CreateEndpoint",
+        &create_endpoint(EP, "192.168.1.100/24", ""),
+    );
+    ok(&mut d, "Join", &join(EP));
+    // The engine was down when the container went: Docker now gives its address to another.
+    let a = ok(
+        &mut d,
+        "CreateEndpoint",
+        &create_endpoint(EP2, "192.168.1.100/24", ""),
+    );
+    assert_eq!(a["Interface"]["MacAddress"], "02:42:c0:a8:01:64");
+    assert!(
+        !d.store.state.endpoints.contains_key(EP),
+        "the stale endpoint is gone"
+    );
+    assert!(!d.engine.ports.contains("umv0123456789ab"), "and its port");
+
+    // Restored from the state: a TAP found back in the engine's namespace is deleted.
+    let mut d = driver();
+    net1(&mut d);
+    ok(
+        &mut d,
+        "CreateEndpoint",
+        &create_endpoint(EP, "192.168.1.100/24", ""),
+    );
+    ok(&mut d, "Join", &join(EP));
+    let mut d = Driver {
+        engine: Fake {
+            device: Some(Place {
+                netns: None,
+                ifname: "umv0123456789ab".into(),
+            }),
+            ..Fake::default()
+        },
+        store: Store::in_memory(d.store.state.clone()),
+    };
+    assert_eq!(d.restore(), Vec::<String>::new());
+    assert!(d.store.state.endpoints.is_empty());
+    assert!(d.engine.ports.is_empty(), "adopted, then deleted");
+}
