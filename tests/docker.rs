@@ -41,6 +41,15 @@ fn run(prog: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String
     }
 }
 
+/// A log file, opened for appending (created if missing).
+fn append(path: impl AsRef<Path>) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Waits up to `secs` for `cond`.
 fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -78,11 +87,7 @@ impl Dockerd {
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run_dir.join("dockerd.log"))
-            .unwrap();
+        let log = append(self.run_dir.join("dockerd.log"));
         let t = &self.tag;
         let child = Command::new("dockerd")
             .args(["-H", &self.host])
@@ -222,11 +227,7 @@ impl Engine {
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = append(&self.log);
         let child = Command::new(BIN)
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -370,6 +371,14 @@ fn iface(d: &Dockerd, c: &str) -> (String, Vec<String>, String) {
     (mac, addrs, d.ok(&["exec", c, "ip", "route"]))
 }
 
+/// `docker run -d --name NAME --network NET EXTRA bb:local sleep 1d`.
+fn start(d: &Dockerd, name: &str, net: &str, extra: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name, "--network", net];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["bb:local", "sleep", "1d"]);
+    d.ok(&args);
+}
+
 fn ping_from(d: &Dockerd, c: &str, to: &str) -> bool {
     d.docker(&["exec", c, "ping", "-c1", "-W2", to]).is_ok()
 }
@@ -431,34 +440,13 @@ fn script(d: &Dockerd, driver: &str, parent: &str, net: &Net) -> Outcome {
         &parent_opt,
         "net1",
     ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c1",
-        "--network",
-        "net1",
-        "--ip",
-        &net.c1,
-        "bb:local",
-        "sleep",
-        "1d",
-    ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
+    start(d, "c1", "net1", &["--ip", &net.c1]);
+    start(
+        d,
         "c2",
-        "--network",
         "net1",
-        "--ip",
-        &net.c2,
-        "--mac-address",
-        "02:42:0a:0b:0c:0d",
-        "bb:local",
-        "sleep",
-        "1d",
-    ]);
+        &["--ip", &net.c2, "--mac-address", "02:42:0a:0b:0c:0d"],
+    );
     let outcome = Outcome {
         bad_mode,
         missing_parent_named: missing.contains("nosuch0"),
@@ -572,19 +560,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         &host_opt,
         "net1",
     ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c1",
-        "--network",
-        "net1",
-        "--ip",
-        &net.c1,
-        "bb:local",
-        "sleep",
-        "1d",
-    ]);
+    start(d, "c1", "net1", &["--ip", &net.c1]);
     wait_for("host -> c1 through the host port", 10, || {
         ping_host(&net.c1)
     });
@@ -628,19 +604,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
     );
 
     // 4. network disconnect / connect.
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c3",
-        "--network",
-        "net1",
-        "--ip",
-        &net.c3,
-        "bb:local",
-        "sleep",
-        "1d",
-    ]);
+    start(d, "c3", "net1", &["--ip", &net.c3]);
     assert_eq!(
         engine.link_show().as_array().unwrap().len(),
         3,
@@ -677,17 +641,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         &vlan_parent,
         "net2",
     ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c4",
-        "--network",
-        "net2",
-        "bb:local",
-        "sleep",
-        "1d",
-    ]);
+    start(d, "c4", "net2", &[]);
     let parents: Vec<String> = engine
         .link_show()
         .as_array()

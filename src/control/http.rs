@@ -3,6 +3,9 @@
 //! a body only by `Content-Length`, and every answer with `Connection: close`.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// A request as read.
@@ -125,6 +128,20 @@ pub(crate) fn respond(
     w.write_all(head.as_bytes())?;
     w.write_all(body.as_bytes())?;
     w.flush()
+}
+
+/// Stops a server's thread blocked in accept(2): sets `stop`, shuts the listening socket down
+/// (the blocked accept then fails with EINVAL and the thread sees `stop`) and joins it.
+pub(crate) fn stop_accepting(
+    stop: &AtomicBool,
+    listener: &impl AsRawFd,
+    thread: Option<JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::SeqCst);
+    let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    if let Some(h) = thread {
+        let _ = h.join();
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -27,7 +26,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::control::Call;
-use crate::control::http::{HttpError, read_request, respond};
+use crate::control::http::{HttpError, read_request, respond, stop_accepting};
 use crate::control::proto::{Empty, Reply, Request, Response, StatsView};
 use crate::forward::{DropReason, Mode};
 
@@ -370,13 +369,7 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept(2) (EINVAL on a shut-down listening socket).
-        let _ =
-            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        stop_accepting(&self.stop, &*self.listener, self.thread.take());
     }
 }
 

@@ -1,5 +1,5 @@
 //! The driver: each call of the remote driver protocol turned into the engine's own requests
-//! (`link add`, `link del`) and a change of the persisted [`State`]. The engine is reached
+//! (`link add`, `link del`) and a change of the persisted [`State`](super::state::State). The engine is reached
 //! through [`Engine`], so that the whole protocol runs in unit tests without a daemon.
 
 use std::net::IpAddr;

@@ -13,7 +13,6 @@
 //! the engine's namespace at `Join`; Docker moves it into the container and renames it `eth0`;
 //! the engine follows it there.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::control::Call;
-use crate::control::http::{HttpError, read_request, respond};
+use crate::control::http::{HttpError, read_request, respond, stop_accepting};
 use crate::control::plan::{ParentOptions, check_parent};
 use crate::control::proto::{ControlError, Reply, Request, Response};
 use crate::control::server::{ask, claim, ident, remove_if_same};
@@ -178,12 +177,7 @@ pub fn driver_name(path: &Path) -> String {
 
 impl Drop for DockerPlugin {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ =
-            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        stop_accepting(&self.stop, &*self.listener, self.thread.take());
         remove_if_same(&self.path, self.ident);
     }
 }

@@ -113,6 +113,16 @@ fn ids(ep: &str) -> String {
     format!("{{\"NetworkID\":\"{NET}\",\"EndpointID\":\"{ep}\"}}\n")
 }
 
+/// net1 with the endpoint EP (192.168.1.100) joined.
+fn joined() -> Driver<Fake> {
+    let mut d = driver();
+    net1(&mut d);
+    let ep = create_endpoint(EP, "192.168.1.100/24", "");
+    ok(&mut d, "CreateEndpoint", &ep);
+    ok(&mut d, "Join", &join(EP));
+    d
+}
+
 fn net1(d: &mut Driver<Fake>) {
     ok(
         d,
@@ -180,32 +190,17 @@ fn create_network_checks_options_like_macvlan() {
         mode,
         "requested macvlan mode 'bogus' is not valid, 'bridge' mode is the macvlan driver default"
     );
-    let lo = refused(
-        &mut d,
-        "CreateNetwork",
-        &create_network(r#"{"parent":"lo"}"#, ""),
-    );
-    assert!(lo.contains("loopback"), "{lo}");
-    let missing = refused(
-        &mut d,
-        "CreateNetwork",
-        &create_network(r#"{"parent":"enp9"}"#, ""),
-    );
-    assert!(missing.contains("enp9"), "{missing}");
-    let none = refused(&mut d, "CreateNetwork", &create_network("{}", ""));
-    assert!(none.contains("-o parent="), "{none}");
-    let typo = refused(
-        &mut d,
-        "CreateNetwork",
-        &create_network(r#"{"partent":"enp0s3"}"#, ""),
-    );
-    assert!(typo.contains("partent"), "{typo}");
-    let host = refused(
-        &mut d,
-        "CreateNetwork",
-        &create_network(r#"{"parent":"enp0s3","host":"nope"}"#, ""),
-    );
-    assert!(host.contains("-o host=nope"), "{host}");
+    // Each refusal names what is wrong.
+    for (generic, says) in [
+        (r#"{"parent":"lo"}"#, "loopback"),
+        (r#"{"parent":"enp9"}"#, "enp9"),
+        ("{}", "-o parent="),
+        (r#"{"partent":"enp0s3"}"#, "partent"),
+        (r#"{"parent":"enp0s3","host":"nope"}"#, "-o host=nope"),
+    ] {
+        let e = refused(&mut d, "CreateNetwork", &create_network(generic, ""));
+        assert!(e.contains(says), "{generic}: {e}");
+    }
     // --ipam-driver null: no IPv4 pool.
     let null = format!(
         r#"{{"NetworkID":"{NET}","Options":{{"com.docker.network.generic":{{"parent":"enp0s3"}}}},"IPv4Data":[{{"AddressSpace":"null","Pool":"0.0.0.0/0"}}],"IPv6Data":[]}}"#
@@ -476,14 +471,7 @@ fn the_mac_rule_is_docker_20_10s() {
 
 #[test]
 fn an_endpoint_docker_deleted_while_the_engine_was_away_is_forgotten() {
-    let mut d = driver();
-    net1(&mut d);
-    ok(
-        &mut d,
-        "CreateEndpoint",
-        &create_endpoint(EP, "192.168.1.100/24", ""),
-    );
-    ok(&mut d, "Join", &join(EP));
+    let mut d = joined();
     // The engine was down when the container went: Docker now gives its address to another.
     let a = ok(
         &mut d,
@@ -498,14 +486,7 @@ fn an_endpoint_docker_deleted_while_the_engine_was_away_is_forgotten() {
     assert!(!d.engine.ports.contains("umv0123456789ab"), "and its port");
 
     // Restored from the state: a TAP found back in the engine's namespace is deleted.
-    let mut d = driver();
-    net1(&mut d);
-    ok(
-        &mut d,
-        "CreateEndpoint",
-        &create_endpoint(EP, "192.168.1.100/24", ""),
-    );
-    ok(&mut d, "Join", &join(EP));
+    let d = joined();
     let mut d = Driver {
         engine: Fake {
             device: Some(Place {
