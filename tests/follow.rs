@@ -241,8 +241,9 @@ fn a_port_follows_its_device_through_docker_s_moves_like_a_macvlan() {
 
 /// A persistent port survives SIGKILL (still in its container's namespace, with its address),
 /// is adopted by the next engine (`link add ... persist` with the container's namespace and
-/// `eth0`) and forwards again with fresh counters; `link del` removes the device; SIGTERM also
-/// leaves persistent ports. A device that is not a TAP is refused.
+/// `eth0`; that engine has two workers, and takes a queue for each) and forwards again with
+/// fresh counters; `link del` removes the device; SIGTERM also leaves persistent ports, and
+/// `run` with the same `--port` adopts them. A device that is not a TAP is refused.
 #[test]
 fn a_persistent_port_survives_its_engine_and_is_adopted() {
     let t = topo("per", 1);
@@ -264,7 +265,8 @@ fn a_persistent_port_survives_its_engine_and_is_adopted() {
     assert!(ping(ctr, "192.0.2.254", 1).is_err(), "no engine, no path");
 
     // The next engine adopts it where it is.
-    let e = t.start(&[], &[]);
+    // The next engine has two workers: the TAP (made multi-queue) takes a queue for each.
+    let e = t.start(&["--workers".to_string(), "2".to_string()], &[]);
     wait_until("the new engine's control socket", || {
         t.ctl(&["link", "show"]).is_ok()
     });
@@ -286,6 +288,13 @@ fn a_persistent_port_survives_its_engine_and_is_adopted() {
         "adopt keeps the device's MAC: {p}"
     );
     assert_eq!(p["ifname"], "eth0");
+    let detail = ip(&["-d", "-n", ctr, "link", "show", "eth0"]);
+    assert!(
+        detail.contains("multi_queue")
+            && detail.contains("numqueues 2")
+            && detail.contains("persist on"),
+        "{detail}"
+    );
     let fresh = rx_tx(&p);
     assert!(fresh.0 + fresh.1 <= 4, "counters start again: {fresh:?}");
     wait_pings(&t, ctr, "192.0.2.10", Some(&e));

@@ -376,6 +376,33 @@ fn text_reads_like_ip_link() {
     ), "{s1}");
 }
 
+/// A port whose device someone moved and renamed (Docker's eth0), persistent: the engine's
+/// name first, where the device is now and `persist` after, in text and JSON.
+#[test]
+fn a_moved_persistent_port_shows_its_device_and_the_engines_name() {
+    let moved = LinkView {
+        name: "umv0123".into(),
+        netns: Some("/run/docker/netns/1f2e3d4c5b6a".into()),
+        ifname: Some("eth0".into()),
+        persist: true,
+        ..sample()[0].clone()
+    };
+    let text = links_text(std::slice::from_ref(&moved), &ShowOptions::default());
+    assert!(text.starts_with("4: umv0123@eth0: "), "{text}");
+    assert!(
+        text.contains("netns /run/docker/netns/1f2e3d4c5b6a ifname eth0 persist\n"),
+        "{text}"
+    );
+    let json = links_json(&[moved], &ShowOptions::default());
+    let extra = &json[0]["umacvlan"];
+    assert_eq!(json[0]["ifname"], "umv0123");
+    assert_eq!(extra["ifname"], "eth0");
+    assert_eq!(extra["netns"], "/run/docker/netns/1f2e3d4c5b6a");
+    assert_eq!(extra["persist"], true);
+    let plain = links_json(&sample(), &ShowOptions::default());
+    assert_eq!(plain[0]["umacvlan"]["persist"], false);
+}
+
 #[test]
 fn json_has_iproute2_keys() {
     let links = sample();

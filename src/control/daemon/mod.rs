@@ -231,6 +231,7 @@ impl Daemon {
                         self.on_events(ev)?;
                         self.report_status();
                         self.write_held_logs();
+                        self.let_go_of_orphans();
                     }
                     Err(_) => anyhow::bail!("every port watcher stopped"),
                 },
