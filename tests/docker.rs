@@ -365,7 +365,13 @@ fn iface(d: &Dockerd, c: &str) -> (String, Vec<String>, String) {
         .to_string();
     let addrs = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("inet "))
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("inet ").or_else(|| {
+                l.strip_prefix("inet6 ")
+                    .filter(|a| a.contains("scope global"))
+            })
+        })
         .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
         .collect();
     (mac, addrs, d.ok(&["exec", c, "ip", "route"]))
@@ -427,6 +433,8 @@ fn script(d: &Dockerd, driver: &str, parent: &str, net: &Net) -> Outcome {
     let bad_mode = refusal(create(&["-o", &parent_opt, "-o", "macvlan_mode=bogus"]));
     let missing = refusal(create(&["-o", "parent=nosuch0"]));
     let lo = refusal(create(&["-o", "parent=lo"]));
+    // IPv6 beside IPv4 (Docker's IPAM gives both), and an address kept out of its pool.
+    let aux = format!("router={}", net.aux);
     d.ok(&[
         "network",
         "create",
@@ -436,11 +444,16 @@ fn script(d: &Dockerd, driver: &str, parent: &str, net: &Net) -> Outcome {
         &net.subnet,
         "--gateway",
         &net.gw_ip,
+        "--aux-address",
+        &aux,
+        "--ipv6",
+        "--subnet",
+        &net.subnet6,
         "-o",
         &parent_opt,
         "net1",
     ]);
-    start(d, "c1", "net1", &["--ip", &net.c1]);
+    start(d, "c1", "net1", &["--ip", &net.c1, "--ip6", &net.c1_6]);
     start(
         d,
         "c2",
@@ -472,6 +485,10 @@ struct Net {
     c2: String,
     c3: String,
     host: String,
+    /// `--aux-address`: kept out of the pool.
+    aux: String,
+    subnet6: String,
+    c1_6: String,
 }
 
 impl Net {
@@ -486,6 +503,9 @@ impl Net {
             c2: a(101),
             c3: a(103),
             host: format!("{}/24", a(254)),
+            aux: a(2),
+            subnet6: format!("fd77:{n:x}::/64"),
+            c1_6: format!("fd77:{n:x}::100"),
         }
     }
 }
@@ -534,6 +554,14 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         "macvlan: the host cannot reach its containers"
     );
     assert!(kernel.missing_parent_named, "{kernel:?}");
+    assert!(
+        kernel.c1.1.contains(&format!("{}/64", net.c1_6)),
+        "--ip6 reaches the container: {kernel:?}"
+    );
+    assert!(
+        kernel.inspect.to_string().contains(&net.aux),
+        "--aux-address: {kernel:?}"
+    );
     assert_eq!(
         ours,
         kernel,
