@@ -344,6 +344,8 @@ struct Outcome {
     ping_c1_c2: bool,
     ping_c1_gateway: bool,
     ping_host_c1: bool,
+    /// `ip route` in a container of an `--internal` network.
+    internal_routes: String,
     /// `docker network inspect`, without IDs, dates, the driver and the parent's name.
     inspect: serde_json::Value,
 }
@@ -460,7 +462,8 @@ fn script(d: &Dockerd, driver: &str, parent: &str, net: &Net) -> Outcome {
         "net1",
         &["--ip", &net.c2, "--mac-address", "02:42:0a:0b:0c:0d"],
     );
-    let outcome = Outcome {
+    let mut outcome = Outcome {
+        internal_routes: String::new(),
         bad_mode,
         missing_parent_named: missing.contains("nosuch0"),
         lo,
@@ -473,6 +476,24 @@ fn script(d: &Dockerd, driver: &str, parent: &str, net: &Net) -> Outcome {
     };
     d.ok(&["rm", "-f", "c1", "c2"]);
     d.ok(&["network", "rm", "net1"]);
+    // --internal: no gateway, so no default route (macvlan also swaps the parent for a dummy;
+    // 20.10 macvlan allows one network per parent, so net1 is gone first).
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--internal",
+        "--subnet",
+        &net.subnet_internal,
+        "-o",
+        &parent_opt,
+        "neti",
+    ]);
+    start(d, "c5", "neti", &[]);
+    outcome.internal_routes = d.ok(&["exec", "c5", "ip", "route"]);
+    d.ok(&["rm", "-f", "c5"]);
+    d.ok(&["network", "rm", "neti"]);
     outcome
 }
 
@@ -487,6 +508,7 @@ struct Net {
     host: String,
     /// `--aux-address`: kept out of the pool.
     aux: String,
+    subnet_internal: String,
     subnet6: String,
     c1_6: String,
 }
@@ -504,6 +526,7 @@ impl Net {
             c3: a(103),
             host: format!("{}/24", a(254)),
             aux: a(2),
+            subnet_internal: format!("10.196.{n}.0/24"),
             subnet6: format!("fd77:{n:x}::/64"),
             c1_6: format!("fd77:{n:x}::100"),
         }
@@ -558,6 +581,7 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         kernel.c1.1.contains(&format!("{}/64", net.c1_6)),
         "--ip6 reaches the container: {kernel:?}"
     );
+    assert!(!kernel.internal_routes.contains("default"), "{kernel:?}");
     assert!(
         kernel.inspect.to_string().contains(&net.aux),
         "--aux-address: {kernel:?}"
