@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::control::config::{Config, MAX_SPIN_US};
 use crate::control::daemon::{Daemon, EngineOptions};
+use crate::control::docker::{DockerPlugin, PluginOptions};
 use crate::control::metrics::MetricsServer;
 use crate::control::plan::{ParentOptions, plan};
 use crate::control::proto;
@@ -135,6 +136,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SPIN_US)))]
     spin_us: Option<u32>,
+    /// Serve the Docker network driver (libnetwork's remote driver protocol) on this socket:
+    /// Docker finds it by its file name in /run/docker/plugins, so PATH
+    /// /run/docker/plugins/NAME.sock is `docker network create -d NAME` (default
+    /// /run/docker/plugins/umacvlan.sock: `-d umacvlan`). Start the engine before dockerd.
+    /// Default: the config file's `docker_plugin`, else off.
+    #[arg(long, value_name = "PATH", num_args = 0..=1,
+          default_missing_value = crate::control::docker::DEFAULT_SOCKET)]
+    docker_plugin: Option<PathBuf>,
+    /// Where the Docker driver keeps its networks and endpoints (default
+    /// /var/lib/umacvlan/docker.json, or the config file's `docker_state`).
+    #[arg(long, value_name = "FILE")]
+    docker_state: Option<PathBuf>,
 }
 
 /// The most workers per parent: a TAP has at most 256 queues (the kernel's MAX_TAP_QUEUES); 64
@@ -200,11 +213,12 @@ enum Checked {
 /// without `--config`; during setup only, CAP_CHOWN for a control group and CAP_NET_BIND_SERVICE
 /// for a metrics port below 1024; CAP_SYS_NICE for good when the workers' `priority` needs it
 /// (`fifo`, or a nice below 0: a worker started later, for a port added or a parent back, asks
-/// for it too, and inherits the daemon's set).
-fn capabilities(a: &RunArgs, priority: WorkerPriority) -> (CapSet, CapSet) {
+/// for it too, and inherits the daemon's set). The Docker driver (`docker`) adopts TAPs in
+/// containers' namespaces: it keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE too.
+fn capabilities(a: &RunArgs, priority: WorkerPriority, docker: bool) -> (CapSet, CapSet) {
     let keep = CapSet::of(&[caps::CAP_NET_ADMIN, caps::CAP_NET_RAW])
         .with(caps::CAP_SYS_NICE, priority.needs_sys_nice());
-    let runtime_netns = !a.no_control || a.config.is_some();
+    let runtime_netns = !a.no_control || a.config.is_some() || docker;
     let final_set = keep
         .with(caps::CAP_SYS_ADMIN, runtime_netns)
         .with(caps::CAP_SYS_PTRACE, runtime_netns);
@@ -257,7 +271,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         .unwrap_or(0);
     // Before any thread exists, so that every thread starts without the capabilities the
     // engine never needs (capabilities are per thread).
-    let (setup_caps, final_caps) = capabilities(&a, priority);
+    let docker = docker_options(&a, config.as_ref().map(|(_, _, c)| c));
+    let (setup_caps, final_caps) = capabilities(&a, priority, docker.is_some());
     caps::restrict(setup_caps, final_caps)
         .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
     // Then, still before any thread (checks spawn some): every thread inherits the mask, so a
@@ -294,7 +309,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
             control_group = control_group.or_else(|| config.control_group.clone());
             Checked::Config(path.clone(), config)
         }
-        (_, _, Some(_)) if a.ports.is_empty() && a.no_control => {
+        (_, _, Some(_)) if a.ports.is_empty() && a.no_control && docker.is_none() => {
             return Err(Failure::usage(anyhow::anyhow!(
                 "--no-control and no --port: nothing could ever add a port to this engine"
             )));
@@ -342,8 +357,18 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         })?),
         None => None,
     };
-    // Only the servers hold senders now: with neither, the daemon sees a closed channel.
-    drop(calls_tx);
+    // The Docker driver's socket and state too, before anything is created. Its thread adopts
+    // the ports of running containers through the daemon: those requests wait on the channel
+    // until the daemon below serves it.
+    let plugin = match &docker {
+        Some(opts) => Some(DockerPlugin::start(opts, calls_tx.clone()).map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "--docker-plugin {}: {e}",
+                opts.socket.display()
+            ))
+        })?),
+        None => None,
+    };
     let opts = EngineOptions {
         ring,
         per_frame,
@@ -351,15 +376,29 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
         priority,
         spin_us,
     };
-    let mut daemon = match checked {
-        Checked::Config(path, config) => Daemon::from_config(&path, config, opts)?,
-        Checked::Ports(plan) => Daemon::start(*plan, opts)?,
-        Checked::Empty => Daemon::new(opts)?,
+    let daemon = match checked {
+        Checked::Config(path, config) => Daemon::from_config(&path, config, opts),
+        Checked::Ports(plan) => Daemon::start(*plan, opts),
+        Checked::Empty => Daemon::new(opts),
     };
+    let mut daemon = match daemon {
+        Ok(d) => d,
+        Err(e) => {
+            // Unblocks a Docker driver still adopting its ports (its requests fail at once).
+            drop(calls);
+            drop(plugin);
+            return Err(e.into());
+        }
+    };
+    // Only the servers hold senders now: with none, the daemon sees a closed channel.
+    drop(calls_tx);
     daemon.exit_on_parent_loss = a.exit_on_parent_loss;
     daemon.service = service;
     if let Some(m) = &metrics {
         tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr()), "serving metrics");
+    }
+    if let Some(p) = &plugin {
+        tracing::info!(socket = %p.path().display(), driver = %p.driver_name(), "serving the Docker network driver");
     }
     match &server {
         Some(s) => tracing::info!(control = %s.path().display(), "umacvlan: ready"),
@@ -388,10 +427,25 @@ pub fn run(a: RunArgs) -> Result<ExitCode, Failure> {
     // at once instead of waiting for a timeout.
     drop(calls);
     print!("{}", daemon.shutdown()?);
+    drop(plugin);
     drop(server);
     drop(metrics);
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Docker driver's socket and state, from the command line or the configuration file.
+fn docker_options(a: &RunArgs, config: Option<&Config>) -> Option<PluginOptions> {
+    let socket = a
+        .docker_plugin
+        .clone()
+        .or_else(|| config.and_then(|c| c.docker_plugin.clone()))?;
+    let state = a
+        .docker_state
+        .clone()
+        .or_else(|| config.and_then(|c| c.docker_state.clone()))
+        .unwrap_or_else(|| crate::control::docker::state::DEFAULT_STATE.into());
+    Some(PluginOptions { socket, state })
 }
 
 /// `--ring`: one ring of either kind, or both steered by load.

@@ -5,6 +5,8 @@
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
 //! worker_priority = "fifo:1"                 # optional: normal (default), nice[:N], fifo[:P]
 //! spin_us = 50                               # optional: poll 50 µs after activity (default 0)
+//! docker_plugin = "/run/docker/plugins/umacvlan.sock"  # optional: serve `-d umacvlan`
+//! docker_state = "/var/lib/umacvlan/docker.json"       # optional: its networks and endpoints
 //!
 //! [parents.eth0]                             # optional: parent-wide settings
 //! bclim = 1
@@ -54,6 +56,8 @@ struct RawConfig {
     control_group: Option<String>,
     worker_priority: Option<Spanned<String>>,
     spin_us: Option<Spanned<u32>>,
+    docker_plugin: Option<PathBuf>,
+    docker_state: Option<PathBuf>,
     #[serde(default)]
     parents: BTreeMap<String, RawParent>,
     #[serde(default)]
@@ -105,6 +109,10 @@ pub struct Config {
     /// How long each worker polls after activity before sleeping, µs (`run --spin-us`, which
     /// overrides it). Read at start only, like `worker_priority`.
     pub spin_us: Option<u32>,
+    /// Serve the Docker network driver on this socket (`run --docker-plugin`).
+    pub docker_plugin: Option<PathBuf>,
+    /// The Docker driver's state file (`run --docker-state`).
+    pub docker_state: Option<PathBuf>,
     /// Parent → bclim.
     pub bclim: BTreeMap<String, i32>,
     pub ports: Vec<ConfigPort>,
@@ -225,6 +233,8 @@ impl Config {
         let config = Config {
             control: raw.control,
             control_group: raw.control_group,
+            docker_plugin: raw.docker_plugin,
+            docker_state: raw.docker_state,
             worker_priority,
             spin_us,
             bclim: raw

@@ -11,9 +11,8 @@
 //! read and write timeouts, a request-size limit, `Connection: close` on every answer, 404 for
 //! other paths and 405 for other methods.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -27,6 +26,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::control::Call;
+use crate::control::http::{HttpError, read_request, respond, stop_accepting};
 use crate::control::proto::{Empty, Reply, Request, Response, StatsView};
 use crate::forward::{DropReason, Mode};
 
@@ -369,91 +369,26 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept(2) (EINVAL on a shut-down listening socket).
-        let _ =
-            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
+        stop_accepting(&self.stop, &*self.listener, self.thread.take());
     }
-}
-
-/// Why a request is answered with something else than metrics.
-fn status_text(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    }
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    extra: &str,
-    body: &str,
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        status_text(code),
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
 }
 
 /// Serves one connection: one request, one answer, then close.
 fn serve_one(mut stream: TcpStream, calls: &Sender<Call>) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
     let text = "text/plain; charset=utf-8";
-    let (method, path) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or_default().to_string(),
-                    req.path.unwrap_or_default().to_string(),
-                );
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return respond(&mut stream, 431, text, "", "too many headers\n");
-            }
-            Err(e) => {
-                return respond(&mut stream, 400, text, "", &format!("bad request: {e}\n"));
-            }
+    let req = match read_request(&mut stream, MAX_REQUEST, Instant::now() + IO_TIMEOUT) {
+        Ok(r) => r,
+        Err(HttpError::Status(code, msg)) => {
+            return respond(&mut stream, code, text, "", &format!("{msg}\n"));
         }
-        if buf.len() >= MAX_REQUEST {
-            return respond(&mut stream, 431, text, "", "request too large\n");
-        }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before a whole request",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        Err(HttpError::Io(e)) => return Err(e),
     };
-    let path = path.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
+    if req.path != "/metrics" {
         return respond(&mut stream, 404, text, "", "not found: try /metrics\n");
     }
-    if method != "GET" {
+    if req.method != "GET" {
         return respond(&mut stream, 405, text, "Allow: GET\r\n", "only GET\n");
     }
     match snapshot(calls, SNAPSHOT_TIMEOUT) {

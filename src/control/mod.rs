@@ -2,13 +2,15 @@
 //! they forward (`daemon`), the checks before anything is created (`plan`), the watchers that
 //! follow each port in its namespace (`watch`), the configuration file (`config`), port specs
 //! ([`spec`]), `trace` ([`trace`]), metrics, counters as text and systemd (`metrics`, `report`,
-//! `service`); and its wire: the protocol ([`proto`]) between `umacvlan` commands and a running
+//! `service`), the Docker network driver ([`docker`]); and its wire: the protocol ([`proto`]) between `umacvlan` commands and a running
 //! engine, the daemon's socket server (`server`) and the commands' client ([`client`]).
 
 pub mod client;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod daemon;
+pub mod docker;
+pub(crate) mod http;
 pub mod metrics;
 pub(crate) mod plan;
 pub mod proto;

@@ -118,11 +118,7 @@ impl Drop for ControlServer {
                 let _ = c.shutdown(std::net::Shutdown::Both);
             }
         }
-        if let Ok(m) = fs::symlink_metadata(&self.path)
-            && (m.dev(), m.ino()) == self.ident
-        {
-            let _ = fs::remove_file(&self.path);
-        }
+        remove_if_same(&self.path, self.ident);
     }
 }
 
@@ -151,6 +147,48 @@ pub fn serve_into(
     opts: ServeOptions,
     tx: Sender<Call>,
 ) -> Result<ControlServer, ServeError> {
+    let listener = claim(path)?;
+    let mode = if opts.allowed_group.is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))?;
+    if let Some(g) = opts.allowed_group {
+        nix::unistd::chown(path, None, Some(g))
+            .map_err(|e| io_err("setting the group of", path)(e.into()))?;
+    }
+    let ident = ident(path)?;
+    let listener = Arc::new(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let conns = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = {
+        let listener = Arc::clone(&listener);
+        let stop = Arc::clone(&stop);
+        let conns = Arc::clone(&conns);
+        std::thread::Builder::new()
+            .name("umacvlan-control".into())
+            .spawn(move || {
+                crate::sys::caps::settle_or_warn();
+                accept_loop(&listener, &stop, &conns, &tx, &opts)
+            })
+            .map_err(io_err("starting the accept thread for", path))?
+    };
+    Ok(ControlServer {
+        path: path.to_path_buf(),
+        ident,
+        listener,
+        stop,
+        conns,
+        acceptor: Some(acceptor),
+    })
+}
+
+/// Binds a Unix socket at `path` for the engine: creates its directory (0755) if missing,
+/// refuses if something answers there already, replaces a stale socket file, never any other
+/// file.
+pub(crate) fn claim(path: &Path) -> Result<UnixListener, ServeError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::DirBuilder::new()
             .recursive(true)
@@ -183,42 +221,23 @@ pub fn serve_into(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspecting", path)(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io_err("binding", path))?;
-    let mode = if opts.allowed_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", path))?;
-    if let Some(g) = opts.allowed_group {
-        nix::unistd::chown(path, None, Some(g))
-            .map_err(|e| io_err("setting the group of", path)(e.into()))?;
-    }
+    UnixListener::bind(path).map_err(io_err("binding", path))
+}
+
+/// The (device, inode) of the socket file at `path`: [`remove_if_same`] removes only that one.
+pub(crate) fn ident(path: &Path) -> Result<(u64, u64), ServeError> {
     let m = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
-    let listener = Arc::new(listener);
-    let stop = Arc::new(AtomicBool::new(false));
-    let conns = Arc::new(Mutex::new(Vec::new()));
-    let acceptor = {
-        let listener = Arc::clone(&listener);
-        let stop = Arc::clone(&stop);
-        let conns = Arc::clone(&conns);
-        std::thread::Builder::new()
-            .name("umacvlan-control".into())
-            .spawn(move || {
-                crate::sys::caps::settle_or_warn();
-                accept_loop(&listener, &stop, &conns, &tx, &opts)
-            })
-            .map_err(io_err("starting the accept thread for", path))?
-    };
-    Ok(ControlServer {
-        path: path.to_path_buf(),
-        ident: (m.dev(), m.ino()),
-        listener,
-        stop,
-        conns,
-        acceptor: Some(acceptor),
-    })
+    Ok((m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` if it is still the one of `ident` (a newer engine's is
+/// left alone).
+pub(crate) fn remove_if_same(path: &Path, ident: (u64, u64)) {
+    if let Ok(m) = fs::symlink_metadata(path)
+        && (m.dev(), m.ino()) == ident
+    {
+        let _ = fs::remove_file(path);
+    }
 }
 
 type Conns = Arc<Mutex<Vec<(u64, UnixStream)>>>;
@@ -570,10 +589,16 @@ fn relay<T>(
 }
 
 fn dispatch(env: Envelope, calls: &Sender<Call>, timeout: Duration) -> Response {
+    ask(calls, env.request, timeout)
+}
+
+/// Hands a request that is not a stream to the engine and waits (up to `timeout`) for its
+/// answer: what the control socket does with each line, for the engine's other front ends.
+pub(crate) fn ask(calls: &Sender<Call>, request: Request, timeout: Duration) -> Response {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (_closed_tx, closed) = crossbeam_channel::bounded::<()>(0);
     let call = Call {
-        request: env.request,
+        request,
         reply: tx,
         closed,
         raw: None,
