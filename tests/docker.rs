@@ -250,6 +250,12 @@ impl Engine {
         }
     }
 
+    /// `umacvlan stats` as a user reads it.
+    fn stats_text(&self) -> String {
+        let socket = self.socket.display().to_string();
+        run(BIN, &["stats", "--control", &socket], &[]).unwrap_or_else(|e| panic!("stats: {e}"))
+    }
+
     fn link_show(&self) -> serde_json::Value {
         let out = run(
             BIN,
@@ -634,6 +640,11 @@ fn docker_umacvlan_is_macvlan_and_survives_restarts() {
         "{owners:?}"
     );
     assert!(owners.iter().any(|o| o.ends_with("/host")), "{owners:?}");
+    // `stats` names each port's network and endpoint too.
+    let stats = engine.stats_text();
+    for o in &owners {
+        assert!(stats.contains(&format!("({o})")), "{o} in\n{stats}");
+    }
 
     // 3. stop / start / restart.
     d.ok(&["stop", "-t", "0", "c1"]);

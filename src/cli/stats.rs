@@ -232,8 +232,14 @@ pub fn render(stats: &StatsView, rates: Option<&Rates>) -> String {
         .iter()
         .map(|p| {
             let s = &p.stats;
+            // Who made the port (a Docker network and endpoint, a CNI container), as a
+            // parent's row names its VID.
+            let name = match &p.owner {
+                Some(o) => format!("{} ({o})", p.name),
+                None => p.name.clone(),
+            };
             let mut r = vec![
-                p.name.clone(),
+                name,
                 p.parent.clone(),
                 p.mode.name().to_string(),
                 state(p).into(),
