@@ -223,10 +223,18 @@ fn nsfs_dev() -> u64 {
 /// Whether anything but this process holds the namespace `inode`: a process in it, or a
 /// namespace file mounted on a path (`ip netns add`, a Docker sandbox) in this process's mount
 /// namespace. An fd another process holds is not seen.
+///
+/// The mount table comes first: one file, and a Docker sandbox or `ip netns` name is always
+/// mounted, so the walk over every process's `ns/net` runs only for an unnamed namespace.
 pub fn held_elsewhere(inode: u64) -> bool {
+    if fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|text| mountinfo_has_netns(&text, inode))
+    {
+        return true;
+    }
     let me = std::process::id().to_string();
     let link = format!("net:[{inode}]");
-    let in_it = fs::read_dir("/proc")
+    fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -237,10 +245,7 @@ pub fn held_elsewhere(inode: u64) -> bool {
                 && pid != me
                 && fs::read_link(e.path().join("ns/net"))
                     .is_ok_and(|l| l.as_os_str() == link.as_str())
-        });
-    in_it
-        || fs::read_to_string("/proc/self/mountinfo")
-            .is_ok_and(|text| mountinfo_has_netns(&text, inode))
+        })
 }
 
 /// Whether a `/proc/PID/mountinfo` text has a namespace file of `inode` mounted (fields: id,

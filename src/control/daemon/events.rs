@@ -177,6 +177,8 @@ impl Daemon {
             return;
         }
         self.held_checked = Instant::now();
+        // Several ports may share a namespace (a container with two networks): look once each.
+        let mut held: hashbrown::HashMap<u64, bool> = hashbrown::HashMap::new();
         let orphans: Vec<usize> = (0..self.ports.len())
             .filter(|&i| {
                 let p = &self.ports[i].place;
@@ -184,7 +186,9 @@ impl Daemon {
                     && p.netns
                         .as_ref()
                         .and_then(|ns| ns.inode().ok())
-                        .is_some_and(|inode| !held_elsewhere(inode))
+                        .is_some_and(|inode| {
+                            !*held.entry(inode).or_insert_with(|| held_elsewhere(inode))
+                        })
             })
             .collect();
         for i in orphans {
