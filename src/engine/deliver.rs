@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use super::observe::{Observe, Seen};
 use crate::forward::{DropReason, Ingress, PortId, PortTable, Rule, decide, spoofed};
 use crate::wire::frame::{ETH_HLEN, FrameMeta, VLAN_HLEN, VlanTag};
-use crate::wire::ring_format::Frames;
+use crate::wire::ring_format::RingFrame;
 use crate::wire::vlan::Claim;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHdr};
 
@@ -156,11 +156,11 @@ pub fn from_parent<P: PortIo>(
 /// sub-interface takes its VID's frames untagged, the lower device the rest), in order, as the
 /// worker forwards them (`obs` as in [`from_parent_observed`]). Another parent's frames are not
 /// this one's: neither received nor dropped here.
-pub fn from_parent_block<P: PortIo>(
+pub fn from_parent_block<'a, P: PortIo>(
     table: &PortTable,
     pc: &ParentCounters,
     ports: &[P],
-    frames: Frames<'_>,
+    frames: impl Iterator<Item = RingFrame<'a>>,
     claim: Claim<'_>,
     obs: Option<&Observe<'_>>,
 ) {

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::adaptive::{Auto, State};
+use super::adaptive::{self, Auto, State};
 use super::counters::{ParentCounters, PortCounters};
 use super::deliver::{self, PortIo, ToWire};
 use super::dev::{PortDev, Recv};
@@ -438,9 +438,9 @@ impl Worker {
                         if ev.events().contains(EpollFlags::EPOLLERR) {
                             self.take_ring_error(v2);
                         }
-                        let (frames, bytes) = self.drain_ring(v2);
+                        let small = self.drain_ring(v2);
                         if let Some(a) = &mut self.auto {
-                            a.policy.saw(frames, bytes);
+                            a.policy.saw(small);
                         }
                     }
                     TOKEN_WAKE => woken = true,
@@ -477,7 +477,7 @@ impl Worker {
             }
             // With `--ring auto`, every policy window: the V2 ring's drops are a sign of load.
             let stats_every = match self.auto {
-                Some(_) => super::adaptive::WINDOW,
+                Some(_) => adaptive::WINDOW,
                 None => STATS_EVERY,
             };
             if last_stats.elapsed() >= stats_every {
@@ -525,8 +525,9 @@ impl Worker {
     }
 
     /// Forwards everything the ring (`v2`: the V2 half of an auto pair, if there is one; else the
-    /// worker's ring) has handed over; returns how many frames and bytes that was.
-    fn drain_ring(&mut self, v2: bool) -> (u64, u64) {
+    /// worker's ring) has handed over; returns how many of those frames fit a V2 slot (what the
+    /// ring-mode policy weighs, [`adaptive::small`]).
+    fn drain_ring(&mut self, v2: bool) -> u64 {
         let Worker {
             ring,
             auto,
@@ -543,25 +544,26 @@ impl Worker {
         };
         let ring = match auto {
             Some(a) if v2 => &mut a.v2,
-            _ if v2 => return (0, 0),
+            _ if v2 => return 0,
             _ => ring,
         };
-        let bytes = counters.rx.bytes.get();
-        let mut frames = 0;
+        let mut small = 0;
         while let Some(block) = ring.next_block() {
-            frames += u64::from(block.num_pkts());
             // One relaxed load per block when nobody follows.
             let obs = observers.batch(observer_cache, &set.table.parent().name);
+            let frames = block
+                .frames()
+                .inspect(|f| small += u64::from(adaptive::small(f)));
             deliver::from_parent_block(
                 &set.table,
                 counters,
                 &set.ports,
-                block.frames(),
+                frames,
                 claim,
                 obs.as_ref(),
             );
         }
-        (frames, counters.rx.bytes.get() - bytes)
+        small
     }
 
     /// `--ring auto`: completes a switch to V2 once V3 is empty, or asks the policy and starts a
@@ -573,9 +575,9 @@ impl Worker {
         let now = Instant::now();
         match state {
             State::ToV2(_) => {
-                let (frames, bytes) = self.drain_ring(false);
+                let small = self.drain_ring(false);
                 let auto = self.auto.as_mut().expect("checked above");
-                auto.policy.saw(frames, bytes);
+                auto.policy.saw(small);
                 if auto.settled(&self.ring, now) {
                     epoll.add(
                         auto.v2.as_fd(),
