@@ -1143,16 +1143,19 @@ fn notes(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -
     );
     if p.cpus.all.len() <= 2 {
         out.push_str(
-            "With 2 CPUs or fewer the engine has one CPU for its worker, the child's receive \
-             path it runs (TAP writes) and the ring's softirq; the kernel forwards in the \
-             generator's softirq: capacity is bounded by one worker, the contended row by the \
-             scheduler's share.\n",
+            "With 2 CPUs or fewer the engine has one CPU for its worker and the child's receive \
+             path its TAP writes run; the softirq work of the sender's frames runs on the \
+             generator's CPU in both arms (the kernel's whole forwarding; umacvlan's copy into \
+             its ring): the contended row measures the scheduler's share.\n",
         );
     }
     for a in arms {
         if let Some(pr) = extra.get(&format!("worker_priority/{a}")) {
             out.push_str(&format!("{a}: workers ran with priority {pr}\n"));
         }
+    }
+    for l in limits(p, arms, extra) {
+        out.push_str(&format!("{l}\n"));
     }
     for rate in &p.rates {
         for a in arms {
@@ -1223,6 +1226,97 @@ fn notes(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -
     out
 }
 
+/// Which CPU was the limit of one arm's capacity or zero-loss trials.
+struct Limit {
+    /// "capacity" or "zeroloss" (its highest passing trial).
+    test: &'static str,
+    arm: String,
+    /// Busy shares (0 to 1) of the generator's and the engine's CPUs, medians over repetitions.
+    generator: f64,
+    engine: f64,
+}
+
+impl Limit {
+    fn verdict(&self) -> &'static str {
+        let busy = |x: f64| x >= GENERATOR_BOUND;
+        match (busy(self.generator), busy(self.engine)) {
+            (true, true) => "both CPUs were busy",
+            (true, false) => "the generator's CPU was the limit",
+            (false, true) => "the engine's CPU was the limit",
+            (false, false) => "neither CPU was busy: frames were lost with CPU to spare",
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "test": self.test, "arm": self.arm, "generator_cpu_busy": self.generator,
+            "engine_cpu_busy": self.engine, "verdict": self.verdict(),
+        })
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.test {
+            "zeroloss" => "zero-loss (its highest passing trial)",
+            _ => "capacity",
+        };
+        write!(
+            f,
+            "{what}, {}: generator's CPU {:.0} % busy, engine's {:.0} % (medians): {}",
+            self.arm,
+            self.generator * 100.0,
+            self.engine * 100.0,
+            self.verdict()
+        )
+    }
+}
+
+/// Which CPU was the limit of the capacity and zero-loss trials, from each CPU's busy time
+/// (/proc/stat, whoever used it): one per arm and test.
+fn limits(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -> Vec<Limit> {
+    // Busy share (0 to 1) of `cpus` over trial `t`'s window.
+    let share = |t: &serde_json::Value, cpus: &[usize]| -> Option<f64> {
+        let busy = t["cpu_busy_s"].as_array()?;
+        let secs = t["secs"].as_f64().filter(|s| *s > 0.0)?;
+        let sum: f64 = cpus
+            .iter()
+            .map(|&c| busy.get(c).and_then(serde_json::Value::as_f64))
+            .sum::<Option<f64>>()?;
+        Some(sum / secs / cpus.len() as f64)
+    };
+    let offered = |t: &serde_json::Value| t["offered_pps"].as_f64().unwrap_or(0.0);
+    let (gen_cpus, engine_cpus) = (p.cpus.generator(), p.cpus.engine());
+    let mut out = Vec::new();
+    for a in arms {
+        for test in ["capacity", "zeroloss"] {
+            let shares: Vec<(f64, f64)> = (1..=p.reps)
+                .filter_map(|r| extra.get(&format!("{test}/{a}/rep{r}")))
+                .filter_map(|v| match test {
+                    "zeroloss" => v
+                        .as_array()?
+                        .iter()
+                        .map(|x| &x["trial"])
+                        .filter(|t| t["loss"].as_f64().is_some_and(|l| l <= p.loss_tolerance))
+                        .max_by(|x, y| offered(x).total_cmp(&offered(y))),
+                    _ => Some(v),
+                })
+                .filter_map(|t| Some((share(t, &gen_cpus)?, share(t, &engine_cpus)?)))
+                .collect();
+            if shares.is_empty() {
+                continue;
+            }
+            out.push(Limit {
+                test,
+                arm: (*a).to_string(),
+                generator: median(&shares.iter().map(|s| s.0).collect::<Vec<_>>()),
+                engine: median(&shares.iter().map(|s| s.1).collect::<Vec<_>>()),
+            });
+        }
+    }
+    out
+}
+
 fn json(
     p: &Plan,
     arms: &[&str],
@@ -1285,6 +1379,7 @@ fn json(
             "umacvlan_median_us": u, "relay_median_us": floor,
             "slack_us": RTT_FLOOR_SLACK_US, "met": met,
         })),
+        "limits": limits(p, arms, &extra).iter().map(Limit::json).collect::<Vec<_>>(),
         "details": extra,
         "umacvlan_counters": engine_report,
     })

@@ -79,7 +79,7 @@ pub enum Target {
 }
 
 /// One trial's outcome.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Trial {
     /// Frames/s the generator put on the wire (the wire device's TX, dropped included).
     pub offered: f64,
@@ -95,6 +95,9 @@ pub struct Trial {
     pub engine_cpu: f64,
     pub softirqd_cpu: f64,
     pub machine_busy: f64,
+    /// Busy seconds of each CPU over the window (index: the CPU's number), to tell which CPU
+    /// was the limit.
+    pub cpu_busy: Vec<f64>,
     pub secs: f64,
     /// What the generator itself says it sent (trafgen: its exit report; the paced sender: its
     /// count).
@@ -117,6 +120,7 @@ impl Trial {
             "lost": self.lost, "loss": self.loss, "secs": self.secs,
             "generator_cpu_s": self.gen_cpu, "engine_cpu_s": self.engine_cpu,
             "ksoftirqd_cpu_s": self.softirqd_cpu, "machine_busy_cpu_s": self.machine_busy,
+            "cpu_busy_s": self.cpu_busy,
             "cost_us_per_delivered": self.cost_us(), "generator_reported_sent": self.gen_reported,
         })
     }
@@ -148,6 +152,18 @@ impl Generator {
             Generator::Paced(g) => Ok(g.stop()),
         }
     }
+}
+
+/// The counters a trial reads at the start and the end of its window.
+struct Snap {
+    at: Instant,
+    offered: u64,
+    delivered: u64,
+    gen_cpu: f64,
+    engine_cpu: f64,
+    softirqd_cpu: f64,
+    machine_busy: f64,
+    cpu_busy: Vec<f64>,
 }
 
 /// One trial on `lab` for `dur`: trafgen on `gen_cpus` flat out (`rate` None), or the paced
@@ -185,18 +201,19 @@ pub fn trial(
         }
     };
     std::thread::sleep(WARMUP);
-    let snap = |g: &Generator| -> Result<(Instant, u64, u64, f64, f64, f64, f64)> {
+    let snap = |g: &Generator| -> Result<Snap> {
         let tx = count(&wire, dev)?;
         let rx = count(rx_ns, rx_dev)?;
-        Ok((
-            Instant::now(),
-            tx.tx_packets + tx.tx_dropped,
-            rx.rx_packets,
-            g.cpu(),
-            engine.map_or(0.0, trafgen::cpu_of),
-            softirqd.iter().copied().map(trafgen::cpu_of).sum(),
-            trafgen::machine_busy(),
-        ))
+        Ok(Snap {
+            at: Instant::now(),
+            offered: tx.tx_packets + tx.tx_dropped,
+            delivered: rx.rx_packets,
+            gen_cpu: g.cpu(),
+            engine_cpu: engine.map_or(0.0, trafgen::cpu_of),
+            softirqd_cpu: softirqd.iter().copied().map(trafgen::cpu_of).sum(),
+            machine_busy: trafgen::machine_busy(),
+            cpu_busy: trafgen::cpu_busy(),
+        })
     };
     let a = snap(&g)?;
     std::thread::sleep(dur);
@@ -205,7 +222,7 @@ pub fn trial(
     std::thread::sleep(DRAIN);
     let tx1 = count(&wire, dev)?;
     let rx1 = count(rx_ns, rx_dev)?;
-    let secs = b.0.duration_since(a.0).as_secs_f64();
+    let secs = b.at.duration_since(a.at).as_secs_f64();
     let offered_all = (tx1.tx_packets + tx1.tx_dropped) - (tx0.tx_packets + tx0.tx_dropped);
     let delivered_all = rx1.rx_packets - rx0.rx_packets;
     let lost = match target {
@@ -216,9 +233,9 @@ pub fn trial(
         Target::Sink => 0,
     };
     Ok(Trial {
-        offered: (b.1 - a.1) as f64 / secs,
+        offered: (b.offered - a.offered) as f64 / secs,
         delivered: match target {
-            Target::C1 => (b.2 - a.2) as f64 / secs,
+            Target::C1 => (b.delivered - a.delivered) as f64 / secs,
             Target::Sink => 0.0,
         },
         lost,
@@ -227,10 +244,16 @@ pub fn trial(
         } else {
             lost as f64 / offered_all as f64
         },
-        gen_cpu: b.3 - a.3,
-        engine_cpu: b.4 - a.4,
-        softirqd_cpu: b.5 - a.5,
-        machine_busy: b.6 - a.6,
+        gen_cpu: b.gen_cpu - a.gen_cpu,
+        engine_cpu: b.engine_cpu - a.engine_cpu,
+        softirqd_cpu: b.softirqd_cpu - a.softirqd_cpu,
+        machine_busy: b.machine_busy - a.machine_busy,
+        cpu_busy: b
+            .cpu_busy
+            .iter()
+            .zip(&a.cpu_busy)
+            .map(|(b, a)| b - a)
+            .collect(),
         secs,
         gen_reported: reported,
     })
@@ -288,14 +311,15 @@ pub fn zero_loss(
 ) -> Result<ZeroLoss> {
     let mut trials = Vec::new();
     let flat = trial(lab, Target::C1, gen_cpus, None, dur)?;
+    let (flat_loss, flat_offered) = (flat.loss, flat.offered);
     trials.push((None, flat));
-    if flat.loss <= tolerance {
+    if flat_loss <= tolerance {
         return Ok(ZeroLoss {
-            rate: flat.offered,
+            rate: flat_offered,
             trials,
         });
     }
-    let (mut lo, mut hi) = (0.0, ceiling.max(flat.offered));
+    let (mut lo, mut hi) = (0.0, ceiling.max(flat_offered));
     let mut best = 0.0;
     for _ in 0..steps {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -303,13 +327,13 @@ pub fn zero_loss(
         }
         let mid = f64::midpoint(lo, hi);
         let t = trial(lab, Target::C1, gen_cpus, Some(mid), dur)?;
-        trials.push((Some(mid), t));
         if t.loss <= tolerance {
             lo = mid;
             best = f64::max(best, t.offered);
         } else {
             hi = mid;
         }
+        trials.push((Some(mid), t));
     }
     Ok(ZeroLoss { rate: best, trials })
 }

@@ -232,6 +232,28 @@ fn quick_trafgen_modes_calibrate_flag_and_report_the_priority() {
                 .is_some_and(|x| x > 0),
         "cost trial: {cost:#}"
     );
+    // Capacity and zero-loss say which CPU was their limit, from each CPU's busy time.
+    for (test, arm) in [
+        ("capacity", "kernel"),
+        ("capacity", "umacvlan"),
+        ("zeroloss", "umacvlan"),
+    ] {
+        let l = v["limits"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["test"] == test && l["arm"] == arm))
+            .unwrap_or_else(|| panic!("no limit for {test}/{arm}: {:#}", v["limits"]));
+        for k in ["generator_cpu_busy", "engine_cpu_busy"] {
+            let x = l[k].as_f64();
+            assert!(
+                x.is_some_and(|x| (0.0..=1.1).contains(&x)),
+                "{test}/{arm} {k}: {x:?}"
+            );
+        }
+        assert!(
+            l["verdict"].as_str().is_some_and(|s| s.contains("CPU")),
+            "{l:#}"
+        );
+    }
     // The fifo arm says what applied: fifo, or the fallback with its reason.
     let pr = v["details"]["worker_priority/umacvlan-fifo"]
         .as_str()
