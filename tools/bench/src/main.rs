@@ -1231,7 +1231,8 @@ struct Limit {
     /// "capacity" or "zeroloss" (its highest passing trial).
     test: &'static str,
     arm: String,
-    /// Busy shares (0 to 1) of the generator's and the engine's CPUs, medians over repetitions.
+    /// Shares (0 to 1) of their CPUs that the generator and the engine used, medians over the
+    /// repetitions.
     generator: f64,
     engine: f64,
 }
@@ -1249,8 +1250,8 @@ impl Limit {
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "test": self.test, "arm": self.arm, "generator_cpu_busy": self.generator,
-            "engine_cpu_busy": self.engine, "verdict": self.verdict(),
+            "test": self.test, "arm": self.arm, "generator_cpu_share": self.generator,
+            "engine_cpu_share": self.engine, "verdict": self.verdict(),
         })
     }
 }
@@ -1263,7 +1264,8 @@ impl std::fmt::Display for Limit {
         };
         write!(
             f,
-            "{what}, {}: generator's CPU {:.0} % busy, engine's {:.0} % (medians): {}",
+            "{what}, {}: the generator used {:.0} % of its CPU, the engine {:.0} % of its (medians): \
+             {}",
             self.arm,
             self.generator * 100.0,
             self.engine * 100.0,
@@ -1272,21 +1274,20 @@ impl std::fmt::Display for Limit {
     }
 }
 
-/// Which CPU was the limit of the capacity and zero-loss trials, from each CPU's busy time
-/// (/proc/stat, whoever used it): one per arm and test.
+/// Which CPU was the limit of the capacity and zero-loss trials: one per arm and test. From the
+/// tasks' own CPU time (`/proc/<pid>/stat`): the generator's processes (which this kernel also
+/// charges the softirq work done in their context: the kernel's forwarding, the copy into
+/// umacvlan's ring) and the engine's threads. (`/proc/stat`'s per-CPU lines were tried and are
+/// not usable on this VM: over 1 s windows a CPU's busy and idle ticks summed to 40 to 100 %
+/// while the worker pinned to it alone used 70 to 90 %.)
 fn limits(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) -> Vec<Limit> {
-    // Busy share (0 to 1) of `cpus` over trial `t`'s window.
-    let share = |t: &serde_json::Value, cpus: &[usize]| -> Option<f64> {
-        let busy = t["cpu_busy_s"].as_array()?;
+    // Share (0 to 1) of `cpus` CPUs that field `k` of trial `t` used over its window.
+    let share = |t: &serde_json::Value, k: &str, cpus: usize| -> Option<f64> {
         let secs = t["secs"].as_f64().filter(|s| *s > 0.0)?;
-        let sum: f64 = cpus
-            .iter()
-            .map(|&c| busy.get(c).and_then(serde_json::Value::as_f64))
-            .sum::<Option<f64>>()?;
-        Some(sum / secs / cpus.len() as f64)
+        Some(t[k].as_f64()? / secs / cpus as f64)
     };
     let offered = |t: &serde_json::Value| t["offered_pps"].as_f64().unwrap_or(0.0);
-    let (gen_cpus, engine_cpus) = (p.cpus.generator(), p.cpus.engine());
+    let (gen_cpus, engine_cpus) = (p.cpus.generator().len(), p.cpus.engine().len());
     let mut out = Vec::new();
     for a in arms {
         for test in ["capacity", "zeroloss"] {
@@ -1301,7 +1302,10 @@ fn limits(p: &Plan, arms: &[&str], extra: &BTreeMap<String, serde_json::Value>) 
                         .max_by(|x, y| offered(x).total_cmp(&offered(y))),
                     _ => Some(v),
                 })
-                .filter_map(|t| Some((share(t, &gen_cpus)?, share(t, &engine_cpus)?)))
+                .filter_map(|t| {
+                    let g = share(t, "generator_cpu_s", gen_cpus)?;
+                    Some((g, share(t, "engine_cpu_s", engine_cpus)?))
+                })
                 .collect();
             if shares.is_empty() {
                 continue;

@@ -79,7 +79,7 @@ pub enum Target {
 }
 
 /// One trial's outcome.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Trial {
     /// Frames/s the generator put on the wire (the wire device's TX, dropped included).
     pub offered: f64,
@@ -95,9 +95,6 @@ pub struct Trial {
     pub engine_cpu: f64,
     pub softirqd_cpu: f64,
     pub machine_busy: f64,
-    /// Busy seconds of each CPU over the window (index: the CPU's number), to tell which CPU
-    /// was the limit.
-    pub cpu_busy: Vec<f64>,
     pub secs: f64,
     /// What the generator itself says it sent (trafgen: its exit report; the paced sender: its
     /// count).
@@ -120,7 +117,6 @@ impl Trial {
             "lost": self.lost, "loss": self.loss, "secs": self.secs,
             "generator_cpu_s": self.gen_cpu, "engine_cpu_s": self.engine_cpu,
             "ksoftirqd_cpu_s": self.softirqd_cpu, "machine_busy_cpu_s": self.machine_busy,
-            "cpu_busy_s": self.cpu_busy,
             "cost_us_per_delivered": self.cost_us(), "generator_reported_sent": self.gen_reported,
         })
     }
@@ -163,7 +159,6 @@ struct Snap {
     engine_cpu: f64,
     softirqd_cpu: f64,
     machine_busy: f64,
-    cpu_busy: Vec<f64>,
 }
 
 /// One trial on `lab` for `dur`: trafgen on `gen_cpus` flat out (`rate` None), or the paced
@@ -212,7 +207,6 @@ pub fn trial(
             engine_cpu: engine.map_or(0.0, trafgen::cpu_of),
             softirqd_cpu: softirqd.iter().copied().map(trafgen::cpu_of).sum(),
             machine_busy: trafgen::machine_busy(),
-            cpu_busy: trafgen::cpu_busy(),
         })
     };
     let a = snap(&g)?;
@@ -248,12 +242,6 @@ pub fn trial(
         engine_cpu: b.engine_cpu - a.engine_cpu,
         softirqd_cpu: b.softirqd_cpu - a.softirqd_cpu,
         machine_busy: b.machine_busy - a.machine_busy,
-        cpu_busy: b
-            .cpu_busy
-            .iter()
-            .zip(&a.cpu_busy)
-            .map(|(b, a)| b - a)
-            .collect(),
         secs,
         gen_reported: reported,
     })

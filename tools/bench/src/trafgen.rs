@@ -102,35 +102,14 @@ pub fn ksoftirqd() -> Vec<i32> {
 /// Busy CPU time of the whole machine (s): every /proc/stat column but idle and iowait.
 pub fn machine_busy() -> f64 {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("cpu "))
-        .map_or(0.0, |l| busy_of(l).1)
-}
-
-/// Busy time (s) of each CPU, indexed by its number, from /proc/stat's `cpuN` lines (the same
-/// columns as [`machine_busy`]); other tenants' work and steal included: whatever kept that
-/// CPU from the trial.
-pub fn cpu_busy() -> Vec<f64> {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let mut v = Vec::new();
-    for (n, busy) in s
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .map(busy_of)
-    {
-        if let Some(n) = n {
-            v.resize(v.len().max(n + 1), 0.0);
-            v[n] = busy;
-        }
-    }
-    v
-}
-
-/// A /proc/stat `cpu` line: its CPU number (none for the total) and busy seconds.
-fn busy_of(line: &str) -> (Option<usize>, f64) {
-    let mut f = line.split_whitespace();
-    let n = f.next().and_then(|c| c.strip_prefix("cpu")?.parse().ok());
-    let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest, guest_nice are inside user/nice)
     let busy: f64 = v
         .iter()
@@ -139,7 +118,7 @@ fn busy_of(line: &str) -> (Option<usize>, f64) {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
-    (n, busy / clk_tck())
+    busy / clk_tck()
 }
 
 /// Pin every thread of process `pid` to `cpus`.

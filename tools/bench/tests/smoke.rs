@@ -232,7 +232,7 @@ fn quick_trafgen_modes_calibrate_flag_and_report_the_priority() {
                 .is_some_and(|x| x > 0),
         "cost trial: {cost:#}"
     );
-    // Capacity and zero-loss say which CPU was their limit, from each CPU's busy time.
+    // Capacity and zero-loss say which CPU was their limit, from the tasks' CPU time.
     for (test, arm) in [
         ("capacity", "kernel"),
         ("capacity", "umacvlan"),
@@ -242,7 +242,7 @@ fn quick_trafgen_modes_calibrate_flag_and_report_the_priority() {
             .as_array()
             .and_then(|l| l.iter().find(|l| l["test"] == test && l["arm"] == arm))
             .unwrap_or_else(|| panic!("no limit for {test}/{arm}: {:#}", v["limits"]));
-        for k in ["generator_cpu_busy", "engine_cpu_busy"] {
+        for k in ["generator_cpu_share", "engine_cpu_share"] {
             let x = l[k].as_f64();
             assert!(
                 x.is_some_and(|x| (0.0..=1.1).contains(&x)),
