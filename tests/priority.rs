@@ -161,9 +161,28 @@ fn nice_applies_to_the_worker_thread_only() {
 }
 
 #[test]
-fn the_default_changes_nothing() {
+fn the_default_is_nice_minus_10_for_the_workers_only() {
     let t = topo("p0", 1);
     let e = t.start(&t.port(0, "bridge"), &[(0, "c0")]);
+    let (workers, main) = workers_and_main(e.pid());
+    assert_eq!(workers, vec![(0, 0, -10)], "SCHED_OTHER at nice -10");
+    assert_eq!((main.0, main.2), (0, 0), "the main thread is untouched");
+    for (_, comm, f) in threads(e.pid()) {
+        if !comm.starts_with("umv-p0-") {
+            assert_eq!(sched(&f).2, 0, "thread {comm} keeps nice 0: {f:?}");
+        }
+    }
+    assert_eq!(priority_of(&t), "nice:-10");
+    assert!(lines_with(&e, "refused").is_empty(), "{}", e.log_text());
+    forwards(&t);
+}
+
+#[test]
+fn normal_changes_nothing() {
+    let t = topo("pz", 1);
+    let port = t.port(0, "bridge");
+    let args = [&port[..], &["--worker-priority".into(), "normal".into()]].concat();
+    let e = t.start(&args, &[(0, "c0")]);
     let (workers, _) = workers_and_main(e.pid());
     assert_eq!(workers, vec![(0, 0, 0)]);
     assert_eq!(priority_of(&t), "normal");

@@ -1,6 +1,7 @@
 //! Least privilege (root): after start-up every thread of the engine holds exactly CAP_NET_ADMIN
 //! and CAP_NET_RAW (plus CAP_SYS_ADMIN while ports can still be added into namespaces, and
-//! CAP_SYS_NICE only when `--worker-priority` asks for fifo or a nice below 0), in its
+//! CAP_SYS_NICE while the workers' priority needs it: by default, nice -10, and with
+//! `--worker-priority` fifo or a nice below 0; not with `normal` or a nice of 0 or above), in its
 //! permitted, effective and bounding sets, nothing inheritable or ambient, and no_new_privs; it
 //! still forwards and still adds ports into namespaces. The control socket is root's (0600) unless
 //! `--control-group` opens it to a group (0660, root:GROUP).
@@ -14,7 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
 /// CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening /proc/PID/ns/net of another process).
 const SYS_ADMIN: u64 = (1 << 21) | (1 << 19);
-/// CAP_SYS_NICE: kept only for `--worker-priority fifo[:P]` or `nice:N` below 0.
+/// CAP_SYS_NICE: kept for the default worker priority (nice -10), `--worker-priority fifo[:P]`
+/// or `nice:N` below 0.
 const SYS_NICE: u64 = 1 << 23;
 
 struct Engine(Child);
@@ -104,14 +106,14 @@ fn pings(ns: &str, to: &str) -> bool {
 }
 
 #[test]
-fn static_engine_keeps_net_admin_and_net_raw_only_and_forwards() {
+fn static_engine_keeps_net_admin_net_raw_and_its_default_priority_s_sys_nice_and_forwards() {
     let t = topology("cp", 1);
     let port = format!("name=c0,netns={}", t.kid(0));
     let e = start(&t, &["--no-control", "--parent", "p0", "--port", &port]);
     wait_until("c0", || {
         try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
     });
-    assert_caps(e.0.id(), NET_ADMIN_RAW);
+    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_NICE);
     // The default ring (auto, one worker) has a steering thread: it was among those checked.
     let threads = thread_caps(e.0.id());
     assert!(
@@ -142,15 +144,17 @@ fn a_fifo_worker_priority_also_keeps_sys_nice_and_forwards() {
         pings(t.wire.name(), "192.0.2.1"),
         "forwarding as a fifo worker"
     );
-    // A nice above 0 needs no privilege: nothing more is kept.
-    let t = topology("cm", 1);
-    let port = format!("name=c0,netns={}", t.kid(0));
-    let args = ["--no-control", "--parent", "p0", "--port", &port];
-    let e = start(&t, &[&args[..], &["--worker-priority", "nice:5"]].concat());
-    wait_until("c0", || {
-        try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
-    });
-    assert_caps(e.0.id(), NET_ADMIN_RAW);
+    // A nice above 0, or normal, needs no privilege: nothing more is kept.
+    for (tag, priority) in [("cm", "nice:5"), ("cz", "normal")] {
+        let t = topology(tag, 1);
+        let port = format!("name=c0,netns={}", t.kid(0));
+        let args = ["--no-control", "--parent", "p0", "--port", &port];
+        let e = start(&t, &[&args[..], &["--worker-priority", priority]].concat());
+        wait_until("c0", || {
+            try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok()
+        });
+        assert_caps(e.0.id(), NET_ADMIN_RAW);
+    }
 }
 
 #[test]
@@ -161,7 +165,7 @@ fn with_a_control_socket_it_keeps_sys_admin_and_the_socket_is_root_only() {
     let meta = std::fs::metadata(t.socket()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
-    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_ADMIN);
+    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_ADMIN | SYS_NICE);
     // Entering a namespace at run time still works (that is what CAP_SYS_ADMIN is kept for).
     let out = Command::new("ip")
         .args(["netns", "exec", t.host.name(), BIN, "link", "add", "c0"])
@@ -175,7 +179,7 @@ fn with_a_control_socket_it_keeps_sys_admin_and_the_socket_is_root_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(try_ip(&["-n", t.kid(0), "link", "show", "c0"]).is_ok());
-    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_ADMIN);
+    assert_caps(e.0.id(), NET_ADMIN_RAW | SYS_ADMIN | SYS_NICE);
 }
 
 #[test]

@@ -118,13 +118,15 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
     workers: u16,
     /// The scheduling each worker thread asks for itself at start (only the workers: not the
-    /// daemon or any other thread): normal (the default: no change), nice[:N] (N in -20..=19,
-    /// default -10) or fifo[:P] (SCHED_FIFO at priority P in 1..=99, default 1). Refused fifo
-    /// (no CAP_SYS_NICE, or a cgroup with no real-time budget) falls back to nice -10 with one
+    /// daemon or any other thread): nice[:N] (N in -20..=19, default -10), normal (no change) or
+    /// fifo[:P] (SCHED_FIFO at priority P in 1..=99, default 1). Without this option or the
+    /// config file's `worker_priority`: nice:-10, since the kernel's macvlan forwards in softirq,
+    /// ahead of every task, and a worker at normal weight falls behind when applications keep
+    /// the CPUs busy. A refused nice leaves the worker at normal priority, a refused fifo (no
+    /// CAP_SYS_NICE, or a cgroup with no real-time budget) falls back to nice -10, each with one
     /// warning; `umacvlan stats -j` shows what applied. A fifo worker can take a whole CPU under
     /// a flood and starve normal tasks on it: see docs/performance.md#worker-priority. With fifo
-    /// or a nice below 0, the engine keeps CAP_SYS_NICE. Default: the config file's
-    /// `worker_priority`.
+    /// or a nice below 0, the engine keeps CAP_SYS_NICE.
     #[arg(long, value_name = "normal|nice[:N]|fifo[:P]", value_parser = parse_priority)]
     worker_priority: Option<WorkerPriority>,
     /// Opt-in adaptive busy-polling: after forwarding something, each worker keeps polling its

@@ -3,7 +3,7 @@
 //! ```toml
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
-//! worker_priority = "fifo:1"                 # optional: normal (default), nice[:N], fifo[:P]
+//! worker_priority = "fifo:1"                 # optional: nice[:N] (default nice:-10), normal, fifo[:P]
 //! spin_us = 50                               # optional: poll 50 µs after activity (default 0)
 //! docker_plugin = "/run/docker/plugins/umacvlan.sock"  # optional: serve `-d umacvlan`
 //! docker_state = "/var/lib/umacvlan/docker.json"       # optional: its networks and endpoints

@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys::{caps, sched};
 
-/// The scheduling a worker asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The scheduling a worker asks for. The default is `nice:-10` ([`WorkerPriority::default`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerPriority {
     /// No change: whatever the engine was started with (`SCHED_OTHER`, nice 0 usually).
-    #[default]
     Normal,
     /// `SCHED_OTHER` at this nice value (-20..=19).
     Nice(i8),
@@ -28,8 +27,20 @@ pub enum WorkerPriority {
     Fifo(u8),
 }
 
+/// `nice:-10`. The kernel's macvlan forwards in softirq context, which runs before any task;
+/// a worker at a normal task's weight gets one fair share beside the applications it serves and
+/// falls behind its ring whenever they keep the CPUs busy (umacvlan-bench's contended row:
+/// 0.28x the kernel's pps at nice 0, 0.51x at nice -10, docs/performance.md#worker-priority).
+/// Open vSwitch's `ovs-ctl` starts `ovs-vswitchd` at nice -10 by default for the same reason.
+/// Unlike `fifo`, a nice value starves nothing: every other task still runs.
+impl Default for WorkerPriority {
+    fn default() -> WorkerPriority {
+        WorkerPriority::Nice(WorkerPriority::DEFAULT_NICE)
+    }
+}
+
 impl WorkerPriority {
-    /// `nice` alone, and what a refused `fifo` falls back to.
+    /// `nice` alone, the default, and what a refused `fifo` falls back to.
     pub const DEFAULT_NICE: i8 = -10;
     /// `fifo` alone.
     pub const DEFAULT_FIFO: u8 = 1;

@@ -84,7 +84,7 @@ impl Default for EngineOptions {
             ring: RingConfig::DEFAULT,
             per_frame: Some(RingConfig::V2),
             workers: 1,
-            priority: WorkerPriority::Normal,
+            priority: WorkerPriority::default(),
             spin_us: 0,
         }
     }
