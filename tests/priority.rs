@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::engine::{BIN, Engine, Topo, ping, topo};
 use umacvlan::net::testutil::try_ip;
+use umacvlan::net::testutil::wait_until;
 
 /// (tid, comm, fields) of every thread of `pid`; `fields[n]` is proc(5)'s field n (1-based; 1
 /// and 2, pid and comm, hold placeholders).
@@ -160,20 +161,131 @@ fn nice_applies_to_the_worker_thread_only() {
     assert_eq!(priority_of(&t), "nice:-5");
 }
 
+/// Small frames to `dst` from the wire, flat out: trafgen (netsniff-ng) on every CPU, as the
+/// bench's contended row, which outruns a worker; killed when dropped.
+struct Flood(std::process::Child);
+
+impl Flood {
+    fn start(wire: &str, dst: &str) -> Flood {
+        let bytes = |m: &str| -> String {
+            let b: Vec<String> = m.split(':').map(|x| format!("0x{x}")).collect();
+            b.join(", ")
+        };
+        let packet = format!(
+            "{{ {}, {}, c16(0x88b5), fill(0x00, 46) }}",
+            bytes(dst),
+            bytes("02:00:00:00:09:09")
+        );
+        use std::os::unix::process::CommandExt;
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let child = Command::new("ip")
+            .args(["netns", "exec", wire, "trafgen", "-o", "wire0", "-P"])
+            .arg(cpus.to_string())
+            .arg(packet)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("trafgen (apt-get install netsniff-ng)");
+        Flood(child)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        // trafgen forks one sender per CPU, all in the group the child leads; on SIGINT the
+        // parent reaps them and exits.
+        use nix::sys::signal::{Signal, killpg};
+        let Ok(pid) = i32::try_from(self.0.id()) else {
+            return;
+        };
+        let group = nix::unistd::Pid::from_raw(pid);
+        let _ = killpg(group, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// A wire flood must not keep the worker in its ring: it still reads its ports (a ping's replies
+/// come back through c0's TAP) and still switches to V3. Before the ring budget, a flood that
+/// outran the worker kept it in the V2 ring for as long as it lasted.
 #[test]
-fn the_default_is_nice_minus_10_for_the_workers_only() {
+fn a_wire_flood_does_not_starve_the_ports() {
+    let t = topo("pw", 1);
+    let c0 = "02:00:00:00:00:c1";
+    let port = [
+        "--port".to_string(),
+        format!("name=c0,mode=bridge,netns={},mac={c0}", t.kid(0)),
+    ];
+    let _e = t.start(&port, &[(0, "c0")]);
+    t.up(0, "192.0.2.1/24");
+    ping(t.wire.name(), "192.0.2.1", 1).expect("a ping before the flood");
+    let _flood = Flood::start(t.wire.name(), c0);
+    wait_until("V3 under the flood", || ring_mode(&t) == "v3");
+    // The ring drops what the worker cannot take, pings included: some must come back.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            t.wire.name(),
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+        ])
+        .args(["-W", "1", "192.0.2.1"])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bytes from"),
+        "no reply during the flood: {text}"
+    );
+}
+
+/// The parent's ring mode now (`stats -j`: `v2` or `v3`).
+fn ring_mode(t: &Topo) -> String {
+    t.stats()["parents"][0]["ring_mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_default_takes_nice_minus_10_under_load_only_for_the_workers_only() {
     let t = topo("p0", 1);
-    let e = t.start(&t.port(0, "bridge"), &[(0, "c0")]);
-    let (workers, main) = workers_and_main(e.pid());
-    assert_eq!(workers, vec![(0, 0, -10)], "SCHED_OTHER at nice -10");
+    let c0 = "02:00:00:00:00:c0";
+    let port = [
+        "--port".to_string(),
+        format!("name=c0,mode=bridge,netns={},mac={c0}", t.kid(0)),
+    ];
+    let e = t.start(&port, &[(0, "c0")]);
+    assert_eq!(priority_of(&t), "loaded:-10");
+    assert!(lines_with(&e, "refused").is_empty(), "{}", e.log_text());
+    wait_until("the worker reads its V2 ring", || ring_mode(&t) == "v2");
+    let nice_now = || workers_and_main(e.pid()).0;
+    assert_eq!(nice_now(), vec![(0, 0, 0)], "sparse: normal priority");
+    // A flood from the wire (small frames back to back): the worker moves to V3 and nice -10.
+    let flood = Flood::start(t.wire.name(), c0);
+    wait_until("the worker at nice -10 on V3 under the flood", || {
+        ring_mode(&t) == "v3" && nice_now() == vec![(0, 0, -10)]
+    });
+    let (_, main) = workers_and_main(e.pid());
     assert_eq!((main.0, main.2), (0, 0), "the main thread is untouched");
     for (_, comm, f) in threads(e.pid()) {
         if !comm.starts_with("umv-p0-") {
             assert_eq!(sched(&f).2, 0, "thread {comm} keeps nice 0: {f:?}");
         }
     }
-    assert_eq!(priority_of(&t), "nice:-10");
-    assert!(lines_with(&e, "refused").is_empty(), "{}", e.log_text());
+    drop(flood);
+    wait_until("back to normal priority on V2 once the flood ends", || {
+        ring_mode(&t) == "v2" && nice_now() == vec![(0, 0, 0)]
+    });
     forwards(&t);
 }
 
@@ -327,7 +439,7 @@ fn a_bad_value_exits_2_naming_the_forms() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("normal, nice[:N] (N in -20..=19, default -10) or fifo[:P]"),
+            err.contains("nice[:N] (N in -20..=19, default -10), normal or fifo[:P]"),
             "{bad}: {err}"
         );
     }

@@ -1,6 +1,6 @@
 //! Least privilege (root): after start-up every thread of the engine holds exactly CAP_NET_ADMIN
 //! and CAP_NET_RAW (plus CAP_SYS_ADMIN while ports can still be added into namespaces, and
-//! CAP_SYS_NICE while the workers' priority needs it: by default, nice -10, and with
+//! CAP_SYS_NICE while the workers' priority needs it: by default, `loaded:-10`, and with
 //! `--worker-priority` fifo or a nice below 0; not with `normal` or a nice of 0 or above), in its
 //! permitted, effective and bounding sets, nothing inheritable or ambient, and no_new_privs; it
 //! still forwards and still adds ports into namespaces. The control socket is root's (0600) unless
@@ -15,8 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_umacvlan");
 const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
 /// CAP_SYS_ADMIN (setns) and CAP_SYS_PTRACE (opening /proc/PID/ns/net of another process).
 const SYS_ADMIN: u64 = (1 << 21) | (1 << 19);
-/// CAP_SYS_NICE: kept for the default worker priority (nice -10), `--worker-priority fifo[:P]`
-/// or `nice:N` below 0.
+/// CAP_SYS_NICE: kept for the default worker priority (`loaded:-10`), `--worker-priority
+/// fifo[:P]` or `nice:N` below 0.
 const SYS_NICE: u64 = 1 << 23;
 
 struct Engine(Child);

@@ -117,17 +117,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "UMACVLAN_WORKERS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS))]
     workers: u16,
-    /// The scheduling each worker thread asks for itself at start (only the workers: not the
-    /// daemon or any other thread): nice[:N] (N in -20..=19, default -10), normal (no change) or
-    /// fifo[:P] (SCHED_FIFO at priority P in 1..=99, default 1). Without this option or the
-    /// config file's `worker_priority`: nice:-10, since the kernel's macvlan forwards in softirq,
-    /// ahead of every task, and a worker at normal weight falls behind when applications keep
-    /// the CPUs busy. A refused nice leaves the worker at normal priority, a refused fifo (no
-    /// CAP_SYS_NICE, or a cgroup with no real-time budget) falls back to nice -10, each with one
-    /// warning; `umacvlan stats -j` shows what applied. A fifo worker can take a whole CPU under
-    /// a flood and starve normal tasks on it: see docs/performance.md#worker-priority. With fifo
-    /// or a nice below 0, the engine keeps CAP_SYS_NICE.
-    #[arg(long, value_name = "normal|nice[:N]|fifo[:P]", value_parser = parse_priority)]
+    /// The scheduling each worker thread asks for itself (only the workers: not the daemon or
+    /// any other thread): loaded[:N] (nice N while its traffic loads it, i.e. while it reads a
+    /// V3 ring, normal priority while traffic is sparse), nice[:N] (always; N in -20..=19,
+    /// default -10), normal (no change) or fifo[:P] (SCHED_FIFO at priority P in 1..=99,
+    /// default 1). Without this option or the config file's `worker_priority`: loaded:-10. The
+    /// kernel's macvlan forwards in softirq, ahead of every task, and a worker at normal weight
+    /// falls behind when applications keep the CPUs busy; under sparse traffic a heavier worker
+    /// only lengthens round trips. A refused nice leaves the worker at normal priority, a
+    /// refused fifo (no CAP_SYS_NICE, or a cgroup with no real-time budget) falls back to nice
+    /// -10, each with one warning; `umacvlan stats -j` shows what applied. A fifo worker can
+    /// take a whole CPU under a flood and starve normal tasks on it: see
+    /// docs/performance.md#worker-priority. With loaded, fifo or a nice below 0, the engine
+    /// keeps CAP_SYS_NICE.
+    #[arg(long, value_name = "loaded[:N]|nice[:N]|normal|fifo[:P]", value_parser = parse_priority)]
     worker_priority: Option<WorkerPriority>,
     /// Opt-in adaptive busy-polling: after forwarding something, each worker keeps polling its
     /// ring and ports for up to N microseconds before it sleeps again (0, the default: it always

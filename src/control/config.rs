@@ -3,7 +3,7 @@
 //! ```toml
 //! control = "/run/umacvlan/umacvlan.sock"   # optional
 //! control_group = "netadmin"                 # optional: the socket becomes root:GROUP 0660
-//! worker_priority = "fifo:1"                 # optional: nice[:N] (default nice:-10), normal, fifo[:P]
+//! worker_priority = "fifo:1"                 # optional: loaded[:N] (default loaded:-10), nice[:N], normal, fifo[:P]
 //! spin_us = 50                               # optional: poll 50 µs after activity (default 0)
 //! docker_plugin = "/run/docker/plugins/umacvlan.sock"  # optional: serve `-d umacvlan`
 //! docker_state = "/var/lib/umacvlan/docker.json"       # optional: its networks and endpoints
@@ -503,8 +503,9 @@ macaddr = ["02:00:00:00:00:99"]
         let cases = [
             (
                 "control = \"/x\"\nworker_priority = \"fifo:0\"\n",
-                "u.toml:2:19: worker_priority: worker priority \"fifo:0\": expected normal, \
-                 nice[:N] (N in -20..=19, default -10) or fifo[:P] (P in 1..=99, default 1)",
+                "u.toml:2:19: worker_priority: worker priority \"fifo:0\": expected loaded[:N] \
+                 (nice N under load, else normal; the default is loaded:-10), nice[:N] (N in \
+                 -20..=19, default -10), normal or fifo[:P] (P in 1..=99, default 1)",
             ),
             (
                 "spin_us = 10001\n",

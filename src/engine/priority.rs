@@ -16,53 +16,88 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys::{caps, sched};
 
-/// The scheduling a worker asks for. The default is `nice:-10` ([`WorkerPriority::default`]).
+/// The scheduling a worker asks for. The default is `loaded:-10` ([`WorkerPriority::default`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerPriority {
     /// No change: whatever the engine was started with (`SCHED_OTHER`, nice 0 usually).
     Normal,
+    /// This nice value while the worker reads a V3 ring (under load with `--ring auto`; always
+    /// with `--ring v3`), normal priority while it reads a V2 ring (sparse traffic).
+    Loaded(i8),
     /// `SCHED_OTHER` at this nice value (-20..=19).
     Nice(i8),
     /// `SCHED_FIFO` at this priority (1..=99).
     Fifo(u8),
 }
 
-/// `nice:-10`. The kernel's macvlan forwards in softirq context, which runs before any task;
-/// a worker at a normal task's weight gets one fair share beside the applications it serves and
-/// falls behind its ring whenever they keep the CPUs busy (umacvlan-bench's contended row:
-/// 0.28x the kernel's pps at nice 0, 0.51x at nice -10, docs/performance.md#worker-priority).
-/// Open vSwitch's `ovs-ctl` starts `ovs-vswitchd` at nice -10 by default for the same reason.
-/// Unlike `fifo`, a nice value starves nothing: every other task still runs.
+/// `loaded:-10`: nice -10 while loaded, normal priority otherwise. The kernel's macvlan
+/// forwards in softirq context, which runs before any task; a worker at a normal task's weight
+/// gets one fair share beside the applications it serves and falls behind its ring whenever they
+/// keep the CPUs busy (umacvlan-bench's contended row: 0.28x the kernel's pps at nice 0, 0.51x at
+/// nice -10; Open vSwitch's `ovs-ctl` starts `ovs-vswitchd` at nice -10 for the same reason). But
+/// a heavier worker is also one the scheduler places away from the applications it wakes: a
+/// request-response round trip took about 20 µs longer at nice -10 (the wake-ups cross vCPUs).
+/// So the worker takes nice -10 only while its traffic loads it (the ring-mode policy's verdict,
+/// [`super::adaptive`]), where wake-up latency no longer matters
+/// (docs/performance.md#worker-priority).
 impl Default for WorkerPriority {
     fn default() -> WorkerPriority {
-        WorkerPriority::Nice(WorkerPriority::DEFAULT_NICE)
+        WorkerPriority::Loaded(WorkerPriority::DEFAULT_NICE)
     }
 }
 
 impl WorkerPriority {
-    /// `nice` alone, the default, and what a refused `fifo` falls back to.
+    /// `nice` and `loaded` alone, and what a refused `fifo` falls back to.
     pub const DEFAULT_NICE: i8 = -10;
     /// `fifo` alone.
     pub const DEFAULT_FIFO: u8 = 1;
     /// The accepted forms, for messages.
-    pub const FORMS: &'static str = "normal, nice[:N] (N in -20..=19, default -10) or fifo[:P] \
-                                     (P in 1..=99, default 1)";
+    pub const FORMS: &'static str = "loaded[:N] (nice N under load, else normal; the default is \
+                                     loaded:-10), nice[:N] (N in -20..=19, default -10), normal \
+                                     or fifo[:P] (P in 1..=99, default 1)";
 
     /// Whether asking for it needs CAP_SYS_NICE: `fifo`, or a nice value below 0.
     pub fn needs_sys_nice(self) -> bool {
         match self {
             WorkerPriority::Normal => false,
-            WorkerPriority::Nice(n) => n < 0,
+            WorkerPriority::Nice(n) | WorkerPriority::Loaded(n) => n < 0,
             WorkerPriority::Fifo(_) => true,
         }
     }
 
     /// Applies it to the calling thread and returns what was applied, e.g. `fifo:1`, or
-    /// `nice:-10 (fifo:1 refused: EPERM)`. A refusal is logged as one warning per engine: the
-    /// first worker to meet it sets `warned`.
-    pub fn apply(self, warned: &AtomicBool) -> String {
+    /// `nice:-10 (fifo:1 refused: EPERM)`, and for `loaded` the [`Boost`] the worker raises and
+    /// lowers as its load changes (none when the kernel refused its nice value: tried here once,
+    /// then put back). A refusal is logged as one warning per engine: the first worker to meet it
+    /// sets `warned`.
+    pub fn apply(self, warned: &AtomicBool) -> (String, Option<Boost>) {
         match self {
-            WorkerPriority::Normal => self.to_string(),
+            WorkerPriority::Loaded(n) => {
+                let tried = sched::set_nice(i32::from(n)).and_then(|()| sched::set_nice(0));
+                match tried {
+                    Ok(()) => (self.to_string(), Some(Boost { nice: n, on: false })),
+                    Err(e) => {
+                        warn_once(
+                            warned,
+                            format_args!(
+                                "worker priority {self} asked, but setpriority refused nice {n}: \
+                                 {} ({}); the workers run at normal priority under load too",
+                                errno(&e),
+                                nice_hint()
+                            ),
+                        );
+                        (format!("normal ({self} refused: {})", errno(&e)), None)
+                    }
+                }
+            }
+            other => (other.apply_fixed(warned), None),
+        }
+    }
+
+    /// [`WorkerPriority::apply`] of the forms that do not change with the load.
+    fn apply_fixed(self, warned: &AtomicBool) -> String {
+        match self {
+            WorkerPriority::Normal | WorkerPriority::Loaded(_) => self.to_string(),
             WorkerPriority::Nice(n) => match sched::set_nice(i32::from(n)) {
                 Ok(()) => self.to_string(),
                 Err(e) => {
@@ -116,6 +151,29 @@ impl WorkerPriority {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `loaded:N`'s nice value, raised while the worker reads a V3 ring and lowered while it reads
+/// V2 ([`Boost::set`]: a system call only when that changes).
+#[derive(Debug)]
+pub struct Boost {
+    nice: i8,
+    on: bool,
+}
+
+impl Boost {
+    /// The worker now reads a V3 ring (`loaded`) or a V2 ring.
+    pub fn set(&mut self, loaded: bool) {
+        if loaded == self.on {
+            return;
+        }
+        let nice = if loaded { i32::from(self.nice) } else { 0 };
+        match sched::set_nice(nice) {
+            Ok(()) => self.on = loaded,
+            // Allowed at start (`apply` tried it), so only a capability lost since.
+            Err(e) => tracing::debug!("setting the worker's nice to {nice} failed: {e}"),
         }
     }
 }
@@ -184,6 +242,7 @@ impl fmt::Display for WorkerPriority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WorkerPriority::Normal => write!(f, "normal"),
+            WorkerPriority::Loaded(n) => write!(f, "loaded:{n}"),
             WorkerPriority::Nice(n) => write!(f, "nice:{n}"),
             WorkerPriority::Fifo(p) => write!(f, "fifo:{p}"),
         }
@@ -199,13 +258,18 @@ impl FromStr for WorkerPriority {
             Some((k, v)) => (k, Some(v)),
             None => (s, None),
         };
+        let nice = |v: Option<&str>| match v {
+            None => Ok(WorkerPriority::DEFAULT_NICE),
+            Some(v) => v
+                .parse::<i8>()
+                .ok()
+                .filter(|n| (-20..=19).contains(n))
+                .ok_or_else(bad),
+        };
         match (kind, value) {
             ("normal", None) => Ok(WorkerPriority::Normal),
-            ("nice", None) => Ok(WorkerPriority::Nice(WorkerPriority::DEFAULT_NICE)),
-            ("nice", Some(v)) => match v.parse::<i8>() {
-                Ok(n) if (-20..=19).contains(&n) => Ok(WorkerPriority::Nice(n)),
-                _ => Err(bad()),
-            },
+            ("nice", v) => nice(v).map(WorkerPriority::Nice),
+            ("loaded", v) => nice(v).map(WorkerPriority::Loaded),
             ("fifo", None) => Ok(WorkerPriority::Fifo(WorkerPriority::DEFAULT_FIFO)),
             ("fifo", Some(v)) => match v.parse::<u8>() {
                 Ok(p) if (1..=99).contains(&p) => Ok(WorkerPriority::Fifo(p)),
@@ -228,6 +292,8 @@ mod tests {
             ("nice:-20", WorkerPriority::Nice(-20)),
             ("nice:19", WorkerPriority::Nice(19)),
             ("nice:0", WorkerPriority::Nice(0)),
+            ("loaded", WorkerPriority::Loaded(-10)),
+            ("loaded:-5", WorkerPriority::Loaded(-5)),
             ("fifo", WorkerPriority::Fifo(1)),
             ("fifo:1", WorkerPriority::Fifo(1)),
             ("fifo:99", WorkerPriority::Fifo(99)),
@@ -241,13 +307,28 @@ mod tests {
         }
         assert_eq!(WorkerPriority::Fifo(2).to_string(), "fifo:2");
         assert_eq!(WorkerPriority::Nice(-5).to_string(), "nice:-5");
+        assert_eq!(WorkerPriority::default().to_string(), "loaded:-10");
         for bad in [
-            "", "rt", "FIFO", "fifo:0", "fifo:100", "fifo:", "fifo:x", "nice:-21", "nice:20",
-            "nice:", "normal:1", "fifo:1:2", " fifo", "nice:+",
+            "",
+            "rt",
+            "FIFO",
+            "fifo:0",
+            "fifo:100",
+            "fifo:",
+            "fifo:x",
+            "nice:-21",
+            "nice:20",
+            "nice:",
+            "normal:1",
+            "fifo:1:2",
+            " fifo",
+            "nice:+",
+            "loaded:",
+            "loaded:-21",
         ] {
             let e = bad.parse::<WorkerPriority>().unwrap_err();
             assert!(
-                e.contains("normal, nice[:N]") && e.contains("fifo[:P]"),
+                e.contains("loaded[:N]") && e.contains("nice[:N]") && e.contains("fifo[:P]"),
                 "{bad:?}: {e}"
             );
         }
@@ -255,6 +336,8 @@ mod tests {
         assert!(!WorkerPriority::Nice(0).needs_sys_nice());
         assert!(!WorkerPriority::Nice(5).needs_sys_nice());
         assert!(WorkerPriority::Nice(-1).needs_sys_nice());
+        assert!(WorkerPriority::Loaded(-10).needs_sys_nice());
+        assert!(WorkerPriority::default().needs_sys_nice());
         assert!(WorkerPriority::Fifo(1).needs_sys_nice());
     }
 
@@ -263,8 +346,8 @@ mod tests {
         let warned = AtomicBool::new(false);
         let got = std::thread::spawn(move || {
             (
-                WorkerPriority::Normal.apply(&warned),
-                WorkerPriority::Nice(3).apply(&warned),
+                WorkerPriority::Normal.apply(&warned).0,
+                WorkerPriority::Nice(3).apply(&warned).0,
                 warned.load(Ordering::Relaxed),
             )
         })

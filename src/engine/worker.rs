@@ -23,7 +23,7 @@ use super::counters::{ParentCounters, PortCounters};
 use super::deliver::{self, PortIo, ToWire};
 use super::dev::{PortDev, Recv};
 use super::observe::{ObserverCache, Observers};
-use super::priority::WorkerPriority;
+use super::priority::{Boost, WorkerPriority};
 use crate::forward::{PortId, PortTable};
 use crate::sys::ring::{RingVersion, RxRing, Steering};
 use crate::sys::tx::{MmsgScratch, TxSocket};
@@ -71,6 +71,16 @@ pub enum Command {
 
 /// Frames read from one TAP before the worker looks at the others (fairness).
 const TAP_BUDGET: usize = 64;
+/// Frames forwarded from a ring before the worker goes back to its loop (its ports, the ring-mode
+/// policy, the ring's statistics, commands), checked between blocks. Without it a flood that
+/// hands frames over as fast as the worker reads them kept the worker in one ring: measured
+/// under trafgen on both vCPUs, a V2 ring read for seconds with no port read, no statistics and
+/// no switch to V3 (1.45 million ring drops), until the flood stopped.
+const RING_BUDGET: u64 = 1024;
+/// More frames than a full ring holds (8192 V2 slots; 64 V3 blocks of at most about 2300
+/// small frames): what the worker reads from a ring when it stops, so that a flood still
+/// arriving cannot keep it from stopping.
+const RING_HELD: u64 = 1 << 18;
 /// How often the kernel's ring statistics are folded into the counters.
 const STATS_EVERY: Duration = Duration::from_millis(100);
 /// A TAP read holds a 64 KiB GSO frame, its virtio-net header and an inline VLAN tag.
@@ -362,8 +372,9 @@ impl Worker {
             }
             // By the thread itself, so that it is this thread's only, and before `run` settles
             // its capabilities.
-            let _ = applied_tx.send(self.priority.apply(&self.priority_warned));
-            self.run(&rx, &w)
+            let (applied, boost) = self.priority.apply(&self.priority_warned);
+            let _ = applied_tx.send(applied);
+            self.run(&rx, &w, boost)
         })?;
         // The thread sends first thing; a closed channel means it died before.
         let priority = applied_rx
@@ -377,7 +388,13 @@ impl Worker {
         })
     }
 
-    fn run(mut self, commands: &Receiver<Command>, wake: &EventFd) -> io::Result<()> {
+    /// `boost`: `--worker-priority loaded`'s nice value, taken while the worker reads a V3 ring.
+    fn run(
+        mut self,
+        commands: &Receiver<Command>,
+        wake: &EventFd,
+        mut boost: Option<Boost>,
+    ) -> io::Result<()> {
         crate::sys::caps::settle()?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
@@ -438,7 +455,7 @@ impl Worker {
                         if ev.events().contains(EpollFlags::EPOLLERR) {
                             self.take_ring_error(v2);
                         }
-                        let small = self.drain_ring(v2);
+                        let small = self.drain_ring(v2, RING_BUDGET);
                         if let Some(a) = &mut self.auto {
                             a.policy.saw(small);
                         }
@@ -462,14 +479,18 @@ impl Worker {
                 self.steered(&poller.epoll)?;
             }
             self.adapt(&poller.epoll)?;
+            if let Some(b) = &mut boost {
+                // Loaded while reading V3 (a system call only when that changes).
+                b.set(self.counters.ring_v2.get() == 0);
+            }
             // Commands last: queued frames were counted against the set they were read under.
             if woken {
                 let _ = wake.read();
                 if !self.apply_commands(commands, &mut poller)? {
                     // What the rings already handed over is forwarded and counted, so that the
                     // kernel's count and ours agree.
-                    self.drain_ring(false);
-                    self.drain_ring(true);
+                    self.drain_ring(false, RING_HELD);
+                    self.drain_ring(true, RING_HELD);
                     self.observer_cache.flush();
                     self.fold_ring_stats();
                     return Ok(());
@@ -524,10 +545,13 @@ impl Worker {
         }
     }
 
-    /// Forwards everything the ring (`v2`: the V2 half of an auto pair, if there is one; else the
-    /// worker's ring) has handed over; returns how many of those frames fit a V2 slot (what the
-    /// ring-mode policy weighs, [`adaptive::small`]).
-    fn drain_ring(&mut self, v2: bool) -> u64 {
+    /// Forwards what the ring (`v2`: the V2 half of an auto pair, if there is one; else the
+    /// worker's ring) has handed over, whole blocks until `limit` frames or more: everything when
+    /// the ring gets no more frames (a switch's old ring), [`RING_HELD`] when the worker stops,
+    /// else [`RING_BUDGET`]. Returns
+    /// how many of those frames fit a V2 slot (what the ring-mode policy weighs,
+    /// [`adaptive::small`]).
+    fn drain_ring(&mut self, v2: bool, limit: u64) -> u64 {
         let Worker {
             ring,
             auto,
@@ -547,8 +571,11 @@ impl Worker {
             _ if v2 => return 0,
             _ => ring,
         };
-        let mut small = 0;
-        while let Some(block) = ring.next_block() {
+        let (mut small, mut frames) = (0, 0);
+        while frames < limit
+            && let Some(block) = ring.next_block()
+        {
+            frames += u64::from(block.num_pkts());
             // One relaxed load per block when nobody follows.
             let obs = observers.batch(observer_cache, &set.table.parent().name);
             let frames = block
@@ -575,7 +602,7 @@ impl Worker {
         let now = Instant::now();
         match state {
             State::ToV2(_) => {
-                let small = self.drain_ring(false);
+                let small = self.drain_ring(false, u64::MAX);
                 let auto = self.auto.as_mut().expect("checked above");
                 auto.policy.saw(small);
                 if auto.settled(&self.ring, now) {
@@ -586,7 +613,7 @@ impl Worker {
                     auto.state = State::Steady(Steering::V2);
                     auto.policy.switched(Steering::V2, now);
                     self.counters.ring_v2.set(1);
-                    self.drain_ring(true);
+                    self.drain_ring(true, RING_BUDGET);
                 }
             }
             State::Steering(_) => {}
@@ -639,7 +666,7 @@ impl Worker {
         }
         if to == Steering::V3 {
             // Every frame steered to V2 is in it now: forward them before any of V3's.
-            self.drain_ring(true);
+            self.drain_ring(true, u64::MAX);
             epoll.add(self.ring.as_fd(), v3)?;
             self.counters.ring_v2.set(0);
         }
