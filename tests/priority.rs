@@ -217,11 +217,7 @@ impl Drop for Flood {
 fn a_wire_flood_does_not_starve_the_ports() {
     let t = topo("pw", 1);
     let c0 = "02:00:00:00:00:c1";
-    let port = [
-        "--port".to_string(),
-        format!("name=c0,mode=bridge,netns={},mac={c0}", t.kid(0)),
-    ];
-    let _e = t.start(&port, &[(0, "c0")]);
+    let _e = start_with_mac(&t, c0);
     t.up(0, "192.0.2.1/24");
     ping(t.wire.name(), "192.0.2.1", 1).expect("a ping before the flood");
     let _flood = Flood::start(t.wire.name(), c0);
@@ -248,6 +244,15 @@ fn a_wire_flood_does_not_starve_the_ports() {
     );
 }
 
+/// The engine with one bridge port, c0, of MAC `mac` (what a flood is sent to).
+fn start_with_mac(t: &Topo, mac: &str) -> Engine {
+    let port = [
+        "--port".to_string(),
+        format!("name=c0,mode=bridge,netns={},mac={mac}", t.kid(0)),
+    ];
+    t.start(&port, &[(0, "c0")])
+}
+
 /// The parent's ring mode now (`stats -j`: `v2` or `v3`).
 fn ring_mode(t: &Topo) -> String {
     t.stats()["parents"][0]["ring_mode"]
@@ -260,11 +265,7 @@ fn ring_mode(t: &Topo) -> String {
 fn the_default_takes_nice_minus_10_under_load_only_for_the_workers_only() {
     let t = topo("p0", 1);
     let c0 = "02:00:00:00:00:c0";
-    let port = [
-        "--port".to_string(),
-        format!("name=c0,mode=bridge,netns={},mac={c0}", t.kid(0)),
-    ];
-    let e = t.start(&port, &[(0, "c0")]);
+    let e = start_with_mac(&t, c0);
     assert_eq!(priority_of(&t), "loaded:-10");
     assert!(lines_with(&e, "refused").is_empty(), "{}", e.log_text());
     wait_until("the worker reads its V2 ring", || ring_mode(&t) == "v2");
