@@ -120,6 +120,10 @@ fn start_wrapped(t: &Topo, prefix: &str, wrap: &[&str], args: &[&str]) -> Engine
 
 fn forwards(t: &Topo) {
     t.up(0, "192.0.2.1/24");
+    // Frames to c0 before the engine saw it up would be `unknown_destination`.
+    wait_until("c0 forwarding", || {
+        t.stats()["ports"][0]["forwarding"] == true
+    });
     ping(t.wire.name(), "192.0.2.1", 3).expect("a ping from the wire through c0");
 }
 
@@ -218,8 +222,7 @@ fn a_wire_flood_does_not_starve_the_ports() {
     let t = topo("pw", 1);
     let c0 = "02:00:00:00:00:c1";
     let _e = start_with_mac(&t, c0);
-    t.up(0, "192.0.2.1/24");
-    ping(t.wire.name(), "192.0.2.1", 1).expect("a ping before the flood");
+    forwards(&t);
     let _flood = Flood::start(t.wire.name(), c0);
     wait_until("V3 under the flood", || ring_mode(&t) == "v3");
     // The ring drops what the worker cannot take, pings included: some must come back.
