@@ -620,16 +620,36 @@ fn follow_and_capture_show_a_sub_interfaces_frames_untagged() {
     });
     let wire = PacketSocket::open(&arm.wire, "wire0", 0);
     let mac = |n: &str| arm.kids.iter().find(|k| k.name == n).unwrap().mac;
-    for (to, tag, nonce) in [
+    let frames: Vec<Vec<u8>> = [
         ("c200a", Tag::Q(200), 1),
         ("cua", Tag::None, 2),
         ("c100a", Tag::Q(100), 3),
         ("c100b", Tag::Q(100), 4),
-    ] {
-        let f = tagged(test_frame(mac(to), EXT_MAC, None, nonce, 64), tag);
-        wire.send(&f).unwrap();
-    }
-    let out = trace.wait_with_output().unwrap();
+    ]
+    .into_iter()
+    .map(|(to, tag, nonce)| tagged(test_frame(mac(to), EXT_MAC, None, nonce, 64), tag))
+    .collect();
+    // The four frames again every 100 ms until both followers have their two: a follower's
+    // thread exists a moment before the engine hands it frames, and `-c 2` would wait for ever
+    // for frames sent in that moment (seen once in CI).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (out, captured) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                for f in &frames {
+                    wire.send(f).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let out = trace.wait_with_output().unwrap();
+        let captured = capture.wait_with_output().unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, captured)
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", e.log_text());
     let seen: Vec<serde_json::Value> = text
@@ -643,7 +663,7 @@ fn follow_and_capture_show_a_sub_interfaces_frames_untagged() {
         assert_eq!(v["len"], 64, "68 bytes on the wire, the tag gone: {v}");
         assert_eq!(v["receivers"], serde_json::json!([to]), "{v}");
     }
-    let out = capture.wait_with_output().unwrap();
+    let out = captured;
     assert!(
         out.status.success(),
         "{}",
