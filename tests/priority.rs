@@ -130,9 +130,7 @@ fn forwards(t: &Topo) {
 #[test]
 fn fifo_applies_to_the_worker_thread_only() {
     let t = topo("pf", 1);
-    let port = t.port(0, "bridge");
-    let args = [&port[..], &["--worker-priority".into(), "fifo:2".into()]].concat();
-    let e = t.start(&args, &[(0, "c0")]);
+    let e = start_with_priority(&t, "fifo:2");
     let (workers, main) = workers_and_main(e.pid());
     assert_eq!(workers, vec![(1, 2, 0)], "SCHED_FIFO, rt_priority 2");
     assert_eq!(main.0, 0, "the daemon's main thread stays SCHED_OTHER");
@@ -156,9 +154,7 @@ fn fifo_applies_to_the_worker_thread_only() {
 #[test]
 fn nice_applies_to_the_worker_thread_only() {
     let t = topo("pn", 1);
-    let port = t.port(0, "bridge");
-    let args = [&port[..], &["--worker-priority".into(), "nice:-5".into()]].concat();
-    let e = t.start(&args, &[(0, "c0")]);
+    let e = start_with_priority(&t, "nice:-5");
     let (workers, main) = workers_and_main(e.pid());
     assert_eq!(workers, vec![(0, 0, -5)], "SCHED_OTHER at nice -5");
     assert_eq!((main.0, main.2), (0, 0), "the main thread is untouched");
@@ -247,6 +243,13 @@ fn a_wire_flood_does_not_starve_the_ports() {
     );
 }
 
+/// The engine with one bridge port, c0, and `--worker-priority priority`.
+fn start_with_priority(t: &Topo, priority: &str) -> Engine {
+    let port = t.port(0, "bridge");
+    let args = [&port[..], &["--worker-priority".into(), priority.into()]].concat();
+    t.start(&args, &[(0, "c0")])
+}
+
 /// The engine with one bridge port, c0, of MAC `mac` (what a flood is sent to).
 fn start_with_mac(t: &Topo, mac: &str) -> Engine {
     let port = [
@@ -296,9 +299,7 @@ fn the_default_takes_nice_minus_10_under_load_only_for_the_workers_only() {
 #[test]
 fn normal_changes_nothing() {
     let t = topo("pz", 1);
-    let port = t.port(0, "bridge");
-    let args = [&port[..], &["--worker-priority".into(), "normal".into()]].concat();
-    let e = t.start(&args, &[(0, "c0")]);
+    let e = start_with_priority(&t, "normal");
     let (workers, _) = workers_and_main(e.pid());
     assert_eq!(workers, vec![(0, 0, 0)]);
     assert_eq!(priority_of(&t), "normal");
